@@ -1,0 +1,26 @@
+# The two set-up commands of the README: `make demo` and `make test`.
+# Both create .venv on first use (pip takes torch 2.14.1 / torchvision 0.29.1 from local disk
+# where this machine has them; elsewhere pip resolves the range in pyproject.toml).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/cvflow demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -n 2 --dist loadfile --timeout 900 -q
+
+clean:
+	rm -rf $(VENV) .cvflow .pytest_cache

@@ -1,0 +1,124 @@
+"""One validated configuration object per run (DESIGN.md §6).
+
+``RunConfig`` is what a user writes in ``run.yaml`` and what is logged to MLflow once, flattened.
+Each section is a frozen pydantic model with defaults that just work on the built-in data; unknown
+keys are errors (a typo must not silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+
+class DataConfig(_Section):
+    """Which snapshot and splits a run reads, and how images are loaded."""
+
+    snapshot: Path | None = None  # snapshot folder (see cvcore.data.snapshot)
+    train_split: str = "train"
+    val_split: str = "val"
+    test_split: str | None = None
+    img_size: int = Field(128, ge=16, description="square input size in pixels")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+
+
+class ModelConfig(_Section):
+    """Which registered model to build and which of its weights train."""
+
+    name: str = "resnet18"
+    num_classes: int | None = Field(None, ge=1, description="None: taken from the snapshot")
+    pretrained: str | None = None  # None | "torchvision" | weights path | MLflow model URI
+    freeze: str = "none"  # "none" | "backbone" | "from:<stage>" (stages before it are frozen)
+    freeze_bn: bool = False  # keep batch-norm running statistics fixed while fine-tuning
+    backbone_lr_factor: float = Field(1.0, ge=0.0, description="backbone LR = lr x this")
+    options: dict[str, Any] = Field(default_factory=dict)  # model-specific keyword options
+
+
+class AugmentConfig(_Section):
+    """Augmentation: a named preset or an explicit transform list, plus batch/sample mixing."""
+
+    preset: Literal["none", "light", "default", "strong"] = "default"
+    transforms: list[dict[str, Any]] | None = None  # overrides the preset: [{"name": ..., **params}]
+    cutmix_p: float = Field(0.0, ge=0.0, le=1.0, description="classification, per batch")
+    mixup_p: float = Field(0.0, ge=0.0, le=1.0, description="classification, per batch")
+    cutmix_alpha: float = Field(1.0, gt=0.0)
+    mixup_alpha: float = Field(0.2, gt=0.0)
+    mosaic_p: float = Field(0.0, ge=0.0, le=1.0, description="detection, per sample")
+    close_mosaic: int = Field(0, ge=0, description="no Mosaic in the last N epochs")
+    seed: int = 0
+
+
+class TrainConfig(_Section):
+    """The optimisation loop of cvcore.engine.fit."""
+
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(32, ge=1)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    scheduler: Literal["cosine", "step", "constant"] = "cosine"
+    warmup_epochs: float = Field(1.0, ge=0.0)
+    step_size: int = Field(10, ge=1, description="epochs between LR drops (step schedule)")
+    gamma: float = Field(0.1, gt=0.0, le=1.0)
+    grad_clip: float | None = Field(10.0, gt=0.0)
+    ema_decay: float | None = Field(None, gt=0.0, lt=1.0, description="None: no EMA")
+    amp: bool = True  # mixed precision on CUDA (bf16 where supported); ignored on CPU
+    early_stopping_patience: int | None = Field(None, ge=1)
+    seed: int = 0
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:1" ...
+
+
+class EvalConfig(_Section):
+    """How predictions are scored."""
+
+    protocol: Literal["coco", "voc07", "voc12"] = "coco"
+    score_threshold: float = Field(0.001, ge=0.0, le=1.0)
+    max_detections: int = Field(100, ge=1)
+    nms_iou: float = Field(0.5, gt=0.0, le=1.0)
+    bootstrap_samples: int = Field(200, ge=0)
+    seed: int = 0
+
+
+class RunConfig(_Section):
+    """Everything one run needs; logged to MLflow once, flattened."""
+
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    augment: AugmentConfig = AugmentConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read a ``run.yaml`` (``yaml.safe_load``) into a validated RunConfig.
+
+    Raises ValueError naming the file when it is not a mapping or does not validate.
+    """
+    path = Path(path)
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a mapping of config sections, got {type(raw).__name__}")
+    try:
+        return RunConfig.model_validate(raw)
+    except ValueError as exc:
+        raise ValueError(f"{path}: invalid config:\n{exc}") from None
+
+
+def flatten(config: BaseModel, prefix: str = "") -> dict[str, str]:
+    """``{"train.lr": "0.001", ...}``: the config as flat string params (for MLflow)."""
+    out: dict[str, str] = {}
+    for key, value in config:
+        name = f"{prefix}{key}"
+        if isinstance(value, BaseModel):
+            out.update(flatten(value, prefix=f"{name}."))
+        else:
+            out[name] = str(value)
+    return out

@@ -1,0 +1,250 @@
+"""Dataset snapshots: a folder of canonical Parquet tables plus ``manifest.json`` (DESIGN.md §3).
+
+A snapshot is written atomically (a temporary sibling folder, then one rename) and carries a
+content digest over its tables and image hashes, so re-ingesting unchanged data gives the same
+digest. Images are not copied: the manifest records the image root, and ``file_name`` is relative
+to it. A relative ``image_root`` is relative to the snapshot folder itself (snapshots that make
+new pixels keep them in their own ``images/``).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import polars as pl
+
+from cvcore import schema
+
+Task = Literal["detection", "classification"]
+
+_SORT_KEYS = {
+    "images": ["image_id"],
+    "categories": ["category_id"],
+    "annotations": ["ann_id"],
+    "labels": ["image_id"],
+    "quarantine": ["source", "item", "reason"],
+}
+
+
+class SnapshotError(ValueError):
+    """A snapshot folder is missing, incomplete or inconsistent; the message names the file."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A loaded snapshot. Tables are eager polars frames in their schema (cvcore.schema)."""
+
+    path: Path
+    manifest: dict
+    images: pl.DataFrame
+    categories: pl.DataFrame
+    annotations: pl.DataFrame | None  # detection snapshots
+    labels: pl.DataFrame | None  # classification snapshots
+    quarantine: pl.DataFrame
+
+    @property
+    def name(self) -> str:
+        return self.manifest["name"]
+
+    @property
+    def task(self) -> Task:
+        return self.manifest["task"]
+
+    @property
+    def digest(self) -> str:
+        return self.manifest["digest"]
+
+    @property
+    def num_classes(self) -> int:
+        return self.categories.height
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.categories.sort("category_id").get_column("name").to_list()
+
+    @property
+    def image_root(self) -> Path:
+        root = Path(self.manifest["image_root"])
+        return root if root.is_absolute() else (self.path / root)
+
+    @property
+    def splits(self) -> list[str]:
+        return sorted(self.images.get_column("split").unique().to_list())
+
+    def split_images(self, split: str) -> pl.DataFrame:
+        """The images of one split, sorted by image_id. Raises SnapshotError for an unknown split."""
+        rows = self.images.filter(pl.col("split") == split).sort("image_id")
+        if rows.is_empty():
+            raise SnapshotError(f"{self.path}: no images in split {split!r}; splits are {self.splits}")
+        return rows
+
+    def image_path(self, file_name: str) -> Path:
+        """Absolute path of an image, confined to the image root (see resolve_inside)."""
+        return resolve_inside(self.image_root, file_name)
+
+
+def resolve_inside(root: Path, relative: str) -> Path:
+    """``root / relative`` resolved, refusing anything that escapes ``root``.
+
+    Absolute paths, ``..`` components and symlinks leading outside are rejected with ValueError
+    before any file is opened.
+    """
+    if not relative or os.path.isabs(relative) or Path(relative).is_absolute() or "\\" in relative:
+        raise ValueError(f"file name {relative!r} is not a relative path inside {root}")
+    root_resolved = Path(root).resolve()
+    target = (root_resolved / relative).resolve()
+    if not target.is_relative_to(root_resolved):
+        raise ValueError(f"file name {relative!r} escapes the dataset root {root}")
+    return target
+
+
+def content_digest(tables: dict[str, pl.DataFrame]) -> str:
+    """sha256 over the canonical tables (sorted, schema-conformed), image hashes included."""
+    h = hashlib.sha256()
+    for table in sorted(tables):
+        df = tables[table]
+        if df is None:
+            continue
+        keys = [k for k in _SORT_KEYS.get(table, []) if k in df.columns]
+        df = df.sort(keys) if keys else df
+        h.update(table.encode())
+        h.update(df.write_csv(float_precision=9).encode())
+    return h.hexdigest()
+
+
+def write_snapshot(
+    out: str | Path,
+    *,
+    name: str,
+    task: Task,
+    source_format: str,
+    image_root: str | Path,
+    images: pl.DataFrame,
+    categories: pl.DataFrame,
+    annotations: pl.DataFrame | None = None,
+    labels: pl.DataFrame | None = None,
+    quarantine: pl.DataFrame | None = None,
+    extra_files: dict[str, Path] | None = None,
+    replace: bool = False,
+) -> Snapshot:
+    """Validate the tables and write them as a snapshot folder at ``out``, atomically.
+
+    ``extra_files`` maps names inside the snapshot (e.g. ``"images"``) to existing files or
+    folders that are moved in before the final rename (used by snapshots that make new pixels).
+    An existing ``out`` is an error unless ``replace`` is true. Returns the loaded Snapshot.
+    """
+    out = Path(out)
+    if out.exists() and not replace:
+        raise SnapshotError(f"{out} already exists; choose another --out or remove it")
+    if task == "detection" and annotations is None:
+        raise SnapshotError(f"{out}: a detection snapshot needs an annotations table")
+    if task == "classification" and labels is None:
+        raise SnapshotError(f"{out}: a classification snapshot needs a labels table")
+    tables = {
+        "images": schema.validate(images, "images"),
+        "categories": schema.validate(categories, "categories"),
+        "quarantine": schema.validate(
+            quarantine if quarantine is not None else schema.empty("quarantine"), "quarantine"
+        ),
+    }
+    if annotations is not None:
+        tables["annotations"] = schema.validate(annotations, "annotations")
+    if labels is not None:
+        tables["labels"] = schema.validate(labels, "labels")
+    _check_consistency(out, tables)
+
+    digest = content_digest({k: v for k, v in tables.items() if k != "quarantine"})
+    manifest = {
+        "name": name,
+        "task": task,
+        "source_format": source_format,
+        "schema_version": schema.SCHEMA_VERSION,
+        "counts": {k: v.height for k, v in tables.items()}
+        | {"splits": dict(tables["images"].group_by("split").len().sort("split").iter_rows())},
+        "digest": digest,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "image_root": str(image_root),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for table, df in tables.items():
+            df.write_parquet(tmp / f"{table}.parquet")
+        for inner, src in (extra_files or {}).items():
+            shutil.move(str(src), tmp / inner)
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        if out.exists():
+            trash = out.with_name(f".{out.name}.old")
+            shutil.rmtree(trash, ignore_errors=True)
+            out.rename(trash)
+            tmp.rename(out)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return read_snapshot(out)
+
+
+def read_snapshot(path: str | Path) -> Snapshot:
+    """Load a snapshot folder. Raises SnapshotError naming the missing or invalid file."""
+    path = Path(path)
+    manifest_path = path / "manifest.json"
+    if not manifest_path.is_file():
+        raise SnapshotError(f"{path} is not a snapshot: {manifest_path.name} is missing")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise SnapshotError(f"{manifest_path}: not valid JSON ({exc})") from None
+    if manifest.get("schema_version") != schema.SCHEMA_VERSION:
+        raise SnapshotError(
+            f"{manifest_path}: schema version {manifest.get('schema_version')!r}, "
+            f"this cvflow reads {schema.SCHEMA_VERSION}"
+        )
+
+    def load(table: str, required: bool) -> pl.DataFrame | None:
+        file = path / f"{table}.parquet"
+        if not file.is_file():
+            if required:
+                raise SnapshotError(f"{path}: {file.name} is missing")
+            return None
+        return schema.validate(pl.read_parquet(file), table, source=str(file))
+
+    task = manifest.get("task")
+    return Snapshot(
+        path=path,
+        manifest=manifest,
+        images=load("images", True),
+        categories=load("categories", True),
+        annotations=load("annotations", task == "detection"),
+        labels=load("labels", task == "classification"),
+        quarantine=load("quarantine", False) if (path / "quarantine.parquet").exists() else schema.empty("quarantine"),
+    )
+
+
+def _check_consistency(out: Path, tables: dict[str, pl.DataFrame]) -> None:
+    images, cats = tables["images"], tables["categories"]
+    if images.get_column("image_id").is_duplicated().any():
+        raise SnapshotError(f"{out}: duplicate image_id in the images table")
+    k = cats.height
+    if sorted(cats.get_column("category_id").to_list()) != list(range(k)):
+        raise SnapshotError(f"{out}: category ids must be contiguous 0..{k - 1}")
+    image_ids = images.get_column("image_id")
+    for table in ("annotations", "labels"):
+        df = tables.get(table)
+        if df is None:
+            continue
+        if not df.get_column("image_id").is_in(image_ids.implode()).all():
+            raise SnapshotError(f"{out}: {table} refer to image ids missing from the images table")
+        cid = df.get_column("category_id")
+        if df.height and (cid.min() < 0 or cid.max() >= k):
+            raise SnapshotError(f"{out}: {table} have category ids outside 0..{k - 1}")

@@ -1,0 +1,149 @@
+"""torch Datasets over a snapshot split, in torchvision's detection/classification conventions.
+
+Detection samples are ``(image, target)`` with ``image: tv_tensors.Image uint8[3, H, W]`` and
+``target = {"boxes": tv_tensors.BoundingBoxes float32[N, 4] XYXY pixels, "labels": int64[N],
+"image_id": int}``, so torchvision.transforms.v2 moves boxes with pixels. Classification samples
+are ``(image, label: int)``.
+
+Images are decoded lazily in ``__getitem__`` (EXIF orientation applied), so the datasets work with
+``num_workers > 0``. An image that fails to decode is logged and yields ``None``; the collate
+functions drop such samples, so one bad file never kills a run.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import polars as pl
+import torch
+from PIL import Image, ImageOps
+from torchvision import tv_tensors
+from torchvision.io import ImageReadMode, decode_image
+
+from cvcore.data.snapshot import Snapshot
+
+log = logging.getLogger(__name__)
+
+Transform = Callable[..., object]
+
+
+def load_image(path: str | Path) -> torch.Tensor:
+    """Decode an image file to ``uint8[3, H, W]`` RGB, as displayed (EXIF orientation applied).
+
+    torchvision's decoder handles JPEG/PNG/WebP/GIF; other formats (BMP, TIFF) go through PIL.
+    Raises OSError/RuntimeError/ValueError for files that are not decodable images.
+    """
+    data = Path(path).read_bytes()
+    try:
+        return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB, apply_exif_orientation=True)
+    except RuntimeError:
+        with Image.open(path) as im:
+            arr = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+        return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+
+class DetectionDataset(torch.utils.data.Dataset):
+    """One split of a detection snapshot. ``transforms(image, target) -> (image, target)``."""
+
+    def __init__(self, snapshot: Snapshot, split: str, transforms: Transform | None = None):
+        if snapshot.task != "detection" or snapshot.annotations is None:
+            raise ValueError(f"{snapshot.path} is a {snapshot.task} snapshot, not detection")
+        imgs = snapshot.split_images(split)
+        self.snapshot_path = snapshot.path
+        self.split = split
+        self.transforms = transforms
+        self.image_ids = imgs.get_column("image_id").to_numpy()
+        self.paths = [str(snapshot.image_path(f)) for f in imgs.get_column("file_name")]
+        self.sizes = list(zip(imgs.get_column("height").to_list(), imgs.get_column("width").to_list()))
+        anns = snapshot.annotations.filter(pl.col("image_id").is_in(imgs.get_column("image_id").implode()))
+        # Crowd regions are not objects to learn; evaluation still sees them via the snapshot.
+        anns = anns.filter(~pl.col("iscrowd")).sort("ann_id")
+        grouped = {
+            k[0]: (g.select("x1", "y1", "x2", "y2").to_numpy().astype(np.float32), g.get_column("category_id").to_numpy())
+            for k, g in anns.group_by("image_id")
+        }
+        empty = (np.zeros((0, 4), np.float32), np.zeros((0,), np.int32))
+        self.targets = [grouped.get(int(i), empty) for i in self.image_ids]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def raw(self, index: int) -> tuple[tv_tensors.Image, dict] | None:
+        """The untransformed sample at ``index``, or None when the image cannot be decoded."""
+        try:
+            pixels = load_image(self.paths[index])
+        except (OSError, RuntimeError, ValueError) as exc:
+            log.warning("skipping undecodable image %s: %s", self.paths[index], exc)
+            return None
+        h, w = pixels.shape[-2:]
+        boxes, labels = self.targets[index]
+        target = {
+            "boxes": tv_tensors.BoundingBoxes(torch.from_numpy(boxes.copy()), format="XYXY", canvas_size=(h, w)),
+            "labels": torch.from_numpy(labels.astype(np.int64)),
+            "image_id": int(self.image_ids[index]),
+        }
+        return tv_tensors.Image(pixels), target
+
+    def __getitem__(self, index: int):
+        sample = self.raw(index)
+        if sample is None or self.transforms is None:
+            return sample
+        return self.transforms(*sample)
+
+
+class ClassificationDataset(torch.utils.data.Dataset):
+    """One split of a classification snapshot. ``transforms(image) -> image``."""
+
+    def __init__(self, snapshot: Snapshot, split: str, transforms: Transform | None = None):
+        if snapshot.task != "classification" or snapshot.labels is None:
+            raise ValueError(f"{snapshot.path} is a {snapshot.task} snapshot, not classification")
+        imgs = snapshot.split_images(split).join(snapshot.labels, on="image_id", how="inner")
+        self.snapshot_path = snapshot.path
+        self.split = split
+        self.transforms = transforms
+        self.image_ids = imgs.get_column("image_id").to_numpy()
+        self.paths = [str(snapshot.image_path(f)) for f in imgs.get_column("file_name")]
+        self.labels = imgs.get_column("category_id").to_numpy().astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def raw(self, index: int) -> tuple[tv_tensors.Image, int] | None:
+        try:
+            pixels = load_image(self.paths[index])
+        except (OSError, RuntimeError, ValueError) as exc:
+            log.warning("skipping undecodable image %s: %s", self.paths[index], exc)
+            return None
+        return tv_tensors.Image(pixels), int(self.labels[index])
+
+    def __getitem__(self, index: int):
+        sample = self.raw(index)
+        if sample is None or self.transforms is None:
+            return sample
+        return self.transforms(sample[0]), sample[1]
+
+
+def collate_detection(batch: list) -> tuple[list[torch.Tensor], list[dict]]:
+    """``(images, targets)`` as lists (detectors take variable image sizes); None samples dropped."""
+    batch = [b for b in batch if b is not None]
+    return [b[0] for b in batch], [b[1] for b in batch]
+
+
+def collate_classification(batch: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(images float/uint8[B, 3, H, W], labels int64[B])``; None samples dropped.
+
+    Images must already share one size (the transforms resize them).
+    """
+    batch = [b for b in batch if b is not None]
+    if not batch:
+        return torch.empty(0), torch.empty(0, dtype=torch.int64)
+    return torch.stack([torch.as_tensor(b[0]) for b in batch]), torch.tensor([b[1] for b in batch], dtype=torch.int64)
+
+
+def dataset_for(snapshot: Snapshot, split: str, transforms: Transform | None = None):
+    """The Dataset class matching the snapshot's task."""
+    cls = DetectionDataset if snapshot.task == "detection" else ClassificationDataset
+    return cls(snapshot, split, transforms)

@@ -1,0 +1,74 @@
+"""The model registry: a name → builder map, small and strict (after torchvision's models/_api.py).
+
+Every registered builder takes ``num_classes`` and keyword options and returns an ``nn.Module``
+with the shared interface (DESIGN.md §4):
+
+- classifiers: ``model(images: float32[B, 3, H, W] in [0, 1]) -> logits float32[B, K]``;
+- detectors: ``model(images: list[float32[3, H, W]] in [0, 1], targets)`` in train mode returns a
+  dict of named scalar losses, and ``model(images)`` in eval mode returns
+  ``list[dict(boxes=float32[N, 4] xyxy pixels of the input image, labels=int64[N], scores=float32[N])]``.
+
+Models normalise their inputs themselves (ImageNet mean/std), so data pipelines hand over plain
+[0, 1] images and pretrained backbones see what they were trained on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
+
+from torch import nn
+
+Task = Literal["classification", "detection"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the registry knows of one model: its builder, task and per-model run defaults.
+
+    ``defaults`` holds sensible training settings for this model (e.g. ``img_size``, ``epochs``,
+    ``lr``, ``batch_size``), used where a user did not choose them.
+    """
+
+    name: str
+    task: Task
+    builder: Callable[..., nn.Module]
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+
+_MODELS: dict[str, ModelSpec] = {}
+
+
+def register_model(name: str, *, task: Task, defaults: dict[str, Any] | None = None):
+    """Decorator registering ``builder(num_classes, **options) -> nn.Module`` under ``name``.
+
+    Raises ValueError when ``name`` is already registered.
+    """
+
+    def wrap(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _MODELS:
+            raise ValueError(f"model {name!r} is already registered (by {_MODELS[name].builder.__module__})")
+        _MODELS[name] = ModelSpec(name, task, builder, dict(defaults or {}))
+        return builder
+
+    return wrap
+
+
+def model_spec(name: str) -> ModelSpec:
+    """The spec of a registered model; ValueError listing the known names otherwise."""
+    _load_builtin_models()
+    try:
+        return _MODELS[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}") from None
+
+
+def list_models(task: Task | None = None) -> list[str]:
+    """Sorted names of registered models, optionally only those of one task."""
+    _load_builtin_models()
+    return sorted(n for n, s in _MODELS.items() if task is None or s.task == task)
+
+
+def _load_builtin_models() -> None:
+    # Importing the package registers the built-in models (the modules use @register_model).
+    import cvcore.models  # noqa: F401

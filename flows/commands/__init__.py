@@ -1,0 +1,1 @@
+"""One module per `cvflow` sub-command; flows/cli.py registers them."""
