@@ -1,0 +1,102 @@
+"""DataLoaders for a training run: snapshot splits + augmentation pipelines, seeded.
+
+Reproducibility: the train loader draws its shuffling order and its workers' base seed from its
+own ``torch.Generator`` (seeded with ``config.train.seed``, and saved/restored by checkpoints);
+each worker seeds numpy and ``random`` from its torch seed (the recipe of PyTorch's
+"Randomness in multi-process data loading" notes). Workers are not persistent, so each epoch
+starts them afresh from the generator, which is what makes a resumed run repeat the same batches.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from cvcore.config import RunConfig
+from cvcore.data.snapshot import Snapshot
+from cvcore.data.torch_dataset import collate_classification, collate_detection, dataset_for
+from cvcore.engine.device import resolve_device
+
+
+@dataclass(frozen=True)
+class Loaders:
+    """The train and validation loaders of a run; unpacks as ``train, val = make_loaders(...)``."""
+
+    train: DataLoader
+    val: DataLoader
+
+    def __iter__(self) -> Iterator[DataLoader]:
+        return iter((self.train, self.val))
+
+
+def make_loaders(snapshot: Snapshot, config: RunConfig) -> Loaders:
+    """Train loader (augmented, shuffled, seeded) and val loader (eval transforms, in order).
+
+    Detection with ``augment.mosaic_p > 0`` wraps the train set in Mosaic; classification with
+    ``cutmix_p``/``mixup_p > 0`` mixes each train batch in the collate (labels become
+    probabilities float32[B, K]). Memory is pinned when the run's device is CUDA.
+    """
+    from cvcore.augment.pipelines import build_transforms  # deferred: augment imports are heavy-ish
+
+    task, aug, tc = snapshot.task, config.augment, config.train
+    img_size = config.data.img_size
+    train_tf = build_transforms(aug, task=task, img_size=img_size, train=True)
+    eval_tf = build_transforms(aug, task=task, img_size=img_size, train=False)
+    train_set: Dataset = dataset_for(snapshot, config.data.train_split, train_tf)
+    val_set = dataset_for(snapshot, config.data.val_split, eval_tf)
+    collate: Callable[[list], Any] = collate_detection if task == "detection" else collate_classification
+    train_collate = collate
+    if task == "detection" and aug.mosaic_p > 0:
+        from cvcore.augment.mosaic import MosaicDataset
+
+        train_set = MosaicDataset(train_set, p=aug.mosaic_p, img_size=img_size, seed=aug.seed)
+    if task == "classification" and (aug.cutmix_p > 0 or aug.mixup_p > 0):
+        from cvcore.augment.mixing import BatchMixer
+
+        train_collate = MixingCollate(BatchMixer(aug, snapshot.num_classes))
+
+    pin = resolve_device(tc.device).type == "cuda"
+    workers = config.data.num_workers
+    train = DataLoader(
+        train_set,
+        batch_size=tc.batch_size,
+        shuffle=True,
+        # A last batch of one image breaks batch-norm in train mode; drop the ragged tail.
+        drop_last=len(train_set) > tc.batch_size,
+        num_workers=workers,
+        collate_fn=train_collate,
+        generator=torch.Generator().manual_seed(tc.seed),
+        worker_init_fn=seed_worker,
+        pin_memory=pin,
+        persistent_workers=False,  # see the module docstring: resume needs fresh workers per epoch
+    )
+    val = DataLoader(val_set, batch_size=tc.batch_size, shuffle=False, num_workers=workers, collate_fn=collate, pin_memory=pin)
+    return Loaders(train=train, val=val)
+
+
+def seed_worker(worker_id: int) -> None:
+    """Seed numpy and ``random`` in a DataLoader worker from the torch seed the loader gave it."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+class MixingCollate:
+    """Collate a classification batch, then mix it (CutMix/MixUp) into probability targets.
+
+    A class, not a closure, so it pickles into DataLoader worker processes.
+    """
+
+    def __init__(self, mixer: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]):
+        self.mixer = mixer
+
+    def __call__(self, batch: list) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = collate_classification(batch)
+        if len(images) == 0:
+            return images, labels
+        return self.mixer(images, labels)
