@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class _Section(BaseModel):
@@ -52,7 +52,23 @@ class AugmentConfig(_Section):
     mixup_alpha: float = Field(0.2, gt=0.0)
     mosaic_p: float = Field(0.0, ge=0.0, le=1.0, description="detection, per sample")
     close_mosaic: int = Field(0, ge=0, description="no Mosaic in the last N epochs")
+    # Each Mosaic tile is resized so its longer side is img_size x a factor drawn from this range.
+    mosaic_scale: tuple[float, float] = (0.5, 1.0)
+    min_box_size: float = Field(1.0, ge=1.0, description="px at img_size; smaller boxes are dropped")
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> "AugmentConfig":
+        # One batch gets CutMix, MixUp or neither: the two probabilities share one draw.
+        if self.cutmix_p + self.mixup_p > 1.0 + 1e-9:
+            raise ValueError(f"cutmix_p + mixup_p must be <= 1, got {self.cutmix_p} + {self.mixup_p}")
+        lo, hi = self.mosaic_scale
+        if not 0.0 < lo <= hi:
+            raise ValueError(f"mosaic_scale must be (low, high) with 0 < low <= high, got {self.mosaic_scale}")
+        for i, spec in enumerate(self.transforms or []):
+            if not isinstance(spec.get("name"), str):
+                raise ValueError(f"augment.transforms[{i}] needs a 'name' (a transforms.v2 class name), got {spec}")
+        return self
 
 
 class TrainConfig(_Section):
