@@ -25,6 +25,8 @@ def _main() -> None:
 # (command name, module under flows.commands, function name). Add one line per command.
 _COMMANDS: list[tuple[str, str, str]] = [
     ("version", "version", "version"),
+    ("train", "train", "train"),
+    ("predict", "predict", "predict"),
 ]
 
 for _name, _module, _fn in _COMMANDS:

@@ -1,0 +1,158 @@
+"""A whole training run from one RunConfig: snapshot → model → loaders → ``fit`` → run folder.
+
+``train_run`` is what ``cvflow train`` calls and what the Prefect train pipeline reuses; it owns
+the choices a bare ``fit`` leaves to its caller: per-model defaults, the number of classes, the
+seed before the model's initialisation, freezing, checkpoint ``meta`` and ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from cvcore.config import RunConfig
+from cvcore.data.snapshot import Snapshot, read_snapshot
+from cvcore.engine.checkpoint import LAST
+from cvcore.engine.train import FitResult, fit, seed_everything
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.yaml"
+_SECTIONS = ("data", "model", "augment", "train", "eval")
+
+
+def resolve_run_config(config: RunConfig, *, snapshot: Snapshot) -> RunConfig:
+    """The config a run really uses: per-model defaults filled in, ``num_classes`` from the data.
+
+    ``model_spec(name).defaults`` fill only the fields the user did not set (pydantic's
+    ``model_fields_set``: keys present in run.yaml or given on the command line). Keys are
+    ``"section.field"`` or a bare field name that exists in one section only; ``options`` merge
+    under the user's own model options.
+
+    Raises ValueError for an unknown model (listing the known ones), a model whose task differs
+    from the snapshot's, or a ``num_classes`` that contradicts the snapshot.
+    """
+    from cvcore.models import model_spec
+
+    spec = model_spec(config.model.name)
+    if spec.task != snapshot.task:
+        raise ValueError(
+            f"model {spec.name!r} is a {spec.task} model, but snapshot {snapshot.path} is a {snapshot.task} dataset; "
+            f"choose a {snapshot.task} model"
+        )
+    if config.model.num_classes is not None and config.model.num_classes != snapshot.num_classes:
+        raise ValueError(
+            f"model.num_classes is {config.model.num_classes}, but snapshot {snapshot.path} has {snapshot.num_classes} classes"
+        )
+    raw = config.model_dump(exclude_unset=True)
+    for key, value in spec.defaults.items():
+        section, name = _locate(key, model=spec.name)
+        user = raw.setdefault(section, {})
+        if name == "options" and section == "model":
+            user["options"] = {**dict(value), **user.get("options", {})}
+        elif name not in user:
+            user[name] = value
+    raw.setdefault("model", {})["num_classes"] = snapshot.num_classes
+    raw.setdefault("data", {})["snapshot"] = str(snapshot.path)
+    return RunConfig.model_validate(raw)
+
+
+def train_run(
+    config: RunConfig,
+    out_dir: str | Path,
+    *,
+    callbacks: Iterable[Any] = (),
+    resume: str | Path | None = None,
+) -> FitResult:
+    """Train the configured model on the configured snapshot into the run folder ``out_dir``.
+
+    ``out_dir`` receives ``config.yaml`` (the resolved config), ``last.pt``, ``best.pt``,
+    ``metrics.json`` and ``history.parquet``. A folder that already holds a run is refused
+    unless ``resume`` continues it. Raises ValueError for a missing/unknown snapshot or model.
+    """
+    from cvcore.engine.data import make_loaders
+    from cvcore.models import build_model
+    from cvcore.models.finetune import apply_freeze
+
+    out_dir = Path(out_dir)
+    if resume is None and (out_dir / LAST).exists():
+        raise FileExistsError(f"{out_dir} already holds a run ({LAST}); resume it or choose another output folder")
+    if config.data.snapshot is None:
+        raise ValueError("no dataset: set data.snapshot in the config (or --data on the command line)")
+    snapshot = read_snapshot(config.data.snapshot)
+    config = resolve_run_config(config, snapshot=snapshot)
+    mc = config.model
+
+    seed_everything(config.train.seed)  # the model's random initialisation is part of the run
+    model = build_model(mc.name, num_classes=mc.num_classes, pretrained=mc.pretrained, **mc.options)
+    apply_freeze(model, mc.freeze, freeze_bn=mc.freeze_bn)
+    loaders = make_loaders(snapshot, config)
+    meta = {
+        "model_name": mc.name,
+        "num_classes": mc.num_classes,
+        "class_names": snapshot.class_names,
+        "img_size": config.data.img_size,
+        "options": dict(mc.options),
+        "snapshot": {"path": str(snapshot.path), "name": snapshot.name, "digest": snapshot.digest},
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_config(config, out_dir / CONFIG_FILE)
+    log.info("training %s on %s (%d classes) into %s", mc.name, snapshot.path, mc.num_classes, out_dir)
+    return fit(
+        model, loaders.train, loaders.val, config=config, task=snapshot.task, out_dir=out_dir, callbacks=callbacks, resume=resume, meta=meta
+    )
+
+
+def write_config(config: RunConfig, path: str | Path) -> Path:
+    """Write ``config`` as YAML (loadable by cvcore.config.load_config), atomically."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            yaml.safe_dump(config.model_dump(mode="json"), fh, sort_keys=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _locate(key: str, *, model: str) -> tuple[str, str]:
+    """``"train.lr"`` → (train, lr); ``"lr"`` → the one section that has a field ``lr``."""
+    fields = {s: set(RunConfig.model_fields[s].annotation.model_fields) for s in _SECTIONS}
+    if "." in key:
+        section, name = key.split(".", 1)
+        if section in fields and name in fields[section]:
+            return section, name
+        raise ValueError(f"model {model!r} has a default for unknown config field {key!r}")
+    owners = [s for s in _SECTIONS if key in fields[s]]
+    if len(owners) != 1:
+        where = "no section" if not owners else f"several sections ({', '.join(owners)}); write section.{key}"
+        raise ValueError(f"model {model!r} has a default {key!r} found in {where}")
+    return owners[0], key
+
+
+def prediction_dataset(meta: dict[str, Any], snapshot: Snapshot, split: str):
+    """The eval-transformed dataset of ``split`` for a model with checkpoint ``meta``.
+
+    Raises ValueError when the snapshot's task or classes differ from what the model learned
+    (category ids would mean other things).
+    """
+    from cvcore.augment.pipelines import build_transforms
+    from cvcore.config import AugmentConfig
+    from cvcore.data.torch_dataset import dataset_for
+
+    if meta["task"] != snapshot.task:
+        raise ValueError(f"the model is a {meta['task']} model, but snapshot {snapshot.path} is a {snapshot.task} dataset")
+    if list(meta["class_names"]) != snapshot.class_names:
+        raise ValueError(
+            f"the model was trained on classes {list(meta['class_names'])}, snapshot {snapshot.path} has {snapshot.class_names}"
+        )
+    augment = AugmentConfig.model_validate(meta["config"]["augment"])
+    transforms = build_transforms(augment, task=snapshot.task, img_size=int(meta["img_size"]), train=False)
+    return dataset_for(snapshot, split, transforms)

@@ -1,0 +1,57 @@
+"""`cvflow predict`: run a trained model over one split of a snapshot into a predictions Parquet file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import track
+
+from flows.commands._common import cli_errors, console, err_console, setup_logging
+
+
+@cli_errors
+def predict(
+    model: Annotated[str, typer.Option("--model", help="Run folder (uses best.pt) or checkpoint file.")],
+    data: Annotated[Path, typer.Option("--data", help="Snapshot folder.")],
+    out: Annotated[Path, typer.Option("--out", help="Predictions Parquet file to write.")],
+    split: Annotated[str, typer.Option(help="Split of the snapshot to predict.")] = "val",
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 32,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
+    workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 0,
+    score_threshold: Annotated[float | None, typer.Option(help="Detection: keep boxes scoring at least this (default: the run's eval config).")] = None,
+    max_detections: Annotated[int | None, typer.Option(help="Detection: boxes kept per image (default: the run's eval config).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Library logs at INFO.")] = False,
+) -> None:
+    """Write predictions of MODEL on SPLIT of DATA to OUT (DESIGN.md §3 predictions schema)."""
+    import pyarrow.parquet as pq
+
+    from cvcore.config import EvalConfig
+    from cvcore.data.snapshot import read_snapshot
+    from cvcore.engine.checkpoint import load_model
+    from cvcore.engine.infer import num_batches, predict as run_predict, write_predictions
+    from cvcore.engine.run import prediction_dataset
+
+    setup_logging(verbose)
+    snapshot = read_snapshot(data)
+    loaded = load_model(model)
+    dataset = prediction_dataset(loaded.meta, snapshot, split)
+    eval_config = EvalConfig.model_validate(loaded.meta["config"]["eval"])
+    batches = run_predict(
+        loaded.model,
+        dataset,
+        task=snapshot.task,
+        batch_size=batch_size,
+        device=device,
+        score_threshold=eval_config.score_threshold if score_threshold is None else score_threshold,
+        max_detections=eval_config.max_detections if max_detections is None else max_detections,
+        num_workers=workers,
+    )
+    if not quiet:
+        total = num_batches(dataset, batch_size=batch_size)
+        batches = track(batches, total=total, description=f"predict {split}", console=err_console, transient=True)
+    path = write_predictions(batches, out, task=snapshot.task)
+    rows = pq.ParquetFile(path).metadata.num_rows
+    console.print(f"{rows} predictions for {len(dataset)} {split} images of {snapshot.name} → {path}", highlight=False)
