@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import json
 import logging
 import os
 import pickle
 import tempfile
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Literal, Sequence
 
@@ -34,6 +35,52 @@ log = logging.getLogger(__name__)
 
 Strategy = Literal["fast", "quality"]
 STRATEGIES: tuple[str, ...] = ("fast", "quality")
+Method = Literal["selective_search", "sliding_windows"]
+METHODS: tuple[str, ...] = ("selective_search", "sliding_windows")
+
+
+@dataclass(frozen=True)
+class ProposalSettings:
+    """How a detector gets its regions: selective search or sliding windows, and their knobs.
+
+    ``max_proposals`` caps both methods (sliding windows beyond the cap are thinned evenly).
+    ``key()`` names the settings for caches: the same settings on the same pixels give the
+    same proposals.
+    """
+
+    method: Method = "selective_search"
+    strategy: Strategy = "fast"
+    max_proposals: int = 2000
+    window_sizes: tuple[float, ...] = (16.0, 32.0, 64.0)
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    stride: int = 8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown proposal method {self.method!r}; choose one of {METHODS}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"unknown selective-search strategy {self.strategy!r}; choose one of {STRATEGIES}")
+        if self.max_proposals < 1:
+            raise ValueError(f"max_proposals must be at least 1, got {self.max_proposals}")
+        # tuples, so the settings hash and compare by value (options may arrive as lists from YAML)
+        object.__setattr__(self, "window_sizes", tuple(float(s) for s in self.window_sizes))
+        object.__setattr__(self, "aspect_ratios", tuple(float(a) for a in self.aspect_ratios))
+
+    def propose(self, image: torch.Tensor) -> torch.Tensor:
+        """Proposals of one ``[3, H, W]`` image: ``float32[N, 4]`` xyxy pixels, ``N <= max_proposals``."""
+        if self.method == "selective_search":
+            return selective_search(image, strategy=self.strategy, max_proposals=self.max_proposals, seed=self.seed)
+        h, w = image.shape[-2:]
+        boxes = sliding_windows(h, w, sizes=self.window_sizes, aspect_ratios=self.aspect_ratios, stride=self.stride)
+        if len(boxes) > self.max_proposals:
+            keep = torch.linspace(0, len(boxes) - 1, self.max_proposals).round().long()
+            boxes = boxes[keep]
+        return boxes
+
+    def key(self) -> str:
+        """A short digest of the settings (cache folder names)."""
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def selective_search(
@@ -201,12 +248,15 @@ class TensorCache:
 
     ``root=None`` keeps entries in memory only. On disk each entry is ``<root>/<key[:2]>/<key>.pt``,
     written atomically (temporary file, then rename) and read back with ``weights_only=True``.
+    The memory part holds at most ``max_memory_bytes`` of tensor data (least recently used
+    entries are dropped first; they stay on disk).
     """
 
-    def __init__(self, root: str | Path | None = None, *, max_memory_items: int = 4096):
+    def __init__(self, root: str | Path | None = None, *, max_memory_bytes: int = 1 << 30):
         self.root = Path(root) if root is not None else None
-        self.max_memory_items = max_memory_items
+        self.max_memory_bytes = max_memory_bytes
         self._memory: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
+        self._memory_bytes = 0
         self.hits = 0
         self.misses = 0
 
@@ -220,17 +270,28 @@ class TensorCache:
         entry = self._read(key)
         if entry is None:
             self.misses += 1
-            entry = {k: v.detach().to("cpu") for k, v in compute().items()}
+            computed = compute()
+            # Stored as ordinary tensors even when computed under inference_mode (predict), so a
+            # later training step may use them.
+            with torch.inference_mode(False):
+                entry = {k: v.detach().to("cpu").clone() for k, v in computed.items()}
             self._write(key, entry)
         else:
             self.hits += 1
         self._remember(key, entry)
         return entry
 
+    def clear_memory(self) -> None:
+        """Forget the in-memory entries (files on disk stay)."""
+        self._memory.clear()
+        self._memory_bytes = 0
+
     def _remember(self, key: str, entry: dict[str, torch.Tensor]) -> None:
         self._memory[key] = entry
-        while len(self._memory) > self.max_memory_items:
-            self._memory.popitem(last=False)
+        self._memory_bytes += _nbytes(entry)
+        while self._memory_bytes > self.max_memory_bytes and len(self._memory) > 1:
+            _, dropped = self._memory.popitem(last=False)
+            self._memory_bytes -= _nbytes(dropped)
 
     def _path(self, key: str) -> Path:
         assert self.root is not None
@@ -261,6 +322,10 @@ class TensorCache:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+def _nbytes(entry: dict[str, torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in entry.values())
 
 
 def _to_bgr_uint8(image: torch.Tensor) -> np.ndarray:

@@ -149,7 +149,7 @@ def test_tensor_cache_computes_once_and_persists_on_disk(tmp_path):
 
 
 def test_tensor_cache_recomputes_a_corrupt_entry_and_evicts_from_memory(tmp_path):
-    cache = TensorCache(tmp_path, max_memory_items=1)
+    cache = TensorCache(tmp_path, max_memory_bytes=4)  # room for one float32[1]
     cache.get_or_compute("k1", lambda: {"x": torch.ones(1)})
     (tmp_path / "k1" / "k1.pt").write_bytes(b"not a torch file")
     cache.get_or_compute("k2", lambda: {"x": torch.zeros(1)})  # evicts k1 from memory
