@@ -1,0 +1,256 @@
+"""MLflow plumbing shared by the tasks: where the store is, run tags, the dataset input, epochs.
+
+MLflow's active run is per thread and Prefect runs tasks in worker threads, so nothing here uses
+the fluent ``mlflow.log_*`` calls: every write goes through an :class:`mlflow.MlflowClient` with
+an explicit ``run_id`` that the flow opened (DESIGN.md §1).
+
+Embedded default (DESIGN.md §5): without ``MLFLOW_TRACKING_URI`` the tracking and registry store
+is ``sqlite:///<CVFLOW_HOME>/mlflow.db`` and artifacts go to ``<CVFLOW_HOME>/mlartifacts/``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import time
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import mlflow
+import polars as pl
+from mlflow import MlflowClient
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_GIT_COMMIT, MLFLOW_RUN_NAME
+
+from cvcore.config import RunConfig, flatten
+from cvcore.data.snapshot import Snapshot
+
+DEFAULT_EXPERIMENT = "cvflow"
+UI_HOST, UI_PORT = "127.0.0.1", 5000
+_BATCH = 900  # MLflow accepts at most 1000 metrics (100 params) per log_batch call
+
+# Tag names other pieces (the `runs` command, nightly comparisons) read back.
+TAG_DATASET = "cvflow.dataset"
+TAG_DATASET_DIGEST = "cvflow.dataset_digest"
+TAG_SNAPSHOT = "cvflow.snapshot"
+TAG_MODEL = "cvflow.model"
+TAG_TASK = "cvflow.task"
+TAG_FLOW = "cvflow.flow"
+TAG_FLOW_RUN = "cvflow.flow_run_id"
+TAG_CODE_VERSION = "cvflow.code_version"
+TAG_FAILURE = "cvflow.failure"
+
+
+class TrackingUnavailable(RuntimeError):
+    """The MLflow tracking server cannot be reached; the message names the URI."""
+
+
+def cvflow_home() -> Path:
+    """The home folder (``$CVFLOW_HOME``, default ``./.cvflow``), absolute and created."""
+    home = Path(os.environ.get("CVFLOW_HOME") or ".cvflow").expanduser().resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    return home
+
+
+def tracking_uri(home: Path | None = None) -> str:
+    """``$MLFLOW_TRACKING_URI`` when set, else the embedded SQLite store under the home folder."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return f"sqlite:///{(home or cvflow_home()) / 'mlflow.db'}"
+
+
+def uses_embedded_store() -> bool:
+    """True when MLflow runs on cvflow's embedded SQLite store (no tracking server was given)."""
+    return not os.environ.get("MLFLOW_TRACKING_URI")
+
+
+def artifact_root(home: Path | None = None) -> str | None:
+    """Artifact location for new experiments: ``<home>/mlartifacts`` on the embedded store.
+
+    With a tracking server the server decides (None), so clients never write to paths only
+    this machine has.
+    """
+    if not uses_embedded_store():
+        return None
+    return ((home or cvflow_home()) / "mlartifacts").as_uri()
+
+
+def mlflow_client(home: Path | None = None) -> MlflowClient:
+    """A client on :func:`tracking_uri`; also makes it the process default for ``mlflow.*`` calls.
+
+    Raises TrackingUnavailable naming the URI when a tracking server does not answer.
+    """
+    uri = tracking_uri(home)
+    mlflow.set_tracking_uri(uri)  # the registry follows the tracking URI (MLflow's default)
+    client = MlflowClient(uri)
+    if uri.startswith(("http://", "https://")):
+        _check_reachable(client, uri)
+    return client
+
+
+def _check_reachable(client: MlflowClient, uri: str) -> None:
+    # One cheap call with short retries and timeout: MLflow's defaults retry for minutes, which
+    # looks like a hang to a user who mistyped the URI.
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="1", MLFLOW_HTTP_REQUEST_TIMEOUT="10")
+    try:
+        client.search_experiments(max_results=1)
+    except (MlflowException, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TrackingUnavailable(f"MLflow tracking server {uri} is unreachable: {first}") from None
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def ensure_experiment(client: MlflowClient, name: str = DEFAULT_EXPERIMENT) -> str:
+    """The id of experiment ``name``, created (with the home's artifact root) when missing."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_root())
+    except MlflowException:
+        # Another process created it between our lookup and create.
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def code_version() -> str:
+    """The git commit of the cvflow checkout (``-dirty`` with local changes), else the package version."""
+    return _code_version()
+
+
+@functools.cache
+def _code_version() -> str:
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--"], cwd=root, capture_output=True, timeout=5)
+        return commit + ("-dirty" if dirty.returncode == 1 else "")
+    except (OSError, subprocess.SubprocessError):
+        try:
+            return version("cvflow")
+        except PackageNotFoundError:
+            return "unknown"
+
+
+def run_tags(snapshot: Snapshot, *, model_name: str, flow_name: str, flow_run_id: str | None) -> dict[str, str]:
+    """The tags every pipeline run carries (dataset, model, flow run, code version)."""
+    commit = code_version()
+    tags = {
+        TAG_DATASET: snapshot.name,
+        TAG_DATASET_DIGEST: snapshot.digest,
+        TAG_SNAPSHOT: str(snapshot.path),
+        TAG_MODEL: model_name,
+        TAG_TASK: snapshot.task,
+        TAG_FLOW: flow_name,
+        TAG_FLOW_RUN: flow_run_id or "",
+        TAG_CODE_VERSION: commit,
+    }
+    if len(commit.split("-")[0]) == 40:
+        tags[MLFLOW_GIT_COMMIT] = commit.split("-")[0]  # the MLflow UI shows this one
+    return tags
+
+
+def open_run(client: MlflowClient, experiment_id: str, *, run_name: str, tags: Mapping[str, str]) -> str:
+    """Create a RUNNING MLflow run and return its id (the flow passes it to every task)."""
+    run = client.create_run(experiment_id, run_name=run_name, tags={MLFLOW_RUN_NAME: run_name, **tags})
+    return run.info.run_id
+
+
+def close_run(client: MlflowClient, run_id: str, *, error: BaseException | None = None) -> None:
+    """Mark the run FINISHED, or FAILED with the cause as a tag (shown in the MLflow UI)."""
+    if error is not None:
+        client.set_tag(run_id, TAG_FAILURE, f"{type(error).__name__}: {error}"[:4000])
+        client.set_terminated(run_id, status="FAILED")
+    else:
+        client.set_terminated(run_id, status="FINISHED")
+
+
+def log_config(client: MlflowClient, run_id: str, config: RunConfig) -> None:
+    """The whole config once, flattened to ``section.field`` params (cvcore.config.flatten)."""
+    params = [Param(k, v[:6000]) for k, v in sorted(flatten(config).items())]
+    for i in range(0, len(params), 100):
+        client.log_batch(run_id, params=params[i : i + 100])
+    client.log_dict(run_id, config.model_dump(mode="json"), "config.json")
+
+
+def log_metrics(client: MlflowClient, run_id: str, metrics: Mapping[str, float], *, step: int = 0) -> None:
+    """Log finite scalar metrics in batches; NaN (e.g. AP of a class with no truth) is skipped."""
+    now = int(time.time() * 1000)
+    rows = [Metric(_metric_key(k), float(v), now, step) for k, v in metrics.items() if v == v]
+    for i in range(0, len(rows), _BATCH):
+        client.log_batch(run_id, metrics=rows[i : i + _BATCH])
+
+
+def _metric_key(name: str) -> str:
+    # MLflow keys allow alphanumerics, _ - . space : / only; class names may hold anything else.
+    return "".join(c if c.isalnum() or c in "_-. :/" else "_" for c in name)
+
+
+def log_tags(client: MlflowClient, run_id: str, tags: Mapping[str, str]) -> None:
+    client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def log_dataset(client: MlflowClient, run_id: str, snapshot: Snapshot, *, splits: Iterable[str]) -> None:
+    """Log each split of the snapshot as an MLflow dataset input, with the snapshot's digest.
+
+    The input's digest is the snapshot digest's first 16 hex digits (MLflow's column holds 36
+    characters); the full digest is the ``cvflow.dataset_digest`` tag.
+    """
+    from mlflow.data.sources import LocalArtifactDatasetSource
+
+    inputs = []
+    for split in splits:
+        frame = snapshot.split_images(split)
+        ds = mlflow.data.from_polars(
+            frame.drop("sha256"),
+            source=LocalArtifactDatasetSource(str(snapshot.path)),
+            name=f"{snapshot.name}/{split}",
+            digest=snapshot.digest[:16],
+        )
+        inputs.append(DatasetInput(ds._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, split)]))
+    client.log_inputs(run_id, datasets=inputs)
+
+
+def run_url(client: MlflowClient, run_id: str) -> str:
+    """Where the run opens in the MLflow UI (the tracking server, or `cvflow ui`'s local one)."""
+    uri = client.tracking_uri
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else f"http://{UI_HOST}:{UI_PORT}"
+    experiment_id = client.get_run(run_id).info.experiment_id
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+class EpochLogger:
+    """Engine callback (cvcore.engine.train.fit): per-epoch metrics to MLflow as ``epoch/<name>``.
+
+    ``step`` is the epoch number, so the MLflow UI draws training curves over epochs.
+    """
+
+    def __init__(self, client: MlflowClient, run_id: str):
+        self.client = client
+        self.run_id = run_id
+
+    def on_epoch_end(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        log_metrics(self.client, self.run_id, {f"epoch/{k}": v for k, v in metrics.items() if _is_number(v)}, step=epoch)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def metrics_frame(metrics: Mapping[str, float]) -> pl.DataFrame:
+    """A two-column frame (metric, value) of a metrics mapping, for Parquet and Prefect tables."""
+    return pl.DataFrame({"metric": list(metrics), "value": [float(v) for v in metrics.values()]})

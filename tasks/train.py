@@ -1,0 +1,75 @@
+"""Training tasks: settle a run's config, then train it with per-epoch MLflow logging.
+
+``plan_run`` turns the user's config into the one the run really uses (model defaults, the
+number of classes, MLflow model URIs as local weight files) and logs it to MLflow once;
+``train_model`` runs cvcore's ``train_run`` on it. The train task is tagged ``gpu`` so a Prefect
+concurrency limit on that tag holds training to the number of GPUs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.logging import get_run_logger
+
+from cvcore.config import RunConfig
+from tasks.refs import CheckpointRef, SnapshotRef
+from tasks.registry import is_model_uri, resolve_checkpoint
+from tasks.tracking import EpochLogger, log_config, mlflow_client
+
+GPU_TAG = "gpu"
+
+
+@task(name="plan-run", cache_policy=NO_CACHE)
+def plan_run(snapshot: SnapshotRef, config: RunConfig, *, run_id: str) -> RunConfig:
+    """The run's resolved config (cvcore.engine.run.resolve_run_config), logged as MLflow params.
+
+    ``model.pretrained`` given as an MLflow model URI is downloaded and replaced by the local
+    checkpoint path (cvcore never talks to MLflow).
+    """
+    from cvcore.data.snapshot import read_snapshot
+    from cvcore.engine.run import resolve_run_config
+
+    data = config.data.model_copy(update={"snapshot": snapshot.path})
+    config = config.model_copy(update={"data": data})
+    pretrained = config.model.pretrained
+    if pretrained and is_model_uri(pretrained):
+        local = resolve_checkpoint.fn(pretrained)
+        config = config.model_copy(update={"model": config.model.model_copy(update={"pretrained": str(local)})})
+    resolved = resolve_run_config(config, snapshot=read_snapshot(snapshot.path))
+    log_config(mlflow_client(), run_id, resolved)
+    get_run_logger().info(
+        "%s on %s: %d epochs, batch %d, %d px", resolved.model.name, snapshot.name, resolved.train.epochs, resolved.train.batch_size, resolved.data.img_size
+    )
+    return resolved
+
+
+@task(name="train", tags=[GPU_TAG], cache_policy=NO_CACHE)
+def train_model(config: RunConfig, *, run_id: str, out_dir: Path, progress: bool = False) -> CheckpointRef:
+    """Train ``config`` (already resolved by plan_run) into ``out_dir``; epochs go to MLflow.
+
+    The run folder's ``metrics.json``, ``history.parquet`` and ``config.yaml`` are logged under
+    ``training/``. ``progress`` shows the engine's progress bar on stderr (interactive runs).
+    """
+    from cvcore.engine.callbacks import ProgressBar
+    from cvcore.engine.run import train_run
+
+    client = mlflow_client()
+    callbacks = [EpochLogger(client, run_id)] + ([ProgressBar()] if progress else [])
+    result = train_run(config, out_dir, callbacks=callbacks)
+    for file in (result.metrics_file, result.history_file, out_dir / "config.yaml"):
+        if file.is_file():
+            client.log_artifact(run_id, str(file), "training")
+    get_run_logger().info(
+        "best epoch %d of %d: %s = %.4f", result.best_epoch, result.epochs_run, result.metric, result.best_metric
+    )
+    best = result.best_checkpoint if result.best_checkpoint.is_file() else result.last_checkpoint
+    return CheckpointRef(path=best, out_dir=out_dir, model_name=config.model.name, task=_task_of(config), epochs=result.epochs_run)
+
+
+def _task_of(config: RunConfig) -> str:
+    from cvcore.models import model_spec
+
+    return model_spec(config.model.name).task
