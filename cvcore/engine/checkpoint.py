@@ -174,7 +174,9 @@ def load_model(path: str | Path) -> LoadedModel:
     missing = [k for k in META_KEYS if k not in meta]
     if missing:
         raise CheckpointError(f"{file}: meta lacks {missing}; it was not written by cvflow's engine")
-    model = build_model(meta["model_name"], num_classes=meta["num_classes"], pretrained=None, **meta["options"])
+    model = build_model(
+        meta["model_name"], num_classes=meta["num_classes"], pretrained=None, img_size=meta["img_size"], **meta["options"]
+    )
     weights = ema_weights(state["ema"]) if state.get("ema") else state["model"]
     try:
         model.load_state_dict(weights)

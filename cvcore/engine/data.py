@@ -1,10 +1,17 @@
 """DataLoaders for a training run: snapshot splits + augmentation pipelines, seeded.
 
-Reproducibility: the train loader draws its shuffling order and its workers' base seed from its
-own ``torch.Generator`` (seeded with ``config.train.seed``, and saved/restored by checkpoints);
-each worker seeds numpy and ``random`` from its torch seed (the recipe of PyTorch's
-"Randomness in multi-process data loading" notes). Workers are not persistent, so each epoch
-starts them afresh from the generator, which is what makes a resumed run repeat the same batches.
+Reproducibility, in three parts:
+
+- per-sample augmentation (and Mosaic) draws from ``(augment.seed, epoch, index)``
+  (cvcore.augment.seeding.SeededDataset / MosaicDataset), so samples do not depend on the
+  number of DataLoader workers or on the order they are asked for;
+- CutMix/MixUp (in the collate) reseed their mixer from ``(augment.seed, epoch, batch number)``
+  for every batch, so mixing too is independent of the workers and repeats exactly on resume;
+- the shuffling order and the workers' base seeds come from the loader's own
+  ``torch.Generator`` (seeded with ``train.seed``, saved and restored by checkpoints).
+
+Workers are not persistent: each epoch starts them afresh, so the ``set_epoch`` calls the
+engine makes in the main process reach them.
 """
 
 from __future__ import annotations
@@ -15,9 +22,9 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
-from cvcore.config import RunConfig
+from cvcore.config import AugmentConfig, RunConfig
 from cvcore.data.snapshot import Snapshot
 from cvcore.data.torch_dataset import collate_classification, collate_detection, dataset_for
 from cvcore.engine.device import resolve_device
@@ -55,10 +62,12 @@ def make_loaders(snapshot: Snapshot, config: RunConfig) -> Loaders:
         from cvcore.augment.mosaic import MosaicDataset
 
         train_set = MosaicDataset(train_set, p=aug.mosaic_p, img_size=img_size, seed=aug.seed)
-    if task == "classification" and (aug.cutmix_p > 0 or aug.mixup_p > 0):
-        from cvcore.augment.mixing import BatchMixer
+    else:
+        from cvcore.augment.seeding import SeededDataset
 
-        train_collate = MixingCollate(BatchMixer(aug, snapshot.num_classes))
+        train_set = SeededDataset(train_set, seed=aug.seed)
+    if task == "classification" and (aug.cutmix_p > 0 or aug.mixup_p > 0):
+        train_collate = MixingCollate(aug, num_classes=snapshot.num_classes)
 
     pin = resolve_device(tc.device).type == "cuda"
     workers = config.data.num_workers
@@ -89,14 +98,33 @@ def seed_worker(worker_id: int) -> None:
 class MixingCollate:
     """Collate a classification batch, then mix it (CutMix/MixUp) into probability targets.
 
+    The mixer's generator is reseeded for every batch from ``(config.seed, epoch, batch
+    number)``, so mixing is the same with any number of workers and after a resume. The batch
+    number is reconstructed from the worker's id and its count of batches, since a DataLoader
+    hands the batches of an epoch to its workers in turn (worker ``k`` gets ``k, k + W, ...``).
     A class, not a closure, so it pickles into DataLoader worker processes.
     """
 
-    def __init__(self, mixer: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]):
-        self.mixer = mixer
+    def __init__(self, config: AugmentConfig, *, num_classes: int):
+        from cvcore.augment.mixing import BatchMixer
+
+        self.seed = config.seed
+        self.mixer = BatchMixer(config, num_classes)
+        self.epoch = 0
+        self._counted: tuple[int, int] = (-1, 0)  # (epoch, batches collated in this process)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
 
     def __call__(self, batch: list) -> tuple[torch.Tensor, torch.Tensor]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        done = self._counted[1] if self._counted[0] == self.epoch else 0
+        self._counted = (self.epoch, done + 1)
         images, labels = collate_classification(batch)
         if len(images) == 0:
             return images, labels
+        number = worker + workers * done
+        seed = int(np.random.SeedSequence([self.seed & 0xFFFFFFFF, self.epoch, number]).generate_state(1, np.uint64)[0] >> 1)
+        self.mixer.load_state_dict({"generator": torch.Generator().manual_seed(seed).get_state()})
         return self.mixer(images, labels)

@@ -89,7 +89,7 @@ def train_run(
     mc = config.model
 
     seed_everything(config.train.seed)  # the model's random initialisation is part of the run
-    model = build_model(mc.name, num_classes=mc.num_classes, pretrained=mc.pretrained, **mc.options)
+    model = build_model(mc.name, num_classes=mc.num_classes, pretrained=mc.pretrained, img_size=config.data.img_size, **mc.options)
     apply_freeze(model, mc.freeze, freeze_bn=mc.freeze_bn)
     loaders = make_loaders(snapshot, config)
     meta = {

@@ -294,18 +294,14 @@ def seed_everything(seed: int, *, generator: torch.Generator | None = None) -> N
         generator.manual_seed(seed)
 
 
-def _param_groups(model: nn.Module, config: RunConfig) -> list[dict] | list[nn.Parameter]:
-    """Trainable parameters, with the backbone's LR factor when the model has a backbone.
-
-    Frozen parameters (requires_grad False, see cvcore.models.finetune.apply_freeze) are left
-    out so the optimizer never touches them, weight decay included.
-    """
-    mc, tc = config.model, config.train
-    if mc.backbone_lr_factor == 1.0:
-        return [p for p in model.parameters() if p.requires_grad]
+def _param_groups(model: nn.Module, config: RunConfig) -> list[dict[str, Any]]:
+    """Optimizer groups from cvcore.models.finetune.param_groups: the backbone at
+    ``lr * backbone_lr_factor``, no weight decay on biases and norms, frozen parameters left out
+    (so the optimizer never touches them, weight decay included)."""
     from cvcore.models.finetune import param_groups
 
-    return param_groups(model, lr=tc.lr, weight_decay=tc.weight_decay, backbone_lr_factor=mc.backbone_lr_factor)
+    tc = config.train
+    return param_groups(model, lr=tc.lr, weight_decay=tc.weight_decay, backbone_lr_factor=config.model.backbone_lr_factor)
 
 
 def _to_device(images: Any, targets: Any, *, task: Task, device: torch.device) -> tuple[Any, Any]:
@@ -321,11 +317,14 @@ def _to_device(images: Any, targets: Any, *, task: Task, device: torch.device) -
 
 
 def _set_epoch(loader: DataLoader, epoch: int, config: RunConfig) -> None:
-    """Tell the dataset/sampler which epoch starts (Mosaic's per-epoch randomness, close_mosaic)."""
+    """Tell the dataset, sampler and collate which epoch starts (per-epoch augmentation seeds).
+
+    A Mosaic dataset (``enabled``) is switched off for the last ``augment.close_mosaic`` epochs.
+    """
     dataset = loader.dataset
-    if hasattr(dataset, "enabled") and config.augment.close_mosaic > 0:
+    if hasattr(dataset, "enabled"):
         dataset.enabled = epoch <= config.train.epochs - config.augment.close_mosaic
-    for obj in (dataset, loader.sampler):
+    for obj in (dataset, loader.sampler, loader.collate_fn):
         if hasattr(obj, "set_epoch"):
             obj.set_epoch(epoch)
 
