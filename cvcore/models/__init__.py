@@ -1,5 +1,19 @@
-"""Models: a registry of classifiers and detectors sharing one interface (see _registry.py)."""
+"""Models: a registry of classifiers and detectors sharing one interface (see _registry.py).
+
+``build_model(name, num_classes=K, pretrained=..., **options)`` builds any registered model;
+``cvcore.models.finetune`` chooses what trains. Importing this package registers the built-in
+models (each model module registers itself with ``@register_model`` when imported).
+"""
 
 from cvcore.models._registry import ModelSpec, list_models, model_spec, register_model
+from cvcore.models.build import build_model
+from cvcore.models.finetune import apply_freeze, param_groups
 
-__all__ = ["ModelSpec", "list_models", "model_spec", "register_model"]
+# Model modules, imported for their registrations.
+from cvcore.models import classifiers  # noqa: E402,F401  vgg*, resnet*
+from cvcore.models import yolov1  # noqa: E402,F401  yolov1
+from cvcore.models import faster_rcnn  # noqa: E402,F401  faster_rcnn
+from cvcore.models import rcnn  # noqa: E402,F401  rcnn
+from cvcore.models import fast_rcnn  # noqa: E402,F401  fast_rcnn
+
+__all__ = ["ModelSpec", "apply_freeze", "build_model", "list_models", "model_spec", "param_groups", "register_model"]

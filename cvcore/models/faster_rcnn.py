@@ -1,0 +1,205 @@
+"""Faster R-CNN from torchvision's builders: an RPN proposes regions on the shared feature map.
+
+Registered as ``faster_rcnn`` with option ``backbone``: ``resnet18_fpn`` (default, small enough
+for CPU), ``resnet34_fpn``, ``resnet50_fpn`` (torchvision's ``fasterrcnn_resnet50_fpn``) or
+``mobilenet_v3_large_fpn`` (``fasterrcnn_mobilenet_v3_large_fpn``). torchvision's model is kept
+whole as ``detector``; this wrapper only maps labels, since torchvision reserves class 0 for the
+background: our labels 0..K-1 go in as 1..K and come out as 0..K-1 again.
+
+Inputs are float [0, 1] images (a list, sizes may differ, or a batch); torchvision's transform
+normalises them (ImageNet mean/std) and resizes so the short side is ``min_size`` (long side at
+most ``max_size``), and maps boxes back: eval outputs are in each input image's pixels.
+Nothing downloads: builders get ``weights=None, weights_backbone=None``; weights come from
+``build_model(..., pretrained=...)`` (local torch hub cache or a file) after building.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torchvision import models as tvm
+from torchvision.models.detection import (
+    FasterRCNN_MobileNet_V3_Large_FPN_Weights,
+    FasterRCNN_ResNet50_FPN_Weights,
+    fasterrcnn_mobilenet_v3_large_fpn,
+    fasterrcnn_resnet50_fpn,
+)
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+from torchvision.models.detection.faster_rcnn import FasterRCNN as TorchvisionFasterRCNN
+
+from cvcore.models._registry import register_model
+from cvcore.models.finetune import freeze_stages
+from cvcore.models.pretrained import TorchvisionSource
+
+BACKBONES = ("resnet18_fpn", "resnet34_fpn", "resnet50_fpn", "mobilenet_v3_large_fpn")
+
+# Run settings for the built-in 128-px shapes data on 2 CPU cores.
+FASTER_RCNN_DEFAULTS: dict[str, Any] = {
+    "img_size": 128, "epochs": 12, "batch_size": 8, "optimizer": "sgd", "lr": 0.02, "momentum": 0.9,
+    "weight_decay": 1e-4, "scheduler": "cosine", "warmup_epochs": 1.0,
+}  # fmt: skip
+
+# Anchors for images whose short side is below 512 px: one octave smaller than torchvision's
+# 800-px COCO setting, so 10-60 px objects on 128-256 px images have anchors of their size.
+SMALL_IMAGE_ANCHORS_FPN = ((16,), (32,), (64,), (128,), (256,))
+SMALL_IMAGE_ANCHORS_MOBILENET = ((16, 32, 64, 128, 256),) * 3
+
+
+class FasterRCNN(nn.Module):
+    """torchvision Faster R-CNN with labels 0..K-1 (see module docstring).
+
+    Attributes for fine-tuning and transfer: ``backbone`` (the CNN body under the FPN),
+    ``backbone_stages``, ``torchvision_sources``, ``transfer_renames``.
+    """
+
+    def __init__(self, detector: TorchvisionFasterRCNN, *, backbone_stages: dict[str, tuple[str, ...]], sources: tuple[TorchvisionSource, ...]):
+        super().__init__()
+        self.detector = detector
+        self.backbone_stages = backbone_stages
+        self.torchvision_sources = sources
+        # Our classifiers' and YOLOv1's ResNet trunks are this body under another prefix.
+        self.transfer_renames = (("backbone.", "detector.backbone.body."),)
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.detector.backbone.body
+
+    @property
+    def num_classes(self) -> int:
+        return self.detector.roi_heads.box_predictor.cls_score.out_features - 1
+
+    def set_postprocess(
+        self, *, score_threshold: float | None = None, nms_iou: float | None = None, max_detections: int | None = None
+    ) -> None:
+        """Change eval-mode decoding (box score threshold, per-class NMS IoU, detections per image)."""
+        heads = self.detector.roi_heads
+        if score_threshold is not None:
+            heads.score_thresh = float(score_threshold)
+        if nms_iou is not None:
+            heads.nms_thresh = float(nms_iou)
+        if max_detections is not None:
+            heads.detections_per_img = int(max_detections)
+
+    def forward(self, images: Tensor | list[Tensor], targets: list[dict[str, Tensor]] | None = None):
+        images = list(images)
+        if self.training:
+            if targets is None:
+                raise ValueError("Faster R-CNN in train mode needs targets (list of dict(boxes, labels))")
+            return self.detector(images, [self._shift_in(t) for t in targets])
+        return [
+            {"boxes": o["boxes"], "labels": o["labels"] - 1, "scores": o["scores"]} for o in self.detector(images)
+        ]
+
+    def _shift_in(self, target: dict[str, Tensor]) -> dict[str, Tensor]:
+        labels = torch.as_tensor(target["labels"]).long()
+        if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
+            raise ValueError(f"Faster R-CNN targets: labels must be in 0..{self.num_classes - 1}, got {labels.unique().tolist()}")
+        boxes = torch.as_tensor(target["boxes"]).as_subclass(Tensor).float().reshape(-1, 4)
+        return {"boxes": boxes, "labels": labels + 1}
+
+
+@register_model("faster_rcnn", task="detection", defaults=FASTER_RCNN_DEFAULTS)
+def faster_rcnn(
+    num_classes: int,
+    *,
+    backbone: str = "resnet18_fpn",
+    img_size: int | None = None,
+    min_size: int | None = None,
+    max_size: int | None = None,
+    anchor_sizes: tuple[tuple[int, ...], ...] | None = None,
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0),
+    trainable_backbone_layers: int | None = None,
+    score_threshold: float = 0.05,
+    nms_iou: float = 0.5,
+    max_detections: int = 100,
+    **detector_options: Any,
+) -> FasterRCNN:
+    """Faster R-CNN for ``num_classes`` classes (ours, without background).
+
+    - ``min_size``/``max_size``: torchvision's resize (short side / long-side cap, px). Default:
+      ``img_size`` when given (no rescaling of fixed-size training images), else 800; max_size
+      defaults to ``min_size * 1333 / 800`` as in torchvision.
+    - ``anchor_sizes``: one tuple per feature level (5 for ResNet FPN, 3 with 5 sizes each for
+      MobileNet). Default: torchvision's when ``min_size >= 512``, one octave smaller below.
+    - ``trainable_backbone_layers``: body stages that train, counted from the top (ResNet 0-5,
+      MobileNet 0-6); the others are frozen with frozen batch norm. Default: all. torchvision
+      ignores this option without its weights, so it is applied here.
+    - ``score_threshold``, ``nms_iou``, ``max_detections``: eval decoding (roi_heads).
+    - ``detector_options``: any other keyword of torchvision's ``FasterRCNN`` (e.g.
+      ``box_batch_size_per_image``, ``rpn_post_nms_top_n_train``).
+    """
+    if backbone not in BACKBONES:
+        raise ValueError(f"faster_rcnn: unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
+    min_size = min_size or img_size or 800
+    max_size = max_size or max(min_size, round(min_size * 1333 / 800))
+    kwargs = {
+        "min_size": min_size, "max_size": max_size, "box_score_thresh": score_threshold, "box_nms_thresh": nms_iou,
+        "box_detections_per_img": max_detections, **detector_options,
+    }  # fmt: skip
+    if backbone == "mobilenet_v3_large_fpn":
+        detector = fasterrcnn_mobilenet_v3_large_fpn(weights=None, weights_backbone=None, num_classes=num_classes + 1, **kwargs)
+        stages = _mobilenet_stages(detector.backbone.body)
+        sources = (
+            TorchvisionSource(FasterRCNN_MobileNet_V3_Large_FPN_Weights.COCO_V1, (("", "detector."),)),
+            *(TorchvisionSource(w, (("features.", "detector.backbone.body."),)) for w in _imagenet(tvm.MobileNet_V3_Large_Weights)),
+        )
+        default_anchors = SMALL_IMAGE_ANCHORS_MOBILENET if min_size < 512 else ((32, 64, 128, 256, 512),) * 3
+    else:
+        detector = _resnet_fpn_detector(backbone.removesuffix("_fpn"), num_classes + 1, kwargs)
+        stages = {"stem": ("conv1", "bn1"), **{f"layer{i}": (f"layer{i}",) for i in range(1, 5)}}
+        sources = (
+            *((TorchvisionSource(FasterRCNN_ResNet50_FPN_Weights.COCO_V1, (("", "detector."),)),) if backbone == "resnet50_fpn" else ()),
+            *(TorchvisionSource(w, (("", "detector.backbone.body."),)) for w in _imagenet(_RESNET_WEIGHTS[backbone])),
+        )
+        default_anchors = SMALL_IMAGE_ANCHORS_FPN if min_size < 512 else ((32,), (64,), (128,), (256,), (512,))
+    _set_anchors(detector, anchor_sizes or default_anchors, aspect_ratios)
+    model = FasterRCNN(detector, backbone_stages=stages, sources=sources)
+    if trainable_backbone_layers is not None:
+        names = list(stages)
+        if not 0 <= trainable_backbone_layers <= len(names):
+            raise ValueError(f"faster_rcnn {backbone}: trainable_backbone_layers must be in 0..{len(names)}, got {trainable_backbone_layers}")
+        freeze_stages(model, names[: len(names) - trainable_backbone_layers])
+    return model
+
+
+_RESNET_WEIGHTS = {"resnet18_fpn": tvm.ResNet18_Weights, "resnet34_fpn": tvm.ResNet34_Weights, "resnet50_fpn": tvm.ResNet50_Weights}
+
+
+def _resnet_fpn_detector(arch: str, num_classes: int, kwargs: dict[str, Any]) -> TorchvisionFasterRCNN:
+    if arch == "resnet50":
+        # weights=None: torchvision then uses ordinary BatchNorm2d and trains every layer.
+        return fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=num_classes, **kwargs)
+    # resnet_fpn_backbone defaults to FrozenBatchNorm2d, meant for pretrained bodies; a body trained
+    # from scratch needs real batch norm (what fasterrcnn_resnet50_fpn picks without weights too).
+    body = resnet_fpn_backbone(backbone_name=arch, weights=None, norm_layer=nn.BatchNorm2d, trainable_layers=5)
+    return TorchvisionFasterRCNN(body, num_classes=num_classes, **kwargs)
+
+
+def _set_anchors(detector: TorchvisionFasterRCNN, sizes: tuple[tuple[int, ...], ...], ratios: tuple[float, ...]) -> None:
+    sizes = tuple(tuple(int(s) for s in level) for level in sizes)
+    per_location = detector.rpn.head.cls_logits.out_channels
+    levels = len(detector.rpn.anchor_generator.sizes)
+    if len(sizes) != levels or any(len(level) * len(ratios) != per_location for level in sizes):
+        raise ValueError(
+            f"faster_rcnn: anchor_sizes needs {levels} levels with {per_location // len(ratios)} sizes each "
+            f"(x {len(ratios)} aspect ratios = {per_location} anchors per location), got {sizes}"
+        )
+    detector.rpn.anchor_generator = AnchorGenerator(sizes, (tuple(ratios),) * levels)
+
+
+def _mobilenet_stages(body: nn.Module) -> dict[str, tuple[str, ...]]:
+    # torchvision's own stage split for MobileNet (backbone_utils._mobilenet_extractor): a stage
+    # starts at the first block, at every block flagged _is_cn and at the last conv.
+    names = [n for n, _ in body.named_children()]
+    starts = [0] + [i for i, (_, b) in enumerate(body.named_children()) if getattr(b, "_is_cn", False)] + [len(names) - 1]
+    ends = starts[1:] + [len(names)]
+    return {f"stage{k}": tuple(names[a:b]) for k, (a, b) in enumerate(zip(starts, ends))}
+
+
+def _imagenet(enum: type[tvm.WeightsEnum]) -> list[tvm.WeightsEnum]:
+    members = [w for w in enum if w.name.startswith("IMAGENET1K_V")]
+    return sorted(members, key=lambda w: w != enum.DEFAULT)
+

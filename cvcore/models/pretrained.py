@@ -1,0 +1,167 @@
+"""Pretrained weights without downloads: the local torch hub cache, a weights file, our checkpoints.
+
+Sources a model can load (``build_model(..., pretrained=...)``):
+
+- ``"torchvision"``: torchvision's published weights, only when the file is already in the local
+  torch hub cache (``torch.hub.get_dir()/checkpoints``, where ``torch.hub`` / torchvision put
+  them). Which weights fit is declared by the model as ``torchvision_sources``: candidates tried
+  in order, each with key renames mapping the file's names onto the model's.
+- a path: a state dict file, or one of our engine checkpoints (a dict with ``"model"``, the
+  state dict, and ``"meta"``). Loaded with ``torch.load(weights_only=True)``.
+
+Loading is partial by design (transfer learning): a tensor loads when its name, after the
+model's ``transfer_renames`` if needed, exists in the model with the same shape. Everything
+else keeps the builder's fresh initialisation, so a head built for a new ``num_classes`` starts
+from scratch on a backbone trained elsewhere. A log line says what loaded and what did not.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+from torchvision.models import WeightsEnum
+
+log = logging.getLogger(__name__)
+
+Renames = tuple[tuple[str, str], ...]  # (source key prefix, target key prefix) pairs
+
+
+@dataclass(frozen=True)
+class TorchvisionSource:
+    """One torchvision weights entry a model can start from, and how its keys map onto the model.
+
+    ``renames``: prefix pairs applied to the file's keys (e.g. ``(("", "backbone."),)`` puts a
+    torchvision ResNet's ``layer1.0.conv1.weight`` at ``backbone.layer1.0.conv1.weight``); keys
+    matching no pair keep their name.
+    """
+
+    weights: WeightsEnum
+    renames: Renames = ()
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """What a partial load did. Names are the model's keys except ``unused`` (the source's)."""
+
+    source: str
+    loaded: tuple[str, ...]
+    shape_mismatch: tuple[str, ...]  # in both, shapes differ: kept as initialised
+    missing: tuple[str, ...]  # in the model, not in the source: kept as initialised
+    unused: tuple[str, ...]  # in the source, no place in the model
+
+
+def hub_cache_path(weights: WeightsEnum) -> Path:
+    """Where torch.hub caches ``weights`` (the file name of its URL under ``<hub dir>/checkpoints``)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(weights.url).path)
+
+
+def load_pretrained(model: nn.Module, pretrained: str | os.PathLike, *, model_name: str = "") -> LoadReport:
+    """Load ``pretrained`` ("torchvision" or a local file) into ``model`` in place, partially.
+
+    Raises FileNotFoundError when the file (or, for "torchvision", every candidate in the hub
+    cache) is missing, and ValueError when nothing in the source fits the model.
+    """
+    name = model_name or type(model).__name__
+    text = os.fspath(pretrained)
+    if text == "torchvision":
+        path, renames = _cached_torchvision_file(model, name)
+    elif "://" in text or text.startswith(("runs:/", "models:/")):
+        raise ValueError(f"{text}: MLflow/remote URIs are resolved to a local file by the tasks layer, not by cvcore")
+    else:
+        path, renames = Path(text), tuple(getattr(model, "transfer_renames", ()))
+        if not path.is_file():
+            raise FileNotFoundError(f"pretrained weights file not found: {path}")
+    state = read_state_dict(path)
+    return load_partial(model, state, renames=renames, source=str(path), model_name=name)
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The state dict in ``path``: a plain state dict, our checkpoint (``"model"``) or ``"state_dict"``.
+
+    Uses ``weights_only=True``: a file cannot run code when it is read.
+    """
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(obj, Mapping):
+        for key in ("model", "state_dict"):
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"{path}: not a state dict (expected a mapping of name -> tensor, or a checkpoint with 'model')")
+    return dict(obj)
+
+
+def load_partial(
+    model: nn.Module,
+    state: Mapping[str, torch.Tensor],
+    *,
+    renames: Renames = (),
+    source: str = "<state dict>",
+    model_name: str = "",
+) -> LoadReport:
+    """Copy every tensor of ``state`` whose name (as is, else renamed) and shape fit ``model``.
+
+    ``model.load_state_dict(strict=True)`` would reject a new head; ``strict=False`` would still
+    fail on shape mismatches, so the matching is done here and only fitting tensors are handed over.
+    """
+    target = model.state_dict()
+    chosen: dict[str, torch.Tensor] = {}
+    mismatch: list[str] = []
+    unused: list[str] = []
+    for key, value in state.items():
+        candidates = [key] + [new + key[len(old) :] for old, new in renames if key.startswith(old)]
+        hit = next((c for c in candidates if c in target), None)
+        if hit is None:
+            unused.append(key)
+        elif target[hit].shape != value.shape:
+            mismatch.append(hit)
+        else:
+            chosen.setdefault(hit, value)
+    name = model_name or type(model).__name__
+    if not chosen:
+        raise ValueError(f"{source}: none of its {len(state)} tensors fit model {name} (by name and shape)")
+    model.load_state_dict(chosen, strict=False)
+    report = LoadReport(
+        source=source,
+        loaded=tuple(chosen),
+        shape_mismatch=tuple(mismatch),
+        missing=tuple(k for k in target if k not in chosen and k not in mismatch),
+        unused=tuple(unused),
+    )
+    log.info(
+        "%s: loaded %d/%d tensors from %s; kept initialised: %d with other shapes %s, %d absent from the source %s; "
+        "%d source tensors unused %s",
+        name, len(report.loaded), len(target), source, len(report.shape_mismatch), _few(report.shape_mismatch),
+        len(report.missing), _few(report.missing), len(report.unused), _few(report.unused),
+    )  # fmt: skip
+    return report
+
+
+def _cached_torchvision_file(model: nn.Module, name: str) -> tuple[Path, Renames]:
+    sources: tuple[TorchvisionSource, ...] = tuple(getattr(model, "torchvision_sources", ()))
+    if not sources:
+        raise ValueError(f"model {name} declares no torchvision weights; pass a weights file instead")
+    for src in sources:
+        path = hub_cache_path(src.weights)
+        if path.is_file():
+            log.info("%s: using cached torchvision weights %s (%s)", name, src.weights, path)
+            return path, src.renames
+    wanted = "\n  ".join(f"{hub_cache_path(s.weights)}  ({s.weights}, {s.weights.url})" for s in sources)
+    raise FileNotFoundError(
+        f"no torchvision weights for {name} in the local torch hub cache, and cvflow never downloads. "
+        f"Place one of these files (first found wins):\n  {wanted}"
+    )
+
+
+def _few(names: tuple[str, ...], limit: int = 6) -> str:
+    if not names:
+        return ""
+    shown = ", ".join(names[:limit])
+    return f"[{shown}{', ...' if len(names) > limit else ''}]"

@@ -1,0 +1,190 @@
+"""YOLOv1 (Redmon et al., 2016): one network maps an image to an S x S x (B*5 + C) grid.
+
+The backbone is a registered classifier's convolutional trunk (ResNet-18 by default, stride 32),
+followed by the paper's shape of head: convolutions, then two fully connected layers producing
+the grid. The grid arithmetic (targets, loss, decoding) lives in cvcore.models.yolov1_loss.
+
+Interface (torchvision's detection convention, DESIGN.md §4): input is a list of
+``float[3, H, W]`` images in [0, 1] (sizes may differ) or a batch ``float[N, 3, H, W]``; each is
+resized to ``img_size`` x ``img_size`` inside. Train mode ``model(images, targets)`` with targets
+``[dict(boxes=float[n, 4] xyxy pixels of that input image, labels=int64[n] in 0..C-1)]`` returns
+``{"coord", "obj", "noobj", "class"}`` (weighted losses; the total is their sum). Eval mode
+``model(images)`` returns ``[dict(boxes=float32[K, 4] xyxy pixels of the input image,
+labels=int64[K], scores=float32[K])]``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cvcore.models._registry import model_spec, register_model
+from cvcore.models.normalize import ImageNetNormalize
+from cvcore.models.yolov1_loss import decode, encode_targets, split_output, yolo_loss
+
+# Run settings that train well on the built-in 128-px shapes data on 2 CPU cores.
+YOLOV1_DEFAULTS: dict[str, Any] = {
+    "img_size": 128, "epochs": 40, "batch_size": 16, "optimizer": "adamw", "lr": 1e-3, "weight_decay": 5e-4,
+    "scheduler": "cosine", "warmup_epochs": 2.0,
+}  # fmt: skip
+
+
+class YOLOv1(nn.Module):
+    """YOLOv1 detector; see the module docstring for inputs and outputs.
+
+    Attributes: ``backbone`` (the trunk, keys named as in the source classifier, so a
+    classifier checkpoint's backbone transfers by name), ``head``, ``backbone_stages``,
+    ``torchvision_sources``, ``transfer_renames``, and the decoding settings ``score_threshold``,
+    ``nms_iou``, ``max_detections`` (change them with ``set_postprocess``).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        backbone: str = "resnet18",
+        img_size: int = 448,
+        grid: int = 7,
+        boxes_per_cell: int = 2,
+        hidden: int = 512,
+        dropout: float = 0.5,
+        lambda_coord: float = 5.0,
+        lambda_noobj: float = 0.5,
+        score_threshold: float = 0.01,
+        nms_iou: float = 0.5,
+        max_detections: int = 100,
+    ):
+        super().__init__()
+        if img_size < 32 or grid < 1 or boxes_per_cell < 1:
+            raise ValueError(f"YOLOv1: need img_size >= 32, grid >= 1, boxes_per_cell >= 1; got {img_size}, {grid}, {boxes_per_cell}")
+        trunk_source = _classifier_trunk_source(backbone)
+        self.num_classes = num_classes
+        self.img_size = img_size
+        self.grid = grid
+        self.boxes_per_cell = boxes_per_cell
+        self.lambda_coord = lambda_coord
+        self.lambda_noobj = lambda_noobj
+        self.normalize = ImageNetNormalize()
+        self.backbone = trunk_source.feature_extractor()
+        self.backbone_stages = {k: v for k, v in trunk_source.backbone_stages.items() if _has_all(self.backbone, v)}
+        self.torchvision_sources = trunk_source.torchvision_sources
+        self.transfer_renames = trunk_source.transfer_renames
+        fh, fw = _feature_size(self.backbone, img_size)
+        depth = boxes_per_cell * 5 + num_classes
+        self.head = nn.Sequential(
+            _conv_bn(trunk_source.feature_channels, 256, 3),
+            _conv_bn(256, 256, 3),
+            _conv_bn(256, 64, 1),  # squeeze channels so the first linear layer stays small at 448 px
+            nn.Flatten(),
+            nn.Linear(64 * fh * fw, hidden),
+            nn.LeakyReLU(0.1, inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, grid * grid * depth),
+        )
+        self.set_postprocess(score_threshold=score_threshold, nms_iou=nms_iou, max_detections=max_detections)
+
+    def set_postprocess(
+        self, *, score_threshold: float | None = None, nms_iou: float | None = None, max_detections: int | None = None
+    ) -> None:
+        """Change eval-mode decoding (class-specific score threshold, NMS IoU, detections per image)."""
+        if score_threshold is not None:
+            self.score_threshold = float(score_threshold)
+        if nms_iou is not None:
+            self.nms_iou = float(nms_iou)
+        if max_detections is not None:
+            self.max_detections = int(max_detections)
+
+    def forward(self, images: Tensor | list[Tensor], targets: list[dict[str, Tensor]] | None = None):
+        batch, sizes = self._prepare(images)
+        raw = self.head(self.backbone(self.normalize(batch))["out"])
+        # Loss and decoding in float32 even under autocast: squared errors of small offsets.
+        raw = raw.float().view(len(sizes), self.grid, self.grid, -1)
+        pred = split_output(raw, num_boxes=self.boxes_per_cell)
+        if self.training:
+            if targets is None:
+                raise ValueError("YOLOv1 in train mode needs targets (list of dict(boxes, labels))")
+            if len(targets) != len(sizes):
+                raise ValueError(f"YOLOv1: {len(sizes)} images but {len(targets)} targets")
+            boxes = [_fractions(t["boxes"], size, raw.device) for t, size in zip(targets, sizes)]
+            labels = [torch.as_tensor(t["labels"], device=raw.device) for t in targets]
+            target = encode_targets(boxes, labels, grid=self.grid, num_classes=self.num_classes)
+            return yolo_loss(pred, target, lambda_coord=self.lambda_coord, lambda_noobj=self.lambda_noobj)
+        return decode(
+            pred, sizes, score_threshold=self.score_threshold, nms_iou=self.nms_iou, max_detections=self.max_detections
+        )
+
+    def _prepare(self, images: Tensor | list[Tensor]) -> tuple[Tensor, list[tuple[int, int]]]:
+        """Stack the images at ``img_size`` x ``img_size``; also return each one's (height, width)."""
+        size = (self.img_size, self.img_size)
+        if isinstance(images, Tensor):
+            if images.dim() != 4:
+                raise ValueError(f"YOLOv1: expected images float[N, 3, H, W] or a list of [3, H, W], got shape {tuple(images.shape)}")
+            sizes = [tuple(images.shape[-2:])] * images.shape[0]
+            return (images if images.shape[-2:] == size else _resize(images, size)), sizes
+        if not images:
+            raise ValueError("YOLOv1: empty image list")
+        sizes = [tuple(im.shape[-2:]) for im in images]
+        return torch.stack([im if tuple(im.shape[-2:]) == size else _resize(im[None], size)[0] for im in images]), sizes
+
+
+@register_model("yolov1", task="detection", defaults=YOLOV1_DEFAULTS)
+def yolov1(num_classes: int, **options: Any) -> YOLOv1:
+    """YOLOv1 with a registered classifier's trunk as backbone. Options: see ``YOLOv1``."""
+    return YOLOv1(num_classes, **options)
+
+
+yolov1.__signature__ = inspect.signature(YOLOv1)  # build_model checks options against it
+
+
+def _classifier_trunk_source(name: str) -> nn.Module:
+    spec = model_spec(name)
+    if spec.task != "classification":
+        raise ValueError(f"YOLOv1 backbone must be a registered classifier, {name!r} is a {spec.task} model")
+    # small_input=False: the stride-32 trunk is what makes a 448-px image a 14x14 map.
+    model = spec.builder(num_classes=1, small_input=False)
+    if not hasattr(model, "feature_extractor"):
+        raise ValueError(f"YOLOv1 backbone {name!r} offers no feature_extractor()")
+    return model
+
+
+def _conv_bn(cin: int, cout: int, k: int) -> nn.Sequential:
+    # Leaky ReLU 0.1 as in the paper; batch norm (YOLOv2's addition) lets it train from scratch quickly.
+    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout), nn.LeakyReLU(0.1, inplace=True))
+
+
+@torch.no_grad()
+def _feature_size(trunk: nn.Module, img_size: int) -> tuple[int, int]:
+    # One dry run in eval mode (running statistics untouched) gives the map size at any input size.
+    was_training = trunk.training
+    trunk.eval()
+    try:
+        shape = trunk(torch.zeros(1, 3, img_size, img_size))["out"].shape
+    finally:
+        trunk.train(was_training)
+    return int(shape[-2]), int(shape[-1])
+
+
+def _has_all(module: nn.Module, paths: tuple[str, ...]) -> bool:
+    try:
+        for path in paths:
+            module.get_submodule(path)
+    except AttributeError:
+        return False
+    return True
+
+
+def _resize(images: Tensor, size: tuple[int, int]) -> Tensor:
+    if not images.is_floating_point():
+        raise TypeError(f"YOLOv1 takes float images in [0, 1], got dtype {images.dtype}")
+    return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
+def _fractions(boxes: Tensor, size: tuple[int, int], device: torch.device) -> Tensor:
+    """xyxy pixels of an image of ``size`` (h, w) -> xyxy fractions of it, clipped to [0, 1]."""
+    h, w = size
+    plain = torch.as_tensor(boxes).as_subclass(Tensor).to(device=device, dtype=torch.float32).reshape(-1, 4)
+    return (plain / torch.tensor([w, h, w, h], dtype=torch.float32, device=device)).clamp(0, 1)
