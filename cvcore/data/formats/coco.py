@@ -1,0 +1,335 @@
+"""COCO detection JSON: reader to canonical tables, and writer back to COCO (ground truth + results).
+
+Layout read (what COCO users ship): a folder with ``annotations/instances_<split>.json`` and the
+images under ``images/<split>/``, ``<split>/`` or ``images/``; or one annotation file, with the
+images in ``--images DIR`` (default: beside the file). Conventions:
+
+- boxes: COCO ``bbox`` is ``[x, y, w, h]`` in pixels from the top-left corner, so the canonical
+  box is ``x1 = x, y1 = y, x2 = x + w, y2 = y + h`` (no ±1: COCO boxes are continuous);
+- ``area`` is the source's (segmentation) area, used for COCO's small/medium/large;
+- image and annotation ids are kept; categories become 0..K-1 sorted by their COCO id, which
+  stays in ``source_id`` (and goes back out in :func:`write_coco`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from cvcore.data.snapshot import Snapshot
+from cvcore.data.formats._common import (
+    RawSource,
+    canonical_split,
+    join_name,
+    quarantine_frame,
+    raw_annotations_frame,
+    raw_images_frame,
+    unsafe_file_name,
+)
+
+_INSTANCES = re.compile(r"^instances_(.+)\.json$")
+_KNOWN_SPLITS = {"train", "val", "test", "trainval"}
+
+
+def read_coco(source: str | Path, *, images: str | Path | None = None) -> RawSource:
+    """Parse a COCO dataset folder or one COCO JSON file (see the module docstring).
+
+    Raises ValueError naming the path when the source as a whole is unusable (missing, no
+    instances files, not JSON, no categories); single bad entries become quarantine rows.
+    """
+    source = Path(source)
+    files = _annotation_files(source)
+    root = Path(images) if images is not None else (source if source.is_dir() else source.parent)
+    if not root.is_dir():
+        raise ValueError(f"{root}: image folder does not exist")
+    root = root.resolve()
+
+    cats: dict[int, tuple[str, str]] = {}  # coco id -> (name, file it came from)
+    quarantine: list[tuple[str, str, str]] = []
+    parsed = []
+    for raw_split, path in files:
+        doc = _load_json(path)
+        _merge_categories(cats, doc.get("categories"), path, quarantine)
+        parsed.append((raw_split, path, doc))
+    if not cats:
+        raise ValueError(f"{files[0][1]}: no usable categories; a COCO detection file needs a 'categories' list")
+    ordered = sorted(cats)
+    cat_index = {cid: i for i, cid in enumerate(ordered)}
+    categories = pl.DataFrame(
+        {"category_id": list(range(len(ordered))), "name": [cats[c][0] for c in ordered], "source_id": ordered},
+        schema={"category_id": pl.Int32, "name": pl.String, "source_id": pl.Int64},
+    )
+
+    image_rows: list[tuple] = []
+    ann_cols: dict[str, list] = {k: [] for k in ("ann_id", "image_id", "category_id", "x1", "y1", "x2", "y2", "area", "iscrowd", "difficult", "source", "item")}
+    for raw_split, path, doc in parsed:
+        entries = _list_field(doc, "images", path)
+        prefix = _image_prefix(root, raw_split, entries)
+        _parse_images(entries, path, canonical_split(raw_split), prefix, image_rows, quarantine)
+        _parse_annotations(_list_field(doc, "annotations", path), path, cat_index, ann_cols, quarantine)
+
+    return RawSource(
+        format="coco",
+        task="detection",
+        image_root=root,
+        images=raw_images_frame(image_rows),
+        categories=categories,
+        annotations=raw_annotations_frame(ann_cols),
+        labels=None,
+        quarantine=quarantine_frame(quarantine),
+    )
+
+
+def _annotation_files(source: Path) -> list[tuple[str, Path]]:
+    """(raw split name, file) pairs of a COCO source."""
+    if source.is_file():
+        return [(_split_of_file(source), source)]
+    if not source.is_dir():
+        raise ValueError(f"{source}: COCO source does not exist")
+    files = sorted(p for p in (source / "annotations").glob("instances_*.json") if p.is_file())
+    if not files:
+        found = sorted(p.name for p in (source / "annotations").glob("*.json"))
+        raise ValueError(
+            f"{source}: no annotations/instances_<split>.json found"
+            + (f" (annotations/ has {found}; pass one file as SOURCE with --images)" if found else "")
+        )
+    return [(_INSTANCES.match(p.name).group(1), p) for p in files]
+
+
+def _split_of_file(path: Path) -> str:
+    """``instances_val2017.json`` -> ``val2017``; Roboflow's ``train/_annotations.coco.json`` -> ``train``."""
+    match = _INSTANCES.match(path.name)
+    if match:
+        return match.group(1)
+    if canonical_split(path.parent.name) in _KNOWN_SPLITS:
+        return path.parent.name
+    return "train"
+
+
+def _load_json(path: Path) -> dict:
+    try:
+        with open(path, "rb") as fh:
+            doc = json.load(fh)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not a readable COCO JSON file ({exc})") from None
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path}: expected a JSON object with 'images', 'annotations', 'categories'")
+    return doc
+
+
+def _list_field(doc: dict, key: str, path: Path) -> list:
+    value = doc.get(key, [])
+    if not isinstance(value, list):
+        raise ValueError(f"{path}: '{key}' must be a list, got {type(value).__name__}")
+    return value
+
+
+def _as_int(value: object) -> int | None:
+    """An integer id, accepting integral floats (some exporters write 3.0); None otherwise."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def _as_float(value: object) -> float | None:
+    """A coordinate: numbers as float, JSON null as NaN (caught later as non-finite); else None."""
+    if value is None:
+        return math.nan
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+def _merge_categories(cats: dict, entries: object, path: Path, quarantine: list) -> None:
+    if entries is None:
+        return
+    if not isinstance(entries, list):
+        raise ValueError(f"{path}: 'categories' must be a list")
+    seen_here: set[int] = set()
+    for i, entry in enumerate(entries):
+        cid = _as_int(entry.get("id")) if isinstance(entry, dict) else None
+        name = entry.get("name") if isinstance(entry, dict) else None
+        if cid is None or not isinstance(name, str):
+            quarantine.append((str(path), f"category entry {i}", "category without an integer 'id' and a 'name': dropped"))
+            continue
+        if cid in seen_here:
+            quarantine.append((str(path), f"category id {cid}", f"duplicate category id {cid} ('{name}'): dropped, the first is kept"))
+            continue
+        seen_here.add(cid)
+        if cid in cats and cats[cid][0] != name:
+            raise ValueError(f"{path}: category id {cid} is '{name}' here but '{cats[cid][0]}' in {cats[cid][1]}")
+        cats.setdefault(cid, (name, str(path)))
+
+
+def _image_prefix(root: Path, raw_split: str, entries: list) -> str:
+    """The folder under ``root`` that holds this split's images.
+
+    Candidates in order: ``images/<split>``, ``<split>``, ``images``, the root itself. The one
+    where most of the first few listed files exist wins (a few stat calls), so file names that
+    already carry a split folder are not doubled.
+    """
+    candidates = [c for c in (f"images/{raw_split}", raw_split, "images") if (root / c).is_dir()] + [""]
+    sample = [e["file_name"] for e in entries[:8] if isinstance(e, dict) and unsafe_file_name(e.get("file_name")) is None]
+    if not sample:
+        return candidates[0]
+    hits = [sum((root / join_name(c, f)).is_file() for f in sample) for c in candidates]
+    return candidates[hits.index(max(hits))]
+
+
+def _parse_images(entries: list, path: Path, split: str, prefix: str, rows: list, quarantine: list) -> None:
+    src = str(path)
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            quarantine.append((src, f"image entry {i}", "image entry is not an object: dropped"))
+            continue
+        image_id = _as_int(entry.get("id"))
+        name = entry.get("file_name")
+        if image_id is None or not isinstance(name, str):
+            quarantine.append((src, f"image entry {i}", "image without an integer 'id' and a 'file_name': dropped"))
+            continue
+        # Unsafe names are passed on unjoined, so ingest rejects them by their own spelling.
+        file_name = name if unsafe_file_name(name) else join_name(prefix, name)
+        width, height = _as_int(entry.get("width")), _as_int(entry.get("height"))
+        rows.append((image_id, file_name, split, width, height, src, f"image id {image_id}"))
+
+
+def _parse_annotations(entries: list, path: Path, cat_index: dict[int, int], cols: dict, quarantine: list) -> None:
+    src = str(path)
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            quarantine.append((src, f"annotation entry {i}", "annotation entry is not an object: dropped"))
+            continue
+        ann_id, image_id = _as_int(entry.get("id")), _as_int(entry.get("image_id"))
+        item = f"annotation id {ann_id}" if ann_id is not None else f"annotation entry {i}"
+        if ann_id is None or image_id is None:
+            quarantine.append((src, item, "annotation without an integer 'id' and 'image_id': dropped"))
+            continue
+        bbox = entry.get("bbox")
+        box = [_as_float(v) for v in bbox] if isinstance(bbox, list) and len(bbox) == 4 else None
+        if box is None or None in box:
+            quarantine.append((src, item, f"annotation 'bbox' is not 4 numbers ({bbox!r:.60}): dropped"))
+            continue
+        source_cat = entry.get("category_id")
+        cat = cat_index.get(_as_int(source_cat))
+        if cat is None:
+            quarantine.append((src, item, f"unknown category id {source_cat!r} (not in the file's categories): dropped"))
+            continue
+        x, y, w, h = box
+        area = entry.get("area")  # missing or null: ingest uses the box area
+        cols["ann_id"].append(ann_id)
+        cols["image_id"].append(image_id)
+        cols["category_id"].append(cat)
+        cols["x1"].append(x)
+        cols["y1"].append(y)
+        cols["x2"].append(x + w)
+        cols["y2"].append(y + h)
+        cols["area"].append(None if area is None else _as_float(area))
+        cols["iscrowd"].append(bool(entry.get("iscrowd", 0)))
+        cols["difficult"].append(bool(entry.get("difficult", False)))
+        cols["source"].append(src)
+        cols["item"].append(item)
+
+
+# ---------------------------------------------------------------------------------------------
+# Writer
+
+
+@dataclass(frozen=True)
+class CocoFiles:
+    """Paths written by :func:`write_coco`."""
+
+    ground_truth: Path
+    results: Path | None  # COCO results file of the predictions, when predictions were given
+
+
+def write_coco(snapshot: Snapshot, path: str | Path, *, predictions: pl.DataFrame | pl.LazyFrame | None = None, split: str | None = None) -> CocoFiles:
+    """Write a detection snapshot as COCO ground-truth JSON at ``path`` (atomically).
+
+    Boxes go out as ``[x1, y1, x2 - x1, y2 - y1]``; category ids are the snapshot's
+    ``source_id`` (the COCO ids it came from); ``area``, ``iscrowd`` and ``difficult`` are kept.
+    ``split`` restricts the file to one split. With ``predictions`` (a DETECTIONS frame), their
+    COCO results file (``[{image_id, category_id, bbox, score}]``) is written beside it as
+    ``<stem>_results.json``, ready for ``COCO.loadRes``.
+    """
+    if snapshot.task != "detection" or snapshot.annotations is None:
+        raise ValueError(f"{snapshot.path}: write_coco needs a detection snapshot, this one is {snapshot.task}")
+    path = Path(path)
+    images = snapshot.images if split is None else snapshot.split_images(split)
+    anns = snapshot.annotations.filter(pl.col("image_id").is_in(images.get_column("image_id").implode())).sort("ann_id")
+    to_source = _source_ids(snapshot.categories)
+    doc = {
+        "info": {"description": f"cvflow snapshot {snapshot.name}", "version": snapshot.digest},
+        "images": [
+            {"id": r["image_id"], "file_name": r["file_name"], "width": r["width"], "height": r["height"]}
+            for r in images.sort("image_id").iter_rows(named=True)
+        ],
+        "annotations": [
+            {
+                "id": r["ann_id"],
+                "image_id": r["image_id"],
+                "category_id": to_source[r["category_id"]],
+                "bbox": [r["x1"], r["y1"], r["x2"] - r["x1"], r["y2"] - r["y1"]],
+                "area": r["area"],
+                "iscrowd": int(r["iscrowd"]),
+                **({"difficult": True} if r["difficult"] else {}),
+            }
+            for r in anns.iter_rows(named=True)
+        ],
+        "categories": [
+            {"id": to_source[r["category_id"]], "name": r["name"]} for r in snapshot.categories.sort("category_id").iter_rows(named=True)
+        ],
+    }
+    _write_json_atomic(path, doc)
+    results = None
+    if predictions is not None:
+        results = path.with_name(f"{path.stem}_results.json")
+        write_coco_results(predictions, results, categories=snapshot.categories)
+    return CocoFiles(ground_truth=path, results=results)
+
+
+def write_coco_results(predictions: pl.DataFrame | pl.LazyFrame, path: str | Path, *, categories: pl.DataFrame) -> Path:
+    """Write DETECTIONS rows as a COCO results JSON list (atomically); category ids as source ids."""
+    preds = predictions.collect() if isinstance(predictions, pl.LazyFrame) else predictions
+    to_source = _source_ids(categories)
+    doc = [
+        {
+            "image_id": r["image_id"],
+            "category_id": to_source[r["category_id"]],
+            "bbox": [r["x1"], r["y1"], r["x2"] - r["x1"], r["y2"] - r["y1"]],
+            "score": r["score"],
+        }
+        for r in preds.iter_rows(named=True)
+    ]
+    _write_json_atomic(Path(path), doc)
+    return Path(path)
+
+
+def _source_ids(categories: pl.DataFrame) -> dict[int, int]:
+    """category_id -> id to write: the source id when those are unique, else category_id + 1."""
+    cats = categories.sort("category_id")
+    source = cats.get_column("source_id")
+    ids = source if source.n_unique() == cats.height else cats.get_column("category_id") + 1
+    return dict(zip(cats.get_column("category_id").to_list(), ids.to_list()))
+
+
+def _write_json_atomic(path: Path, doc: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(doc, fh)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,241 @@
+"""YOLO detection (Ultralytics layout): ``data.yaml`` + ``images/`` + ``labels/`` to canonical tables.
+
+Layout read: SOURCE is the folder of ``data.yaml`` (or the yaml file itself)::
+
+    data.yaml         names: [..] or {0: .., 1: ..}; train/val/test: folder(s) or .txt list(s)
+    images/<split>/   the images
+    labels/<split>/   one <image stem>.txt per image: lines "class cx cy w h"
+
+The dataset root is the yaml's folder, or its ``path:`` when that names an existing folder
+(relative paths from the yaml's folder). Split folders and listed images must stay inside it.
+A label file sits where the image is with the last ``images`` path component replaced by
+``labels`` and the extension by ``.txt`` (Ultralytics' rule); no label file means no objects.
+
+Coordinates are fractions of the image size: ``cx cy w h`` with ``cx = (x1 + x2) / 2 / W``. The
+reader returns ``x1 = cx - w/2`` etc. still as fractions (``box_units="normalized"``); ingest
+multiplies by the width/height read from each image's header. Polygon lines (YOLO-seg,
+``class x1 y1 x2 y2 ...``) become the polygon's bounding box. Category ids are the ``names``
+order (``source_id`` = the class index); image ids are 1..N in sorted file-name order.
+"""
+
+from __future__ import annotations
+
+import math
+import posixpath
+from pathlib import Path
+
+import polars as pl
+import yaml
+
+from cvcore.data.formats._common import (
+    RawSource,
+    canonical_split,
+    ids_by_file_name,
+    list_image_files,
+    quarantine_frame,
+    raw_annotations_frame,
+    raw_images_frame,
+    unsafe_file_name,
+)
+
+_SPLIT_KEYS = ("train", "val", "test")
+
+
+def read_yolo(source: str | Path, *, images: str | Path | None = None) -> RawSource:
+    """Parse a YOLO dataset folder (see the module docstring). ``images`` is not used by YOLO.
+
+    Raises ValueError naming the path when data.yaml or a split folder is unusable; a bad label
+    line becomes a quarantine row.
+    """
+    if images is not None:
+        raise ValueError("--images does not apply to YOLO: data.yaml names the image folders")
+    yaml_path = Path(source) / "data.yaml" if Path(source).is_dir() else Path(source)
+    config = _load_yaml(yaml_path)
+    root = _root(yaml_path, config)
+    names = _names(yaml_path, config)
+    quarantine: list[tuple[str, str, str]] = []
+
+    listed: list[tuple[str, str]] = []  # (file_name, split)
+    seen: dict[str, str] = {}
+    for key in _SPLIT_KEYS:
+        for entry in _as_list(config.get(key)):
+            for file_name in _split_files(root, yaml_path, key, entry, quarantine):
+                if file_name in seen:
+                    quarantine.append((str(yaml_path), file_name, f"image is in split {seen[file_name]!r} and again in {key!r}: kept in {seen[file_name]!r}"))
+                    continue
+                seen[file_name] = key
+                listed.append((file_name, canonical_split(key)))
+    if not listed:
+        raise ValueError(f"{yaml_path}: no images found for any of {list(_SPLIT_KEYS)}")
+
+    ids = ids_by_file_name([f for f, _ in listed])
+    image_rows = [(ids[f], f, split, None, None, str(yaml_path), f) for f, split in listed]
+    image_rows.sort()
+    cols: dict[str, list] = {k: [] for k in ("ann_id", "image_id", "category_id", "x1", "y1", "x2", "y2", "source", "item")}
+    for image_id, file_name, *_ in image_rows:
+        if unsafe_file_name(file_name) is None:
+            _read_labels(root, file_name, image_id, len(names), cols, quarantine)
+    _orphan_labels(root, [f for f, _ in listed], quarantine)
+    cols["ann_id"] = list(range(1, len(cols["image_id"]) + 1))
+
+    categories = pl.DataFrame(
+        {"category_id": list(range(len(names))), "name": names, "source_id": list(range(len(names)))},
+        schema={"category_id": pl.Int32, "name": pl.String, "source_id": pl.Int64},
+    )
+    return RawSource(
+        format="yolo",
+        task="detection",
+        image_root=root,
+        images=raw_images_frame(image_rows),
+        categories=categories,
+        annotations=raw_annotations_frame(cols),
+        labels=None,
+        quarantine=quarantine_frame(quarantine),
+        box_units="normalized",
+    )
+
+
+def label_path(file_name: str) -> str:
+    """The label file of an image (both relative to the root): last ``images`` -> ``labels``, ``.txt``."""
+    parts = file_name.split("/")
+    for i in range(len(parts) - 2, -1, -1):
+        if parts[i] == "images":
+            parts[i] = "labels"
+            break
+    return posixpath.splitext("/".join(parts))[0] + ".txt"
+
+
+def _load_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ValueError(f"{path}: YOLO data.yaml does not exist")
+    try:
+        config = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ValueError(f"{path}: not a readable YAML file ({exc})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: expected a mapping with 'names' and split folders")
+    return config
+
+
+def _root(yaml_path: Path, config: dict) -> Path:
+    base = yaml_path.parent.resolve()
+    path = config.get("path")
+    if isinstance(path, str) and path.strip():
+        candidate = (base / path).resolve()
+        if candidate.is_dir():
+            return candidate
+    return base
+
+
+def _names(yaml_path: Path, config: dict) -> list[str]:
+    names = config.get("names")
+    if isinstance(names, dict):
+        try:
+            keys = sorted(int(k) for k in names)
+        except (TypeError, ValueError):
+            raise ValueError(f"{yaml_path}: 'names' keys must be class indices 0..K-1") from None
+        if keys != list(range(len(keys))):
+            raise ValueError(f"{yaml_path}: 'names' keys must be 0..{len(keys) - 1}, got {keys}")
+        names = [names[k] if k in names else names[str(k)] for k in keys]
+    if not isinstance(names, list) or not names or not all(isinstance(n, (str, int)) for n in names):
+        raise ValueError(f"{yaml_path}: 'names' must be a non-empty list of class names")
+    names = [str(n) for n in names]
+    nc = config.get("nc")
+    if nc is not None and nc != len(names):
+        raise ValueError(f"{yaml_path}: nc is {nc} but 'names' has {len(names)} entries")
+    return names
+
+
+def _as_list(value: object) -> list:
+    if value is None:
+        return []
+    return value if isinstance(value, list) else [value]
+
+
+def _split_files(root: Path, yaml_path: Path, key: str, entry: object, quarantine: list) -> list[str]:
+    """Image files of one split entry (a folder or a .txt list), relative to ``root``."""
+    if not isinstance(entry, str) or unsafe_file_name(entry):
+        raise ValueError(f"{yaml_path}: {key}: {entry!r} must be a folder or .txt file inside {root}")
+    path = (root / entry).resolve()
+    if not path.is_relative_to(root):
+        raise ValueError(f"{yaml_path}: {key}: {entry!r} escapes the dataset root {root}")
+    if path.is_dir():
+        return list_image_files(path, root)  # every file: non-images are quarantined by the header check
+    if path.is_file() and path.suffix == ".txt":
+        return _listed_files(root, path, quarantine)
+    raise ValueError(f"{yaml_path}: {key}: {entry!r} does not exist under {root}")
+
+
+def _listed_files(root: Path, txt: Path, quarantine: list) -> list[str]:
+    """Image paths from a split list: ``./x`` relative to the list's folder, others to the root."""
+    out = []
+    for line_no, line in enumerate(txt.read_text().splitlines(), start=1):
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("./"):
+            line = (txt.parent.relative_to(root) / line[2:]).as_posix()
+        elif Path(line).is_absolute() and Path(line).resolve().is_relative_to(root):
+            line = Path(line).resolve().relative_to(root).as_posix()
+        out.append(posixpath.normpath(line) if unsafe_file_name(line) is None else line)
+    return out
+
+
+def _read_labels(root: Path, file_name: str, image_id: int, k: int, cols: dict, quarantine: list) -> None:
+    label = root / label_path(file_name)
+    try:
+        text = label.read_text()
+    except FileNotFoundError:
+        return  # YOLO convention: an image without a label file has no objects
+    except (OSError, UnicodeDecodeError) as exc:
+        quarantine.append((str(label), "file", f"unreadable label file ({exc}): the image's boxes are unknown, kept without boxes"))
+        return
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        tokens = line.split()
+        if not tokens:
+            continue
+        item = f"line {line_no}"
+        parsed = _parse_line(tokens, k)
+        if isinstance(parsed, str):
+            quarantine.append((str(label), item, parsed))
+            continue
+        cls, (x1, y1, x2, y2) = parsed
+        cols["image_id"].append(image_id)
+        cols["category_id"].append(cls)
+        cols["x1"].append(x1)
+        cols["y1"].append(y1)
+        cols["x2"].append(x2)
+        cols["y2"].append(y2)
+        cols["source"].append(str(label))
+        cols["item"].append(item)
+
+
+def _parse_line(tokens: list[str], k: int) -> tuple[int, tuple[float, float, float, float]] | str:
+    """(class, normalised xyxy) of one label line, or the reason it is rejected."""
+    try:
+        values = [float(t) for t in tokens]
+    except ValueError:
+        return f"label line is not all numbers ({' '.join(tokens)[:60]!r}): dropped"
+    cls = values[0]
+    if not (math.isfinite(cls) and cls.is_integer() and 0 <= cls < k):
+        return f"class index {tokens[0]} is not in data.yaml names (0..{k - 1}): dropped"
+    coords = values[1:]
+    if len(coords) == 4:
+        cx, cy, w, h = coords
+        return int(cls), (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
+    if len(coords) >= 6 and len(coords) % 2 == 0:  # polygon (YOLO-seg): its bounding box
+        xs, ys = coords[0::2], coords[1::2]
+        return int(cls), (min(xs), min(ys), max(xs), max(ys))
+    return f"label line has {len(tokens)} values, expected 'class cx cy w h': dropped"
+
+
+def _orphan_labels(root: Path, file_names: list[str], quarantine: list) -> None:
+    """Label files in the splits' label folders whose image is not in the dataset."""
+    expected = {label_path(f) for f in file_names if unsafe_file_name(f) is None}
+    folders = {posixpath.dirname(p) for p in expected}
+    for folder in sorted(folders):
+        for label in sorted((root / folder).glob("*.txt")):
+            rel = label.relative_to(root).as_posix()
+            if rel not in expected:
+                n = sum(1 for line in label.read_text(errors="replace").splitlines() if line.strip())
+                quarantine.append((str(label), "file", f"label file has no image in the dataset: its {n} boxes dropped"))

@@ -1,0 +1,133 @@
+"""Ingestion: a dataset in a known format -> a validated canonical snapshot + its health report.
+
+The steps, each a pure function elsewhere in cvcore.data:
+
+1. parse the source with its format's reader (cvcore.data.formats) — no image is opened;
+2. reject unsafe or duplicate image entries (validate.check_image_entries) — still nothing opened;
+3. read every image header in parallel threads: size as displayed, sha256, integrity (probe);
+4. check boxes against their images: drop the broken, clip the overhanging (validate);
+5. optionally split a single-split source into train/val, seeded and stratified (split);
+6. write the snapshot atomically with its content digest (snapshot.write_snapshot).
+
+One bad item never stops ingestion: it becomes a quarantine row saying what was wrong and what
+was done. Only a source that is unusable as a whole (missing folder, unreadable annotation
+file) raises ValueError naming the path.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import polars as pl
+
+from cvcore.data import split as splitting
+from cvcore.data import validate
+from cvcore.data.formats import read_source
+from cvcore.data.health import HealthReport, health_report
+from cvcore.data.probe import probe_images
+from cvcore.data.snapshot import Snapshot, SnapshotError, write_snapshot
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """The snapshot written and its health report."""
+
+    snapshot: Snapshot
+    report: HealthReport
+
+
+def ingest(
+    source: str | Path,
+    *,
+    fmt: str,
+    out: str | Path,
+    images: str | Path | None = None,
+    val_fraction: float | None = None,
+    seed: int = 0,
+    name: str | None = None,
+    replace: bool = False,
+    workers: int | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> IngestResult:
+    """Ingest ``source`` (format ``fmt``: coco, voc, yolo, imagefolder) into a snapshot at ``out``.
+
+    ``images``: image folder when SOURCE is a single annotation file (COCO) or a folder of VOC
+    XMLs. ``val_fraction``: for a source with one split, the share of its images moved to a new
+    ``val`` split (the rest become ``train``), stratified by class and seeded by ``seed``; an
+    error for sources that already have several splits. ``name`` defaults to the source's
+    folder (or file) name. ``replace`` allows overwriting an existing ``out``. ``workers``:
+    threads for header reads. ``on_progress(done, total)`` follows the header reads.
+    """
+    source, out = Path(source), Path(out)
+    if val_fraction is not None and not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
+    if out.exists() and not replace:  # checked again when writing; here to fail before the work
+        raise SnapshotError(f"{out} already exists; choose another --out or pass --replace")
+    raw = read_source(source, fmt=fmt, images=images)
+    detection = raw.task == "detection"
+    unit = "annotation" if detection else "label"
+    n_objects = validate.objects_per_image(raw.annotations, raw.labels)
+    log.info("%s: parsed %d images, %d %ss", source, raw.images.height, sum(n_objects.values()), unit)
+
+    entries = validate.check_image_entries(raw.images, n_objects=n_objects, unit=unit)
+    headers = probe_images(raw.image_root, entries.table.get_column("file_name").to_list(), workers=workers, on_progress=on_progress)
+    checked_images = validate.apply_headers(entries.table, headers, image_root=raw.image_root, n_objects=n_objects, unit=unit)
+    kept = checked_images.table
+    dropped = set(raw.images.get_column("image_id").to_list()) - set(kept.get_column("image_id").to_list())
+    quarantine = [raw.quarantine, entries.quarantine, checked_images.quarantine]
+
+    annotations = labels = None
+    if detection:
+        anns = raw.annotations
+        if raw.box_units == "normalized":
+            anns = validate.normalized_to_pixels(anns, kept)
+        checked = validate.check_annotations(anns, kept, dropped_image_ids=dropped)
+        annotations = checked.table
+    else:
+        checked = validate.check_labels(raw.labels, kept, dropped_image_ids=dropped)
+        labels = checked.table
+    quarantine.append(checked.quarantine)
+
+    if val_fraction is not None:
+        kept = _split(kept, annotations, labels, val_fraction=val_fraction, seed=seed, source=source)
+
+    snapshot = write_snapshot(
+        out,
+        name=name or source.stem,
+        task=raw.task,
+        source_format=raw.format,
+        image_root=raw.image_root,
+        images=kept,
+        categories=raw.categories,
+        annotations=annotations,
+        labels=labels,
+        quarantine=pl.concat(quarantine),
+        replace=replace,
+    )
+    return IngestResult(snapshot=snapshot, report=health_report(snapshot))
+
+
+def _split(
+    images: pl.DataFrame,
+    annotations: pl.DataFrame | None,
+    labels: pl.DataFrame | None,
+    *,
+    val_fraction: float,
+    seed: int,
+    source: Path,
+) -> pl.DataFrame:
+    present = sorted(images.get_column("split").unique().to_list())
+    if len(present) > 1:
+        raise ValueError(
+            f"{source}: the source already has splits {present}; --val-fraction only splits a single-split source"
+        )
+    if annotations is not None:
+        strata = splitting.detection_strata(images, annotations)
+    else:
+        strata = splitting.classification_strata(images, labels)
+    return splitting.stratified_split(images, strata, val_fraction=val_fraction, seed=seed)

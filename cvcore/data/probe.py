@@ -1,0 +1,163 @@
+"""Image header reads: size as displayed, EXIF orientation, sha256 and integrity, in parallel.
+
+Each file is read once: its bytes give the sha256, and PIL parses the header from them without
+decoding pixels. Width and height are as displayed: EXIF orientations 5-8 (rotations by 90°)
+swap them, matching what cvcore.data.torch_dataset.load_image returns.
+
+Truncation is caught without a decode in the common case: a complete JPEG ends with its EOI
+marker, a complete PNG with its IEND chunk. Files that fail that cheap check (or other formats)
+are fully decoded once to decide, so trailing bytes after EOI never cause a false rejection.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import struct
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import polars as pl
+from PIL import Image, UnidentifiedImageError
+
+from cvcore.data.snapshot import resolve_inside
+
+PROBE = pl.Schema(
+    {
+        "file_name": pl.String,
+        "width": pl.Int32,  # pixels as displayed; null when the image is unusable
+        "height": pl.Int32,
+        "sha256": pl.String,
+        "orientation": pl.Int8,  # EXIF orientation 1..8 (1 when absent)
+        "problem": pl.String,  # why the image is unusable, or null
+    }
+)
+
+_EOI = b"\xff\xd9"
+_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+_ORIENTATION_TAG = 0x0112
+# What PIL raises on broken files: OSError (incl. UnidentifiedImageError), SyntaxError from some
+# plugins, struct.error / EOFError / ValueError on short or nonsensical headers.
+_PIL_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError)
+
+
+class ImageProblem(ValueError):
+    """An image file that cannot be used; the message says why in a few words."""
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What the header of one image file says."""
+
+    width: int  # pixels, as displayed
+    height: int
+    sha256: str  # hex digest of the file's bytes
+    orientation: int  # EXIF orientation 1..8
+    format: str  # PIL format name: JPEG, PNG, ...
+
+
+def read_header(path: str | Path) -> ImageHeader:
+    """Read one image's header. Raises ImageProblem (missing, empty, not an image, truncated)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ImageProblem("missing image file") from None
+    except IsADirectoryError:
+        raise ImageProblem("not a file (a directory)") from None
+    except OSError as exc:
+        raise ImageProblem(f"unreadable image file ({exc.strerror or exc})") from None
+    if not data:
+        raise ImageProblem("empty image file (0 bytes)")
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            fmt = im.format or "image"
+            width, height = im.size
+            orientation = _orientation(im)
+            if not _looks_complete(fmt, data):
+                _full_decode(im, fmt)
+    except ImageProblem:  # a ValueError, which _PIL_ERRORS below would swallow
+        raise
+    except UnidentifiedImageError:
+        raise ImageProblem("not an image file (no known image format)") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageProblem(f"image too large to decode safely ({exc})") from None
+    except _PIL_ERRORS as exc:
+        raise ImageProblem(f"unreadable image header ({exc})") from None
+    if orientation in (5, 6, 7, 8):  # transposed or rotated by 90°: displayed sides swap
+        width, height = height, width
+    if width <= 0 or height <= 0:
+        raise ImageProblem(f"image header gives size {width}x{height}")
+    return ImageHeader(width=width, height=height, sha256=digest, orientation=orientation, format=fmt)
+
+
+def probe_images(
+    root: str | Path,
+    file_names: Iterable[str],
+    *,
+    workers: int | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> pl.DataFrame:
+    """Read the headers of ``file_names`` (relative to ``root``) in parallel threads.
+
+    Returns a PROBE frame in input order: width/height/sha256 for good images, ``problem`` for
+    the others. Names that resolve outside ``root`` (symlinks) are refused before any open.
+    Threads suit the work: file reads and hashing release the GIL, and on network storage the
+    latency of many small reads dominates. ``on_progress(done, total)`` is called as files finish.
+    ``workers`` defaults to 4 per CPU, at most 32.
+    """
+    root = Path(root)
+    names = list(file_names)
+    workers = workers or min(32, 4 * (os.cpu_count() or 1))
+
+    def one(name: str) -> tuple:
+        try:
+            path = resolve_inside(root, name)
+        except ValueError:
+            return (name, None, None, None, None, "file name resolves outside the dataset root (a symlink?): rejected, not opened")
+        try:
+            h = read_header(path)
+        except ImageProblem as exc:
+            return (name, None, None, None, None, str(exc))
+        return (name, h.width, h.height, h.sha256, h.orientation, None)
+
+    rows = []
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for done, row in enumerate(pool.map(one, names), start=1):
+            rows.append(row)
+            if on_progress is not None:
+                on_progress(done, len(names))
+    return pl.DataFrame(rows, schema=PROBE, orient="row")
+
+
+def _orientation(im: Image.Image) -> int:
+    """EXIF orientation from the header only (1 when absent or unreadable)."""
+    # PNG keeps eXIf possibly after the pixel data; PIL's getexif() would then decode the whole
+    # image to find it, so only a header-time eXIf chunk is used for PNG.
+    if im.format == "PNG" and "exif" not in im.info:
+        return 1
+    try:
+        value = im.getexif().get(_ORIENTATION_TAG, 1)
+    except (*_PIL_ERRORS, KeyError, TypeError):
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _looks_complete(fmt: str, data: bytes) -> bool:
+    if fmt in ("JPEG", "MPO"):
+        return data.rstrip(b"\x00\r\n ")[-2:] == _EOI
+    if fmt == "PNG":
+        return data[-12:] == _IEND
+    return False
+
+
+def _full_decode(im: Image.Image, fmt: str) -> None:
+    try:
+        im.load()
+    except _PIL_ERRORS as exc:
+        kind = "truncated" if "truncated" in str(exc) or isinstance(exc, EOFError) else "undecodable"
+        raise ImageProblem(f"{kind} {fmt} ({exc})" if kind == "undecodable" else f"truncated {fmt}") from None
