@@ -27,6 +27,7 @@ _COMMANDS: list[tuple[str, str, str]] = [
     ("version", "version", "version"),
     ("train", "train", "train"),
     ("predict", "predict", "predict"),
+    ("augment", "augment", "augment"),
 ]
 
 for _name, _module, _fn in _COMMANDS:
