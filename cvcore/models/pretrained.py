@@ -136,10 +136,10 @@ def load_partial(
         unused=tuple(unused),
     )
     log.info(
-        "%s: loaded %d/%d tensors from %s; kept initialised: %d with other shapes %s, %d absent from the source %s; "
-        "%d source tensors unused %s",
-        name, len(report.loaded), len(target), source, len(report.shape_mismatch), _few(report.shape_mismatch),
-        len(report.missing), _few(report.missing), len(report.unused), _few(report.unused),
+        "%s: loaded %d/%d tensors from %s; kept initialised, not in the source: %d%s; kept initialised, "
+        "other shape in the source: %d%s; unused source tensors: %d%s",
+        name, len(report.loaded), len(target), source, len(report.missing), _few(report.missing),
+        len(report.shape_mismatch), _few(report.shape_mismatch), len(report.unused), _few(report.unused),
     )  # fmt: skip
     return report
 
@@ -164,4 +164,4 @@ def _few(names: tuple[str, ...], limit: int = 6) -> str:
     if not names:
         return ""
     shown = ", ".join(names[:limit])
-    return f"[{shown}{', ...' if len(names) > limit else ''}]"
+    return f" [{shown}{', ...' if len(names) > limit else ''}]"
