@@ -33,6 +33,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +42,8 @@ from torchvision.models.detection._utils import BoxCoder
 from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes, roi_align
 
 from cvcore.models._registry import register_model
+from cvcore.models.build import build_model
+from cvcore.models.pretrained import TorchvisionSource
 from cvcore.models.proposals import ProposalSettings, TensorCache, image_key
 
 log = logging.getLogger(__name__)
@@ -406,3 +409,69 @@ def _empty_detections(device: torch.device) -> dict[str, torch.Tensor]:
         "labels": torch.zeros((0,), dtype=torch.int64, device=device),
         "scores": torch.zeros((0,), device=device),
     }
+
+
+# -- the registered builder --------------------------------------------------------------------
+
+# Run settings for the built-in 128-px shapes data on 2 CPU cores. No augmentation: features are
+# cached by pixel content, so random transforms would re-run the CNN every epoch; the SVMs
+# converge in a few epochs on fixed features.
+RCNN_DEFAULTS: dict[str, Any] = {
+    "img_size": 128, "epochs": 6, "batch_size": 16, "optimizer": "adamw", "lr": 1e-2, "weight_decay": 0.0,
+    "scheduler": "cosine", "warmup_epochs": 0.0, "augment.preset": "none",
+}  # fmt: skip
+
+
+@register_model("rcnn", task="detection", defaults=RCNN_DEFAULTS)
+def build_rcnn(
+    num_classes: int,
+    *,
+    backbone: str = "resnet18",
+    small_input: bool | None = None,
+    warp_size: int = 64,
+    context_pad: int = 4,
+    proposal_method: str = "selective_search",
+    strategy: str = "fast",
+    max_proposals: int = 2000,
+    window_sizes: tuple[float, ...] = (16.0, 32.0, 64.0),
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0),
+    stride: int = 8,
+    cache_dir: str | None = None,
+    svm_pos_iou: float = 0.7,
+    svm_neg_iou: float = 0.3,
+    reg_min_iou: float = 0.6,
+    negatives_per_positive: int = 3,
+    min_negatives: int = 16,
+    l2: float = 1e-4,
+    score_thresh: float = 0.01,
+    nms_thresh: float = 0.3,
+    detections_per_img: int = 100,
+) -> RCNN:
+    """R-CNN with a registry classifier (``backbone``, e.g. resnet18, vgg16) as its frozen CNN.
+
+    ``pretrained`` (given to ``build_model``) loads into that CNN: a classifier checkpoint of the
+    same architecture (e.g. ``cvflow train --model resnet18`` on related data; build it with the
+    same ``small_input``), ``"torchvision"`` (ImageNet weights from the local hub cache), or an
+    R-CNN checkpoint. ``small_input`` defaults to the classifier's choice for ``warp_size`` px.
+    ``proposal_method`` is "selective_search" (``strategy`` "fast" | "quality") or
+    "sliding_windows" (``window_sizes``, ``aspect_ratios``, ``stride``).
+    """
+    classifier = build_model(backbone, num_classes=1, small_input=small_input, img_size=warp_size)
+    features, dim = classifier_features(classifier)
+    settings = ProposalSettings(
+        method=proposal_method, strategy=strategy, max_proposals=max_proposals,
+        window_sizes=tuple(window_sizes), aspect_ratios=tuple(aspect_ratios), stride=stride,
+    )  # fmt: skip
+    model = RCNN(
+        num_classes, features=features, feature_dim=dim, proposals=settings, warp_size=warp_size, context_pad=context_pad,
+        cache_dir=cache_dir, svm_pos_iou=svm_pos_iou, svm_neg_iou=svm_neg_iou, reg_min_iou=reg_min_iou,
+        negatives_per_positive=negatives_per_positive, min_negatives=min_negatives, l2=l2,
+        score_thresh=score_thresh, nms_thresh=nms_thresh, detections_per_img=detections_per_img,
+    )  # fmt: skip
+    # How cvcore.models.pretrained maps a classifier's weights (``backbone.*``) onto ``features.*``.
+    model.transfer_renames = (("", "features."),)
+    model.torchvision_sources = tuple(
+        TorchvisionSource(s.weights, tuple((old, "features." + new) for old, new in s.renames))
+        for s in getattr(classifier, "torchvision_sources", ())
+    )
+    return model

@@ -14,6 +14,7 @@ from torchvision.ops import box_iou
 
 from cvcore import schema
 from cvcore.data.torch_dataset import DetectionDataset
+from cvcore.models import build_model
 from cvcore.models.proposals import ProposalSettings
 from cvcore.models.rcnn import (
     RCNN,
@@ -255,3 +256,12 @@ def test_rcnn_learns_to_score_objects_above_background(shapes_detection):
         sum(losses.values()).backward()
         opt.step()
     assert losses["loss_svm"].item() < 1.0 and math.isfinite(losses["loss_box_reg"].item())
+
+
+def test_rcnn_loads_a_classifier_as_its_cnn(tmp_path):
+    torch.manual_seed(1)
+    classifier = build_model("resnet18", num_classes=4, small_input=False)
+    torch.save({"model": classifier.state_dict(), "meta": {}}, tmp_path / "cls.pt")
+    net = build_model("rcnn", num_classes=3, pretrained=str(tmp_path / "cls.pt"), warp_size=64)
+    assert torch.equal(net.features.backbone.layer4[1].conv2.weight, classifier.backbone.layer4[1].conv2.weight)
+    assert not any(p.requires_grad for p in net.features.parameters())
