@@ -13,8 +13,9 @@ metadata). Output: one row per detection (or per image, for classifiers) with ``
 position in the batch), ``category_id``, ``category`` (name), ``score`` and, for detectors, the box
 ``x1, y1, x2, y2`` in pixels of the input image.
 
-This module imports only mlflow, torch, pandas and cvcore, so a logged model loads where cvflow's
-flows are not installed (cvcore and this file travel with the model as ``code_paths``).
+The model is logged as "model from code" (MLflow's recommended form): this file is stored with
+the model and runs at load time, so loading needs no pickle of a Python object, only this file,
+cvcore (which travels along as ``code_paths``), torch and mlflow.
 """
 
 from __future__ import annotations
@@ -22,11 +23,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import torch
-from mlflow.models import ModelSignature
+from mlflow.models import set_model
 from mlflow.pyfunc import PythonModel
-from mlflow.types import ColSpec, Schema, TensorSpec
 
-CHECKPOINT_ARTIFACT = "checkpoint"  # key in the pyfunc's artifacts; the file is checkpoint.pt
+CHECKPOINT_ARTIFACT = "checkpoint"  # key in the pyfunc's artifacts (tasks/registry.py logs it)
 
 
 class CheckpointModel(PythonModel):
@@ -39,7 +39,7 @@ class CheckpointModel(PythonModel):
         self.model.eval()
         self.class_names = list(self.meta.get("class_names") or [])
 
-    def predict(self, context, model_input, params=None) -> pd.DataFrame:
+    def predict(self, context, model_input: np.ndarray, params: dict | None = None) -> pd.DataFrame:
         x = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"expected images float32[B, 3, H, W] in [0, 1], got shape {tuple(x.shape)}")
@@ -57,7 +57,7 @@ class CheckpointModel(PythonModel):
             boxes = out["boxes"].double().cpu().numpy()
             for (x1, y1, x2, y2), label, score in zip(boxes, out["labels"].tolist(), out["scores"].tolist()):
                 rows.append((i, int(label), self._name(int(label)), float(score), x1, y1, x2, y2))
-        return pd.DataFrame(rows, columns=list(DETECTION_OUTPUT.input_names())).astype(_DTYPES | _BOX_DTYPES)
+        return pd.DataFrame(rows, columns=_COLUMNS).astype(_DTYPES | _BOX_DTYPES)
 
     def _classifications(self, probs: torch.Tensor) -> pd.DataFrame:
         score, label = probs.max(dim=1)
@@ -72,21 +72,8 @@ class CheckpointModel(PythonModel):
         )
 
 
+_COLUMNS = ["image_index", "category_id", "category", "score", "x1", "y1", "x2", "y2"]
 _DTYPES = {"image_index": "int64", "category_id": "int32", "category": "object", "score": "float64"}
 _BOX_DTYPES = {k: "float64" for k in ("x1", "y1", "x2", "y2")}
 
-CLASSIFICATION_OUTPUT = Schema(
-    [ColSpec("long", "image_index"), ColSpec("integer", "category_id"), ColSpec("string", "category"), ColSpec("double", "score")]
-)
-DETECTION_OUTPUT = Schema(list(CLASSIFICATION_OUTPUT.inputs) + [ColSpec("double", k) for k in ("x1", "y1", "x2", "y2")])
-
-
-def signature(*, task: str, img_size: int) -> ModelSignature:
-    """The model's signature: square float32 images in, one row per prediction out."""
-    inputs = Schema([TensorSpec(np.dtype(np.float32), (-1, 3, img_size, img_size))])
-    return ModelSignature(inputs=inputs, outputs=DETECTION_OUTPUT if task == "detection" else CLASSIFICATION_OUTPUT)
-
-
-def input_example(*, img_size: int) -> np.ndarray:
-    """One mid-grey image: float32[1, 3, img_size, img_size]."""
-    return np.full((1, 3, img_size, img_size), 0.5, dtype=np.float32)
+set_model(CheckpointModel())

@@ -14,18 +14,20 @@ from pathlib import Path
 
 import mlflow
 import mlflow.pyfunc
+import numpy as np
 from mlflow.exceptions import MlflowException
-from mlflow.models import Model
+from mlflow.models import Model, ModelSignature
+from mlflow.types import ColSpec, Schema, TensorSpec
 from prefect import task
 from prefect.logging import get_run_logger
 
 import cvcore
-import tasks as _tasks_pkg
-from tasks import mlflow_model
 from tasks.refs import ModelVersionRef
 from tasks.tracking import cvflow_home, mlflow_client
 
 CHAMPION, CHALLENGER = "champion", "challenger"
+CHECKPOINT_ARTIFACT = "checkpoint"  # the key tasks/mlflow_model.py reads the checkpoint under
+_MODEL_CODE = Path(__file__).with_name("mlflow_model.py")
 _REQUIREMENTS = ("torch", "torchvision", "numpy", "pandas", "polars", "pyarrow", "pillow", "pydantic", "pyyaml")
 
 
@@ -34,36 +36,61 @@ def log_model(run_id: str, checkpoint: Path) -> str:
     """Log ``checkpoint`` to the run as a pyfunc model named ``model``; returns its model URI.
 
     Signature and input example come from the checkpoint's metadata (task, img_size). cvcore and
-    the wrapper travel as ``code_paths`` so the model loads without cvflow installed.
+    the wrapper travel with the model, so it loads without cvflow installed.
     """
     from cvcore.engine.checkpoint import load_checkpoint
 
     meta = load_checkpoint(checkpoint)["meta"]
-    mlflow_client()  # makes the tracking URI the process default, which Model.log uses
+    client = mlflow_client()  # also makes the tracking URI the process default, which Model.log uses
+    run = client.get_run(run_id)
+    # Created here, in the run's experiment: Model.log on its own would file the model under the
+    # process's active experiment (the Default one), not the run's.
+    logged = client.create_logged_model(
+        run.info.experiment_id, name="model", source_run_id=run_id, params=dict(run.data.params), model_type=meta["task"]
+    )
     with tempfile.TemporaryDirectory() as tmp:
         # One fixed artifact name (checkpoint.pt) whatever the run folder called it (best.pt).
         staged = Path(tmp) / "checkpoint.pt"
         shutil.copyfile(checkpoint, staged)
-        info = _log_pyfunc(run_id, staged, meta)
+        info = _log_pyfunc(run_id, staged, meta, model_id=logged.model_id)
     get_run_logger().info("logged model %s (%s, %s classes)", info.model_uri, meta.get("model_name"), meta.get("num_classes"))
     return info.model_uri
 
 
-def _log_pyfunc(run_id: str, checkpoint: Path, meta: dict):
+def _log_pyfunc(run_id: str, checkpoint: Path, meta: dict, *, model_id: str):
     # Model.log, unlike mlflow.pyfunc.log_model, takes run_id: the fluent active run is per
     # thread and this task runs in a Prefect worker thread (DESIGN.md §1).
     return Model.log(
+        artifact_path=None,  # deprecated in MLflow 3 in favour of name=, but still positional
         name="model",
         flavor=mlflow.pyfunc,
         run_id=run_id,
-        python_model=mlflow_model.CheckpointModel(),
-        artifacts={mlflow_model.CHECKPOINT_ARTIFACT: str(checkpoint)},
-        code_paths=[str(Path(cvcore.__file__).parent), str(Path(_tasks_pkg.__file__).parent)],
-        signature=mlflow_model.signature(task=meta["task"], img_size=int(meta["img_size"])),
-        input_example=mlflow_model.input_example(img_size=int(meta["img_size"])),
+        model_id=model_id,
+        python_model=str(_MODEL_CODE),  # model from code: no pickled Python object to trust
+        artifacts={CHECKPOINT_ARTIFACT: str(checkpoint)},
+        code_paths=[str(Path(cvcore.__file__).parent)],
+        signature=signature(task=meta["task"], img_size=int(meta["img_size"])),
+        input_example=input_example(img_size=int(meta["img_size"])),
         pip_requirements=_requirements(),
         metadata={k: meta[k] for k in ("model_name", "task", "num_classes", "class_names", "img_size") if k in meta},
     )
+
+
+_CLASSIFICATION_OUTPUT = Schema(
+    [ColSpec("long", "image_index"), ColSpec("integer", "category_id"), ColSpec("string", "category"), ColSpec("double", "score")]
+)
+_DETECTION_OUTPUT = Schema(list(_CLASSIFICATION_OUTPUT.inputs) + [ColSpec("double", k) for k in ("x1", "y1", "x2", "y2")])
+
+
+def signature(*, task: str, img_size: int) -> ModelSignature:
+    """The pyfunc's signature: float32[B, 3, img_size, img_size] in [0, 1] in, one row per prediction out."""
+    inputs = Schema([TensorSpec(np.dtype(np.float32), (-1, 3, img_size, img_size))])
+    return ModelSignature(inputs=inputs, outputs=_DETECTION_OUTPUT if task == "detection" else _CLASSIFICATION_OUTPUT)
+
+
+def input_example(*, img_size: int) -> np.ndarray:
+    """One mid-grey image: float32[1, 3, img_size, img_size]."""
+    return np.full((1, 3, img_size, img_size), 0.5, dtype=np.float32)
 
 
 def _requirements() -> list[str]:

@@ -55,17 +55,23 @@ def cvflow_home() -> Path:
     return home
 
 
-def tracking_uri(home: Path | None = None) -> str:
-    """``$MLFLOW_TRACKING_URI`` when set, else the embedded SQLite store under the home folder."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
-        return uri
+def embedded_uri(home: Path | None = None) -> str:
+    """The embedded SQLite tracking + registry store: ``sqlite:///<home>/mlflow.db``."""
     return f"sqlite:///{(home or cvflow_home()) / 'mlflow.db'}"
 
 
-def uses_embedded_store() -> bool:
-    """True when MLflow runs on cvflow's embedded SQLite store (no tracking server was given)."""
-    return not os.environ.get("MLFLOW_TRACKING_URI")
+def tracking_uri(home: Path | None = None) -> str:
+    """``$MLFLOW_TRACKING_URI`` when set, else the embedded SQLite store under the home folder."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or embedded_uri(home)
+
+
+def uses_embedded_store(home: Path | None = None) -> bool:
+    """True when MLflow runs on cvflow's embedded SQLite store (no tracking server was given).
+
+    Compared by value: ``mlflow.set_tracking_uri`` exports the URI it was given to the
+    environment, so the variable being set does not mean the user set it.
+    """
+    return tracking_uri(home) == embedded_uri(home)
 
 
 def artifact_root(home: Path | None = None) -> str | None:
@@ -74,7 +80,7 @@ def artifact_root(home: Path | None = None) -> str | None:
     With a tracking server the server decides (None), so clients never write to paths only
     this machine has.
     """
-    if not uses_embedded_store():
+    if not uses_embedded_store(home):
         return None
     return ((home or cvflow_home()) / "mlartifacts").as_uri()
 

@@ -1,0 +1,120 @@
+"""Flow parameters and results as pydantic models.
+
+Prefect builds the dashboard's run form from these (with their descriptions and bounds) and
+validates every run's parameters against them, whether the run was started from the dashboard,
+a deployment schedule, the command line or Python.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from cvcore.config import RunConfig
+from tasks.refs import ModelVersionRef, SnapshotRef
+from tasks.tracking import DEFAULT_EXPERIMENT
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+
+SourceFormat = Literal["snapshot", "coco", "voc", "yolo", "imagefolder"]
+
+
+class DataSource(_Params):
+    """Where a pipeline's data comes from: a snapshot folder, or a source dataset to ingest."""
+
+    path: Path = Field(description="snapshot folder, or the source dataset (annotation file or folder)")
+    format: SourceFormat = Field("snapshot", description="'snapshot' for a folder made by cvflow; else the source format")
+    images: Path | None = Field(None, description="image folder, when the format keeps images apart from annotations")
+    val_fraction: float | None = Field(None, gt=0.0, lt=1.0, description="split a validation set off train when the source has none")
+    name: str | None = Field(None, description="dataset name (default: the source's name)")
+    seed: int = 0
+
+
+class TrainPipelineParams(_Params):
+    """ingest → augment → train → predict → evaluate → register."""
+
+    data: DataSource
+    config: RunConfig = Field(default_factory=RunConfig, description="the run config (run.yaml); data.snapshot is set from `data`")
+    experiment: str = Field(DEFAULT_EXPERIMENT, description="MLflow experiment")
+    registered_model: str | None = Field(None, description="MLflow registered model name (default: <dataset>-<model>)")
+    eval_splits: tuple[str, ...] = Field(("val", "test"), description="splits to predict and evaluate (those present)")
+    prediction_shards: int = Field(1, ge=1, description="Parquet shards per split, predicted in parallel")
+    preview_images: int = Field(8, ge=0, description="augmented samples drawn in the augmentation preview")
+    progress: bool = Field(False, description="show training progress bars on the console")
+
+
+class EvaluatePipelineParams(_Params):
+    """A trained model (registered, logged or a local checkpoint) scored on a dataset split."""
+
+    model: str = Field(description="models:/<name>@champion, models:/<name>/<version>, runs:/<id>/model or a checkpoint path")
+    data: DataSource
+    split: str = Field("test", description="split to evaluate")
+    experiment: str = Field(DEFAULT_EXPERIMENT, description="MLflow experiment of the evaluation run")
+    protocol: Literal["coco", "voc07", "voc12"] | None = Field(None, description="detection protocol (default: the model's config)")
+    prediction_shards: int = Field(1, ge=1)
+    batch_size: int = Field(32, ge=1)
+
+
+class NightlyParams(_Params):
+    """Retrain as a challenger; promote it only if it beats the champion with confidence."""
+
+    train: TrainPipelineParams
+    compare_split: str | None = Field(None, description="held-out split both models are scored on (default: test, else val)")
+    confidence: float = Field(0.95, gt=0.5, lt=1.0, description="level of the paired bootstrap interval")
+    bootstrap_samples: int = Field(1000, ge=50, description="bootstrap resamples of the image set")
+
+
+class DemoParams(_Params):
+    """The built-in demo: synthetic shapes, one detector and one classifier through train_pipeline."""
+
+    detector: str = Field("yolov1", description="detection model (registered name)")
+    classifier: str = Field("resnet18", description="classification model (registered name)")
+    detector_epochs: int = Field(12, ge=1)
+    classifier_epochs: int = Field(6, ge=1)
+    n_train: int = Field(240, ge=8, description="training images per dataset")
+    experiment: str = Field("cvflow-demo", description="MLflow experiment")
+    progress: bool = True
+
+
+class PipelineResult(_Params):
+    """What train_pipeline leaves behind: the MLflow run, the registered version, the Parquet files."""
+
+    run_id: str
+    run_url: str
+    snapshot: SnapshotRef
+    model: ModelVersionRef
+    checkpoint: Path
+    predictions: dict[str, Path]  # split → folder of part-*.parquet
+    metrics: dict[str, dict[str, float]]  # split → scalar metrics
+    headline: str  # the metric name that ranks models ("map", "map_50" or "macro_f1")
+
+
+class EvaluateResult(_Params):
+    run_id: str
+    run_url: str
+    model: str
+    checkpoint: Path
+    predictions: Path
+    metrics: dict[str, float]
+    headline: str
+
+
+class NightlyDecision(_Params):
+    """The nightly flow's verdict, as recorded in MLflow and in a Prefect artifact."""
+
+    registered_model: str
+    challenger: ModelVersionRef
+    champion_before: str | None  # version, None on the first night
+    champion_after: str
+    promoted: bool
+    reason: str
+    metric: str | None = None
+    split: str | None = None
+    difference: float | None = None  # challenger - champion
+    ci_low: float | None = None
+    ci_high: float | None = None

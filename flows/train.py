@@ -1,0 +1,145 @@
+"""``train_pipeline``: ingest → augment → train → predict (val/test) → evaluate → register.
+
+The flow owns the MLflow run: it opens it once the dataset is known, hands ``run_id`` to every
+task (MLflow's active run is per thread, Prefect tasks run in threads) and closes it FINISHED, or
+FAILED with the cause when any task fails, so a crashed pipeline never looks like a running one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+from prefect.logging import get_run_logger
+from prefect.runtime import flow_run
+
+from flows.params import DataSource, PipelineResult, TrainPipelineParams
+from tasks.artifacts import artifact_key, markdown_table
+from tasks.augment import augment_preview
+from tasks.evaluate import evaluate_split, report_split
+from tasks.infer import merge_refs, predict_shard
+from tasks.ingest import ingest_source, open_snapshot, source_fingerprint
+from tasks.refs import EvalSummary, PredictionsRef, SnapshotRef
+from tasks.registry import log_model, register_model
+from tasks.tracking import (
+    close_run,
+    cvflow_home,
+    ensure_experiment,
+    log_dataset,
+    log_tags,
+    mlflow_client,
+    open_run,
+    run_tags,
+    run_url,
+)
+from tasks.train import plan_run, train_model
+
+
+def load_data(source: DataSource, *, home: Path) -> SnapshotRef:
+    """The pipeline's snapshot: opened as is, or ingested (cached on the source's fingerprint)."""
+    if source.format == "snapshot":
+        return open_snapshot(source.path)
+    fingerprint = source_fingerprint(source.path, source.images)
+    return ingest_source(
+        source.path,
+        fmt=source.format,
+        home=home,
+        fingerprint=fingerprint,
+        images=source.images,
+        val_fraction=source.val_fraction,
+        seed=source.seed,
+        name=source.name,
+    )
+
+
+def predict_split(checkpoint: Path, snapshot: SnapshotRef, split: str, *, out_dir: Path, shards: int) -> PredictionsRef:
+    """Predict every shard of ``split`` (in parallel when there are several) into ``out_dir``."""
+    futures = [
+        predict_shard.submit(checkpoint, snapshot, split, out_dir=out_dir, shard=i, num_shards=shards) for i in range(shards)
+    ]
+    return merge_refs([f.result() for f in futures])
+
+
+@flow(name="train-pipeline", flow_run_name="train-{params.config.model.name}", validate_parameters=True)
+def train_pipeline(params: TrainPipelineParams) -> PipelineResult:
+    """Train ``params.config.model`` on ``params.data``, evaluate it, register it in MLflow."""
+    logger = get_run_logger()
+    home = cvflow_home()
+    client = mlflow_client(home)
+    experiment_id = ensure_experiment(client, params.experiment)
+    snapshot = load_data(params.data, home=home)
+    from cvcore.data.snapshot import read_snapshot
+
+    snap = read_snapshot(snapshot.path)
+    model_name = params.config.model.name
+    run_id = open_run(
+        client,
+        experiment_id,
+        run_name=f"{model_name}-{snapshot.name}",
+        tags=run_tags(snap, model_name=model_name, flow_name="train_pipeline", flow_run_id=flow_run.get_id()),
+    )
+    logger.info("MLflow run %s: %s", run_id, run_url(client, run_id))
+    try:
+        result = _run(params, snapshot, run_id=run_id, home=home)
+    except BaseException as exc:
+        close_run(client, run_id, error=exc)
+        raise
+    close_run(client, run_id)
+    return result
+
+
+def _run(params: TrainPipelineParams, snapshot: SnapshotRef, *, run_id: str, home: Path) -> PipelineResult:
+    client = mlflow_client(home)
+    splits = [s for s in params.eval_splits if s in snapshot.splits]
+    log_dataset(client, run_id, _snapshot(snapshot), splits=sorted({params.config.data.train_split, *splits} & set(snapshot.splits)))
+    config = plan_run(snapshot, params.config, run_id=run_id)
+    run_dir = home / "checkpoints" / run_id
+    if params.preview_images:
+        augment_preview(snapshot, config, run_id=run_id, out_dir=run_dir, n_preview=params.preview_images)
+    checkpoint = train_model(config, run_id=run_id, out_dir=run_dir, progress=params.progress)
+
+    predictions: dict[str, Path] = {}
+    summaries: dict[str, EvalSummary] = {}
+    for split in splits:
+        preds = predict_split(checkpoint.path, snapshot, split, out_dir=home / "predictions" / run_id / split, shards=params.prediction_shards)
+        summary = evaluate_split(snapshot, preds, eval_config=config.eval, run_id=run_id, out_dir=run_dir / "eval" / split)
+        report_split(snapshot, preds, summary, run_id=run_id, out_dir=run_dir / "eval" / split)
+        predictions[split], summaries[split] = preds.dir, summary
+
+    model_uri = log_model(run_id, checkpoint.path)
+    registered = params.registered_model or f"{snapshot.name}-{config.model.name}"
+    headline = next(iter(summaries.values())).headline if summaries else ""
+    version = register_model(model_uri, name=registered, run_id=run_id, tags=_version_tags(summaries))
+    log_tags(client, run_id, {"cvflow.registered_model": registered, "cvflow.model_version": version.version})
+    url = run_url(client, run_id)
+    _summary_artifact(registered, version.version, url, summaries)
+    return PipelineResult(
+        run_id=run_id,
+        run_url=url,
+        snapshot=snapshot,
+        model=version,
+        checkpoint=checkpoint.path,
+        predictions=predictions,
+        metrics={s: dict(v.metrics) for s, v in summaries.items()},
+        headline=headline,
+    )
+
+
+def _snapshot(ref: SnapshotRef):
+    from cvcore.data.snapshot import read_snapshot
+
+    return read_snapshot(ref.path)
+
+
+def _version_tags(summaries: dict[str, EvalSummary]) -> dict[str, str]:
+    """Headline numbers on the model version, so the registry page shows what each version scored."""
+    return {f"{split}.{s.headline}": f"{s.metrics.get(s.headline, float('nan')):.4f}" for split, s in summaries.items()}
+
+
+def _summary_artifact(registered: str, version: str, url: str, summaries: dict[str, EvalSummary]) -> None:
+    parts = [f"# {registered} version {version}", "", f"MLflow run: [{url}]({url})", ""]
+    for split, s in summaries.items():
+        shown = {k: v for k, v in s.metrics.items() if "/" not in k}
+        parts += [f"## {split} ({s.protocol})", "", markdown_table(shown), ""]
+    create_markdown_artifact("\n".join(parts), key=artifact_key("train", registered), description=f"{registered} v{version}")
