@@ -1,0 +1,153 @@
+"""The bake-off: contenders, crowded cells, per-object recall, candidate counts, the table."""
+
+from __future__ import annotations
+
+import math
+
+import polars as pl
+import pytest
+import torch
+from matplotlib.figure import Figure
+from torch import nn
+
+from cvcore import schema
+from cvcore.bakeoff import (
+    TABLE_SCHEMA,
+    CandidateCounter,
+    Contender,
+    bakeoff_figure,
+    crowded_objects,
+    object_recall,
+    parse_contenders,
+    run_bakeoff,
+    table_markdown,
+    write_bakeoff,
+)
+
+
+def _ann(rows):
+    return pl.DataFrame(
+        rows, schema=["ann_id", "image_id", "category_id", "x1", "y1", "x2", "y2"], orient="row"
+    ).with_columns(pl.col("category_id").cast(pl.Int32), area=pl.lit(1.0), iscrowd=pl.lit(False))
+
+
+def _preds(rows):
+    return pl.DataFrame(rows, schema=["image_id", "category_id", "score", "x1", "y1", "x2", "y2"], orient="row").with_columns(
+        pl.col("category_id").cast(pl.Int32), pl.col("score").cast(pl.Float64)
+    )
+
+
+def test_parse_contenders():
+    got = parse_contenders("rcnn, fast_rcnn=runs/f ,yolov1")
+    assert [c.name for c in got] == ["rcnn", "fast_rcnn", "yolov1"]
+    assert got[1].run_dir is not None and got[1].run_dir.as_posix() == "runs/f" and got[0].run_dir is None
+    with pytest.raises(ValueError, match="no models"):
+        parse_contenders(" , ")
+    with pytest.raises(ValueError, match="twice"):
+        parse_contenders("rcnn,rcnn")
+
+
+def test_crowded_objects_share_a_grid_cell():
+    images = pl.DataFrame({"image_id": [1, 2], "width": [70, 70], "height": [70, 70]})
+    # 7x7 grid of 10 px cells: centres (5, 5) and (8, 8) share cell (0, 0); (25, 5) is alone
+    anns = _ann([(1, 1, 0, 0.0, 0.0, 10.0, 10.0), (2, 1, 1, 6.0, 6.0, 10.0, 10.0), (3, 1, 0, 20.0, 0.0, 30.0, 10.0), (4, 2, 0, 0.0, 0.0, 10.0, 10.0)])
+    got = crowded_objects(anns, images, grid=7).sort("ann_id")
+    assert got.get_column("crowded").to_list() == [True, True, False, False]
+
+
+def test_object_recall_is_greedy_by_score_and_class_aware():
+    anns = _ann([(1, 1, 0, 0.0, 0.0, 10.0, 10.0), (2, 1, 0, 2.0, 0.0, 12.0, 10.0), (3, 1, 1, 50.0, 50.0, 60.0, 60.0), (4, 2, 0, 0.0, 0.0, 10.0, 10.0)])
+    preds = _preds(
+        [
+            (1, 0, 0.9, 1.0, 0.0, 11.0, 10.0),  # IoU 0.82 with both 1 and 2: takes 1 (first in ties by IoU order)
+            (1, 0, 0.8, 1.0, 0.0, 11.0, 10.0),  # the same box again: takes the other one
+            (1, 0, 0.7, 50.0, 50.0, 60.0, 60.0),  # right place, wrong class: finds nothing
+            (2, 0, 0.5, 30.0, 30.0, 40.0, 40.0),  # misses
+        ]
+    )
+    got = object_recall(anns, preds, iou=0.5).sort("ann_id")
+    assert got.get_column("found").to_list() == [True, True, False, False]
+    one = object_recall(anns, preds.filter(pl.col("score") > 0.85), iou=0.5).sort("ann_id")
+    assert one.get_column("found").to_list() == [True, False, False, False]
+    assert object_recall(anns, preds.head(0), iou=0.5).get_column("found").sum() == 0
+
+
+def test_candidate_counter():
+    class Recording(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proposals_seen = [99]
+
+    rec = Recording()
+    counter = CandidateCounter(rec)
+    assert rec.proposals_seen == [] and math.isnan(counter.per_image())
+    rec.proposals_seen.extend([10, 20])
+    assert counter.per_image() == 15.0
+
+    grid = nn.Module()
+    grid.grid, grid.boxes_per_cell = 7, 2
+    assert CandidateCounter(grid).per_image() == 98.0
+
+
+def test_candidate_counter_hooks_torchvision_rpn():
+    from cvcore.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("faster_rcnn", num_classes=2, img_size=64).eval()
+    counter = CandidateCounter(model)
+    with torch.no_grad():
+        model([torch.rand(3, 64, 64), torch.rand(3, 64, 64)])
+    counter.close()
+    n = counter.per_image()
+    assert 0 < n <= 1000 and n == int(n)
+
+
+def _table():
+    rows = [
+        {"model": "a", "map_50": 0.8, "map": 0.5, "map_small": 0.4, "map_medium": 0.6, "map_large": math.nan, "recall_crowded": 0.7,
+         "recall_isolated": 0.9, "n_crowded": 3, "n_isolated": 10, "candidates_per_image": 50.0, "train_s": 12.0, "epochs": 2,
+         "infer_images_per_s": 5.0, "params_m": 11.2},
+        {"model": "b", "map_50": 0.6, "map": 0.3, "map_small": 0.1, "map_medium": 0.5, "map_large": math.nan, "recall_crowded": 0.2,
+         "recall_isolated": 0.8, "n_crowded": 3, "n_isolated": 10, "candidates_per_image": 98.0, "train_s": 30.0, "epochs": 4,
+         "infer_images_per_s": 200.0, "params_m": 20.0},
+    ]  # fmt: skip
+    return pl.DataFrame(rows, schema=TABLE_SCHEMA)
+
+
+def test_table_markdown_and_figure():
+    text = table_markdown(_table())
+    lines = text.strip().splitlines()
+    assert lines[0].startswith("| model") and "map_50" in lines[0] and len(lines) == 4
+    assert "| 0.800" in lines[2] or "0.8" in lines[2]
+    fig = bakeoff_figure(_table(), title="t")
+    assert isinstance(fig, Figure) and len(fig.axes) == 2
+
+
+def test_run_bakeoff_end_to_end(shapes_detection, tmp_path):
+    """One tiny R-CNN run through the whole bake-off, then the same run loaded instead of trained."""
+    fast = {"data": {"img_size": 64}, "model": {"options": {"warp_size": 32, "max_proposals": 30, "small_input": False}}, "train": {"batch_size": 8}}
+    result = run_bakeoff(
+        shapes_detection, contenders=[Contender("rcnn")], out=tmp_path, epochs=1, device="cpu", overrides={"rcnn": fast}
+    )
+    assert result.table.schema == TABLE_SCHEMA and result.table.height == 1 and result.split == "val"
+    row = result.table.row(0, named=True)
+    assert row["model"] == "rcnn" and row["epochs"] == 1 and row["train_s"] > 0 and row["infer_images_per_s"] > 0
+    assert 0 <= row["map_50"] <= 1 and 0 < row["candidates_per_image"] <= 30
+    assert row["n_crowded"] + row["n_isolated"] == shapes_detection.annotations.join(
+        shapes_detection.split_images("val").select("image_id"), on="image_id"
+    ).height
+    preds = pl.read_parquet(result.predictions["rcnn"])
+    assert preds.schema == schema.DETECTIONS and preds.height > 0
+    assert any((tmp_path / "cache").rglob("*.pt")), "proposals and features cached under the bake-off folder"
+
+    again = run_bakeoff(shapes_detection, contenders=[Contender("rcnn", run_dir=result.runs["rcnn"])], out=tmp_path / "2", device="cpu")
+    assert again.table.get_column("map_50").item() == pytest.approx(row["map_50"])
+    paths = write_bakeoff(again, tmp_path / "report")
+    assert pl.read_parquet(paths["table"]).equals(again.table)
+    assert paths["markdown"].read_text().count("| rcnn") == 1 and paths["figure"].stat().st_size > 1000
+    assert not list((tmp_path / "report").glob(".*tmp")), "no temporary files left"
+
+
+def test_run_bakeoff_rejects_classifiers(shapes_detection, tmp_path):
+    with pytest.raises(ValueError, match="not a detector"):
+        run_bakeoff(shapes_detection, contenders=[Contender("resnet18")], out=tmp_path)
