@@ -11,6 +11,7 @@ is ``sqlite:///<CVFLOW_HOME>/mlflow.db`` and artifacts go to ``<CVFLOW_HOME>/mla
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import subprocess
 import time
@@ -91,6 +92,8 @@ def mlflow_client(home: Path | None = None) -> MlflowClient:
     Raises TrackingUnavailable naming the URI when a tracking server does not answer.
     """
     uri = tracking_uri(home)
+    # Creating the SQLite schema logs a few INFO lines per new store; they are noise here.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     mlflow.set_tracking_uri(uri)  # the registry follows the tracking URI (MLflow's default)
     client = MlflowClient(uri)
     if uri.startswith(("http://", "https://")):
