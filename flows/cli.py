@@ -28,6 +28,9 @@ _COMMANDS: list[tuple[str, str, str]] = [
     ("train", "train", "train"),
     ("predict", "predict", "predict"),
     ("augment", "augment", "augment"),
+    ("promote", "promote", "promote"),
+    ("runs", "runs", "runs"),
+    ("ui", "ui", "ui"),
 ]
 
 for _name, _module, _fn in _COMMANDS:
