@@ -19,7 +19,7 @@ MEDIUM_MAX_AREA = 96.0**2
 IMBALANCE_RATIO = 10.0  # warn when the commonest class has this many times the rarest's objects
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # frames have no truth value, so no field-wise ==
 class HealthReport:
     """Counts of one snapshot. ``objects`` are annotations (detection) or labels (classification)."""
 
@@ -50,7 +50,7 @@ def reason_kind(reason: str) -> str:
     text = re.sub(r"'[^']*'", "'…'", reason)
     text = re.sub(r"\s*\([^()]*\)", "", text)
     text = re.split(r":\s|;\s", text, maxsplit=1)[0]
-    return re.sub(r"-?\d+(\.\d+)?(e[-+]?\d+)?", "N", text).strip()
+    return re.sub(r"(?<![\w.])-?\d+(\.\d+)?(e[-+]?\d+)?", "N", text).strip()
 
 
 def health_report(snapshot: Snapshot) -> HealthReport:

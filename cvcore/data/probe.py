@@ -87,6 +87,8 @@ def read_header(path: str | Path) -> ImageHeader:
     except Image.DecompressionBombError as exc:
         raise ImageProblem(f"image too large to decode safely ({exc})") from None
     except _PIL_ERRORS as exc:
+        if _is_truncation(exc):
+            raise ImageProblem(f"truncated {_magic_format(data)}") from None
         raise ImageProblem(f"unreadable image header ({exc})") from None
     if orientation in (5, 6, 7, 8):  # transposed or rotated by 90°: displayed sides swap
         width, height = height, width
@@ -159,5 +161,17 @@ def _full_decode(im: Image.Image, fmt: str) -> None:
     try:
         im.load()
     except _PIL_ERRORS as exc:
-        kind = "truncated" if "truncated" in str(exc) or isinstance(exc, EOFError) else "undecodable"
-        raise ImageProblem(f"{kind} {fmt} ({exc})" if kind == "undecodable" else f"truncated {fmt}") from None
+        raise ImageProblem(f"truncated {fmt}" if _is_truncation(exc) else f"undecodable {fmt} ({exc})") from None
+
+
+def _is_truncation(exc: BaseException) -> bool:
+    return isinstance(exc, EOFError) or "truncated" in str(exc).lower()
+
+
+def _magic_format(data: bytes) -> str:
+    """Format name from the first bytes, for files whose header PIL could not finish reading."""
+    if data.startswith(b"\xff\xd8"):
+        return "JPEG"
+    if data.startswith(b"\x89PNG"):
+        return "PNG"
+    return "image file"

@@ -140,7 +140,7 @@ def check_annotations(annotations: pl.DataFrame, images: pl.DataFrame, *, droppe
         w, h = x2 - x1, y2 - y1
         finite = np.isfinite(x1) & np.isfinite(y1) & np.isfinite(x2) & np.isfinite(y2)
         positive = finite & (w > 0) & (h > 0)
-        outside = positive & ((x1 >= W) | (y1 >= H) | (x2 <= 0) | (y2 <= 0))
+        outside = known & positive & ((x1 >= W) | (y1 >= H) | (x2 <= 0) | (y2 <= 0))
         tol = CLIP_TOLERANCE_PX
         sticks_out = (x1 < -tol) | (y1 < -tol) | (x2 > W + tol) | (y2 > H + tol)
     rejected = dup | (~known & ~gone) | (known & ~positive) | outside
@@ -204,10 +204,9 @@ def _box_reason(dup: bool, known: bool, image_id: int, x1: float, y1: float, x2:
         return f"box y2 < y1 (h={h:.6g}): dropped"
     if h == 0:
         return f"box has zero height (y1 = y2 = {y1:.6g}): dropped"
-    where = _outside_parts(x1, y1, x2, y2, W, H)
     if x1 >= W or y1 >= H or x2 <= 0 or y2 <= 0:
-        return f"box entirely outside the image ({where}): dropped"
-    return f"box beyond the image ({where}): clipped to the image"
+        return f"box entirely outside the image ({_disjoint_parts(x1, y1, x2, y2, W, H)}): dropped"
+    return f"box beyond the image ({_outside_parts(x1, y1, x2, y2, W, H)}): clipped to the image"
 
 
 def _outside_parts(x1: float, y1: float, x2: float, y2: float, W: float, H: float) -> str:
@@ -221,8 +220,10 @@ def _outside_parts(x1: float, y1: float, x2: float, y2: float, W: float, H: floa
         parts.append(f"x2={x2:.6g} > width {W:.0f}")
     if y2 > H + tol:
         parts.append(f"y2={y2:.6g} > height {H:.0f}")
-    if x1 >= W:
-        parts.append(f"x1={x1:.6g} >= width {W:.0f}")
-    if y1 >= H:
-        parts.append(f"y1={y1:.6g} >= height {H:.0f}")
     return ", ".join(parts)
+
+
+def _disjoint_parts(x1: float, y1: float, x2: float, y2: float, W: float, H: float) -> str:
+    checks = [(x1 >= W, f"x1={x1:.6g} >= width {W:.0f}"), (y1 >= H, f"y1={y1:.6g} >= height {H:.0f}")]
+    checks += [(x2 <= 0, f"x2={x2:.6g} <= 0"), (y2 <= 0, f"y2={y2:.6g} <= 0")]
+    return ", ".join(text for hit, text in checks if hit)
