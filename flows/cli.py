@@ -25,6 +25,7 @@ def _main() -> None:
 # (command name, module under flows.commands, function name). Add one line per command.
 _COMMANDS: list[tuple[str, str, str]] = [
     ("version", "version", "version"),
+    ("ingest", "ingest", "ingest"),
     ("train", "train", "train"),
     ("predict", "predict", "predict"),
     ("augment", "augment", "augment"),
