@@ -226,6 +226,7 @@ def score_run(
 
     Predictions go to ``<out>/predictions/<name>/<split>/part-00000.parquet``.
     """
+    from cvcore.config import EvalConfig
     from cvcore.engine.checkpoint import load_model, resolve_checkpoint
     from cvcore.engine.infer import predict, write_predictions
     from cvcore.engine.run import prediction_dataset
@@ -239,7 +240,10 @@ def score_run(
     empty_proposal_caches(model)
     count = CandidateCounter(model)
     start = time.perf_counter()
-    batches = list(predict(model, dataset, task="detection", batch_size=batch_size, device=device))
+    ev = EvalConfig.model_validate(meta["config"]["eval"]) if "eval" in meta.get("config", {}) else EvalConfig()
+    batches = list(
+        predict(model, dataset, task="detection", batch_size=batch_size, device=device, score_threshold=ev.score_threshold, max_detections=ev.max_detections)
+    )
     seconds = time.perf_counter() - start
     candidates = count.per_image()
     count.close()

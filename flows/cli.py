@@ -32,6 +32,7 @@ _COMMANDS: list[tuple[str, str, str]] = [
     ("promote", "promote", "promote"),
     ("runs", "runs", "runs"),
     ("ui", "ui", "ui"),
+    ("compare", "compare", "compare"),
 ]
 
 for _name, _module, _fn in _COMMANDS:

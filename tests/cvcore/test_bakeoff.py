@@ -123,29 +123,64 @@ def test_table_markdown_and_figure():
     assert isinstance(fig, Figure) and len(fig.axes) == 2
 
 
-def test_run_bakeoff_end_to_end(shapes_detection, tmp_path):
-    """One tiny R-CNN run through the whole bake-off, then the same run loaded instead of trained."""
+@pytest.fixture(scope="module")
+def tiny_bakeoff(shapes_detection, tmp_path_factory):
+    """One tiny R-CNN run through the whole bake-off (64-px images, 32-px warps, one epoch)."""
     fast = {"data": {"img_size": 64}, "model": {"options": {"warp_size": 32, "max_proposals": 30, "small_input": False}}, "train": {"batch_size": 8}}
-    result = run_bakeoff(
-        shapes_detection, contenders=[Contender("rcnn")], out=tmp_path, epochs=1, device="cpu", overrides={"rcnn": fast}
-    )
+    out = tmp_path_factory.mktemp("bakeoff")
+    result = run_bakeoff(shapes_detection, contenders=[Contender("rcnn")], out=out, epochs=1, device="cpu", overrides={"rcnn": fast})
+    return result, out
+
+
+def test_run_bakeoff_end_to_end(shapes_detection, tiny_bakeoff, tmp_path):
+    result, out = tiny_bakeoff
     assert result.table.schema == TABLE_SCHEMA and result.table.height == 1 and result.split == "val"
     row = result.table.row(0, named=True)
     assert row["model"] == "rcnn" and row["epochs"] == 1 and row["train_s"] > 0 and row["infer_images_per_s"] > 0
     assert 0 <= row["map_50"] <= 1 and 0 < row["candidates_per_image"] <= 30
-    assert row["n_crowded"] + row["n_isolated"] == shapes_detection.annotations.join(
-        shapes_detection.split_images("val").select("image_id"), on="image_id"
-    ).height
+    n_val_objects = shapes_detection.annotations.join(shapes_detection.split_images("val").select("image_id"), on="image_id").height
+    assert row["n_crowded"] + row["n_isolated"] == n_val_objects
     preds = pl.read_parquet(result.predictions["rcnn"])
     assert preds.schema == schema.DETECTIONS and preds.height > 0
-    assert any((tmp_path / "cache").rglob("*.pt")), "proposals and features cached under the bake-off folder"
+    assert any((out / "cache").rglob("*.pt")), "proposals and features cached under the bake-off folder"
 
+    # the finished run is loaded, not retrained, and scores the same
     again = run_bakeoff(shapes_detection, contenders=[Contender("rcnn", run_dir=result.runs["rcnn"])], out=tmp_path / "2", device="cpu")
     assert again.table.get_column("map_50").item() == pytest.approx(row["map_50"])
+    assert again.table.get_column("train_s").item() == pytest.approx(row["train_s"])
     paths = write_bakeoff(again, tmp_path / "report")
     assert pl.read_parquet(paths["table"]).equals(again.table)
     assert paths["markdown"].read_text().count("| rcnn") == 1 and paths["figure"].stat().st_size > 1000
     assert not list((tmp_path / "report").glob(".*tmp")), "no temporary files left"
+
+
+def test_cvflow_compare_command(shapes_detection, tiny_bakeoff, tmp_path):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    result, _ = tiny_bakeoff
+    run = CliRunner().invoke(
+        app, ["compare", "--data", str(shapes_detection.path), "--out", str(tmp_path), "--models", f"rcnn={result.runs['rcnn']}", "--device", "cpu", "--quiet"]
+    )
+    assert run.exit_code == 0, run.output
+    assert "rcnn" in run.output and (tmp_path / "bakeoff.md").is_file() and (tmp_path / "bakeoff.png").is_file()
+    bad = CliRunner().invoke(app, ["compare", "--data", str(shapes_detection.path), "--out", str(tmp_path), "--models", "rcnn", "--epochs", "x"])
+    assert bad.exit_code == 2 and "--epochs" in bad.output
+
+
+def test_parse_epochs():
+    from flows.commands.compare import parse_epochs
+
+    names = ["rcnn", "yolov1"]
+    assert parse_epochs(None, names) is None
+    assert parse_epochs("5", names) == {"rcnn": 5, "yolov1": 5}
+    assert parse_epochs("yolov1=40", names) == {"yolov1": 40}
+    assert parse_epochs("yolov1=40,5", names) == {"rcnn": 5, "yolov1": 40}
+    with pytest.raises(ValueError, match="not among"):
+        parse_epochs("fast_rcnn=3", names)
+    with pytest.raises(ValueError, match="at least 1"):
+        parse_epochs("0", names)
 
 
 def test_run_bakeoff_rejects_classifiers(shapes_detection, tmp_path):
