@@ -383,8 +383,16 @@ def _write_reports(out_dir: Path, loop: _Loop, *, task: Task) -> None:
         "best": result.best_metrics,
         "final": result.final_metrics,
     }
-    _atomic_write(out_dir / METRICS_FILE, lambda p: Path(p).write_text(json.dumps(report, indent=2) + "\n"))
+    # NaN (e.g. COCO's AP for a size range without ground truth) becomes null: strict JSON has no NaN.
+    text = json.dumps(_nan_to_none(report), indent=2, allow_nan=False)
+    _atomic_write(out_dir / METRICS_FILE, lambda p: Path(p).write_text(text + "\n"))
     _atomic_write(out_dir / HISTORY_FILE, lambda p: result.history.write_parquet(p))
+
+
+def _nan_to_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def _result(out_dir: Path, loop: _Loop, *, task: Task) -> FitResult:

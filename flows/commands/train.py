@@ -67,7 +67,7 @@ def train(
     except NonFiniteLossError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=1) from None
-    table = Table(title=f"{out}: best epoch {result.best_epoch} of {result.epochs_run}" + (" (stopped early)" if result.stopped_early else ""))
+    table = Table(title=f"best epoch {result.best_epoch} of {result.epochs_run}" + (" (stopped early)" if result.stopped_early else ""))
     table.add_column("metric")
     table.add_column("best", justify="right")
     table.add_column("final", justify="right")
@@ -75,7 +75,7 @@ def train(
         if key.startswith("val/"):
             table.add_row(key, f"{result.best_metrics.get(key, float('nan')):.4f}", f"{result.final_metrics[key]:.4f}")
     console.print(table)
-    console.print(f"checkpoints: {result.best_checkpoint}, {result.last_checkpoint}", highlight=False)
+    console.print(f"run folder: {out} (best.pt, last.pt, metrics.json, history.parquet, config.yaml)", highlight=False, soft_wrap=True)
 
 
 def _merge(base: dict[str, Any], flags: dict[str, dict[str, Any]]) -> dict[str, Any]:
