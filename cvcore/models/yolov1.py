@@ -85,6 +85,11 @@ class YOLOv1(nn.Module):
             nn.Dropout(dropout),
             nn.Linear(hidden, grid * grid * depth),
         )
+        with torch.no_grad():
+            # Confidences start near 0.12 rather than sigmoid(0) = 0.5 (the paper's linear output
+            # starts near 0): at 0.5 the first steps only learn "no object" for S*S*B predictors.
+            # Not lower, where the sigmoid's small slope slows the rise of responsible confidences.
+            self.head[-1].bias.view(grid, grid, depth)[..., 4 : boxes_per_cell * 5 : 5] = -2.0
         self.set_postprocess(score_threshold=score_threshold, nms_iou=nms_iou, max_detections=max_detections)
 
     def set_postprocess(
