@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from cvcore.config import RunConfig
-from tasks.refs import ModelVersionRef, SnapshotRef
+from tasks.refs import ModelVersionRef, PredictionsRef, SnapshotRef
 from tasks.tracking import DEFAULT_EXPERIMENT
 
 
@@ -89,7 +89,7 @@ class PipelineResult(_Params):
     snapshot: SnapshotRef
     model: ModelVersionRef
     checkpoint: Path
-    predictions: dict[str, Path]  # split → folder of part-*.parquet
+    predictions: dict[str, PredictionsRef]  # split → its part-*.parquet folder
     metrics: dict[str, dict[str, float]]  # split → scalar metrics
     headline: str  # the metric name that ranks models ("map", "map_50" or "macro_f1")
 

@@ -17,7 +17,7 @@ from prefect.runtime import flow_run
 from flows.params import DataSource, PipelineResult, TrainPipelineParams
 from tasks.artifacts import artifact_key, markdown_table
 from tasks.augment import augment_preview
-from tasks.evaluate import evaluate_split, report_split
+from tasks.evaluate import evaluate_split
 from tasks.infer import merge_refs, predict_shard
 from tasks.ingest import ingest_source, open_snapshot, source_fingerprint
 from tasks.refs import EvalSummary, PredictionsRef, SnapshotRef
@@ -53,15 +53,18 @@ def load_data(source: DataSource, *, home: Path) -> SnapshotRef:
     )
 
 
-def predict_split(checkpoint: Path, snapshot: SnapshotRef, split: str, *, out_dir: Path, shards: int) -> PredictionsRef:
+def predict_split(
+    checkpoint: Path, snapshot: SnapshotRef, split: str, *, out_dir: Path, shards: int, batch_size: int = 32
+) -> PredictionsRef:
     """Predict every shard of ``split`` (in parallel when there are several) into ``out_dir``."""
     futures = [
-        predict_shard.submit(checkpoint, snapshot, split, out_dir=out_dir, shard=i, num_shards=shards) for i in range(shards)
+        predict_shard.submit(checkpoint, snapshot, split, out_dir=out_dir, shard=i, num_shards=shards, batch_size=batch_size)
+        for i in range(shards)
     ]
     return merge_refs([f.result() for f in futures])
 
 
-@flow(name="train-pipeline", flow_run_name="train-{params.config.model.name}", validate_parameters=True)
+@flow(name="train-pipeline", flow_run_name="train-{params.config.model.name}")
 def train_pipeline(params: TrainPipelineParams) -> PipelineResult:
     """Train ``params.config.model`` on ``params.data``, evaluate it, register it in MLflow."""
     logger = get_run_logger()
@@ -69,16 +72,9 @@ def train_pipeline(params: TrainPipelineParams) -> PipelineResult:
     client = mlflow_client(home)
     experiment_id = ensure_experiment(client, params.experiment)
     snapshot = load_data(params.data, home=home)
-    from cvcore.data.snapshot import read_snapshot
-
-    snap = read_snapshot(snapshot.path)
     model_name = params.config.model.name
-    run_id = open_run(
-        client,
-        experiment_id,
-        run_name=f"{model_name}-{snapshot.name}",
-        tags=run_tags(snap, model_name=model_name, flow_name="train_pipeline", flow_run_id=flow_run.get_id()),
-    )
+    tags = run_tags(snapshot, model_name=model_name, flow_name="train_pipeline", flow_run_id=flow_run.get_id())
+    run_id = open_run(client, experiment_id, run_name=f"{model_name}-{snapshot.name}", tags=tags)
     logger.info("MLflow run %s: %s", run_id, run_url(client, run_id))
     try:
         result = _run(params, snapshot, run_id=run_id, home=home)
@@ -92,24 +88,24 @@ def train_pipeline(params: TrainPipelineParams) -> PipelineResult:
 def _run(params: TrainPipelineParams, snapshot: SnapshotRef, *, run_id: str, home: Path) -> PipelineResult:
     client = mlflow_client(home)
     splits = [s for s in params.eval_splits if s in snapshot.splits]
-    log_dataset(client, run_id, _snapshot(snapshot), splits=sorted({params.config.data.train_split, *splits} & set(snapshot.splits)))
+    logged = sorted({params.config.data.train_split, *splits} & set(snapshot.splits))
+    log_dataset(client, run_id, snapshot.path, splits=logged)
     config = plan_run(snapshot, params.config, run_id=run_id)
     run_dir = home / "checkpoints" / run_id
     if params.preview_images:
         augment_preview(snapshot, config, run_id=run_id, out_dir=run_dir, n_preview=params.preview_images)
     checkpoint = train_model(config, run_id=run_id, out_dir=run_dir, progress=params.progress)
 
-    predictions: dict[str, Path] = {}
+    predictions: dict[str, PredictionsRef] = {}
     summaries: dict[str, EvalSummary] = {}
     for split in splits:
-        preds = predict_split(checkpoint.path, snapshot, split, out_dir=home / "predictions" / run_id / split, shards=params.prediction_shards)
-        summary = evaluate_split(snapshot, preds, eval_config=config.eval, run_id=run_id, out_dir=run_dir / "eval" / split)
-        report_split(snapshot, preds, summary, run_id=run_id, out_dir=run_dir / "eval" / split)
-        predictions[split], summaries[split] = preds.dir, summary
+        out = home / "predictions" / run_id / split
+        preds = predict_split(checkpoint.path, snapshot, split, out_dir=out, shards=params.prediction_shards)
+        summaries[split] = evaluate_split(snapshot, preds, eval_config=config.eval, run_id=run_id, out_dir=run_dir / "eval" / split)
+        predictions[split] = preds
 
     model_uri = log_model(run_id, checkpoint.path)
     registered = params.registered_model or f"{snapshot.name}-{config.model.name}"
-    headline = next(iter(summaries.values())).headline if summaries else ""
     version = register_model(model_uri, name=registered, run_id=run_id, tags=_version_tags(summaries))
     log_tags(client, run_id, {"cvflow.registered_model": registered, "cvflow.model_version": version.version})
     url = run_url(client, run_id)
@@ -122,14 +118,8 @@ def _run(params: TrainPipelineParams, snapshot: SnapshotRef, *, run_id: str, hom
         checkpoint=checkpoint.path,
         predictions=predictions,
         metrics={s: dict(v.metrics) for s, v in summaries.items()},
-        headline=headline,
+        headline=next(iter(summaries.values())).headline if summaries else "",
     )
-
-
-def _snapshot(ref: SnapshotRef):
-    from cvcore.data.snapshot import read_snapshot
-
-    return read_snapshot(ref.path)
 
 
 def _version_tags(summaries: dict[str, EvalSummary]) -> dict[str, str]:

@@ -7,7 +7,6 @@ behind, colours blown out) is visible in MLflow next to the results it produced.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 from prefect import task
@@ -23,8 +22,9 @@ from tasks.tracking import log_metrics, mlflow_client
 def augment_preview(snapshot: SnapshotRef, config: RunConfig, *, run_id: str, out_dir: Path, n_preview: int = 8) -> Path:
     """Draw ``n_preview`` augmented training samples to ``out_dir/augment_preview.png``.
 
-    The image goes to MLflow as ``augment/preview.png``, the stage's statistics as
-    ``augment/stats.json`` and its numeric fields as ``augment/<name>`` metrics.
+    MLflow gets the preview (``augment/augment_preview.png``), the per-step and label tables
+    (``augment/steps.json``, ``augment/labels.json``), the pipeline and the summary numbers as
+    ``augment/<name>`` metrics.
     """
     from cvcore.augment.stage import run_augment_stage
     from cvcore.data.snapshot import read_snapshot
@@ -42,12 +42,13 @@ def augment_preview(snapshot: SnapshotRef, config: RunConfig, *, run_id: str, ou
     client = mlflow_client()
     if preview.is_file():
         client.log_artifact(run_id, str(preview), "augment")
-    fields = dataclasses.asdict(stats) if dataclasses.is_dataclass(stats) else dict(stats)
-    client.log_dict(run_id, _jsonable(fields), "augment/stats.json")
-    log_metrics(client, run_id, {f"augment/{k}": v for k, v in fields.items() if _is_number(v)})
+    # Tables as MLflow tables (the UI shows them); the pipeline as JSON; numbers as metrics.
+    client.log_table(run_id, data=stats.steps.to_pandas(), artifact_file="augment/steps.json")
+    client.log_table(run_id, data=stats.labels.to_pandas(), artifact_file="augment/labels.json")
+    client.log_dict(run_id, {"task": stats.task, "split": stats.split, "n_samples": stats.n_samples, "pipeline": _jsonable(stats.pipeline)}, "augment/pipeline.json")
+    log_metrics(client, run_id, {f"augment/{k}": v for k, v in stats.summary.items() if _is_number(v)})
     get_run_logger().info("augmentation preview of %d samples: %s", n_preview, preview)
     return preview
-
 
 def _is_number(v: object) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)

@@ -67,3 +67,19 @@ class ModelVersionRef(_Ref):
     @property
     def uri(self) -> str:
         return f"models:/{self.name}/{self.version}"
+
+
+class ComparisonRef(_Ref):
+    """A paired bootstrap comparison of two models' predictions on the same split."""
+
+    metric: str  # "map", "map_50" or "macro_f1"
+    split: str
+    baseline: float
+    candidate: float
+    difference: float  # candidate - baseline on the full split
+    low: float  # the interval of the difference
+    high: float
+    p_improvement: float  # share of bootstrap replicates where the candidate scored higher
+    confidence: float
+    n_boot: int
+    candidate_is_better: bool  # the whole interval is above zero

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 import mlflow
-import polars as pl
 from mlflow import MlflowClient
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
@@ -28,6 +27,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_GIT_COMMIT, 
 
 from cvcore.config import RunConfig, flatten
 from cvcore.data.snapshot import Snapshot
+from tasks.refs import SnapshotRef
 
 DEFAULT_EXPERIMENT = "cvflow"
 UI_HOST, UI_PORT = "127.0.0.1", 5000
@@ -155,7 +155,7 @@ def _code_version() -> str:
             return "unknown"
 
 
-def run_tags(snapshot: Snapshot, *, model_name: str, flow_name: str, flow_run_id: str | None) -> dict[str, str]:
+def run_tags(snapshot: Snapshot | SnapshotRef, *, model_name: str, flow_name: str, flow_run_id: str | None) -> dict[str, str]:
     """The tags every pipeline run carries (dataset, model, flow run, code version)."""
     commit = code_version()
     tags = {
@@ -197,9 +197,10 @@ def log_config(client: MlflowClient, run_id: str, config: RunConfig) -> None:
 
 
 def log_metrics(client: MlflowClient, run_id: str, metrics: Mapping[str, float], *, step: int = 0) -> None:
-    """Log finite scalar metrics in batches; NaN (e.g. AP of a class with no truth) is skipped."""
+    """Log scalar metrics in batches. NaN is logged as NaN (e.g. AP of a size range without ground
+    truth: "undefined" is the honest value, and the COCO summary keeps all twelve numbers)."""
     now = int(time.time() * 1000)
-    rows = [Metric(_metric_key(k), float(v), now, step) for k, v in metrics.items() if v == v]
+    rows = [Metric(_metric_key(k), float(v), now, step) for k, v in metrics.items() if v is not None]
     for i in range(0, len(rows), _BATCH):
         client.log_batch(run_id, metrics=rows[i : i + _BATCH])
 
@@ -213,14 +214,17 @@ def log_tags(client: MlflowClient, run_id: str, tags: Mapping[str, str]) -> None
     client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
 
-def log_dataset(client: MlflowClient, run_id: str, snapshot: Snapshot, *, splits: Iterable[str]) -> None:
-    """Log each split of the snapshot as an MLflow dataset input, with the snapshot's digest.
+def log_dataset(client: MlflowClient, run_id: str, snapshot_path: Path, *, splits: Iterable[str]) -> None:
+    """Log each split of a snapshot as an MLflow dataset input, with the snapshot's digest.
 
     The input's digest is the snapshot digest's first 16 hex digits (MLflow's column holds 36
     characters); the full digest is the ``cvflow.dataset_digest`` tag.
     """
     from mlflow.data.sources import LocalArtifactDatasetSource
 
+    from cvcore.data.snapshot import read_snapshot
+
+    snapshot = read_snapshot(snapshot_path)
     inputs = []
     for split in splits:
         frame = snapshot.split_images(split)
@@ -243,9 +247,11 @@ def run_url(client: MlflowClient, run_id: str) -> str:
 
 
 class EpochLogger:
-    """Engine callback (cvcore.engine.train.fit): per-epoch metrics to MLflow as ``epoch/<name>``.
+    """Engine callback (cvcore.engine.train.fit): per-epoch metrics to MLflow under their names.
 
-    ``step`` is the epoch number, so the MLflow UI draws training curves over epochs.
+    The engine names them ``train/<loss>``, ``val/<metric>``, ``lr``; ``step`` is the epoch, so
+    the MLflow UI draws training curves over epochs. Final evaluation numbers of the kept model
+    are logged separately as ``final/<split>/<metric>``.
     """
 
     def __init__(self, client: MlflowClient, run_id: str):
@@ -253,13 +259,9 @@ class EpochLogger:
         self.run_id = run_id
 
     def on_epoch_end(self, epoch: int, metrics: Mapping[str, float]) -> None:
-        log_metrics(self.client, self.run_id, {f"epoch/{k}": v for k, v in metrics.items() if _is_number(v)}, step=epoch)
+        log_metrics(self.client, self.run_id, {k: v for k, v in metrics.items() if _is_number(v)}, step=epoch)
 
 
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
-
-def metrics_frame(metrics: Mapping[str, float]) -> pl.DataFrame:
-    """A two-column frame (metric, value) of a metrics mapping, for Parquet and Prefect tables."""
-    return pl.DataFrame({"metric": list(metrics), "value": [float(v) for v in metrics.values()]})

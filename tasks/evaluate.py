@@ -1,0 +1,248 @@
+"""Evaluation tasks: predictions Parquet + ground truth → metric tables, MLflow metrics, artifacts.
+
+``evaluate_split`` scores one split with cvcore.metrics and writes its tables as Parquet
+(``metrics``, ``per_class`` and, for detection, ``pr_curve`` and ``f1_curve``; for
+classification ``confusion``) under ``out_dir``; the numbers go to MLflow as ``final/<split>/...``
+and a Prefect markdown + table artifact carries the headline numbers and the MLflow run link.
+``report_split`` draws the plots from those tables (so no frame crosses a task boundary).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.logging import get_run_logger
+
+from cvcore.config import EvalConfig
+from tasks.artifacts import artifact_key, fmt, markdown_table
+from tasks.refs import ComparisonRef, EvalSummary, PredictionsRef, SnapshotRef
+from tasks.tracking import log_metrics, log_tags, mlflow_client, run_url
+
+HEADLINE = {"coco": "map", "voc07": "map_50", "voc12": "map_50", "classification": "macro_f1"}
+TAG_HEADLINE = "cvflow.headline"
+
+
+@dataclass(frozen=True)
+class Scores:
+    """One split's evaluation: flat scalar metrics and the tables behind them."""
+
+    protocol: str
+    metrics: dict[str, float]  # summary numbers, then "<kind>/<class name>" per class
+    tables: dict[str, pl.DataFrame]
+
+
+def read_predictions(predictions: PredictionsRef) -> pl.LazyFrame:
+    """All shards of a split as one lazy frame."""
+    return pl.scan_parquet(Path(predictions.dir) / "part-*.parquet")
+
+
+def score_split(snapshot_path: Path, predictions: pl.LazyFrame | pl.DataFrame, *, split: str, protocol: str) -> Scores:
+    """Score ``predictions`` of ``split`` against the snapshot's ground truth (cvcore.metrics)."""
+    from cvcore.data.snapshot import read_snapshot
+
+    snap = read_snapshot(snapshot_path)
+    images = snap.split_images(split)
+    names = dict(zip(snap.categories["category_id"].to_list(), snap.categories["name"].to_list()))
+    if snap.task == "detection":
+        return _detection_scores(snap.annotations, predictions, images=images, protocol=protocol, names=names)
+    return _classification_scores(snap.labels, predictions, images=images, names=names)
+
+
+def _detection_scores(annotations, predictions, *, images: pl.DataFrame, protocol: str, names: dict[int, str]) -> Scores:
+    from cvcore.metrics.detection import evaluate_detections
+    from cvcore.metrics.errors import detection_errors
+
+    if isinstance(predictions, pl.LazyFrame):
+        predictions = predictions.collect()  # read the shards once for both analyses
+    report = evaluate_detections(annotations, predictions, images=images, protocol=protocol, categories=sorted(names))
+    errors = detection_errors(annotations, predictions, images=images, protocol=protocol, categories=sorted(names))
+    per_class = _with_names(report.per_class, names)
+    metrics = dict(report.summary)
+    f1 = per_class.filter(pl.col("n_gt") > 0).get_column("f1")
+    metrics["macro_f1"] = float(f1.mean()) if f1.len() else math.nan  # best-threshold F1 at IoU 0.5, per class
+    metrics.update(_per_class_metrics(per_class, ("ap", "f1")))
+    for row in errors.summary.iter_rows(named=True):  # AP@0.5 an oracle fixing each error type would add
+        metrics[f"error_dap/{row['error']}"] = float(row["dap"])
+    tables = {
+        "per_class": per_class,
+        "pr_curve": _with_names(report.pr_curve, names),
+        "f1_curve": _with_names(report.f1_curve, names),
+        "errors": errors.summary,
+        "errors_per_class": _with_names(errors.per_class, names),
+    }
+    return Scores(protocol=protocol, metrics=metrics, tables=tables)
+
+
+def _classification_scores(labels, predictions, *, images: pl.DataFrame, names: dict[int, str]) -> Scores:
+    from cvcore.metrics.classification import classification_report
+
+    preds = predictions.lazy() if isinstance(predictions, pl.DataFrame) else predictions
+    truth = labels.join(images.select("image_id"), on="image_id", how="semi")
+    # Every evaluated image needs its prediction: an image the model skipped is an error, not a pass.
+    joined = truth.join(preds.select("image_id", "category_id").collect(), on="image_id", how="left", suffix="_pred")
+    missing = joined.filter(pl.col("category_id_pred").is_null())
+    if missing.height:
+        raise ValueError(f"{missing.height} image(s) of the split have no prediction, e.g. image_id {missing['image_id'][0]}")
+    rep = classification_report(joined["category_id"], joined["category_id_pred"], num_classes=len(names))
+    metrics = {"accuracy": float(rep.accuracy)}
+    for avg in ("macro", "micro", "weighted"):
+        for key, value in _averages(getattr(rep, avg)).items():
+            metrics[f"{avg}_{key}"] = value
+    per_class = _with_names(rep.per_class, names)
+    metrics.update(_per_class_metrics(per_class, ("precision", "recall", "f1")))
+    k = len(names)
+    confusion = pl.DataFrame(
+        {"true_id": [i for i in range(k) for _ in range(k)], "pred_id": [j for _ in range(k) for j in range(k)],
+         "count": [int(rep.confusion[i][j]) for i in range(k) for j in range(k)]},
+        schema={"true_id": pl.Int32, "pred_id": pl.Int32, "count": pl.Int64},
+    )  # fmt: skip
+    return Scores(protocol="classification", metrics=metrics, tables={"per_class": per_class, "confusion": confusion})
+
+
+def _averages(avg) -> dict[str, float]:
+    """precision/recall/f1 of a report's average, whether a mapping or an object with attributes."""
+    if isinstance(avg, dict):
+        return {k: float(v) for k, v in avg.items() if k in ("precision", "recall", "f1")}
+    return {k: float(getattr(avg, k)) for k in ("precision", "recall", "f1") if hasattr(avg, k)}
+
+
+def _with_names(frame: pl.DataFrame, names: dict[int, str]) -> pl.DataFrame:
+    """``frame`` with a ``name`` column after ``category_id`` (class names for tables and plots)."""
+    if "category_id" not in frame.columns:
+        return frame
+    lookup = pl.DataFrame({"category_id": list(names), "name": list(names.values())}, schema={"category_id": pl.Int32, "name": pl.String})
+    out = frame.with_columns(pl.col("category_id").cast(pl.Int32)).join(lookup, on="category_id", how="left", maintain_order="left")
+    return out.select("category_id", "name", *[c for c in frame.columns if c != "category_id"])
+
+
+def _per_class_metrics(per_class: pl.DataFrame, columns: tuple[str, ...]) -> dict[str, float]:
+    out = {}
+    for row in per_class.iter_rows(named=True):
+        for col in columns:
+            if col in row and row[col] is not None:
+                out[f"{col}/{row['name']}"] = float(row[col])
+    return out
+
+
+def write_table(frame: pl.DataFrame, path: Path) -> Path:
+    """Write ``frame`` as Parquet atomically (temp sibling, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        frame.write_parquet(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+@task(name="evaluate", cache_policy=NO_CACHE, task_run_name="evaluate-{predictions.split}", retries=1, retry_delay_seconds=2)
+def evaluate_split(
+    snapshot: SnapshotRef, predictions: PredictionsRef, *, eval_config: EvalConfig, run_id: str | None, out_dir: Path
+) -> EvalSummary:
+    """Score one split, write its tables to ``out_dir``, log numbers and tables to the MLflow run."""
+    split = predictions.split
+    scores = score_split(snapshot.path, read_predictions(predictions), split=split, protocol=eval_config.protocol)
+    out_dir = Path(out_dir)
+    metrics_table = pl.DataFrame({"metric": list(scores.metrics), "value": list(scores.metrics.values())})
+    write_table(metrics_table, out_dir / "metrics.parquet")
+    for name, table in scores.tables.items():
+        write_table(table, out_dir / f"{name}.parquet")
+    headline = HEADLINE[scores.protocol]
+    summary = EvalSummary(
+        split=split, task=snapshot.task, protocol=scores.protocol, headline=headline, metrics=scores.metrics, tables_dir=out_dir
+    )
+    url = None
+    if run_id is not None:
+        client = mlflow_client()
+        log_metrics(client, run_id, {f"final/{split}/{k}": v for k, v in scores.metrics.items()})
+        log_tags(client, run_id, {TAG_HEADLINE: headline})
+        client.log_artifacts(run_id, str(out_dir), f"eval/{split}")
+        client.log_table(run_id, data=scores.tables["per_class"].to_pandas(), artifact_file=f"eval/{split}/per_class.json")
+        url = run_url(client, run_id)
+    _prefect_artifacts(summary, snapshot=snapshot, per_class=scores.tables["per_class"], url=url)
+    get_run_logger().info("%s %s: %s = %s", snapshot.name, split, headline, fmt(scores.metrics.get(headline, math.nan)))
+    return summary
+
+
+def _prefect_artifacts(summary: EvalSummary, *, snapshot: SnapshotRef, per_class: pl.DataFrame, url: str | None) -> None:
+    headline = {k: v for k, v in summary.metrics.items() if "/" not in k}
+    link = f"MLflow run: [{url}]({url})\n\n" if url else ""
+    create_markdown_artifact(
+        f"# {snapshot.name} / {summary.split} ({summary.protocol})\n\n{link}"
+        f"**{summary.headline}: {fmt(summary.metrics.get(summary.headline, math.nan))}**\n\n{markdown_table(headline)}\n",
+        key=artifact_key("eval", f"{snapshot.name}-{summary.split}"),
+        description=f"{summary.headline} on {snapshot.name}/{summary.split}",
+    )
+    rows = [{k: (fmt(v) if isinstance(v, float) else v) for k, v in row.items()} for row in per_class.iter_rows(named=True)]
+    create_table_artifact(rows, key=artifact_key("per-class", f"{snapshot.name}-{summary.split}"), description="per-class metrics")
+
+
+def model_eval_config(checkpoint: Path, *, protocol: str | None = None) -> EvalConfig:
+    """The eval settings a model was trained with (its checkpoint's config), ``protocol`` overriding."""
+    from cvcore.engine.checkpoint import load_checkpoint
+
+    config = EvalConfig.model_validate(load_checkpoint(checkpoint)["meta"]["config"]["eval"])
+    return config if protocol is None else config.model_copy(update={"protocol": protocol})
+
+
+@task(name="compare-models", cache_policy=NO_CACHE, task_run_name="compare-{candidate.split}")
+def compare_models(
+    snapshot: SnapshotRef,
+    baseline: PredictionsRef,
+    candidate: PredictionsRef,
+    *,
+    protocol: str,
+    n_boot: int,
+    confidence: float,
+    seed: int = 0,
+) -> ComparisonRef:
+    """Paired bootstrap of candidate - baseline on the same images (cvcore.metrics.bootstrap).
+
+    Detection compares mAP (COCO ``map``, VOC ``map_50``), classification macro-F1.
+    """
+    from cvcore.data.snapshot import read_snapshot
+    from cvcore.metrics.bootstrap import compare_classifications, compare_detections
+
+    if baseline.split != candidate.split:
+        raise ValueError(f"compare on one split: baseline is {baseline.split!r}, candidate {candidate.split!r}")
+    snap = read_snapshot(snapshot.path)
+    images = snap.split_images(candidate.split)
+    if snap.task == "detection":
+        cmp = compare_detections(
+            snap.annotations, read_predictions(baseline), read_predictions(candidate), images=images, protocol=protocol,
+            n_boot=n_boot, confidence=confidence, seed=seed, categories=snap.categories["category_id"].to_list(),
+        )  # fmt: skip
+    else:
+        truth = snap.labels.join(images.select("image_id"), on="image_id", how="semi").sort("image_id")
+        preds = [_aligned_labels(truth, read_predictions(r).collect(), r) for r in (baseline, candidate)]
+        cmp = compare_classifications(
+            truth["category_id"], preds[0], preds[1], num_classes=snap.num_classes, n_boot=n_boot, confidence=confidence, seed=seed
+        )
+    ref = ComparisonRef(
+        metric=cmp.metric, split=candidate.split, baseline=cmp.baseline, candidate=cmp.candidate, difference=cmp.difference,
+        low=cmp.low, high=cmp.high, p_improvement=cmp.p_improvement, confidence=cmp.confidence, n_boot=cmp.n_boot,
+        candidate_is_better=bool(cmp.candidate_is_better),
+    )  # fmt: skip
+    get_run_logger().info(
+        "%s: candidate - baseline = %+.4f, %.0f%% interval [%+.4f, %+.4f]", ref.metric, ref.difference, 100 * confidence, ref.low, ref.high
+    )
+    return ref
+
+
+def _aligned_labels(truth: pl.DataFrame, predictions: pl.DataFrame, ref: PredictionsRef) -> pl.Series:
+    """Predicted labels in the order of ``truth`` (one prediction per image is required)."""
+    joined = truth.join(predictions.select("image_id", pl.col("category_id").alias("pred")), on="image_id", how="left")
+    if joined["pred"].null_count():
+        raise ValueError(f"predictions in {ref.dir} miss {joined['pred'].null_count()} image(s) of split {ref.split!r}")
+    return joined["pred"]
