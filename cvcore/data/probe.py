@@ -23,7 +23,6 @@ from typing import Callable, Iterable
 import polars as pl
 from PIL import Image, UnidentifiedImageError
 
-from cvcore.data.snapshot import resolve_inside
 
 PROBE = pl.Schema(
     {
@@ -107,19 +106,20 @@ def probe_images(
     """Read the headers of ``file_names`` (relative to ``root``) in parallel threads.
 
     Returns a PROBE frame in input order: width/height/sha256 for good images, ``problem`` for
-    the others. Names that resolve outside ``root`` (symlinks) are refused before any open.
-    Threads suit the work: file reads and hashing release the GIL, and on network storage the
-    latency of many small reads dominates. ``on_progress(done, total)`` is called as files finish.
-    ``workers`` defaults to 4 per CPU, at most 32.
+    the others. Names that resolve outside ``root`` (``..``, absolute, symlinks) are refused
+    before any open. Threads suit the work: file reads and hashing release the GIL, and on
+    network storage the latency of many small reads dominates. Files go to the threads in
+    chunks, so pool overhead stays small next to a tiny file's header read.
+    ``on_progress(done, total)`` is called as chunks finish. ``workers`` defaults to 4 per CPU,
+    at most 32.
     """
-    root = Path(root)
     names = list(file_names)
-    workers = workers or min(32, 4 * (os.cpu_count() or 1))
+    workers = max(1, workers or min(32, 4 * (os.cpu_count() or 1)))
+    inside = _Confined(root)
 
     def one(name: str) -> tuple:
-        try:
-            path = resolve_inside(root, name)
-        except ValueError:
+        path = inside.path(name)
+        if path is None:
             return (name, None, None, None, None, "file name resolves outside the dataset root (a symlink?): rejected, not opened")
         try:
             h = read_header(path)
@@ -127,13 +127,49 @@ def probe_images(
             return (name, None, None, None, None, str(exc))
         return (name, h.width, h.height, h.sha256, h.orientation, None)
 
-    rows = []
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for done, row in enumerate(pool.map(one, names), start=1):
-            rows.append(row)
+    chunk = max(1, min(256, len(names) // (4 * workers) or 1))
+    chunks = [names[i : i + chunk] for i in range(0, len(names), chunk)]
+    rows: list[tuple] = []
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for part in pool.map(lambda c: [one(n) for n in c], chunks):
+            rows += part
             if on_progress is not None:
-                on_progress(done, len(names))
+                on_progress(len(rows), len(names))
     return pl.DataFrame(rows, schema=PROBE, orient="row")
+
+
+class _Confined:
+    """Paths under a root with symlinks resolved, refusing any that land outside it.
+
+    The same rule as cvcore.data.snapshot.resolve_inside, but each folder is resolved once and
+    cached (a full ``Path.resolve()`` per file costs an lstat per path component, which is more
+    than the header read of a small image). A file is only resolved itself when it is a link.
+    """
+
+    def __init__(self, root: str | Path):
+        self.root = os.path.realpath(root)
+        self.dirs: dict[str, str | None] = {}
+
+    def path(self, name: str) -> str | None:
+        if not name or os.path.isabs(name) or "\\" in name:
+            return None
+        folder, base = os.path.split(os.path.join(self.root, name))
+        real = self.dirs.get(folder, "")
+        if real == "":
+            real = os.path.realpath(folder)
+            real = real if self._inside(real) else None
+            self.dirs[folder] = real  # benign race: threads compute the same value
+        if real is None or base in ("", ".", ".."):
+            return None
+        full = os.path.join(real, base)
+        if os.path.islink(full):
+            full = os.path.realpath(full)
+            if not self._inside(full):
+                return None
+        return full
+
+    def _inside(self, path: str) -> bool:
+        return path == self.root or path.startswith(self.root + os.sep)
 
 
 def _orientation(im: Image.Image) -> int:

@@ -275,3 +275,19 @@ def test_coco_json_with_nan_literals_is_read(tmp_path):
     assert snap.quarantine.filter(pl.col("item") == "annotation id 2").get_column("reason").to_list() == [
         "box has a missing or non-finite coordinate (x1=-inf, x2=-inf): dropped"
     ]
+
+
+def test_probe_refuses_paths_outside_the_root_before_opening(tmp_path, monkeypatch):
+    root = tmp_path / "root"
+    png(tmp_path / "outside" / "x.png", 4, 4)
+    png(root / "in" / "y.png", 4, 4)
+    os.symlink(tmp_path / "outside", root / "linked_dir")  # a folder link leading out
+    os.symlink(root / "in" / "y.png", root / "in" / "alias.png")  # a file link staying in
+    opened = []
+    real = probe.read_header
+    monkeypatch.setattr(probe, "read_header", lambda path: opened.append(Path(path).name) or real(path))
+    names = ["../outside/x.png", str(tmp_path / "outside" / "x.png"), "linked_dir/x.png", "in/../../outside/x.png", "in/y.png", "in/alias.png"]
+    frame = probe.probe_images(root, names, workers=2)
+    refused = frame.get_column("problem").str.contains("outside the dataset root").fill_null(False).to_list()
+    assert refused == [True, True, True, True, False, False]
+    assert sorted(opened) == ["y.png", "y.png"]
