@@ -17,6 +17,7 @@ file) raises ValueError naming the path.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -68,7 +69,9 @@ def ingest(
         raise ValueError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
     if out.exists() and not replace:  # checked again when writing; here to fail before the work
         raise SnapshotError(f"{out} already exists; choose another --out or pass --replace")
+    clock = _Clock()
     raw = read_source(source, fmt=fmt, images=images)
+    clock.lap("parse")
     detection = raw.task == "detection"
     unit = "annotation" if detection else "label"
     n_objects = validate.objects_per_image(raw.annotations, raw.labels)
@@ -76,6 +79,7 @@ def ingest(
 
     entries = validate.check_image_entries(raw.images, n_objects=n_objects, unit=unit)
     headers = probe_images(raw.image_root, entries.table.get_column("file_name").to_list(), workers=workers, on_progress=on_progress)
+    clock.lap("image headers")
     checked_images = validate.apply_headers(entries.table, headers, image_root=raw.image_root, n_objects=n_objects, unit=unit)
     kept = checked_images.table
     dropped = set(raw.images.get_column("image_id").to_list()) - set(kept.get_column("image_id").to_list())
@@ -92,6 +96,7 @@ def ingest(
         checked = validate.check_labels(raw.labels, kept, dropped_image_ids=dropped)
         labels = checked.table
     quarantine.append(checked.quarantine)
+    clock.lap("checks")
 
     if val_fraction is not None:
         kept = _split(kept, annotations, labels, val_fraction=val_fraction, seed=seed, source=source)
@@ -109,7 +114,25 @@ def ingest(
         quarantine=pl.concat(quarantine),
         replace=replace,
     )
+    clock.lap("write")
+    log.info("%s: ingested into %s in %s", source, snapshot.path, clock)
     return IngestResult(snapshot=snapshot, report=health_report(snapshot))
+
+
+class _Clock:
+    """Wall time per phase, for the INFO log (``cvflow ingest --verbose``)."""
+
+    def __init__(self) -> None:
+        self.last = time.perf_counter()
+        self.laps: list[str] = []
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.laps.append(f"{phase} {now - self.last:.2f} s")
+        self.last = now
+
+    def __str__(self) -> str:
+        return ", ".join(self.laps)
 
 
 def _split(
