@@ -46,61 +46,94 @@ class Events:
         return self.tp / self.n_pos[self.segment % self.num_categories]
 
 
-def true_positive_events(
+@dataclass(frozen=True)
+class EventPlan:
+    """The weight-independent part of :func:`true_positive_events` (the bootstrap reuses it)."""
+
+    countable_img: np.ndarray  # int64 [C] image code of each detection that is a false positive unless matched
+    upto_event: np.ndarray  # int64 [P] countable detections ranked at or before each matched detection
+    upto_category: np.ndarray  # int64 [K] countable detections ranked before each category's first one
+    segment: np.ndarray  # int64 [P] t * K + k of each (threshold, matched detection)
+    det: np.ndarray  # int64 [P]
+    det_img: np.ndarray  # int64 [P]
+    is_tp: np.ndarray  # bool [P] matched to counted (not ignored) ground truth
+    is_countable: np.ndarray  # bool [P]
+    gt_img: np.ndarray  # int64 [G'] counted ground truth
+    gt_cat: np.ndarray  # int64 [G']
+    num_thresholds: int
+    num_categories: int
+
+
+def plan_events(
     inputs: DetectionInputs,
     matches: Matches,
     *,
     area: int,
     max_det: int,
-    image_weights: np.ndarray | None = None,
     drop_dets: np.ndarray | None = None,
     drop_gts: np.ndarray | None = None,
-) -> Events:
-    """TP events for area range ``area`` keeping detections of rank < ``max_det`` per (image, category).
+) -> EventPlan:
+    """Prepare area range ``area``, keeping detections of rank < ``max_det`` per (image, category).
 
-    ``image_weights`` int64 [I]: how many times each image counts (bootstrap); ``drop_dets``
-    bool [N] / ``drop_gts`` bool [G]: detections / ground truth removed from the counts
-    (error analysis oracles).
+    ``drop_dets`` bool [N] / ``drop_gts`` bool [G]: detections / ground truth removed from the
+    counts (the error analysis' oracles).
     """
     T, K = matches.num_thresholds, inputs.num_categories
     kept = inputs.dt_rank < max_det
     countable = kept & matches.dt_in_range[area]  # unmatched ones of these are false positives
     if drop_dets is not None:
         countable &= ~drop_dets
-    dt_w = None if image_weights is None else image_weights[inputs.dt_img]
-    cum_fp_candidates = np.cumsum(countable if dt_w is None else dt_w * countable, dtype=np.int64)
+    upto = np.cumsum(countable, dtype=np.int64)
     starts = inputs.category_starts
-    before_category = np.concatenate([[0], cum_fp_candidates])[starts[:-1]]
-
-    gt_w = matches.gt_regular[area].astype(np.int64)
-    if image_weights is not None:
-        gt_w = gt_w * image_weights[inputs.gt_img]
-    if drop_gts is not None:
-        gt_w = np.where(drop_gts, 0, gt_w)
-    n_pos = np.bincount(inputs.gt_cat, weights=gt_w, minlength=K).astype(np.int64)
+    upto_category = np.concatenate([[0], upto])[starts[:-1]]
 
     sel = kept[matches.pos]
     hit, ign = matches.bits(area)
     hit, ign = hit[:, sel], ign[:, sel]
     t_idx, e_idx = np.nonzero(hit)  # ordered by threshold, then rank: segments come out sorted
     det = matches.pos[sel][e_idx]
-    k = inputs.dt_cat[det]
-    w = np.ones(det.size, dtype=np.int64) if dt_w is None else dt_w[det]
-    is_tp = ~ign[t_idx, e_idx]
-    segment = t_idx * K + k
-    tp_step = w * is_tp
-    cum_tp = _segmented_cumsum(segment, tp_step)
-    cum_matched_candidates = _segmented_cumsum(segment, w * countable[det])
-    fp = (cum_fp_candidates[det] - before_category[k]) - cum_matched_candidates
+    counted = matches.gt_regular[area] if drop_gts is None else matches.gt_regular[area] & ~drop_gts
+    return EventPlan(
+        countable_img=inputs.dt_img[countable],
+        upto_event=upto[det],
+        upto_category=upto_category,
+        segment=t_idx * K + inputs.dt_cat[det],
+        det=det,
+        det_img=inputs.dt_img[det],
+        is_tp=~ign[t_idx, e_idx],
+        is_countable=countable[det],
+        gt_img=inputs.gt_img[counted],
+        gt_cat=inputs.gt_cat[counted],
+        num_thresholds=T,
+        num_categories=K,
+    )
 
+
+def true_positive_events(plan: EventPlan, *, image_weights: np.ndarray | None = None) -> Events:
+    """TP events of a plan; ``image_weights`` int64 [I]: how often each image counts (bootstrap)."""
+    T, K = plan.num_thresholds, plan.num_categories
+    if image_weights is None:
+        w = np.ones(plan.det.size, dtype=np.int64)
+        upto_event, upto_category = plan.upto_event, plan.upto_category
+        n_pos = np.bincount(plan.gt_cat, minlength=K).astype(np.int64)
+    else:
+        w = image_weights[plan.det_img]
+        cum = np.concatenate([[0], np.cumsum(image_weights[plan.countable_img], dtype=np.int64)])
+        upto_event, upto_category = cum[plan.upto_event], cum[plan.upto_category]
+        n_pos = np.bincount(plan.gt_cat, weights=image_weights[plan.gt_img], minlength=K).astype(np.int64)
+    k = plan.segment % K
+    tp_step = w * plan.is_tp
+    cum_tp = _segmented_cumsum(plan.segment, tp_step)
+    cum_matched_countable = _segmented_cumsum(plan.segment, w * plan.is_countable)
+    fp = (upto_event - upto_category[k]) - cum_matched_countable
     event = tp_step > 0
     return Events(
-        segment=segment[event],
+        segment=plan.segment[event],
         tp=cum_tp[event].astype(np.float64),
         fp=fp[event].astype(np.float64),
-        det=det[event],
+        det=plan.det[event],
         n_pos=n_pos,
-        tp_total=np.bincount(segment, weights=tp_step, minlength=T * K),
+        tp_total=np.bincount(plan.segment, weights=tp_step, minlength=T * K),
         num_thresholds=T,
         num_categories=K,
     )

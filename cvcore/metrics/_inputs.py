@@ -91,8 +91,8 @@ def load_detection_inputs(
         category_ids = _ids(categories, "category_id", "categories", pl.Int32)
         _check_known(ann, category_ids, "annotations")
         _check_known(pred, category_ids, "predictions")
-    ann = ann.filter(pl.col("image_id").is_in(pl.Series(image_ids)))
-    pred = pred.with_row_index("row").filter(pl.col("image_id").is_in(pl.Series(image_ids)))
+    ann = ann.filter(pl.col("image_id").is_in(pl.Series(image_ids).implode()))
+    pred = pred.with_row_index("row").filter(pl.col("image_id").is_in(pl.Series(image_ids).implode()))
     if categories is None:
         seen = pl.concat([ann.get_column("category_id"), pred.get_column("category_id")])
         category_ids = np.unique(seen.to_numpy()).astype(np.int32)
@@ -167,7 +167,7 @@ def _check_finite(frame: pl.DataFrame, column: str, what: str) -> None:
 
 
 def _check_known(frame: pl.DataFrame, category_ids: np.ndarray, what: str) -> None:
-    bad = ~pl.col("category_id").is_in(pl.Series(category_ids))
+    bad = ~pl.col("category_id").is_in(pl.Series(category_ids).implode())
     _raise_first(frame, bad, what, "category_id outside the given categories")
 
 

@@ -46,6 +46,7 @@ class Matches:
     pos: np.ndarray  # int64 [E] detection indices (evaluation order) that matched something, ascending
     matched: np.ndarray  # uint64 [E]
     ignored: np.ndarray  # uint64 [E]
+    gt_first: np.ndarray  # int64 [E] ground truth taken at bit 0 (area all, lowest IoU threshold), -1 if none
     max_det: int  # detections beyond this rank in their (image, category) were not matched
 
     @property
@@ -74,7 +75,7 @@ def match_coco(inputs: DetectionInputs, *, max_det: int = COCO_MAX_DETS[-1]) -> 
     kept = np.flatnonzero(inputs.dt_rank < max_det)
     dt_key = inputs.dt_img[kept] * K + inputs.dt_cat[kept]
     gt_key = inputs.gt_img * K + inputs.gt_cat
-    found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    found: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
     for chunk in iter_pairs(dt_key, gt_key):
         d, g = kept[chunk.det], chunk.gt
         iou = coco_box_iou(inputs.dt_box[d], inputs.gt_box[g], inputs.gt_crowd[g])
@@ -111,10 +112,11 @@ def coco_box_iou(dt: np.ndarray, gt: np.ndarray, crowd: np.ndarray) -> np.ndarra
 
 def _greedy(
     d: np.ndarray, g: np.ndarray, iou: np.ndarray, inputs: DetectionInputs, gt_regular: np.ndarray, thresholds: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Greedy matching of one chunk's candidate pairs (IoU >= the lowest threshold).
 
-    Returns (detection, matched bits, ignored bits) per matched (detection, area, threshold).
+    Returns (detection, matched bit, ignored bit, ground truth if bit 0 else -1) per matched
+    (detection, area, threshold).
     """
     T = thresholds.size
     K = inputs.num_categories
@@ -159,14 +161,16 @@ def _greedy(
     p, c = np.concatenate(pair)[rows], np.concatenate(combo)[rows]
     bit = np.left_shift(np.uint64(1), c.astype(np.uint64))
     ign = ~gt_regular[c // T, g[p]]
-    return d[p], bit, np.where(ign, bit, np.uint64(0))
+    return d[p], bit, np.where(ign, bit, np.uint64(0)), np.where(c == 0, g[p], -1)
 
 
-def _combine(found: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
+def _combine(found: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
     """OR together the bits of each detection, over chunks and combinations."""
+    found = [f for f in found if f[0].size]
     if not found:
         empty = np.zeros(0, dtype=np.uint64)
-        return {"pos": np.zeros(0, dtype=np.int64), "matched": empty, "ignored": empty}
+        none = np.zeros(0, dtype=np.int64)
+        return {"pos": none, "matched": empty, "ignored": empty, "gt_first": none}
     det = np.concatenate([f[0] for f in found])
     order = np.argsort(det, kind="stable")
     det = det[order]
@@ -175,6 +179,7 @@ def _combine(found: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict[str
         "pos": det[starts],
         "matched": np.bitwise_or.reduceat(np.concatenate([f[1] for f in found])[order], starts),
         "ignored": np.bitwise_or.reduceat(np.concatenate([f[2] for f in found])[order], starts),
+        "gt_first": np.maximum.reduceat(np.concatenate([f[3] for f in found])[order], starts),
     }
 
 
@@ -195,6 +200,8 @@ def match_voc(inputs: DetectionInputs) -> Matches:
         d, g = chunk.det, chunk.gt
         iou = box_iou_rows(inputs.dt_box[d], inputs.gt_box[g])
         ok = iou > VOC_IOU_THRESHOLD
+        if not ok.any():
+            continue
         d, g, iou = d[ok], g[ok], iou[ok]
         order = np.lexsort((g, -iou, d))  # per detection: highest IoU, then first ground truth
         d, g = d[order], g[order]
@@ -208,7 +215,7 @@ def match_voc(inputs: DetectionInputs) -> Matches:
     d, g = d[order], g[order]
     takes = np.r_[True, g[1:] != g[:-1]] & regular[g]
     matched = takes | ~regular[g]
-    d, ign = d[matched], ~regular[g[matched]]
+    d, g, ign = d[matched], g[matched], ~regular[g[matched]]
     order = np.argsort(d)
     one = np.uint64(1)
     return Matches(
@@ -218,6 +225,7 @@ def match_voc(inputs: DetectionInputs) -> Matches:
         pos=d[order],
         matched=np.full(d.size, one, dtype=np.uint64),
         ignored=np.where(ign[order], one, np.uint64(0)),
+        gt_first=g[order],
         max_det=NO_LIMIT,
     )
 

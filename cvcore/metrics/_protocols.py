@@ -11,11 +11,13 @@ from typing import Literal
 import numpy as np
 
 from cvcore.metrics._accumulate import (
+    EventPlan,
     Events,
     all_point_ap,
     coco_precision,
     envelope,
     interpolate,
+    plan_events,
     true_positive_events,
     voc_precision,
 )
@@ -68,7 +70,8 @@ def curves(
 ) -> Curves:
     """pycocotools' accumulate() for one (area range, max detections) setting, any protocol's precision."""
     limit = max_det(protocol) if max_dets is None else max_dets
-    ev = true_positive_events(inputs, matches, area=area, max_det=limit, image_weights=image_weights)
+    plan = plan_events(inputs, matches, area=area, max_det=limit)
+    ev = true_positive_events(plan, image_weights=image_weights)
     env = envelope(ev.segment, _precision(ev, protocol))
     interp = interpolate(ev, env, recall_thresholds)
     T, K, R = ev.num_thresholds, ev.num_categories, recall_thresholds.size
@@ -100,17 +103,15 @@ def class_ap(
     """AP per (IoU threshold, category), float64 [T, K]; NaN where a category has no counted ground truth.
 
     COCO: mean of the 101-point interpolated precision (area all, 100 detections); VOC07:
-    11-point; VOC12: all-point area.
+    11-point; VOC12: all-point area. ``drop_*``: see :func:`plan_events`.
     """
-    ev = true_positive_events(
-        inputs,
-        matches,
-        area=0,
-        max_det=max_det(protocol),
-        image_weights=image_weights,
-        drop_dets=drop_dets,
-        drop_gts=drop_gts,
-    )
+    plan = plan_events(inputs, matches, area=0, max_det=max_det(protocol), drop_dets=drop_dets, drop_gts=drop_gts)
+    return plan_ap(plan, protocol, image_weights=image_weights)
+
+
+def plan_ap(plan: EventPlan, protocol: str, *, image_weights: np.ndarray | None = None) -> np.ndarray:
+    """:func:`class_ap` of a prepared plan (the bootstrap calls this once per replicate)."""
+    ev = true_positive_events(plan, image_weights=image_weights)
     T, K = ev.num_thresholds, ev.num_categories
     env = envelope(ev.segment, _precision(ev, protocol))
     if protocol == "voc12":

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
-import pytest
 
 from cvcore import schema
 
@@ -130,8 +129,3 @@ def pycocotools_eval(data: DetectionSet):
         ev.accumulate()
         ev.summarize()
     return ev
-
-
-@pytest.fixture
-def detection_set():
-    return make_detection_set
