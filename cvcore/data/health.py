@@ -154,6 +154,8 @@ def _quarantine_kinds(quarantine: pl.DataFrame) -> pl.DataFrame:
 def _warnings(snapshot: Snapshot, classes: pl.DataFrame, split_names: list[str], objects: pl.DataFrame) -> list[str]:
     unit = "annotations" if snapshot.task == "detection" else "images"
     out = []
+    if snapshot.images.is_empty():
+        out.append("no usable images: every image was quarantined (see the quarantine table)")
     for name in classes.filter(pl.col("total") == 0).get_column("name"):
         out.append(f"class {name!r} has no {unit}")
     if len(split_names) > 1:
