@@ -53,6 +53,22 @@ def test_coco_voc_yolo_give_identical_canonical_tables(three_forms, shapes_detec
             return s.images.select(pl.col("file_name").str.split("/").list.last(), "sha256").sort("file_name").rows()
 
         assert shas(snap) == shas(shapes_detection), fmt
+    # Beyond the join on file names: the canonical tables themselves are identical. VOC/YOLO
+    # number images by sorted file name and objects in file order, which here is the synthetic
+    # set's own numbering (train_* before val_*), so ids match COCO's kept ids; category ids
+    # differ only by each format's class order (VOC sorts names), so compare through names.
+    def canonical(snap):
+        names = snap.categories.select("category_id", "name")
+        anns = snap.annotations.join(names, on="category_id").drop("category_id", "area").sort("ann_id")
+        return snap.images.drop("file_name").sort("image_id"), anns
+
+    coco_images, coco_anns = canonical(three_forms["coco"])
+    for fmt in ("voc", "yolo"):
+        images, anns = canonical(three_forms[fmt])
+        assert images.equals(coco_images), fmt
+        assert anns.select("ann_id", "image_id", "name").equals(coco_anns.select("ann_id", "image_id", "name")), fmt
+        diff = (anns.select("x1", "y1", "x2", "y2").to_numpy() - coco_anns.select("x1", "y1", "x2", "y2").to_numpy())
+        assert np.abs(diff).max() <= 1e-6, fmt
     # VOC and YOLO have no area of their own: theirs is the box's. COCO keeps the source area.
     voc, yolo, coco = (three_forms[f].annotations.sort("x1", "y1", "image_id") for f in ("voc", "yolo", "coco"))
     np.testing.assert_allclose(voc.get_column("area").to_numpy(), yolo.get_column("area").to_numpy(), atol=1e-6)
