@@ -65,8 +65,8 @@ class FastRCNN(nn.Module):
         out_channels: int,
         proposals: ProposalSettings = ProposalSettings(),
         cache_dir: str | Path | None = None,
-        min_size: int = 256,
-        max_size: int = 1333,
+        min_size: int = 600,
+        max_size: int = 1000,
         roi_size: int = 7,
         representation: int = 512,
         fg_iou: float = 0.5,
@@ -171,7 +171,7 @@ def classifier_trunk(classifier: nn.Module, *, stage: str | None = None) -> tupl
 
 # Run settings for the built-in 128-px shapes data on 2 CPU cores.
 FAST_RCNN_DEFAULTS: dict[str, Any] = {
-    "img_size": 128, "epochs": 12, "batch_size": 8, "optimizer": "adamw", "lr": 5e-4, "weight_decay": 1e-4,
+    "img_size": 128, "epochs": 6, "batch_size": 8, "optimizer": "adamw", "lr": 5e-4, "weight_decay": 1e-4,
     "scheduler": "cosine", "warmup_epochs": 1.0, "augment.preset": "none",
 }  # fmt: skip
 
@@ -190,8 +190,9 @@ def build_fast_rcnn(
     aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0),
     stride: int = 8,
     cache_dir: str | None = None,
-    min_size: int = 256,
-    max_size: int = 1333,
+    img_size: int | None = None,
+    min_size: int | None = None,
+    max_size: int | None = None,
     roi_size: int = 7,
     representation: int = 512,
     batch_size_per_image: int = 64,
@@ -203,7 +204,9 @@ def build_fast_rcnn(
     """Fast R-CNN on a registry classifier's trunk: ``backbone`` up to ``stage``.
 
     ``stage`` None: ``layer3`` for ResNets (stride 16, like the paper's VGG16 conv5), the whole
-    convolutional stack (``features``) for VGG.
+    convolutional stack (``features``) for VGG. ``min_size``/``max_size``: the resize before the
+    CNN (short side / long-side cap); default ``img_size`` when given (fixed-size inputs are not
+    rescaled), else the paper's 600 / 1000.
 
     ``pretrained`` (given to ``build_model``) loads into the trunk: a classifier checkpoint of the
     same architecture and ``small_input``, ``"torchvision"`` (local hub cache), or a Fast R-CNN
@@ -220,6 +223,8 @@ def build_fast_rcnn(
         method=proposal_method, strategy=strategy, max_proposals=max_proposals,
         window_sizes=tuple(window_sizes), aspect_ratios=tuple(aspect_ratios), stride=stride,
     )  # fmt: skip
+    min_size = min_size or img_size or 600
+    max_size = max_size or max(min_size, 1000 if img_size is None else img_size)
     model = FastRCNN(
         num_classes, backbone=trunk, out_channels=out_channels, proposals=settings, cache_dir=cache_dir,
         min_size=min_size, max_size=max_size, roi_size=roi_size, representation=representation,
