@@ -13,6 +13,8 @@ puts them side by side on the user's data. Each model is trained by the same eng
                              cell" weakness), and of the other objects
 ``candidates_per_image``     boxes scored per image before NMS: proposals (R-CNN, Fast R-CNN),
                              RPN proposals (Faster R-CNN), S*S*B (YOLOv1)
+``proposal_recall_50|70``    models with external proposals: the share of objects whose best
+                             proposal reaches IoU 0.5 / 0.7 (what the proposals can find at all)
 ``train_s``                  training time in seconds (sum of the epochs' training passes,
                              validation excluded)
 ``infer_images_per_s``       images per second through ``predict`` (data loading included,
@@ -45,6 +47,7 @@ from torchvision.ops import box_iou
 
 from cvcore import schema
 from cvcore.data.snapshot import Snapshot
+from cvcore.models.proposals import ProposalRecall
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,8 @@ TABLE_SCHEMA = pl.Schema(
         "n_crowded": pl.Int64,
         "n_isolated": pl.Int64,
         "candidates_per_image": pl.Float64,
+        "proposal_recall_50": pl.Float64,
+        "proposal_recall_70": pl.Float64,
         "train_s": pl.Float64,
         "epochs": pl.Int64,
         "infer_images_per_s": pl.Float64,
@@ -247,6 +252,7 @@ def score_run(
     seconds = time.perf_counter() - start
     candidates = count.per_image()
     count.close()
+    recall = external_proposal_recall(model, dataset)
     pred_path = write_predictions(batches, out / "predictions" / name / split / "part-00000.parquet", task="detection")
     predictions = pl.from_arrow(pa.Table.from_batches(batches, schema=schema.arrow_schema("detections")))
     images = snapshot.split_images(split)
@@ -263,6 +269,8 @@ def score_run(
         "n_crowded": crowded.height,
         "n_isolated": isolated.height,
         "candidates_per_image": candidates,
+        "proposal_recall_50": recall.recall[0.5] if recall else math.nan,
+        "proposal_recall_70": recall.recall[0.7] if recall else math.nan,
         "train_s": float(history.get_column("train/time_s").sum()) if "train/time_s" in history.columns else math.nan,
         "epochs": history.height,
         "infer_images_per_s": len(dataset) / seconds if seconds > 0 else math.nan,
@@ -270,6 +278,27 @@ def score_run(
     }
     log.info("bake-off %s on %s: %s", name, split, row)
     return ScoredRun(row=row, predictions=pred_path)
+
+
+def external_proposal_recall(model: nn.Module, dataset) -> ProposalRecall | None:
+    """Recall at IoU 0.5 / 0.7 of a model's own proposals (``model.proposals(image)``, R-CNN and
+    Fast R-CNN) on ``dataset``'s images, in the model's input pixels; None for other models."""
+    from cvcore.engine.infer import as_float_image
+    from cvcore.models.proposals import proposal_recall
+
+    propose = getattr(model, "proposals", None)
+    if not callable(propose):
+        return None
+    props, gt = [], []
+    with torch.inference_mode():
+        for index in range(len(dataset)):
+            sample = dataset[index]
+            if sample is None:
+                continue
+            image, target = sample
+            props.append(propose(as_float_image(image)).cpu())
+            gt.append(torch.as_tensor(target["boxes"]).as_subclass(torch.Tensor).reshape(-1, 4))
+    return proposal_recall(props, gt, iou=(0.5, 0.7))
 
 
 def empty_proposal_caches(model: nn.Module) -> None:

@@ -342,7 +342,7 @@ class RCNN(nn.Module):
         return 0.5 * (pred - targets).pow(2).sum(dim=1).mean() + reg
 
     def _train_entry(self, image: torch.Tensor, gt_boxes: torch.Tensor) -> dict[str, torch.Tensor]:
-        proposals = self._proposals(image)
+        proposals = self.proposals(image)
         # float16 halves the cache; the SVMs' margins do not notice the rounding.
         return {
             "proposals": proposals,
@@ -354,7 +354,7 @@ class RCNN(nn.Module):
 
     def _detect(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         h, w = image.shape[-2:]
-        proposals = self._proposals(image)
+        proposals = self.proposals(image)
         self.proposals_seen.append(len(proposals))
         k = self.num_classes
         if len(proposals) == 0:
@@ -372,7 +372,8 @@ class RCNN(nn.Module):
 
     # -- shared pieces ---------------------------------------------------------------------
 
-    def _proposals(self, image: torch.Tensor) -> torch.Tensor:
+    def proposals(self, image: torch.Tensor) -> torch.Tensor:
+        """The (cached) proposals of one input image: ``float32[P, 4]`` xyxy pixels, on its device."""
         entry = self.proposal_cache.get_or_compute(image_key(image), lambda: {"boxes": self.proposal_settings.propose(image)})
         return entry["boxes"].to(image.device)
 
