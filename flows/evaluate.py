@@ -16,7 +16,7 @@ from prefect.runtime import flow_run
 
 from flows.params import EvaluatePipelineParams, EvaluateResult
 from flows.train import load_data, predict_split
-from tasks.evaluate import evaluate_split, model_eval_config
+from tasks.evaluate import evaluate_split, model_eval_config, report_split
 from tasks.registry import is_model_uri, resolve_checkpoint
 from tasks.tracking import close_run, cvflow_home, ensure_experiment, log_dataset, mlflow_client, open_run, run_tags, run_url
 
@@ -46,6 +46,7 @@ def evaluate_pipeline(params: EvaluatePipelineParams) -> EvaluateResult:
             batch_size=params.batch_size,
         )
         summary = evaluate_split(snapshot, preds, eval_config=eval_config, run_id=run_id, out_dir=home / "evaluations" / run_id / params.split)
+        report_split(snapshot, preds, summary, run_id=run_id)
     except BaseException as exc:
         close_run(client, run_id, error=exc)
         raise

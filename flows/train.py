@@ -17,7 +17,7 @@ from prefect.runtime import flow_run
 from flows.params import DataSource, PipelineResult, TrainPipelineParams
 from tasks.artifacts import artifact_key, markdown_table
 from tasks.augment import augment_preview
-from tasks.evaluate import evaluate_split
+from tasks.evaluate import evaluate_split, report_split
 from tasks.infer import merge_refs, predict_shard
 from tasks.ingest import ingest_source, open_snapshot, source_fingerprint
 from tasks.refs import EvalSummary, PredictionsRef, SnapshotRef
@@ -102,6 +102,7 @@ def _run(params: TrainPipelineParams, snapshot: SnapshotRef, *, run_id: str, hom
         out = home / "predictions" / run_id / split
         preds = predict_split(checkpoint.path, snapshot, split, out_dir=out, shards=params.prediction_shards)
         summaries[split] = evaluate_split(snapshot, preds, eval_config=config.eval, run_id=run_id, out_dir=run_dir / "eval" / split)
+        report_split(snapshot, preds, summaries[split], run_id=run_id)
         predictions[split] = preds
 
     model_uri = log_model(run_id, checkpoint.path)

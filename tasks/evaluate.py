@@ -188,6 +188,65 @@ def _prefect_artifacts(summary: EvalSummary, *, snapshot: SnapshotRef, per_class
     create_table_artifact(rows, key=artifact_key("per-class", f"{snapshot.name}-{summary.split}"), description="per-class metrics")
 
 
+@task(name="report", cache_policy=NO_CACHE, task_run_name="report-{predictions.split}", retries=1, retry_delay_seconds=2)
+def report_split(
+    snapshot: SnapshotRef, predictions: PredictionsRef, summary: EvalSummary, *, run_id: str | None, n_samples: int = 8
+) -> list[Path]:
+    """Draw the split's plots (cvcore.plots) from its Parquet tables; log them as ``plots/<split>/``.
+
+    Detection: PR curves, F1 vs threshold, AP by object size, error breakdown, sample
+    predictions with ground truth. Classification: confusion matrix and sample predictions.
+    Returns the PNG paths (under ``<tables_dir>/plots``).
+    """
+    from cvcore import plots
+    from cvcore.data.snapshot import read_snapshot
+
+    tables = Path(summary.tables_dir)
+    read = lambda name: pl.read_parquet(tables / f"{name}.parquet")  # noqa: E731
+    snap = read_snapshot(snapshot.path)
+    sample_ids = snap.split_images(predictions.split)["image_id"].head(n_samples).to_list()
+    preds = read_predictions(predictions).filter(pl.col("image_id").is_in(sample_ids)).collect()
+    images = _load_images(snap, sample_ids)
+    names = snap.class_names
+    if snap.task == "detection":
+        per_class = read("per_class")
+        figures = {
+            "pr_curves": plots.pr_curves(read("pr_curve"), per_class=per_class),
+            "f1_curves": plots.f1_curves(read("f1_curve")),
+            "error_breakdown": plots.error_breakdown(read("errors")),
+            "samples": plots.detection_samples(
+                images, preds, ground_truth=snap.annotations.filter(pl.col("image_id").is_in(sample_ids)), class_names=names
+            ),
+        }
+        if summary.protocol == "coco":  # size ranges are COCO's
+            figures["ap_by_size"] = plots.size_ap_bars(summary.metrics, per_class=per_class)
+    else:
+        labels = dict(snap.labels.filter(pl.col("image_id").is_in(sample_ids)).iter_rows())
+        figures = {
+            "confusion_matrix": plots.confusion_matrix(read("confusion"), class_names=names),
+            "samples": plots.classification_samples(images, preds, labels=labels, class_names=names),
+        }
+    out = tables / "plots"
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, fig in figures.items():
+        path = out / f"{name}.png"
+        fig.savefig(path, dpi=110)
+        paths.append(path)
+    if run_id is not None:
+        mlflow_client().log_artifacts(run_id, str(out), f"plots/{predictions.split}")
+    get_run_logger().info("%d plots for %s: %s", len(paths), predictions.split, out)
+    return paths
+
+
+def _load_images(snap, image_ids: list[int]) -> dict[int, object]:
+    from cvcore.data.torch_dataset import load_image
+
+    files = dict(snap.images.filter(pl.col("image_id").is_in(image_ids)).select("image_id", "file_name").iter_rows())
+    return {i: load_image(snap.image_path(files[i])) for i in image_ids}
+
+
+@task(name="model-settings", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2)
 def model_eval_config(checkpoint: Path, *, protocol: str | None = None) -> EvalConfig:
     """The eval settings a model was trained with (its checkpoint's config), ``protocol`` overriding."""
     from cvcore.engine.checkpoint import load_checkpoint

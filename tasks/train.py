@@ -53,6 +53,7 @@ def train_model(config: RunConfig, *, run_id: str, out_dir: Path, progress: bool
     The run folder's ``metrics.json``, ``history.parquet`` and ``config.yaml`` are logged under
     ``training/``. ``progress`` shows the engine's progress bar on stderr (interactive runs).
     """
+    from cvcore import plots
     from cvcore.engine.callbacks import ProgressBar
     from cvcore.engine.run import train_run
 
@@ -62,6 +63,7 @@ def train_model(config: RunConfig, *, run_id: str, out_dir: Path, progress: bool
     for file in (result.metrics_file, result.history_file, out_dir / "config.yaml"):
         if file.is_file():
             client.log_artifact(run_id, str(file), "training")
+    client.log_figure(run_id, plots.training_curves(result.history), "plots/training_curves.png")
     get_run_logger().info(
         "best epoch %d of %d: %s = %.4f", result.best_epoch, result.epochs_run, result.metric, result.best_metric
     )

@@ -1,0 +1,195 @@
+"""End to end: the Prefect flows on tiny data, a temporary Prefect server and a temporary MLflow store.
+
+These are the slowest tests of the suite, so the trained pipelines are made once per module and
+shared: one detector through ``train_pipeline`` and one classifier through ``nightly_retrain``
+(its first night). Everything runs in a temporary CVFLOW_HOME with a SQLite MLflow store.
+"""
+
+from __future__ import annotations
+
+import math
+
+import mlflow
+import numpy as np
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+from mlflow import MlflowClient
+
+from cvcore import schema
+from cvcore.config import RunConfig
+from flows.evaluate import evaluate_pipeline
+from flows.nightly import TAG_DECISION, TAG_REASON, nightly_retrain
+from flows.params import DataSource, EvaluatePipelineParams, NightlyParams, TrainPipelineParams
+from flows.train import train_pipeline
+
+pytestmark = pytest.mark.slow
+
+DETECTOR = "test-detector"
+CLASSIFIER = "test-classifier"
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """A temporary CVFLOW_HOME + SQLite MLflow store + Prefect test server, for this module only."""
+    from prefect.settings import PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    home = tmp_path_factory.mktemp("cvflow-home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CVFLOW_HOME", str(home))
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
+        with temporary_settings(updates={PREFECT_SERVER_ANALYTICS_ENABLED: False}), prefect_test_harness(server_startup_timeout=180):
+            yield home
+        mlflow.set_tracking_uri(None)
+
+
+def _config(**sections) -> RunConfig:
+    return RunConfig.model_validate(sections)
+
+
+@pytest.fixture(scope="module")
+def detector_run(env, shapes_detection):
+    """yolov1, one epoch on 24 images of 64 px, evaluated on val and registered."""
+    params = TrainPipelineParams(
+        data=DataSource(path=shapes_detection.path),
+        config=_config(data={"img_size": 64}, model={"name": "yolov1"}, train={"epochs": 1, "batch_size": 8}),
+        registered_model=DETECTOR,
+        eval_splits=("val",),
+        preview_images=4,
+    )
+    state = train_pipeline(params, return_state=True)
+    return state, state.result(raise_on_failure=False)
+
+
+@pytest.fixture(scope="module")
+def classifier_first_night(env, shapes_classification):
+    """The first nightly run of a classifier: 2 epochs of resnet18 on 64 images of 32 px."""
+    params = NightlyParams(
+        train=TrainPipelineParams(
+            data=DataSource(path=shapes_classification.path),
+            config=_config(model={"name": "resnet18"}, train={"epochs": 2, "batch_size": 16}),
+            registered_model=CLASSIFIER,
+            eval_splits=("val",),
+            preview_images=0,
+        ),
+        bootstrap_samples=200,
+    )
+    state = nightly_retrain(params, return_state=True)
+    return params, state, state.result(raise_on_failure=False)
+
+
+def test_detection_pipeline_writes_predictions_and_fills_mlflow(detector_run, shapes_detection):
+    state, result = detector_run
+    assert state.is_completed(), state.message
+
+    # Predictions: Parquet in the DETECTIONS schema, under <home>/predictions/<run_id>/val/.
+    files = sorted(result.predictions["val"].dir.glob("*.parquet"))
+    assert [f.name for f in files] == ["part-00000.parquet"]
+    table = pq.read_table(files[0])
+    assert table.schema.equals(schema.arrow_schema("detections"))
+    frame = pl.from_arrow(table)
+    val_ids = set(shapes_detection.split_images("val")["image_id"].to_list())
+    assert set(frame["image_id"].unique().to_list()) <= val_ids
+    assert frame.group_by("image_id").len()["len"].max() <= 100  # max_detections per image
+
+    client = MlflowClient()
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["model.name"] == "yolov1" and run.data.params["train.epochs"] == "1"
+    assert run.data.tags["cvflow.dataset_digest"] == shapes_detection.digest
+    assert run.data.tags["cvflow.flow_run_id"] == str(state.state_details.flow_run_id)
+    assert run.data.tags["cvflow.code_version"]
+    # per-epoch (step = epoch) and final metrics: the twelve COCO numbers and per-class AP
+    assert [m.step for m in client.get_metric_history(result.run_id, "train/loss")] == [1]
+    coco = ["map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_1", "mar_10", "mar_100", "mar_small", "mar_medium", "mar_large"]
+    assert all(f"final/val/{k}" in run.data.metrics for k in coco)
+    assert any(k.startswith("final/val/ap/") for k in run.data.metrics)
+    # the dataset as an MLflow input with the snapshot's digest
+    inputs = run.inputs.dataset_inputs
+    assert {i.dataset.name for i in inputs} == {"shapes/train", "shapes/val"}
+    assert all(i.dataset.digest == shapes_detection.digest[:16] for i in inputs)
+    # artifacts: augmentation preview, training history, evaluation tables, plots
+    artifacts = _artifact_paths(client, result.run_id)
+    for expected in ("augment/augment_preview.png", "training/history.parquet", "eval/val/per_class.parquet", "eval/val/pr_curve.parquet"):
+        assert expected in artifacts, sorted(artifacts)
+    assert any(a.startswith("plots/val/") and a.endswith(".png") for a in artifacts), sorted(artifacts)
+
+    # registry: the first version is both challenger and champion; the pyfunc model predicts
+    mv = client.get_model_version_by_alias(DETECTOR, "champion")
+    assert str(mv.version) == result.model.version == "1" and set(mv.aliases) == {"champion", "challenger"}
+    model = mlflow.pyfunc.load_model(f"models:/{DETECTOR}@champion")
+    out = model.predict(np.full((2, 3, 64, 64), 0.5, dtype=np.float32))
+    assert list(out.columns) == ["image_index", "category_id", "category", "score", "x1", "y1", "x2", "y2"]
+    assert set(out["image_index"]) <= {0, 1}
+
+
+def test_evaluate_pipeline_on_champion_reproduces_logged_metrics(detector_run, shapes_detection):
+    _, trained = detector_run
+    params = EvaluatePipelineParams(model=f"models:/{DETECTOR}@champion", data=DataSource(path=shapes_detection.path), split="val")
+    state = evaluate_pipeline(params, return_state=True)
+    assert state.is_completed(), state.message
+    result = state.result()
+    logged = MlflowClient().get_run(trained.run_id).data.metrics
+    for key, value in result.metrics.items():
+        expected = logged[f"final/val/{key}"]
+        assert (math.isnan(value) and math.isnan(expected)) or value == pytest.approx(expected, abs=1e-9), key
+    assert sorted(p.name for p in result.predictions.glob("*.parquet")) == ["part-00000.parquet"]
+
+
+def test_first_nightly_makes_the_classifier_champion(env, classifier_first_night, shapes_classification):
+    _, state, decision = classifier_first_night
+    assert state.is_completed(), state.message
+    assert decision.promoted and decision.champion_before is None and decision.champion_after == decision.challenger.version
+    # classification predictions: exactly one row per evaluated image
+    run = MlflowClient().get_run(decision.challenger.run_id)
+    preds = pl.read_parquet(sorted((env / "predictions" / run.info.run_id / "val").glob("*.parquet")))
+    val = shapes_classification.split_images("val")
+    assert sorted(preds["image_id"].to_list()) == sorted(val["image_id"].to_list())
+    assert preds.schema == schema.CLASSIFICATIONS
+    for key in ("final/val/accuracy", "final/val/macro_f1", "final/val/micro_f1"):
+        assert key in run.data.metrics
+
+
+def test_nightly_with_a_worse_model_keeps_the_champion_and_says_why(classifier_first_night):
+    params, _, first = classifier_first_night
+    worse = params.train.model_copy(update={"config": _config(model={"name": "resnet18"}, train={"epochs": 1, "batch_size": 16, "lr": 1e-7})})
+    state = nightly_retrain(params.model_copy(update={"train": worse}), return_state=True)
+    assert state.is_completed(), state.message
+    decision = state.result()
+    assert not decision.promoted
+    assert decision.champion_before == decision.champion_after == first.challenger.version
+    assert decision.ci_low is not None and not decision.ci_low > 0
+    client = MlflowClient()
+    assert str(client.get_model_version_by_alias(CLASSIFIER, "champion").version) == first.challenger.version
+    assert str(client.get_model_version_by_alias(CLASSIFIER, "challenger").version) == decision.challenger.version
+    tags = client.get_run(decision.challenger.run_id).data.tags
+    assert tags[TAG_DECISION] == "kept champion"
+    assert "kept champion" in tags[TAG_REASON] and "interval" in tags[TAG_REASON]
+
+
+def test_corrupt_checkpoint_fails_the_flow_and_the_mlflow_run_without_partial_parquet(env, detector_run, shapes_detection, tmp_path):
+    # A checkpoint cut short, as a crashed copy leaves it.
+    good = detector_run[1].checkpoint.read_bytes()
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(good[: len(good) // 2])
+    params = EvaluatePipelineParams(model=str(corrupt), data=DataSource(path=shapes_detection.path), split="val")
+    state = evaluate_pipeline(params, return_state=True)
+    assert state.is_failed()
+    assert "corrupt.pt" in state.message and "checkpoint" in state.message
+    client = MlflowClient()
+    [run] = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()], filter_string=f"tags.`cvflow.evaluated_model` = '{corrupt}'"
+    )
+    assert run.info.status == "FAILED"
+    assert "corrupt.pt" in run.data.tags["cvflow.failure"]
+    predictions = env / "predictions" / run.info.run_id
+    assert not predictions.exists() or not any(predictions.rglob("*"))  # not even a temporary file
+
+
+def _artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -> set[str]:
+    out = set()
+    for item in client.list_artifacts(run_id, path):
+        out |= _artifact_paths(client, run_id, item.path) if item.is_dir else {item.path}
+    return out
+
