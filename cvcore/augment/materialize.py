@@ -17,6 +17,7 @@ folder and renamed into place by cvcore.data.snapshot.write_snapshot (atomic).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -28,9 +29,9 @@ from typing import Any
 
 import polars as pl
 import torch
+from PIL import Image
 from rich.console import Console
 from rich.progress import track
-from torchvision.io import encode_png
 
 from cvcore.augment.preview import to_uint8
 from cvcore.data.snapshot import Snapshot, SnapshotError, write_snapshot
@@ -125,7 +126,7 @@ def _write_copies(snapshot: Snapshot, dataset, *, split: str, copies: int, image
             continue
         image, target = sample
         pixels = to_uint8(image)
-        data = encode_png(pixels).numpy().tobytes()
+        data = _png_bytes(pixels)
         file_name = f"{split}/c{c:03d}_{int(source_ids[i])}.png"
         (image_dir / file_name).write_bytes(data)
         image_id = next_image + len(images)
@@ -143,3 +144,10 @@ def _write_copies(snapshot: Snapshot, dataset, *, split: str, copies: int, image
     if snapshot.task == "detection":
         return {"images": images_frame, "annotations": pl.DataFrame(boxes, schema=snapshot.annotations.schema)}
     return {"images": images_frame, "labels": pl.DataFrame(labels, schema=snapshot.labels.schema)}
+
+
+def _png_bytes(pixels: torch.Tensor) -> bytes:
+    """PNG bytes of ``uint8[3, H, W]`` (PIL: torchvision.io's encoders are deprecated since 0.29)."""
+    buffer = io.BytesIO()
+    Image.fromarray(pixels.permute(1, 2, 0).contiguous().numpy()).save(buffer, format="PNG")
+    return buffer.getvalue()

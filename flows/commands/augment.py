@@ -29,11 +29,14 @@ def augment(
 ) -> None:
     """Show what an augmentation config does to a snapshot: a preview grid and statistics."""
     setup_logging(verbose)
-    from cvcore.augment.stage import run_augment_stage  # heavy imports after option parsing
+    from cvcore.augment.presets import PRESETS  # heavy imports after option parsing
+    from cvcore.augment.stage import run_augment_stage
     from cvcore.config import AugmentConfig, RunConfig, load_config
 
     if preset is not None and config is not None:
         raise ValueError("give --preset or --config, not both")
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; presets are {', '.join(PRESETS)}")
     if (materialize > 0) != (out is not None):
         raise ValueError("--materialize N and --out NEW_SNAPSHOT go together")
     run = load_config(config) if config is not None else RunConfig()
@@ -68,5 +71,13 @@ def _frame_table(frame: pl.DataFrame, *, title: str) -> Table:
     for col in frame.columns:
         table.add_column(col, justify="left" if frame.schema[col] == pl.String else "right")
     for row in frame.iter_rows():
-        table.add_row(*("" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v) for v in row))
+        table.add_row(*(_cell(v) for v in row))
     return table
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.3f}".rstrip("0").rstrip(".")
+    return str(value)
