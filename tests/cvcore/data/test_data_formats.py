@@ -169,3 +169,49 @@ def test_write_coco_round_trips_through_pycocotools(three_forms, tmp_path):
     again = ingest(files.ground_truth, fmt="coco", out=tmp_path / "again", images=snap.image_root).snapshot
     assert again.annotations.equals(snap.annotations)
     assert again.categories.equals(snap.categories)
+
+
+def test_layout_variants_users_ship(tmp_path):
+    # VOC: a bare folder of XML files with the images elsewhere (--images).
+    xmls = tmp_path / "xmls"
+    xmls.mkdir()
+    png(tmp_path / "pics" / "a.png", 10, 10)
+    (xmls / "a.xml").write_text(
+        "<annotation><filename>a.png</filename><object><name>x</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>4</xmax><ymax>4</ymax></bndbox></object></annotation>"
+    )
+    voc = ingest(xmls, fmt="voc", out=tmp_path / "voc", images=tmp_path / "pics").snapshot
+    assert voc.images.select("file_name", "split").rows() == [("a.png", "train")]
+    assert voc.annotations.select("x1", "x2").rows() == [(0.0, 4.0)]
+
+    # VOCdevkit holding one year folder, trainval + test lists only.
+    year = tmp_path / "VOCdevkit" / "VOC2007"
+    (year / "Annotations").mkdir(parents=True)
+    (year / "ImageSets" / "Main").mkdir(parents=True)
+    for stem in ("p", "q"):
+        png(year / "JPEGImages" / f"{stem}.png", 10, 10)
+        (year / "Annotations" / f"{stem}.xml").write_text(f"<annotation><filename>{stem}.png</filename></annotation>")
+    (year / "ImageSets" / "Main" / "trainval.txt").write_text("p\n")
+    (year / "ImageSets" / "Main" / "test.txt").write_text("q\n")
+    devkit = read_voc(tmp_path / "VOCdevkit")
+    assert sorted(devkit.images.select("file_name", "split").rows()) == [("JPEGImages/p.png", "trainval"), ("JPEGImages/q.png", "test")]
+
+    # YOLO: split given as a .txt list of images, names as a list, `path:` pointing at the root.
+    yolo = tmp_path / "yolo"
+    png(yolo / "data" / "images" / "b.png", 10, 10)
+    (yolo / "data" / "labels").mkdir(parents=True)
+    (yolo / "data" / "labels" / "b.txt").write_text("0 0.5 0.5 0.2 0.4\n")
+    (yolo / "data" / "train.txt").write_text("./images/b.png\n")
+    (yolo / "data.yaml").write_text("path: data\ntrain: train.txt\nnames: [thing]\n")
+    raw = read_yolo(yolo)
+    assert raw.image_root == (yolo / "data").resolve()
+    assert raw.images.select("file_name", "split").rows() == [("images/b.png", "train")]
+    assert raw.annotations.select("x1", "y1", "x2", "y2").rows() == [(0.4, 0.3, 0.6, 0.7)]
+
+    # COCO as Roboflow exports it: <split>/_annotations.coco.json beside the images.
+    rf = tmp_path / "rf" / "valid"
+    png(rf / "c.png", 10, 10)
+    (rf / "_annotations.coco.json").write_text(
+        json.dumps({"images": [{"id": 0, "file_name": "c.png"}], "annotations": [], "categories": [{"id": 0, "name": "obj"}]})
+    )
+    coco = read_coco(rf / "_annotations.coco.json")
+    assert coco.images.select("file_name", "split").rows() == [("c.png", "val")]
