@@ -70,15 +70,19 @@ class NightlyParams(_Params):
 
 
 class DemoParams(_Params):
-    """The built-in demo: synthetic shapes, one detector and one classifier through train_pipeline."""
+    """The built-in demo: synthetic shapes, one detector and one classifier through train_pipeline.
+
+    Epochs left as None take the model's registry defaults (tuned for these datasets on CPU).
+    """
 
     detector: str = Field("yolov1", description="detection model (registered name)")
     classifier: str = Field("resnet18", description="classification model (registered name)")
-    detector_epochs: int = Field(12, ge=1)
-    classifier_epochs: int = Field(6, ge=1)
-    n_train: int = Field(240, ge=8, description="training images per dataset")
+    detector_epochs: int | None = Field(None, ge=1, description="None: the model's default")
+    classifier_epochs: int | None = Field(None, ge=1, description="None: the model's default")
+    detection_images: tuple[int, int, int] = Field((240, 60, 60), description="train / val / test images (128 px)")
+    classification_images: tuple[int, int, int] = Field((800, 200, 200), description="train / val / test images (32 px)")
     experiment: str = Field("cvflow-demo", description="MLflow experiment")
-    progress: bool = True
+    progress: bool = Field(True, description="training progress bars on the console")
 
 
 class PipelineResult(_Params):
@@ -118,3 +122,8 @@ class NightlyDecision(_Params):
     difference: float | None = None  # challenger - champion
     ci_low: float | None = None
     ci_high: float | None = None
+
+
+class DemoResult(_Params):
+    detector: PipelineResult
+    classifier: PipelineResult
