@@ -32,6 +32,8 @@ _COMMANDS: list[tuple[str, str, str]] = [
     ("promote", "promote", "promote"),
     ("runs", "runs", "runs"),
     ("ui", "ui", "ui"),
+    ("demo", "demo", "demo"),
+    ("evaluate", "evaluate", "evaluate"),
     ("compare", "compare", "compare"),
 ]
 
