@@ -21,7 +21,6 @@ import polars as pl
 import torch
 from PIL import Image, ImageOps
 from torchvision import tv_tensors
-from torchvision.io import ImageReadMode, decode_image
 
 from cvcore.data.snapshot import Snapshot
 
@@ -33,16 +32,14 @@ Transform = Callable[..., object]
 def load_image(path: str | Path) -> torch.Tensor:
     """Decode an image file to ``uint8[3, H, W]`` RGB, as displayed (EXIF orientation applied).
 
-    torchvision's decoder handles JPEG/PNG/WebP/GIF; other formats (BMP, TIFF) go through PIL.
-    Raises OSError/RuntimeError/ValueError for files that are not decodable images.
+    PIL decodes (torchvision.io's decoders are deprecated since 0.29 in favour of torchcodec, which
+    is not a dependency here; PIL uses libjpeg-turbo for JPEG as well). Raises OSError/ValueError
+    for files that are not decodable images (truncated, zero-byte, not an image).
     """
-    data = Path(path).read_bytes()
-    try:
-        return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB, apply_exif_orientation=True)
-    except RuntimeError:
-        with Image.open(path) as im:
-            arr = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
-        return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+    with Image.open(path) as im:
+        im.load()  # decode now, so a truncated file fails here and not later in a transform
+        arr = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
 
 
 class DetectionDataset(torch.utils.data.Dataset):
