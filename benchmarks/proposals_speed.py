@@ -2,13 +2,13 @@
 
     .venv/bin/python benchmarks/proposals_speed.py [--sizes 128:40,512:10] [--threads 1] [--json PATH]
 
-For each image size (``SIZE:N`` = N images of SIZE x SIZE px), generates the built-in shapes detection data at that size (objects scale
-with the image), then per method measures the wall time per image (median and mean over
-the N images, one call each, after one warm-up call; CPU time too, steadier on a
-shared machine), the proposals per image and the
-proposal recall at IoU 0.5 / 0.7 against the ground truth. Selective search is OpenCV's
-(opencv-contrib ximgproc), capped at 2,000 proposals as in the notes; ``--threads`` sets
-OpenCV's and torch's thread count (1 = one core, the fair per-image cost).
+For each image size (``SIZE:N`` = N images of SIZE x SIZE px), generates the built-in shapes
+detection data at that size (objects scale with the image), then per method measures the wall
+time per image (median and mean over the N images, one call each, after one warm-up call; CPU
+time too, steadier on a shared machine), the proposals per image and the proposal recall at
+IoU 0.5 / 0.7 against the ground truth. Selective search is OpenCV's (opencv-contrib ximgproc),
+capped at 2,000 proposals as in the notes; ``--threads`` sets OpenCV's and torch's thread count
+(1 = one core, the fair per-image cost).
 
 Prints a Markdown table; ``--json PATH`` also writes the numbers.
 """
