@@ -71,9 +71,9 @@ def classification_metrics(model: nn.Module, dataset: Dataset, *, settings: Vali
     p_true = probs[np.arange(len(probs)), joined.get_column("label").to_numpy()]
     return {
         "val/accuracy": float(rep.accuracy),
-        "val/macro_f1": float(_get(rep.macro, "f1")),
-        "val/macro_precision": float(_get(rep.macro, "precision")),
-        "val/macro_recall": float(_get(rep.macro, "recall")),
+        "val/macro_f1": float(rep.macro.f1),
+        "val/macro_precision": float(rep.macro.precision),
+        "val/macro_recall": float(rep.macro.recall),
         "val/loss": float(-np.log(np.clip(p_true, 1e-12, None)).mean()),
     }
 
@@ -111,7 +111,3 @@ def _collect(model: nn.Module, dataset: Dataset, *, task: Task, settings: Valida
     table = pa.Table.from_batches(list(batches), schema=schema.arrow_schema(TABLE[task]))
     return pl.from_arrow(table)
 
-
-def _get(obj, name: str) -> float:
-    """A field of a metrics summary that may be a dataclass or a mapping."""
-    return obj[name] if isinstance(obj, dict) else getattr(obj, name)

@@ -1,0 +1,57 @@
+"""Validation metrics: an oracle scores perfectly, so boxes survive resize → predict → map back."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from cvcore.config import EvalConfig
+from cvcore.data.torch_dataset import dataset_for
+from cvcore.engine.validate import ValidationSettings, selection_key, validate
+
+from engine_helpers import resize_transform
+
+
+class Oracle(nn.Module):
+    """Returns, image after image in dataset order, the ground truth as the eval transform left it
+    (boxes in the 32 px input's pixels), shifted by ``shift`` pixels, score 1."""
+
+    def __init__(self, dataset, shift: float = 0.0):
+        super().__init__()
+        self.targets = [dataset[i][1] for i in range(len(dataset))]
+        self.shift, self.calls = shift, 0
+
+    def forward(self, images):
+        out = []
+        for _ in images:
+            t = self.targets[self.calls]
+            self.calls += 1
+            boxes = t["boxes"].as_subclass(torch.Tensor) + self.shift
+            out.append({"boxes": boxes, "labels": t["labels"], "scores": torch.ones(len(boxes))})
+        return out
+
+
+def _settings() -> ValidationSettings:
+    return ValidationSettings(batch_size=3, num_workers=0, device=torch.device("cpu"), amp=False, eval=EvalConfig(protocol="coco"))
+
+
+def test_a_perfect_detector_scores_map_one(shapes_detection):
+    ds = dataset_for(shapes_detection, "val", resize_transform(32))  # 64 px images seen at 32 px
+    metrics = validate(Oracle(ds), ds, task="detection", settings=_settings())
+    assert metrics["val/map_50"] == pytest.approx(1.0)
+    assert metrics["val/map"] == pytest.approx(1.0)
+
+
+def test_boxes_off_by_a_few_pixels_lose_ap_at_strict_iou(shapes_detection):
+    ds = dataset_for(shapes_detection, "val", resize_transform(32))
+    metrics = validate(Oracle(ds, shift=2.0), ds, task="detection", settings=_settings())  # 4 px in the originals
+    assert metrics["val/map_75"] < metrics["val/map_50"] <= 1.0
+
+
+def test_epochs_rank_by_accuracy_then_macro_f1():
+    a = {"val/accuracy": 0.9, "val/macro_f1": 0.8}
+    b = {"val/accuracy": 0.9, "val/macro_f1": 0.85}
+    c = {"val/accuracy": float("nan"), "val/macro_f1": 1.0}
+    assert selection_key(b, "classification") > selection_key(a, "classification") > selection_key(c, "classification")
+    assert selection_key({"val/map_50": 0.4}, "detection") == (0.4,)
