@@ -47,7 +47,7 @@ from torchvision.ops import box_iou
 
 from cvcore import schema
 from cvcore.data.snapshot import Snapshot
-from cvcore.models.proposals import ProposalRecall
+from cvcore.models.proposals import ProposalRecall, dataset_proposal_recall
 
 log = logging.getLogger(__name__)
 
@@ -283,22 +283,8 @@ def score_run(
 def external_proposal_recall(model: nn.Module, dataset) -> ProposalRecall | None:
     """Recall at IoU 0.5 / 0.7 of a model's own proposals (``model.proposals(image)``, R-CNN and
     Fast R-CNN) on ``dataset``'s images, in the model's input pixels; None for other models."""
-    from cvcore.engine.infer import as_float_image
-    from cvcore.models.proposals import proposal_recall
-
     propose = getattr(model, "proposals", None)
-    if not callable(propose):
-        return None
-    props, gt = [], []
-    with torch.inference_mode():
-        for index in range(len(dataset)):
-            sample = dataset[index]
-            if sample is None:
-                continue
-            image, target = sample
-            props.append(propose(as_float_image(image)).cpu())
-            gt.append(torch.as_tensor(target["boxes"]).as_subclass(torch.Tensor).reshape(-1, 4))
-    return proposal_recall(props, gt, iou=(0.5, 0.7))
+    return dataset_proposal_recall(propose, dataset) if callable(propose) else None
 
 
 def empty_proposal_caches(model: nn.Module) -> None:

@@ -229,6 +229,30 @@ def proposal_recall(
     return ProposalRecall(recall=recall, num_gt=n, num_images=len(proposals), proposals_per_image=per_image)
 
 
+def dataset_proposal_recall(
+    propose: Callable[[torch.Tensor], torch.Tensor], dataset, *, iou: Sequence[float] = (0.5, 0.7)
+) -> ProposalRecall:
+    """:func:`proposal_recall` of ``propose(image)`` over a detection dataset.
+
+    ``dataset[i]`` is ``(image [3, H, W] uint8 or float in [0, 1], target with "boxes")`` (a
+    cvcore.data.torch_dataset.DetectionDataset, transformed or not) or None (skipped); boxes and
+    proposals are compared in that image's pixels. Run it after inference and a model's
+    proposal cache makes it nearly free.
+    """
+    props, gt = [], []
+    with torch.inference_mode():
+        for index in range(len(dataset)):
+            sample = dataset[index]
+            if sample is None:
+                continue
+            image, target = sample
+            image = torch.as_tensor(image).as_subclass(torch.Tensor)
+            image = image.float() / 255 if image.dtype == torch.uint8 else image.float()
+            props.append(propose(image).cpu())
+            gt.append(torch.as_tensor(target["boxes"]).as_subclass(torch.Tensor).reshape(-1, 4))
+    return proposal_recall(props, gt, iou=iou)
+
+
 def image_key(image: torch.Tensor, *extra: torch.Tensor) -> str:
     """A content digest of an image tensor (and optional extra tensors, e.g. its boxes).
 

@@ -10,6 +10,7 @@ import torch
 
 from cvcore.models.proposals import (
     TensorCache,
+    dataset_proposal_recall,
     image_key,
     proposal_recall,
     selective_search,
@@ -156,3 +157,21 @@ def test_tensor_cache_recomputes_a_corrupt_entry_and_evicts_from_memory(tmp_path
     again = cache.get_or_compute("k1", lambda: {"x": torch.full((1,), 7.0)})
     assert again["x"].item() == 7.0 and cache.misses == 3
     assert np.isclose(TensorCache(tmp_path).get_or_compute("k1", lambda: {"x": torch.zeros(1)})["x"].item(), 7.0)
+
+
+def test_dataset_proposal_recall_over_a_detection_dataset(shapes_detection):
+    from cvcore.data.torch_dataset import DetectionDataset
+
+    ds = DetectionDataset(shapes_detection, "val")
+    seen = []
+
+    def propose(image):
+        seen.append(image.dtype)
+        return torch.tensor([[0.0, 0.0, 64.0, 64.0]])  # the whole image: finds only huge objects
+
+    rec = dataset_proposal_recall(propose, ds)
+    assert rec.num_images == len(ds) and seen == [torch.float32] * len(ds)
+    n_objects = sum(len(ds.targets[i][0]) for i in range(len(ds)))
+    assert rec.num_gt == n_objects and rec.recall[0.5] < 0.5
+    nothing = dataset_proposal_recall(lambda image: torch.zeros(0, 4), ds)
+    assert nothing.recall == {0.5: 0.0, 0.7: 0.0}
