@@ -24,7 +24,8 @@ from torchvision.ops import box_area
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from cvcore.augment.seeding import sample_rng, torch_seeded
+from cvcore.augment.seeding import one_thread, sample_rng, torch_seeded
+from cvcore.config import AugmentConfig
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +167,12 @@ class MosaicDataset(torch.utils.data.Dataset):
         self.enabled = True
         self.on_mosaic: Callable[[Mosaic], None] | None = None
 
+    @classmethod
+    def from_config(cls, dataset, config: AugmentConfig, *, img_size: int) -> "MosaicDataset":
+        """Mosaic with the config's ``mosaic_p``, ``mosaic_scale``, ``min_box_size`` and ``seed``."""
+        return cls(dataset, p=config.mosaic_p, img_size=img_size, seed=config.seed, scale=config.mosaic_scale,
+                   min_size=config.min_box_size)
+
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
@@ -174,7 +181,7 @@ class MosaicDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int):
         rng = sample_rng(self.seed, self.epoch, index)
-        with torch_seeded(int(rng.integers(2**63))):
+        with torch_seeded(int(rng.integers(2**63))), one_thread():
             use_mosaic = self.enabled and self.p > 0 and rng.random() < self.p
             sample = self._mosaic(index, rng) if use_mosaic else self.dataset.raw(index)
             if sample is None or self.dataset.transforms is None:

@@ -7,7 +7,8 @@ dataset in :class:`SeededDataset` (or using :class:`cvcore.augment.mosaic.Mosaic
 does the same) reseeds the generator for each sample from ``(seed, epoch, index)``, so the
 samples are the same with 0, 2 or 8 workers and in any order. The caller's generator state is
 restored afterwards (``torch.random.fork_rng``), so training randomness (dropout, shuffling)
-is not disturbed when the dataset runs in the main process.
+is not disturbed when the dataset runs in the main process. Samples are also made on one
+intra-op thread (:func:`one_thread`), as they are in DataLoader workers.
 """
 
 from __future__ import annotations
@@ -36,6 +37,27 @@ def torch_seeded(seed: int) -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run the block on one intra-op thread, then restore the thread count.
+
+    Per-sample transforms on small images gain nothing from intra-op threads and lose a lot to
+    their synchronisation when cores are busy (measured 15x slower with 2 threads on a loaded
+    2-core machine, benchmarks/RESULTS.md). DataLoader workers already run on one thread; this
+    gives ``num_workers=0`` the same. The count is process-wide: a model running in another
+    Python thread at the same moment would briefly get one thread too (slower, not wrong).
+    """
+    before = torch.get_num_threads()
+    if before == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 class SeededDataset(torch.utils.data.Dataset):
     """``dataset[index]`` with torch's generator seeded from ``(seed, epoch, index)``.
 
@@ -57,5 +79,5 @@ class SeededDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int):
         rng = sample_rng(self.seed, self.epoch, index)
-        with torch_seeded(int(rng.integers(2**63))):
+        with torch_seeded(int(rng.integers(2**63))), one_thread():
             return self.dataset[index]

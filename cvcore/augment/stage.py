@@ -15,7 +15,6 @@ classification), and reports:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import sys
@@ -31,7 +30,7 @@ from cvcore.augment.mixing import BatchMixer
 from cvcore.augment.mosaic import Mosaic, MosaicDataset
 from cvcore.augment.pipelines import build_eval_transforms, build_train_transforms, describe_pipeline, train_steps
 from cvcore.augment.preview import render_classification, render_detection, write_grid
-from cvcore.augment.seeding import SeededDataset
+from cvcore.augment.seeding import SeededDataset, one_thread
 from cvcore.augment.stats import AugmentStats, TracedPipeline, class_counts, label_distribution, step_row
 from cvcore.config import AugmentConfig, DataConfig
 from cvcore.data.snapshot import Snapshot, SnapshotError, read_snapshot
@@ -70,7 +69,7 @@ def run_augment_stage(
     if n_preview < 1 or n_stats < 1:
         raise ValueError(f"n_preview and n_stats must be at least 1, got {n_preview} and {n_stats}")
     run = _detection if snap.task == "detection" else _classification
-    with _one_thread():
+    with one_thread():  # the whole stage is per-sample work (preview drawing included)
         stats = run(snap, config, preview_path=Path(preview_path), split=split, n_preview=n_preview, n_stats=n_stats,
                     img_size=img_size, batch_size=batch_size)
         if materialize:
@@ -83,32 +82,18 @@ def run_augment_stage(
     return stats
 
 
-@contextlib.contextmanager
-def _one_thread():
-    """Per-sample transforms on small images run fastest on one thread (as in DataLoader workers);
-    intra-op threads only add synchronisation, and on a busy machine cost ~10x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _train_dataset(snap: Snapshot, config: AugmentConfig, *, split: str, img_size: int):
     """The seeded train dataset of ``split``, as training builds it (plain pipeline, no tracing)."""
     transforms = build_train_transforms(config, task=snap.task, img_size=img_size)
     if snap.task == "detection":
-        return MosaicDataset(DetectionDataset(snap, split, transforms), p=config.mosaic_p, img_size=img_size, seed=config.seed,
-                             scale=config.mosaic_scale, min_size=config.min_box_size)
+        return MosaicDataset.from_config(DetectionDataset(snap, split, transforms), config, img_size=img_size)
     return SeededDataset(ClassificationDataset(snap, split, transforms), seed=config.seed)
 
 
 def _detection(snap, config, *, preview_path, split, n_preview, n_stats, img_size, batch_size) -> AugmentStats:
     traced = TracedPipeline(train_steps(config, task="detection", img_size=img_size), min_size=config.min_box_size)
     base = DetectionDataset(snap, split, traced)
-    ds = MosaicDataset(base, p=config.mosaic_p, img_size=img_size, seed=config.seed, scale=config.mosaic_scale,
-                       min_size=config.min_box_size)
+    ds = MosaicDataset.from_config(base, config, img_size=img_size)
     mosaic_counts = np.zeros(3, dtype=np.int64)  # mosaics, boxes in, boxes out
 
     def count(m: Mosaic) -> None:

@@ -136,3 +136,9 @@ def test_mosaic_probability_is_respected(shapes_detection):
     for i in range(len(ds)):
         ds[i]
     assert 0.2 * len(ds) <= len(built) <= 0.8 * len(ds)  # 24 draws at p=0.5 (seeded, so fixed)
+
+
+def test_from_config_takes_the_mosaic_fields(shapes_detection):
+    config = AugmentConfig(mosaic_p=0.25, mosaic_scale=(0.4, 0.6), min_box_size=3.0, seed=4)
+    ds = MosaicDataset.from_config(DetectionDataset(shapes_detection, "train"), config, img_size=64)
+    assert (ds.p, ds.scale, ds.min_size, ds.seed, ds.img_size) == (0.25, (0.4, 0.6), 3.0, 4, 64)

@@ -67,3 +67,16 @@ def test_torch_seeded_restores_the_generator():
     assert torch.equal(torch.get_rng_state(), state)
     with torch_seeded(42):
         assert torch.equal(torch.rand(3), a)
+
+
+def test_one_thread_restores_the_thread_count():
+    from cvcore.augment.seeding import one_thread
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with one_thread():
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
