@@ -123,8 +123,8 @@ def true_positive_events(plan: EventPlan, *, image_weights: np.ndarray | None = 
         n_pos = np.bincount(plan.gt_cat, weights=image_weights[plan.gt_img], minlength=K).astype(np.int64)
     k = plan.segment % K
     tp_step = w * plan.is_tp
-    cum_tp = _segmented_cumsum(plan.segment, tp_step)
-    cum_matched_countable = _segmented_cumsum(plan.segment, w * plan.is_countable)
+    cum_tp = segmented_cumsum(plan.segment, tp_step)
+    cum_matched_countable = segmented_cumsum(plan.segment, w * plan.is_countable)
     fp = (upto_event - upto_category[k]) - cum_matched_countable
     event = tp_step > 0
     return Events(
@@ -139,7 +139,7 @@ def true_positive_events(plan: EventPlan, *, image_weights: np.ndarray | None = 
     )
 
 
-def _segmented_cumsum(segment: np.ndarray, values: np.ndarray) -> np.ndarray:
+def segmented_cumsum(segment: np.ndarray, values: np.ndarray) -> np.ndarray:
     """Cumulative sum of int ``values`` restarting at each new value of the sorted ``segment``."""
     cum = np.cumsum(values, dtype=np.int64)
     if cum.size == 0:

@@ -18,6 +18,7 @@ steps is the largest number of overlapping detections in one group, not the numb
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 
@@ -33,6 +34,7 @@ COCO_AREA_NAMES = ("all", "small", "medium", "large")
 COCO_MAX_DETS = (1, 10, 100)
 
 VOC_IOU_THRESHOLD = 0.5
+MAX_CANDIDATES = 250_000  # candidate pairs greedily matched at once (x 10 thresholds per area range)
 NO_LIMIT = np.iinfo(np.int64).max
 
 
@@ -63,7 +65,6 @@ class Matches:
 def match_coco(inputs: DetectionInputs, *, max_det: int = COCO_MAX_DETS[-1]) -> Matches:
     """pycocotools' evaluateImg() matching for all IoU thresholds and area ranges at once."""
     thresholds = COCO_IOU_THRESHOLDS
-    T, A = thresholds.size, len(COCO_AREA_RANGES)
     lo, hi = COCO_AREA_RANGES[:, :1], COCO_AREA_RANGES[:, 1:]
     w = inputs.dt_box[:, 2] - inputs.dt_box[:, 0]
     h = inputs.dt_box[:, 3] - inputs.dt_box[:, 1]
@@ -72,23 +73,22 @@ def match_coco(inputs: DetectionInputs, *, max_det: int = COCO_MAX_DETS[-1]) -> 
     gt_regular = ~inputs.gt_crowd & (inputs.gt_area >= lo) & (inputs.gt_area <= hi)
 
     K = inputs.num_categories
+    dt_key = inputs.dt_img * K + inputs.dt_cat
     kept = np.flatnonzero(inputs.dt_rank < max_det)
-    dt_key = inputs.dt_img[kept] * K + inputs.dt_cat[kept]
-    gt_key = inputs.gt_img * K + inputs.gt_cat
-    found: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
-    for chunk in iter_pairs(dt_key, gt_key):
+    found = []  # candidate pairs: only these are kept, all other pairs are dropped chunk by chunk
+    for chunk in iter_pairs(dt_key[kept], inputs.gt_img * K + inputs.gt_cat):
         d, g = kept[chunk.det], chunk.gt
         iou = coco_box_iou(inputs.dt_box[d], inputs.gt_box[g], inputs.gt_crowd[g])
         ok = iou >= thresholds[0]
-        if ok.any():
-            found.append(_greedy(d[ok], g[ok], iou[ok], inputs, gt_regular, thresholds))
-    return Matches(
-        iou_thresholds=thresholds,
-        dt_in_range=dt_in_range,
-        gt_regular=gt_regular,
-        **_combine(found),
-        max_det=max_det,
-    )
+        found.append((d[ok], g[ok], iou[ok]))
+    d, g, iou = (np.concatenate(parts) for parts in zip(*found)) if found else (np.zeros(0, dtype=np.int64),) * 3
+    # group the candidates by (image, category), detections in rank order inside a group
+    order = np.lexsort((d, dt_key[d]))
+    d, g, iou = d[order], g[order], iou[order]
+    out = _Bits(inputs.dt_score.size)
+    for start, stop in _group_chunks(dt_key[d], MAX_CANDIDATES):
+        _greedy(d[start:stop], g[start:stop], iou[start:stop], dt_key[d[start:stop]], inputs.gt_crowd, gt_regular, out)
+    return Matches(iou_thresholds=thresholds, dt_in_range=dt_in_range, gt_regular=gt_regular, **out.sparse(), max_det=max_det)
 
 
 def coco_box_iou(dt: np.ndarray, gt: np.ndarray, crowd: np.ndarray) -> np.ndarray:
@@ -103,84 +103,99 @@ def coco_box_iou(dt: np.ndarray, gt: np.ndarray, crowd: np.ndarray) -> np.ndarra
     iw = np.minimum(dw + dt[:, 0], gw + gt[:, 0]) - np.maximum(dt[:, 0], gt[:, 0])
     ih = np.minimum(dh + dt[:, 1], gh + gt[:, 1]) - np.maximum(dt[:, 1], gt[:, 1])
     inter = iw * ih
-    da, ga = dw * dh, gw * gh
-    union = np.where(crowd, da, ga + da - inter)
+    da = dw * dh
+    union = np.where(crowd, da, gw * gh + da - inter)
     overlap = (iw > 0) & (ih > 0)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(overlap, inter / np.where(overlap, union, 1.0), 0.0)
 
 
-def _greedy(
-    d: np.ndarray, g: np.ndarray, iou: np.ndarray, inputs: DetectionInputs, gt_regular: np.ndarray, thresholds: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Greedy matching of one chunk's candidate pairs (IoU >= the lowest threshold).
+class _Bits:
+    """Per-detection accumulators of the match bits (dense while matching, sparse at the end).
 
-    Returns (detection, matched bit, ignored bit, ground truth if bit 0 else -1) per matched
-    (detection, area, threshold).
+    Each (detection, combination) matches at most once, so adding ``2.0 ** c`` sets bit c; the
+    sums stay below 2**40, exact in float64.
     """
+
+    def __init__(self, n: int):
+        self.matched = np.zeros(n)
+        self.ignored = np.zeros(n)
+        self.gt_first = np.full(n, -1, dtype=np.int64)
+
+    def add(self, det: np.ndarray, combo: np.ndarray, gt: np.ndarray, ignored: np.ndarray) -> None:
+        bit = np.ldexp(1.0, combo)
+        np.add.at(self.matched, det, bit)
+        np.add.at(self.ignored, det[ignored], bit[ignored])
+        first = combo == 0
+        self.gt_first[det[first]] = gt[first]
+
+    def sparse(self) -> dict[str, np.ndarray]:
+        pos = np.flatnonzero(self.matched)
+        return {
+            "pos": pos,
+            "matched": self.matched[pos].astype(np.uint64),
+            "ignored": self.ignored[pos].astype(np.uint64),
+            "gt_first": self.gt_first[pos],
+        }
+
+
+def _group_chunks(keys: np.ndarray, budget: int) -> Iterator[tuple[int, int]]:
+    """[start, stop) ranges of the sorted ``keys`` holding whole groups, about ``budget`` rows each."""
+    if keys.size == 0:
+        return
+    bounds = np.append(np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]), keys.size)
+    i, n_groups = 0, bounds.size - 1
+    while i < n_groups:
+        j = int(np.searchsorted(bounds, bounds[i] + budget, side="right")) - 1
+        j = min(max(j, i + 1), n_groups)
+        yield int(bounds[i]), int(bounds[j])
+        i = j
+
+
+def _greedy(
+    d: np.ndarray, g: np.ndarray, iou: np.ndarray, key: np.ndarray, gt_crowd: np.ndarray, gt_regular: np.ndarray, out: _Bits
+) -> None:
+    """Greedy matching of candidate pairs (IoU >= the lowest threshold) of whole (image, category) groups.
+
+    Pairs are grouped by ``key`` with detections in rank order; a detection's pairs are adjacent.
+    """
+    thresholds = COCO_IOU_THRESHOLDS
     T = thresholds.size
-    K = inputs.num_categories
-    key = inputs.dt_img[d] * K + inputs.dt_cat[d]
     ordinal = np.cumsum(np.r_[True, d[1:] != d[:-1]]) - 1  # candidate detection number
     group_first = np.maximum.accumulate(np.where(np.r_[True, key[1:] != key[:-1]], ordinal, 0))
     step = ordinal - group_first  # the detection's turn inside its (image, category)
+    if step.max() < np.iinfo(np.int16).max:
+        step = step.astype(np.int16)  # NumPy's stable sort is a linear radix sort for 16-bit keys
     n_det = int(ordinal[-1]) + 1
     gt_local, g_code = np.unique(g, return_inverse=True)
-    crowd = inputs.gt_crowd[g]
-
-    steps, cds, gks, crowds, pair, combo = [], [], [], [], [], []
-    for a in range(gt_regular.shape[0]):
+    crowd = gt_crowd[g]
+    for a in range(gt_regular.shape[0]):  # one area range at a time bounds the replicated rows
         ignored = ~gt_regular[a, g]
         # a detection's preference: non-ignored first, then higher IoU, then the later ground truth
         order = np.lexsort((-g, -iou, ignored, ordinal))
-        for t in range(T):
-            sel = order[iou[order] >= thresholds[t]]
-            c = a * T + t
-            steps.append(step[sel])
-            cds.append(c * n_det + ordinal[sel])
-            gks.append(c * gt_local.size + g_code[sel])
-            crowds.append(crowd[sel])
-            pair.append(sel)
-            combo.append(np.full(sel.size, c, dtype=np.int64))
-    step_all = np.concatenate(steps)
-    by_step = np.argsort(step_all, kind="stable")  # keeps (combo, detection, preference) order
-    cd, gk, cr = np.concatenate(cds)[by_step], np.concatenate(gks)[by_step], np.concatenate(crowds)[by_step]
-    bounds = np.searchsorted(step_all[by_step], np.arange(int(step_all.max()) + 2))
-
-    taken = np.zeros(gt_regular.shape[0] * T * gt_local.size, dtype=bool)
-    won: list[np.ndarray] = []
-    for s in range(bounds.size - 1):
-        lo, hi = bounds[s], bounds[s + 1]
-        free = np.flatnonzero(cr[lo:hi] | ~taken[gk[lo:hi]])
-        if free.size == 0:
-            continue
-        first = free[np.r_[True, np.diff(cd[lo:hi][free]) != 0]]  # best free choice per (combo, detection)
-        taken[gk[lo:hi][first]] = True
-        won.append(lo + first)
-    rows = by_step[np.concatenate(won)] if won else np.zeros(0, dtype=np.int64)
-    p, c = np.concatenate(pair)[rows], np.concatenate(combo)[rows]
-    bit = np.left_shift(np.uint64(1), c.astype(np.uint64))
-    ign = ~gt_regular[c // T, g[p]]
-    return d[p], bit, np.where(ign, bit, np.uint64(0)), np.where(c == 0, g[p], -1)
-
-
-def _combine(found: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
-    """OR together the bits of each detection, over chunks and combinations."""
-    found = [f for f in found if f[0].size]
-    if not found:
-        empty = np.zeros(0, dtype=np.uint64)
-        none = np.zeros(0, dtype=np.int64)
-        return {"pos": none, "matched": empty, "ignored": empty, "gt_first": none}
-    det = np.concatenate([f[0] for f in found])
-    order = np.argsort(det, kind="stable")
-    det = det[order]
-    starts = np.flatnonzero(np.r_[True, det[1:] != det[:-1]])
-    return {
-        "pos": det[starts],
-        "matched": np.bitwise_or.reduceat(np.concatenate([f[1] for f in found])[order], starts),
-        "ignored": np.bitwise_or.reduceat(np.concatenate([f[2] for f in found])[order], starts),
-        "gt_first": np.maximum.reduceat(np.concatenate([f[3] for f in found])[order], starts),
-    }
+        rows = [order[iou[order] >= thresholds[t]] for t in range(T)]
+        pair = np.concatenate(rows)
+        t_of = np.repeat(np.arange(T), [r.size for r in rows])
+        by_step = np.argsort(step[pair], kind="stable")  # keeps (threshold, detection, preference) order
+        pair, t_of = pair[by_step], t_of[by_step]
+        chooser = t_of * n_det + ordinal[pair]
+        slot = t_of * gt_local.size + g_code[pair]
+        free_always = crowd[pair]
+        bounds = np.searchsorted(step[pair], np.arange(int(step.max()) + 2))
+        taken = np.zeros(T * gt_local.size, dtype=bool)
+        won = []
+        for s in range(bounds.size - 1):
+            lo, hi = bounds[s], bounds[s + 1]
+            free = np.flatnonzero(free_always[lo:hi] | ~taken[slot[lo:hi]])
+            if free.size == 0:
+                continue
+            first = free[np.r_[True, np.diff(chooser[lo:hi][free]) != 0]]  # best free box per (threshold, detection)
+            taken[slot[lo:hi][first]] = True
+            won.append(lo + first)
+        if won:
+            rows_won = np.concatenate(won)
+            p, t = pair[rows_won], t_of[rows_won]
+            out.add(d[p], a * T + t, g[p], ignored[p])
 
 
 def match_voc(inputs: DetectionInputs) -> Matches:

@@ -1,8 +1,10 @@
 """Candidate (detection, ground truth) pairs that share a key, generated in bounded chunks.
 
 The key is ``image * K + category`` for matching, or the image alone for the error analysis.
-Pairs are produced chunk by chunk, each chunk holding whole key groups, so that memory is
-bounded by ``max_pairs`` plus what the caller keeps (only the pairs that overlap enough).
+Detections are taken in their given order, a contiguous range of them per chunk, so nothing is
+sorted but the (much smaller) ground truth; each chunk holds at most ``max_pairs`` pairs (a
+detection with more pairs than that gets a chunk of its own). Callers keep only the pairs that
+overlap enough, so memory is bounded by ``max_pairs`` plus those candidates.
 """
 
 from __future__ import annotations
@@ -12,15 +14,16 @@ from typing import Iterator
 
 import numpy as np
 
-MAX_PAIRS = 4_000_000  # pairs held at once: ~200 MB of temporaries in the callers
+MAX_PAIRS = 1_000_000  # pairs held at once: ~100 MB of temporaries in the callers
+DENSE_KEYS = 1 << 25  # up to this many possible keys, look groups up in a table, not by bisection
 
 
 @dataclass(frozen=True)
 class PairChunk:
     """Pairs of one chunk: ``det[i]`` and ``gt[i]`` share a key.
 
-    Detections appear grouped by key, in their input order inside a group; the pairs of one
-    detection are consecutive, with ground truth in input row order.
+    The pairs of one detection are consecutive, with ground truth in input row order, and
+    detections come in their given order.
     """
 
     det: np.ndarray  # int64 [P] detection index
@@ -28,41 +31,36 @@ class PairChunk:
 
 
 def iter_pairs(dt_key: np.ndarray, gt_key: np.ndarray, *, max_pairs: int = MAX_PAIRS) -> Iterator[PairChunk]:
-    """All (detection, ground truth) pairs with equal keys, in chunks of whole key groups."""
+    """All (detection, ground truth) pairs with equal non-negative int keys, chunk by chunk."""
     if dt_key.size == 0 or gt_key.size == 0:
         return
-    dt_order = np.argsort(dt_key, kind="stable")
     gt_order = np.argsort(gt_key, kind="stable")
-    dk = dt_key[dt_order]
-    gk = gt_key[gt_order]
-    lo = np.searchsorted(gk, dk, side="left")
-    n = np.searchsorted(gk, dk, side="right") - lo
-    has = n > 0
-    dt_order, dk, lo, n = dt_order[has], dk[has], lo[has], n[has]
-    if n.size == 0:
-        return
-    for start, stop in _chunks(dk, n, max_pairs):
+    lo, n = _groups(gt_key[gt_order], dt_key)
+    dets = np.flatnonzero(n)
+    lo, n = lo[dets], n[dets]
+    cum = np.cumsum(n)
+    start = 0
+    while start < dets.size:
+        before = cum[start - 1] if start else 0
+        stop = max(int(np.searchsorted(cum, before + max_pairs, side="right")), start + 1)
         counts = n[start:stop]
-        total = int(counts.sum())
         first = np.cumsum(counts) - counts  # where each detection's pairs begin
-        within = np.arange(total, dtype=np.int64) - np.repeat(first, counts)
-        det = np.repeat(dt_order[start:stop], counts)
-        gt = gt_order[np.repeat(lo[start:stop], counts) + within]
-        yield PairChunk(det=det, gt=gt)
+        within = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(first, counts)
+        yield PairChunk(
+            det=np.repeat(dets[start:stop], counts),
+            gt=gt_order[np.repeat(lo[start:stop], counts) + within],
+        )
+        start = stop
 
 
-def _chunks(keys: np.ndarray, counts: np.ndarray, max_pairs: int) -> Iterator[tuple[int, int]]:
-    """Split sorted ``keys`` into [start, stop) ranges of whole key groups, ~``max_pairs`` pairs each.
-
-    A single group larger than ``max_pairs`` gets a chunk of its own.
-    """
-    group_starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
-    cum = np.concatenate([[0], np.cumsum(counts)])
-    bounds = np.append(cum[group_starts], cum[-1])  # pairs before each group, then the total
-    g = 0
-    while g < group_starts.size:
-        h = int(np.searchsorted(bounds, bounds[g] + max_pairs, side="right")) - 1
-        h = min(max(h, g + 1), group_starts.size)
-        stop = int(group_starts[h]) if h < group_starts.size else keys.size
-        yield int(group_starts[g]), stop
-        g = h
+def _groups(sorted_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each of ``keys``: where its group starts in ``sorted_keys`` and how many it holds."""
+    top = int(sorted_keys[-1]) + 1
+    if top <= DENSE_KEYS:  # a table lookup per detection instead of two bisections
+        counts = np.bincount(sorted_keys, minlength=top)
+        starts = np.cumsum(counts) - counts
+        inside = keys < top
+        safe = np.where(inside, keys, 0)
+        return starts[safe], np.where(inside, counts[safe], 0)
+    lo = np.searchsorted(sorted_keys, keys, side="left")
+    return lo, np.searchsorted(sorted_keys, keys, side="right") - lo

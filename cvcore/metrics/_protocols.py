@@ -76,8 +76,9 @@ def curves(
     interp = interpolate(ev, env, recall_thresholds)
     T, K, R = ev.num_thresholds, ev.num_categories, recall_thresholds.size
     precision = interp.precision.reshape(T, K, R).transpose(0, 2, 1).copy()
-    src = interp.event
-    score = np.where(src >= 0, inputs.dt_score[ev.det[np.maximum(src, 0)]] if ev.det.size else 0.0, 0.0)
+    score = np.zeros(T * K * R)
+    reached = interp.event.ravel() >= 0
+    score[reached] = inputs.dt_score[ev.det[interp.event.ravel()[reached]]]
     score = score.reshape(T, K, R).transpose(0, 2, 1).copy()
     # pycocotools reports the top detection's score at recall 0 (its lookup index 0)
     starts = inputs.category_starts

@@ -30,7 +30,7 @@ import polars as pl
 from cvcore.metrics._inputs import Frame, load_detection_inputs
 from cvcore.metrics._accumulate import plan_events
 from cvcore.metrics._protocols import check_protocol, match, max_det, mean_ap, plan_ap
-from cvcore.metrics.classification import ArrayLike, _labels, confusion_matrix, macro_f1
+from cvcore.metrics.classification import ArrayLike, check_labels, confusion_matrix, macro_f1
 
 
 @dataclass(frozen=True)
@@ -135,7 +135,7 @@ def bootstrap_macro_f1(
 ) -> BootstrapInterval:
     """Macro-F1 (over all ``num_classes``, as classification_report) with a percentile interval."""
     _check(n_boot, confidence)
-    t, p = _labels(y_true, "y_true", num_classes), _labels(y_pred, "y_pred", num_classes)
+    t, p = check_labels(y_true, "y_true", num_classes), check_labels(y_pred, "y_pred", num_classes)
     _same_length(t, p, "y_pred")
     estimate = float(macro_f1(confusion_matrix(t, p, num_classes=num_classes)))
     samples = _macro_f1_samples(t, p, num_classes, image_weights(t.size, n_boot=n_boot, seed=seed))
@@ -154,9 +154,9 @@ def compare_classifications(
 ) -> PairedComparison:
     """Paired bootstrap of macro-F1(candidate) - macro-F1(baseline) on the same samples."""
     _check(n_boot, confidence)
-    t = _labels(y_true, "y_true", num_classes)
-    b = _labels(baseline_pred, "baseline_pred", num_classes)
-    c = _labels(candidate_pred, "candidate_pred", num_classes)
+    t = check_labels(y_true, "y_true", num_classes)
+    b = check_labels(baseline_pred, "baseline_pred", num_classes)
+    c = check_labels(candidate_pred, "candidate_pred", num_classes)
     _same_length(t, b, "baseline_pred")
     _same_length(t, c, "candidate_pred")
     base = float(macro_f1(confusion_matrix(t, b, num_classes=num_classes)))

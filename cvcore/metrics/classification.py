@@ -56,8 +56,8 @@ def classification_report(y_true: ArrayLike, y_pred: ArrayLike, *, num_classes: 
     ``y_true``, ``y_pred``: int [N] class indices in ``0..num_classes-1`` (arrays, lists or
     polars Series). Raises ValueError naming the input and the first bad position.
     """
-    t = _labels(y_true, "y_true", num_classes)
-    p = _labels(y_pred, "y_pred", num_classes)
+    t = check_labels(y_true, "y_true", num_classes)
+    p = check_labels(y_pred, "y_pred", num_classes)
     if t.size != p.size:
         raise ValueError(f"y_true has {t.size} labels but y_pred has {p.size}")
     if t.size == 0:
@@ -131,7 +131,7 @@ def top_k_accuracy(y_true: ArrayLike, scores: np.ndarray, *, k: int) -> float:
     scores = np.asarray(scores)
     if scores.ndim != 2:
         raise ValueError(f"scores: expected shape [N, K], got {scores.shape}")
-    t = _labels(y_true, "y_true", scores.shape[1])
+    t = check_labels(y_true, "y_true", scores.shape[1])
     if t.size != scores.shape[0]:
         raise ValueError(f"y_true has {t.size} labels but scores has {scores.shape[0]} rows")
     if not 1 <= k:
@@ -140,7 +140,8 @@ def top_k_accuracy(y_true: ArrayLike, scores: np.ndarray, *, k: int) -> float:
     return float((top == t[:, None]).any(axis=1).mean())
 
 
-def _labels(values: ArrayLike, name: str, num_classes: int) -> np.ndarray:
+def check_labels(values: ArrayLike, name: str, num_classes: int) -> np.ndarray:
+    """``values`` as int64 [N] class indices in ``0..num_classes-1``; ValueError naming ``name`` otherwise."""
     arr = values.to_numpy() if isinstance(values, pl.Series) else np.asarray(values)
     if arr.ndim != 1:
         raise ValueError(f"{name}: expected a 1-d array of class indices, got shape {arr.shape}")

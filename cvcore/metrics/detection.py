@@ -14,16 +14,15 @@ IMAGES layouts; nothing here prints, plots or writes.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import numpy as np
 import polars as pl
 
-from cvcore.metrics._accumulate import _segmented_cumsum
+from cvcore.metrics._accumulate import segmented_cumsum
 from cvcore.metrics._inputs import DetectionInputs, Frame, load_detection_inputs
 from cvcore.metrics._matching import (
-    COCO_AREA_NAMES,
     COCO_IOU_THRESHOLDS,
     COCO_MAX_DETS,
     COCO_RECALL_THRESHOLDS,
@@ -64,7 +63,7 @@ class DetectionReport:
     per_class: pl.DataFrame
     pr_curve: pl.DataFrame
     f1_curve: pl.DataFrame
-    num_images: int = field(default=0)
+    num_images: int
 
 
 def evaluate_detections(
@@ -215,8 +214,8 @@ def _f1_points(inputs: DetectionInputs, matches: Matches, protocol: str, n_pos: 
     fp = kept & matches.dt_in_range[0] & ~matched
     idx = np.flatnonzero(kept)
     cat, score = inputs.dt_cat[idx], inputs.dt_score[idx]
-    ctp = _segmented_cumsum(cat, tp[idx].astype(np.int64))
-    cfp = _segmented_cumsum(cat, fp[idx].astype(np.int64))
+    ctp = segmented_cumsum(cat, tp[idx].astype(np.int64))
+    cfp = segmented_cumsum(cat, fp[idx].astype(np.int64))
     end = np.r_[(cat[1:] != cat[:-1]) | (score[1:] != score[:-1]), True] if idx.size else np.zeros(0, dtype=bool)
     end &= (ctp + cfp) > 0
     cat, score, ctp, cfp = cat[end], score[end], ctp[end], cfp[end]

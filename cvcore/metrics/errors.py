@@ -88,21 +88,22 @@ def detection_errors(
         rows.append({"error": error, "count": count, "dap": mean_ap(fixed[None, :]) - base if count else 0.0})
 
     det = best["det"]
-    target = best["target"]
+    # the box an error points at; background errors point at none
+    target = np.where(labels == "background", -1, best["target"])
+    points = target >= 0
+    target_category = np.zeros(target.size, dtype=np.int32)
+    target_category[points] = inputs.category_ids[inputs.gt_cat[target[points]]]
     false_positives = pl.DataFrame(
         {
-            "row": inputs.dt_row[det],
-            "image_id": inputs.image_ids[inputs.dt_img[det]],
+            "row": pl.Series(inputs.dt_row[det], dtype=pl.Int64),
+            "image_id": pl.Series(inputs.image_ids[inputs.dt_img[det]], dtype=pl.Int64),
             "category_id": pl.Series(inputs.category_ids[inputs.dt_cat[det]], dtype=pl.Int32),
-            "score": inputs.dt_score[det],
-            "error": labels.astype(str) if labels.size else np.zeros(0, dtype=str),
-            "iou": best["iou"],
-            "gt_category_id": pl.Series(
-                np.where(target >= 0, inputs.category_ids[inputs.gt_cat[np.maximum(target, 0)]], 0) if target.size else [],
-                dtype=pl.Int32,
-            ),
+            "score": pl.Series(inputs.dt_score[det], dtype=pl.Float64),
+            "error": pl.Series(labels.tolist(), dtype=pl.String),
+            "iou": pl.Series(best["iou"], dtype=pl.Float64),
+            "gt_category_id": pl.Series(target_category, dtype=pl.Int32),
         }
-    ).with_columns(pl.when(pl.col("error") == "background").then(None).otherwise(pl.col("gt_category_id")).alias("gt_category_id"))
+    ).with_columns(pl.when(pl.Series(points)).then(pl.col("gt_category_id")).alias("gt_category_id"))
     return ErrorBreakdown(
         summary=pl.DataFrame(rows, schema={"error": pl.String, "count": pl.Int64, "dap": pl.Float64}),
         per_class=_per_class(inputs, false_positives, missed),
