@@ -32,8 +32,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cvcore.bakeoff import parse_contenders, run_bakeoff, table_markdown, write_bakeoff  # noqa: E402
-from cvcore.config import RunConfig  # noqa: E402
+from cvcore.bakeoff import parse_contenders, run_bakeoff, run_state, table_markdown, write_bakeoff  # noqa: E402
+from cvcore.config import RunConfig, load_config  # noqa: E402
 from cvcore.data.snapshot import read_snapshot  # noqa: E402
 from cvcore.data.synthetic import make_shapes_classification, make_shapes_detection  # noqa: E402
 from cvcore.engine.callbacks import ProgressBar  # noqa: E402
@@ -55,7 +55,10 @@ def snapshot(workdir: Path, name: str):
 def pretrain_backbone(workdir: Path, device: str) -> tuple[Path, dict]:
     """A ResNet-18 classifier on 64-px shapes (standard stem, like the detectors' trunks)."""
     run = workdir / "backbone"
-    if not (run / "best.pt").is_file():
+    state = run_state(run)
+    if state == "interrupted":
+        train_run(load_config(run / "config.yaml"), run, callbacks=[ProgressBar()], resume=run / "last.pt")
+    elif state == "absent":
         cls_path = workdir / "data" / "shapes-cls64"
         data = read_snapshot(cls_path) if (cls_path / "manifest.json").is_file() else make_shapes_classification(
             cls_path, n_train=800, n_val=200, image_size=64, seed=0
@@ -64,6 +67,9 @@ def pretrain_backbone(workdir: Path, device: str) -> tuple[Path, dict]:
             {
                 "data": {"snapshot": str(data.path), "img_size": 64},
                 "model": {"name": "resnet18", "options": {"small_input": False}},
+                # light augmentation (crops of 70-100 %, flips): the default's stronger crops can
+                # cut the shape away, and these features are for whole objects
+                "augment": {"preset": "light"},
                 "train": {"epochs": 10, "device": device},
             }
         )

@@ -187,15 +187,21 @@ def train_contender(
     callbacks: Iterable[Any] = (),
 ) -> Path:
     """Train ``name`` into ``<out>/runs/<name>`` with its run defaults (``overrides``: RunConfig
-    sections laid over them); reuse a finished run there."""
-    from cvcore.config import RunConfig
-    from cvcore.engine.checkpoint import BEST
-    from cvcore.engine.run import train_run
+    sections laid over them). A finished run there is reused; an interrupted one is resumed
+    from its ``last.pt`` with its own config."""
+    from cvcore.config import RunConfig, load_config
+    from cvcore.engine.checkpoint import LAST
+    from cvcore.engine.run import CONFIG_FILE, train_run
     from cvcore.models import model_spec
 
     run_dir = out / "runs" / name
-    if (run_dir / BEST).is_file() and (run_dir / "metrics.json").is_file():
+    state = run_state(run_dir)
+    if state == "finished":
         log.info("bake-off: reusing the finished run %s", run_dir)
+        return run_dir
+    if state == "interrupted":
+        log.info("bake-off: resuming the interrupted run %s", run_dir)
+        train_run(load_config(run_dir / CONFIG_FILE), run_dir, callbacks=callbacks, resume=run_dir / LAST)
         return run_dir
     options: dict[str, Any] = {}
     if "cache_dir" in inspect.signature(model_spec(name).builder).parameters:
@@ -213,6 +219,26 @@ def train_contender(
         raw[section] = merged
     train_run(RunConfig.model_validate(raw), run_dir, callbacks=callbacks)
     return run_dir
+
+
+def run_state(run_dir: str | Path) -> str:
+    """``"finished"`` (metrics.json reports every planned epoch, or an early stop),
+    ``"interrupted"`` (a ``last.pt`` without that), or ``"absent"``."""
+    import json
+
+    from cvcore.config import load_config
+    from cvcore.engine.checkpoint import LAST
+    from cvcore.engine.run import CONFIG_FILE
+
+    run_dir = Path(run_dir)
+    if not (run_dir / LAST).is_file():
+        return "absent"
+    metrics_file, config_file = run_dir / "metrics.json", run_dir / CONFIG_FILE
+    if metrics_file.is_file() and config_file.is_file():
+        metrics = json.loads(metrics_file.read_text())
+        if metrics.get("stopped_early") or metrics.get("epochs_run", 0) >= load_config(config_file).train.epochs:
+            return "finished"
+    return "interrupted" if config_file.is_file() else "absent"
 
 
 def score_run(

@@ -155,6 +155,22 @@ def test_run_bakeoff_end_to_end(shapes_detection, tiny_bakeoff, tmp_path):
     assert not list((tmp_path / "report").glob(".*tmp")), "no temporary files left"
 
 
+def test_run_state_tells_finished_from_interrupted(tiny_bakeoff, tmp_path):
+    import json
+    import shutil
+
+    from cvcore.bakeoff import run_state
+
+    result, _ = tiny_bakeoff
+    assert run_state(result.runs["rcnn"]) == "finished"
+    assert run_state(tmp_path / "nothing") == "absent"
+    copy = tmp_path / "copy"
+    shutil.copytree(result.runs["rcnn"], copy)
+    metrics = json.loads((copy / "metrics.json").read_text())
+    (copy / "metrics.json").write_text(json.dumps({**metrics, "epochs_run": 0}))
+    assert run_state(copy) == "interrupted"
+
+
 def test_cvflow_compare_command(shapes_detection, tiny_bakeoff, tmp_path):
     from typer.testing import CliRunner
 
