@@ -11,8 +11,9 @@ still-free ground truth with IoU >= t, preferring non-ignored ground truth, then
 then (pycocotools' ``<`` test) the later ground truth in input order; crowd ground truth can be
 taken many times and uses intersection over the detection's area. The greedy loop is sequential
 only *within* a group, so it is run as "steps": step s lets the s-th candidate detection of every
-group choose at once, in NumPy, for all 10 thresholds x 4 area ranges together. The number of
-steps is the largest number of overlapping detections in one group, not the number of boxes.
+group choose at once, in NumPy, for all 10 thresholds together (one area range at a time). The
+number of steps is the largest number of overlapping detections in one group, not the number
+of boxes. Only candidate pairs (IoU >= 0.5) are kept after the IoU pass, so memory follows them.
 """
 
 from __future__ import annotations
