@@ -41,24 +41,28 @@ from cvcore.data.synthetic import make_shapes_classification, make_shapes_detect
 from cvcore.engine.callbacks import ProgressBar  # noqa: E402
 from cvcore.engine.run import train_run  # noqa: E402
 
-# name: (data generator, its parameters, the metric, its target)
+# name: (data generator, its parameters, config set beyond data + model (empty: registry defaults), metric, target)
 RUNS = {
-    "resnet18": (make_shapes_classification, {"n_train": 800, "n_val": 200, "image_size": 32, "seed": 0}, "val/accuracy", 0.95),
-    "yolov1": (make_shapes_detection, {"n_train": 240, "n_val": 60, "image_size": 128, "seed": 0}, "val/map_50", 0.5),
+    "resnet18": (make_shapes_classification, {"n_train": 800, "n_val": 200, "image_size": 32, "seed": 0}, {}, "val/accuracy", 0.95),
+    "yolov1": (make_shapes_detection, {"n_train": 240, "n_val": 60, "image_size": 128, "seed": 0}, {}, "val/map_50", 0.5),
 }
 
 
 def run_one(name: str, work: Path, *, quiet: bool) -> dict:
-    make, params, metric, target = RUNS[name]
+    make, params, overrides, metric, target = RUNS[name]
     snapshot = make(work / f"data-{name}", **params)
-    config = RunConfig.model_validate({"data": {"snapshot": str(snapshot.path)}, "model": {"name": name}})
-    start = time.perf_counter()
+    raw = {section: dict(values) for section, values in overrides.items()}
+    raw.setdefault("data", {})["snapshot"] = str(snapshot.path)
+    raw.setdefault("model", {})["name"] = name
+    config = RunConfig.model_validate(raw)
+    start, cpu_start = time.perf_counter(), time.process_time()
     result = train_run(config, work / f"run-{name}", callbacks=[] if quiet else [ProgressBar()])
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     h = result.history
     return {
         "model": name,
         "data": {"generator": make.__name__, **params},
+        "overrides": overrides,
         "metric": metric,
         "target": target,
         "best": result.best_metrics[metric],
@@ -67,6 +71,7 @@ def run_one(name: str, work: Path, *, quiet: bool) -> dict:
         "epochs": result.epochs_run,
         "passed": result.best_metrics[metric] >= target,
         "wall_s": round(wall, 1),
+        "cpu_s": round(cpu, 1),  # this process's CPU time: steadier than wall time on a shared machine
         "train_images_per_s": round(float(h.get_column("train/images").sum() / h.get_column("train/time_s").sum()), 1),
         "settings": _settings(work / f"run-{name}" / "config.yaml"),
     }
@@ -86,7 +91,10 @@ def main() -> None:
     ap.add_argument("--only", choices=sorted(RUNS), action="append", help="run only this model (repeatable)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     names = args.only or list(RUNS)
     machine = {
         "platform": platform.platform(),
@@ -94,6 +102,7 @@ def main() -> None:
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "load_average_at_start": os.getloadavg()[0],
     }
     results = []
     with tempfile.TemporaryDirectory(prefix="cvflow-quality-") as tmp:
@@ -102,7 +111,8 @@ def main() -> None:
             results.append(r)
             print(
                 f"{name:9s} {r['metric']} best {r['best']:.4f} (epoch {r['best_epoch']}/{r['epochs']}), final {r['final']:.4f}, "
-                f"target {r['target']} {'PASS' if r['passed'] else 'FAIL'}; {r['wall_s']:.0f} s, {r['train_images_per_s']:.1f} train img/s",
+                f"target {r['target']} {'PASS' if r['passed'] else 'FAIL'}; {r['wall_s']:.0f} s wall, {r['cpu_s']:.0f} CPU-s, "
+                f"{r['train_images_per_s']:.1f} train img/s",
                 flush=True,
             )
     if args.json:

@@ -32,8 +32,7 @@ def train(
 ) -> None:
     """Train MODEL on the snapshot DATA; prints the final validation metrics.
 
-    Settings come from --config, then the flags; what neither sets comes from the model's
-    defaults. With --resume and nothing else, the run's own config is reused.
+    Settings come from --config, then the flags; what neither sets comes from the model's defaults. With --resume and nothing else, the run's own config is reused.
     """
     from cvcore.config import RunConfig, load_config
     from cvcore.engine.callbacks import ProgressBar
