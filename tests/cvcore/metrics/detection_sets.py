@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
+from hypothesis import strategies as st
 
 from cvcore import schema
 
@@ -129,3 +130,31 @@ def pycocotools_eval(data: DetectionSet):
         ev.accumulate()
         ev.summarize()
     return ev
+
+
+@st.composite
+def grid_sets(draw) -> DetectionSet:
+    """Tiny sets on an integer grid: exact IoU ties (0.5, 0.75 ...), equal scores, zero-width
+    boxes, crowd and difficult flags, images and categories without boxes."""
+    n_images = draw(st.integers(1, 3))
+    coord = st.integers(0, 12).map(float)
+
+    def box():
+        x1, y1, w, h = draw(coord), draw(coord), draw(st.integers(0, 8)), draw(st.integers(0, 8))
+        return (x1, y1, x1 + w, y1 + h)
+
+    gt = [(i, draw(st.integers(0, 2)), *box(), float(draw(st.integers(0, 100))),
+           draw(st.booleans()) and draw(st.booleans()), draw(st.booleans()) and draw(st.booleans()))
+          for i in range(n_images) for _ in range(draw(st.integers(0, 4)))]  # fmt: skip
+    dt = [(i, draw(st.integers(0, 2)), draw(st.sampled_from([0.2, 0.5, 0.9])), *box())
+          for i in range(n_images) for _ in range(draw(st.integers(0, 6)))]  # fmt: skip
+    ann = pl.DataFrame(
+        gt, schema=["image_id", "category_id", "x1", "y1", "x2", "y2", "area", "iscrowd", "difficult"], orient="row"
+    ).with_row_index("ann_id", offset=1)
+    pred = pl.DataFrame(dt, schema=["image_id", "category_id", "score", "x1", "y1", "x2", "y2"], orient="row")
+    return DetectionSet(
+        images=pl.DataFrame({"image_id": list(range(n_images))}),
+        annotations=schema.validate(ann, "annotations"),
+        predictions=schema.validate(pred, "detections"),
+        category_ids=[0, 1, 2],
+    )

@@ -7,7 +7,8 @@ import math
 import numpy as np
 import polars as pl
 import pytest
-from detection_sets import make_detection_set
+from detection_sets import grid_sets, make_detection_set
+from hypothesis import HealthCheck, given, settings
 
 from cvcore import schema
 from cvcore.metrics.detection import evaluate_detections
@@ -86,6 +87,17 @@ def test_matches_plain_loop_devkit(protocol, seed):
     for cid, ap in expected.items():
         assert got[cid] == pytest.approx(ap, abs=1e-12), cid
     assert report.summary == {"map_50": pytest.approx(np.mean(list(expected.values())), abs=1e-12)}
+
+
+@settings(max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(grid_sets())
+def test_grid_sets_match_plain_loop_devkit(data):
+    """Integer boxes put IoUs exactly on 0.5 (a miss: > 0.5), few scores make many ties."""
+    for protocol in ("voc07", "voc12"):
+        report = evaluate_detections(data.annotations, data.predictions, images=data.images, protocol=protocol)
+        expected = voc_reference(data.annotations, data.predictions, use_07=protocol == "voc07")
+        got = {r["category_id"]: r["ap"] for r in report.per_class.filter(pl.col("ap").is_not_null()).iter_rows(named=True)}
+        assert got == pytest.approx(expected, abs=1e-12)
 
 
 def _frames(gt: list[tuple], dt: list[tuple]):
