@@ -41,16 +41,14 @@ def load_data(source: DataSource, *, home: Path) -> SnapshotRef:
     if source.format == "snapshot":
         return open_snapshot(source.path)
     fingerprint = source_fingerprint(source.path, source.images)
-    return ingest_source(
-        source.path,
-        fmt=source.format,
-        home=home,
-        fingerprint=fingerprint,
-        images=source.images,
-        val_fraction=source.val_fraction,
-        seed=source.seed,
-        name=source.name,
-    )
+    kwargs = {
+        "fmt": source.format, "home": home, "fingerprint": fingerprint, "images": source.images,
+        "val_fraction": source.val_fraction, "seed": source.seed, "name": source.name,
+    }  # fmt: skip
+    ref = ingest_source(source.path, **kwargs)
+    if not (ref.path / "manifest.json").is_file():  # a cached result whose snapshot was deleted since
+        ref = ingest_source.with_options(refresh_cache=True)(source.path, **kwargs)
+    return ref
 
 
 def predict_split(

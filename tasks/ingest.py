@@ -58,13 +58,11 @@ def snapshot_ref(snapshot: Snapshot) -> SnapshotRef:
 
 
 def _ingest_cache_key(context: TaskRunContext, params: dict) -> str:
-    # Key on what the data is, not where it is: the fingerprint, format and options. The output
-    # folder's presence is part of the key so a deleted snapshot is made again, not served from
-    # a cache that points at nothing.
-    out = _out_dir(params)
-    present = (out / "manifest.json").is_file()
+    # Key on what the data is, not where it is: the fingerprint, the format and the options.
+    # (A cached result whose snapshot folder was deleted since is caught by the flow, which
+    # re-runs the task with refresh_cache; see flows/train.py load_data.)
     options = (params["fmt"], params.get("images"), params.get("val_fraction"), params.get("seed"), params.get("name"))
-    return f"ingest-{params['fingerprint']}-{hashlib.sha256(repr(options).encode()).hexdigest()[:12]}-{present}"
+    return f"ingest-{params['fingerprint']}-{hashlib.sha256(repr(options).encode()).hexdigest()[:12]}"
 
 
 def _out_dir(params: dict) -> Path:

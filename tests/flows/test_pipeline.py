@@ -8,6 +8,7 @@ shared: one detector through ``train_pipeline`` and one classifier through ``nig
 from __future__ import annotations
 
 import math
+import shutil
 
 import mlflow
 import numpy as np
@@ -21,7 +22,7 @@ from cvcore.config import RunConfig
 from flows.evaluate import evaluate_pipeline
 from flows.nightly import TAG_DECISION, TAG_REASON, nightly_retrain
 from flows.params import DataSource, EvaluatePipelineParams, NightlyParams, TrainPipelineParams
-from flows.train import train_pipeline
+from flows.train import load_data, train_pipeline
 
 pytestmark = pytest.mark.slow
 
@@ -32,14 +33,15 @@ CLASSIFIER = "test-classifier"
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     """A temporary CVFLOW_HOME + SQLite MLflow store + Prefect test server, for this module only."""
-    from prefect.settings import PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
     home = tmp_path_factory.mktemp("cvflow-home")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CVFLOW_HOME", str(home))
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
-        with temporary_settings(updates={PREFECT_SERVER_ANALYTICS_ENABLED: False}), prefect_test_harness(server_startup_timeout=180):
+        settings = {PREFECT_SERVER_ANALYTICS_ENABLED: False, PREFECT_LOCAL_STORAGE_PATH: home / "prefect-results"}
+        with temporary_settings(updates=settings), prefect_test_harness(server_startup_timeout=180):
             yield home
         mlflow.set_tracking_uri(None)
 
@@ -193,3 +195,40 @@ def _artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) 
         out |= _artifact_paths(client, run_id, item.path) if item.is_dir else {item.path}
     return out
 
+
+
+def test_ingest_is_cached_on_the_source_fingerprint(env, tmp_path):
+    from PIL import Image
+    from prefect import flow
+
+    from tasks.ingest import ingest_source, source_fingerprint
+
+    source = tmp_path / "folder"
+    for split, n in (("train", 4), ("val", 2)):
+        for cls in ("dark", "light"):
+            (source / split / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (16, 16), (20 * i, 0, 0) if cls == "dark" else (255, 255, 200 + i)).save(source / split / cls / f"{i}.png")
+
+    @flow
+    def ingest_twice(source):
+        fingerprint = source_fingerprint(source)
+        kw = {"fmt": "imagefolder", "home": env, "fingerprint": fingerprint, "name": "tiny"}
+        return ingest_source(source, return_state=True, **kw), ingest_source(source, return_state=True, **kw)
+
+    @flow
+    def load(source):
+        return load_data(DataSource(path=source, format="imagefolder", name="tiny"), home=env)
+
+    first, second = ingest_twice(source)
+    assert first.is_completed() and first.name == "Completed" and second.name == "Cached"
+    ref = second.result()
+    assert ref == first.result() and ref.path.is_relative_to(env / "snapshots" / "tiny")
+    assert ref.splits == ("train", "val") and ref.task == "classification"
+
+    shutil.rmtree(ref.path)  # the cache points at a deleted snapshot: the flow makes it again
+    assert load(source) == ref and (ref.path / "manifest.json").is_file()
+
+    Image.new("RGB", (16, 16), (1, 2, 3)).save(source / "train" / "dark" / "new.png")  # the data changed
+    changed, _ = ingest_twice(source)
+    assert changed.name == "Completed" and changed.result().path != ref.path and changed.result().digest != ref.digest
