@@ -49,6 +49,8 @@ def pr_curves(
     (no ``ap_50`` column), else the mean precision over the curve's 101 recall points, which is
     COCO's AP at that IoU. With more than ``max_classes`` classes, the best and worst are drawn.
     """
+    if pr_curve.is_empty():
+        return _message("Precision-recall per class", "no class has ground truth to score against")
     curve = pr_curve.filter((pl.col("iou_threshold") - iou_threshold).abs() < 1e-9)
     if curve.is_empty():
         raise ValueError(f"pr_curve has no points at IoU {iou_threshold}; it has {pr_curve['iou_threshold'].unique().to_list()}")
@@ -72,7 +74,7 @@ def pr_curves(
 def f1_curves(f1_curve: pl.DataFrame, *, class_names: ClassNames = None, max_classes: int = 20) -> Figure:
     """F1 vs score threshold per class (DetectionReport.f1_curve), the best threshold marked."""
     if f1_curve.is_empty():
-        raise ValueError("f1_curve is empty: no class has both ground truth and detections")
+        return _message("F1 vs score threshold", "no class has both ground truth and detections")
     best = (
         f1_curve.sort(["category_id", "f1", "score"], descending=[False, True, True])
         .group_by("category_id", maintain_order=True)
@@ -212,6 +214,8 @@ def detection_samples(
     in the DETECTIONS schema, ``ground_truth`` in the ANNOTATIONS schema (xyxy pixels of the
     images as given). Predictions under ``score_threshold`` are not drawn.
     """
+    if not images:
+        return _message("Predictions", "no images to draw")
     names = _names(predictions, class_names)
     fig, axes = _grid(len(images), ncols)
     colours = matplotlib.colormaps["tab10"]
@@ -244,6 +248,8 @@ def classification_samples(
     ``predictions``: image_id, category_id, score (the CLASSIFICATIONS schema); ``labels``:
     image_id -> true class.
     """
+    if not images:
+        return _message("Predictions", "no images to draw")
     names = _names(predictions, class_names)
     by_image = {r["image_id"]: r for r in predictions.iter_rows(named=True)}
     fig, axes = _grid(len(images), ncols, size=2.2)
@@ -302,9 +308,17 @@ def _matrix(confusion: np.ndarray | pl.DataFrame) -> np.ndarray:
     return matrix
 
 
+def _message(title: str, text: str) -> Figure:
+    """A placeholder figure saying why there is nothing to draw (an empty split must not fail a report)."""
+    fig = _figure(figsize=(6, 2.5), layout="constrained")
+    ax = fig.add_subplot()
+    ax.set_axis_off()
+    ax.set_title(title)
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
+    return fig
+
+
 def _grid(n: int, ncols: int, size: float = 3.2) -> tuple[Figure, list]:
-    if n == 0:
-        raise ValueError("no images to draw")
     cols = min(ncols, n)
     rows = math.ceil(n / cols)
     fig = _figure(figsize=(size * cols, size * rows), layout="constrained")

@@ -122,6 +122,14 @@ def test_sample_images_with_boxes_and_labels(data):
     assert [ax.title.get_color() for ax in fig.axes] == ["green", "red"]
 
 
+def test_nothing_to_draw_gives_a_figure_that_says_so(report):
+    empty = plots.pr_curves(report.pr_curve.clear())
+    assert "no class has ground truth" in empty.axes[0].texts[0].get_text()
+    assert plots.f1_curves(report.f1_curve.clear()).axes[0].texts
+    assert plots.detection_samples({}, report.f1_curve.clear()).axes[0].texts
+    _renders(empty)
+
+
 def test_plots_write_no_files(tmp_path, monkeypatch, report):
     monkeypatch.chdir(tmp_path)
     plots.pr_curves(report.pr_curve)
