@@ -58,8 +58,10 @@ def run_augment_stage(
     """Preview and statistics of ``config`` on ``split``; materialise ``materialize`` copies at ``out``.
 
     ``n_stats`` samples (at most the split's size) feed the statistics; the first ``n_preview``
-    of them the preview. ``batch_size`` is the batch CutMix/MixUp mix within. Raises ValueError
-    for a materialise request without ``out`` (or ``out`` without a request).
+    of them the preview. ``batch_size`` is the batch CutMix/MixUp mix within. Copy c of a
+    materialised split is epoch c of the seeded train dataset (copy 0 is what the preview shows).
+    Raises ValueError for a materialise request without ``out`` (or ``out`` without a request),
+    SnapshotError when ``out`` exists already or the split is empty, both before any work.
     """
     snap = snapshot if isinstance(snapshot, Snapshot) else read_snapshot(snapshot)
     if materialize < 0 or (materialize > 0) != (out is not None):
