@@ -39,13 +39,14 @@ def runs(
 
 
 def runs_table(found_runs, experiment_names: dict[str, str]) -> Table:
-    """One row per MLflow run (newest first)."""
-    table = Table(title="cvflow runs", title_justify="left")
-    for col, kw in (
-        ("started", {}), ("run", {"style": "bold"}), ("experiment", {}), ("model", {}), ("dataset", {}),
-        ("status", {}), ("metric", {}), ("val", {"justify": "right"}), ("test", {"justify": "right"}), ("registered", {}),
-    ):  # fmt: skip
-        table.add_column(col, **kw)
+    """One row per MLflow run (newest first); the run column holds name, experiment and start."""
+    table = Table(title="cvflow runs", title_justify="left", show_lines=False)
+    table.add_column("run", overflow="fold", ratio=3)
+    table.add_column("status")
+    table.add_column("metric")
+    table.add_column("val", justify="right")
+    table.add_column("test", justify="right")
+    table.add_column("registered", overflow="fold", ratio=2)
     for run in found_runs:
         tags, metrics = run.data.tags, run.data.metrics
         headline = tags.get("cvflow.headline", "")
@@ -54,18 +55,14 @@ def runs_table(found_runs, experiment_names: dict[str, str]) -> Table:
             run.info.status, run.info.status.lower()
         )
         version = tags.get("cvflow.model_version")
-        registered = f"{tags.get('cvflow.registered_model')} v{version}" if version else ""
+        experiment = experiment_names.get(run.info.experiment_id, run.info.experiment_id)
         table.add_row(
-            started,
-            run.info.run_name or run.info.run_id[:8],
-            experiment_names.get(run.info.experiment_id, run.info.experiment_id),
-            tags.get("cvflow.model", ""),
-            tags.get("cvflow.dataset", ""),
+            f"[bold]{run.info.run_name or run.info.run_id[:8]}[/]\n{experiment} · {started}",
             status,
             headline,
             _metric(metrics, f"final/val/{headline}"),
             _metric(metrics, f"final/test/{headline}"),
-            registered,
+            f"{tags.get('cvflow.registered_model')} v{version}" if version else "",
         )
     return table
 
