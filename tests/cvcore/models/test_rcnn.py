@@ -265,3 +265,14 @@ def test_rcnn_loads_a_classifier_as_its_cnn(tmp_path):
     net = build_model("rcnn", num_classes=3, pretrained=str(tmp_path / "cls.pt"), warp_size=64)
     assert torch.equal(net.features.backbone.layer4[1].conv2.weight, classifier.backbone.layer4[1].conv2.weight)
     assert not any(p.requires_grad for p in net.features.parameters())
+
+
+def test_rcnn_with_sliding_windows(shapes_detection):
+    torch.manual_seed(0)
+    windows = ProposalSettings(method="sliding_windows", window_sizes=(16, 24), aspect_ratios=(1.0,), stride=8)
+    model = RCNN(4, features=_TinyFeatures(), feature_dim=12, proposals=windows, warp_size=16, context_pad=0)
+    images, targets = _batch(shapes_detection)
+    assert set(model.train()(images, targets)) == {"loss_svm", "loss_box_reg"}
+    out = model.eval()(images[:1])[0]
+    assert model.proposals_seen == [len(windows.propose(images[0]))] == [49 + 25]
+    assert out["boxes"].shape[1] == 4 and (out["boxes"] >= 0).all() and (out["boxes"] <= 64).all()
