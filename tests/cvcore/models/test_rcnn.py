@@ -274,5 +274,5 @@ def test_rcnn_with_sliding_windows(shapes_detection):
     images, targets = _batch(shapes_detection)
     assert set(model.train()(images, targets)) == {"loss_svm", "loss_box_reg"}
     out = model.eval()(images[:1])[0]
-    assert model.proposals_seen == [len(windows.propose(images[0]))] == [49 + 25]
+    assert model.proposals_seen == [len(windows.propose(images[0]))] == [49 + 36]  # (64 - 16) / 8 + 1 = 7 and (64 - 24) / 8 + 1 = 6 positions a side
     assert out["boxes"].shape[1] == 4 and (out["boxes"] >= 0).all() and (out["boxes"] <= 64).all()
