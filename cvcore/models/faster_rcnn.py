@@ -32,14 +32,14 @@ from torchvision.models.detection.faster_rcnn import FasterRCNN as TorchvisionFa
 
 from cvcore.models._registry import register_model
 from cvcore.models.finetune import freeze_stages
-from cvcore.models.pretrained import TorchvisionSource
+from cvcore.models.pretrained import TorchvisionSource, imagenet_weights
 
 BACKBONES = ("resnet18_fpn", "resnet34_fpn", "resnet50_fpn", "mobilenet_v3_large_fpn")
 
 # Run settings for the built-in 128-px shapes data on 2 CPU cores.
 FASTER_RCNN_DEFAULTS: dict[str, Any] = {
-    "img_size": 128, "epochs": 12, "batch_size": 8, "optimizer": "sgd", "lr": 0.02, "momentum": 0.9,
-    "weight_decay": 1e-4, "scheduler": "cosine", "warmup_epochs": 1.0,
+    "img_size": 128, "epochs": 12, "batch_size": 8, "optimizer": "sgd", "lr": 0.02,
+    "momentum": 0.9, "weight_decay": 1e-4, "scheduler": "cosine", "warmup_epochs": 1.0,
 }  # fmt: skip
 
 # Anchors for images whose short side is below 512 px: one octave smaller than torchvision's
@@ -144,7 +144,7 @@ def faster_rcnn(
         stages = _mobilenet_stages(detector.backbone.body)
         sources = (
             TorchvisionSource(FasterRCNN_MobileNet_V3_Large_FPN_Weights.COCO_V1, (("", "detector."),)),
-            *(TorchvisionSource(w, (("features.", "detector.backbone.body."),)) for w in _imagenet(tvm.MobileNet_V3_Large_Weights)),
+            *(TorchvisionSource(w, (("features.", "detector.backbone.body."),)) for w in imagenet_weights(tvm.MobileNet_V3_Large_Weights)),
         )
         default_anchors = SMALL_IMAGE_ANCHORS_MOBILENET if min_size < 512 else ((32, 64, 128, 256, 512),) * 3
     else:
@@ -152,7 +152,7 @@ def faster_rcnn(
         stages = {"stem": ("conv1", "bn1"), **{f"layer{i}": (f"layer{i}",) for i in range(1, 5)}}
         sources = (
             *((TorchvisionSource(FasterRCNN_ResNet50_FPN_Weights.COCO_V1, (("", "detector."),)),) if backbone == "resnet50_fpn" else ()),
-            *(TorchvisionSource(w, (("", "detector.backbone.body."),)) for w in _imagenet(_RESNET_WEIGHTS[backbone])),
+            *(TorchvisionSource(w, (("", "detector.backbone.body."),)) for w in imagenet_weights(_RESNET_WEIGHTS[backbone])),
         )
         default_anchors = SMALL_IMAGE_ANCHORS_FPN if min_size < 512 else ((32,), (64,), (128,), (256,), (512,))
     _set_anchors(detector, anchor_sizes or default_anchors, aspect_ratios)
@@ -197,9 +197,4 @@ def _mobilenet_stages(body: nn.Module) -> dict[str, tuple[str, ...]]:
     starts = [0] + [i for i, (_, b) in enumerate(body.named_children()) if getattr(b, "_is_cn", False)] + [len(names) - 1]
     ends = starts[1:] + [len(names)]
     return {f"stage{k}": tuple(names[a:b]) for k, (a, b) in enumerate(zip(starts, ends))}
-
-
-def _imagenet(enum: type[tvm.WeightsEnum]) -> list[tvm.WeightsEnum]:
-    members = [w for w in enum if w.name.startswith("IMAGENET1K_V")]
-    return sorted(members, key=lambda w: w != enum.DEFAULT)
 

@@ -57,6 +57,15 @@ class LoadReport:
     unused: tuple[str, ...]  # in the source, no place in the model
 
 
+def imagenet_weights(enum: type[WeightsEnum]) -> list[WeightsEnum]:
+    """The full ImageNet-1k entries of a torchvision weights enum, its DEFAULT first.
+
+    Other entries are left out on purpose: e.g. VGG16's IMAGENET1K_FEATURES has no usable classifier.
+    """
+    members = [w for w in enum if w.name.startswith("IMAGENET1K_V")]
+    return sorted(members, key=lambda w: w != enum.DEFAULT)
+
+
 def hub_cache_path(weights: WeightsEnum) -> Path:
     """Where torch.hub caches ``weights`` (the file name of its URL under ``<hub dir>/checkpoints``)."""
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(weights.url).path)

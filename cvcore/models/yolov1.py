@@ -28,8 +28,8 @@ from cvcore.models.yolov1_loss import decode, encode_targets, split_output, yolo
 
 # Run settings that train well on the built-in 128-px shapes data on 2 CPU cores.
 YOLOV1_DEFAULTS: dict[str, Any] = {
-    "img_size": 128, "epochs": 40, "batch_size": 16, "optimizer": "adamw", "lr": 1e-3, "weight_decay": 5e-4,
-    "scheduler": "cosine", "warmup_epochs": 2.0,
+    "img_size": 128, "epochs": 40, "batch_size": 16, "optimizer": "adamw", "lr": 1e-3,
+    "weight_decay": 5e-4, "scheduler": "cosine", "warmup_epochs": 2.0,
 }  # fmt: skip
 
 

@@ -29,7 +29,8 @@ def test_stable_names_are_registered():
 
 def test_every_model_declares_run_defaults():
     for name in list_models():
-        assert model_spec(name).defaults.get("img_size", 0) >= 16, name
+        defaults = model_spec(name).defaults
+        assert defaults.get("data.img_size", defaults.get("img_size", 0)) >= 16, name
 
 
 @pytest.mark.parametrize("name", list_models("classification"))
