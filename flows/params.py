@@ -46,6 +46,8 @@ class TrainPipelineParams(_Params):
     prediction_shards: int = Field(1, ge=1, description="Parquet shards per split, predicted in parallel")
     preview_images: int = Field(8, ge=0, description="augmented samples drawn in the augmentation preview")
     progress: bool = Field(False, description="show training progress bars on the console")
+    run_dir: Path | None = Field(None, description="training run folder (default: <CVFLOW_HOME>/checkpoints/<MLflow run id>)")
+    resume: Path | None = Field(None, description="continue the training run of this last.pt (its run folder is reused)")
 
 
 class EvaluatePipelineParams(_Params):

@@ -89,10 +89,10 @@ def _run(params: TrainPipelineParams, snapshot: SnapshotRef, *, run_id: str, hom
     logged = sorted({params.config.data.train_split, *splits} & set(snapshot.splits))
     log_dataset(client, run_id, snapshot.path, splits=logged)
     config = plan_run(snapshot, params.config, run_id=run_id)
-    run_dir = home / "checkpoints" / run_id
+    run_dir = params.run_dir or (params.resume.parent if params.resume else home / "checkpoints" / run_id)
     if params.preview_images:
         augment_preview(snapshot, config, run_id=run_id, out_dir=run_dir, n_preview=params.preview_images)
-    checkpoint = train_model(config, run_id=run_id, out_dir=run_dir, progress=params.progress)
+    checkpoint = train_model(config, run_id=run_id, out_dir=run_dir, progress=params.progress, resume=params.resume)
 
     predictions: dict[str, PredictionsRef] = {}
     summaries: dict[str, EvalSummary] = {}

@@ -47,11 +47,12 @@ def plan_run(snapshot: SnapshotRef, config: RunConfig, *, run_id: str) -> RunCon
 
 
 @task(name="train", tags=[GPU_TAG], cache_policy=NO_CACHE)
-def train_model(config: RunConfig, *, run_id: str, out_dir: Path, progress: bool = False) -> CheckpointRef:
+def train_model(config: RunConfig, *, run_id: str, out_dir: Path, progress: bool = False, resume: Path | None = None) -> CheckpointRef:
     """Train ``config`` (already resolved by plan_run) into ``out_dir``; epochs go to MLflow.
 
     The run folder's ``metrics.json``, ``history.parquet`` and ``config.yaml`` are logged under
     ``training/``. ``progress`` shows the engine's progress bar on stderr (interactive runs).
+    ``resume``: a ``last.pt`` to continue (the engine restores weights, optimizer and RNG).
     """
     from cvcore import plots
     from cvcore.engine.callbacks import ProgressBar
@@ -59,7 +60,7 @@ def train_model(config: RunConfig, *, run_id: str, out_dir: Path, progress: bool
 
     client = mlflow_client()
     callbacks = [EpochLogger(client, run_id)] + ([ProgressBar()] if progress else [])
-    result = train_run(config, out_dir, callbacks=callbacks)
+    result = train_run(config, out_dir, callbacks=callbacks, resume=resume)
     for file in (result.metrics_file, result.history_file, out_dir / "config.yaml"):
         if file.is_file():
             client.log_artifact(run_id, str(file), "training")

@@ -8,18 +8,16 @@ import time
 from typing import Annotated
 
 import typer
-from rich.panel import Panel
 from rich.table import Table
 
 from flows.commands._common import cli_errors, console, setup_logging
 from flows.commands._pipeline import prefect_settings, tracking_errors, ui_commands
 
-# Shown per model in the summary, when the run has them.
+# Shown per model in the summary (all numbers are in MLflow).
 _SHOWN = {
-    "detection": ("map", "map_50", "map_75", "map_small", "map_medium", "mar_100", "macro_f1"),
-    "classification": ("accuracy", "macro_f1", "micro_f1", "macro_precision", "macro_recall"),
+    "detection": ("map", "map_50", "mar_100", "macro_f1"),
+    "classification": ("accuracy", "macro_f1", "macro_precision", "macro_recall"),
 }
-
 
 @cli_errors
 @tracking_errors
@@ -65,25 +63,36 @@ def _check_task(name: str, task: str) -> None:
 
 def print_summary(result, *, elapsed: float) -> None:
     """Metrics, where the predictions are, and the commands that open the results."""
-    table = Table(title="cvflow demo", title_justify="left", show_lines=True)
-    table.add_column("model", style="bold")
-    table.add_column("split")
-    for name in ("metrics", "predictions (Parquet)"):
-        table.add_column(name)
-    for r in (result.detector, result.classifier):
+    results = (result.detector, result.classifier)
+    for r in results:
+        shown = _SHOWN[r.snapshot.task]
+        table = Table(title=f"{r.model.name} v{r.model.version}  (@{', @'.join(r.model.aliases)})", title_justify="left")
+        table.add_column("split")
+        for key in shown:
+            table.add_column(key, justify="right")
         for split, metrics in r.metrics.items():
-            shown = "  ".join(f"{k} {_num(metrics.get(k))}" for k in _SHOWN[r.snapshot.task] if k in metrics)
-            table.add_row(f"{r.model.name} v{r.model.version}\n@{', @'.join(r.model.aliases)}", split, shown, str(r.predictions[split].dir))
-    console.print(table)
+            table.add_row(split, *(_num(metrics.get(key)) for key in shown))
+        console.print(table)
+    console.print("\n[bold]Predictions[/] (Parquet, one folder per split):", highlight=False)
+    for r in results:
+        for split, preds in r.predictions.items():
+            console.print(f"  {r.model.name} {split}: {preds.dir}", highlight=False, soft_wrap=True)
     commands = ui_commands()
+    mlflow_cmd = shlex.join(commands["mlflow"]) if "mlflow" in commands else "(your MLflow tracking server)"
     lines = [
-        f"[bold]MLflow UI[/]  {shlex.join(commands['mlflow'])}" if "mlflow" in commands else "[bold]MLflow UI[/]  (your tracking server)",
-        f"           then open {result.detector.run_url}",
-        f"[bold]Prefect[/]    {shlex.join(commands['prefect'])}  → http://127.0.0.1:4200",
-        "[bold]both[/]       cvflow ui --start        [bold]runs[/]  cvflow runs",
-        f"[bold]evaluate[/]   cvflow evaluate --model models:/{result.detector.model.name}@champion --data {result.detector.snapshot.path} --split test",
+        "",
+        "[bold]Open the results[/]",
+        f"  MLflow UI:  {mlflow_cmd}",
+        f"              then {result.detector.run_url}",
+        f"  Prefect:    {shlex.join(commands['prefect'])}  → http://127.0.0.1:4200",
+        "  both at once: cvflow ui --start      recent runs: cvflow runs",
+        f"  score the champion again: cvflow evaluate --model models:/{result.detector.model.name}@champion "
+        f"--data {result.detector.snapshot.path} --split test",
+        "",
+        f"[bold green]done in {elapsed / 60:.1f} min[/]",
     ]
-    console.print(Panel("\n".join(lines), title=f"done in {elapsed / 60:.1f} min", title_align="left"), soft_wrap=True)
+    for line in lines:
+        console.print(line, highlight=False, soft_wrap=True)
 
 
 def _num(value: float | None) -> str:
