@@ -49,8 +49,9 @@ class Classifier(nn.Module):
 
     Attributes used by fine-tuning and transfer (see cvcore.models.finetune / pretrained):
     ``backbone``, ``head``, ``backbone_stages``, ``torchvision_sources``, ``transfer_renames``,
-    ``feature_layer`` (the backbone child whose output is the last feature map) and
-    ``feature_channels`` (its channels).
+    ``feature_layer`` (the backbone child whose output is the last feature map),
+    ``feature_channels`` (its channels) and ``feature_cuts`` (``{stride: (cut, channels)}``: the
+    trunk's feature maps, where ``cut`` names the last layer kept; see ``feature_extractor``).
     """
 
     def __init__(
@@ -62,6 +63,7 @@ class Classifier(nn.Module):
         torchvision_weights: type[tvm.WeightsEnum],
         feature_layer: str,
         feature_channels: int,
+        feature_cuts: dict[int, tuple[str, int]],
     ):
         super().__init__()
         self.normalize = ImageNetNormalize()
@@ -73,19 +75,38 @@ class Classifier(nn.Module):
         self.transfer_renames = (("detector.backbone.body.", "backbone."),)
         self.feature_layer = feature_layer
         self.feature_channels = feature_channels
+        self.feature_cuts = feature_cuts
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(self.normalize(images)))
 
-    def feature_extractor(self) -> nn.Module:
-        """The backbone's convolutional trunk: ``x -> {"out": float[B, feature_channels, H/32, W/32]}``.
+    def feature_extractor(self, *, stride: int = 32) -> nn.Module:
+        """The backbone's convolutional trunk up to ``stride``: ``x -> {"out": float[B, C, H/stride, W/stride]}``.
 
-        The returned module shares this model's layers and keeps their names (``conv1``,
-        ``layer1``..., ``features``), so a detector holding it as ``backbone`` has the same
-        state-dict keys as this classifier and transfers weights by name. Input: normalised images.
+        ``stride`` is one of ``feature_cuts`` (ResNet: 4, 8, 16, 32 - the outputs of layer1..4;
+        VGG: 2..32 - after each max-pool); ``C`` is ``feature_cuts[stride][1]``. The module shares
+        this model's layers and keeps their names (``conv1``, ``layer1``..., ``features.0``...), so
+        a detector holding it as ``backbone`` has this classifier's state-dict keys and transfers
+        weights by name. Input: normalised images.
         """
+        if stride not in self.feature_cuts:
+            raise ValueError(f"{type(self.backbone).__name__} trunk has feature maps at strides {sorted(self.feature_cuts)}, not {stride}")
+        cut = self.feature_cuts[stride][0]
+        if cut.startswith("features."):  # VGG: a prefix of the conv Sequential (original indices kept)
+            return _PrefixTrunk(self.backbone.features[: int(cut.split(".")[1]) + 1])
         # torchvision's own detection backbones cut ResNets the same way (IntermediateLayerGetter).
-        return IntermediateLayerGetter(self.backbone, return_layers={self.feature_layer: "out"})
+        return IntermediateLayerGetter(self.backbone, return_layers={cut: "out"})
+
+
+class _PrefixTrunk(nn.Module):
+    """``features`` (the first layers of a VGG's conv Sequential) -> ``{"out": feature map}``."""
+
+    def __init__(self, features: nn.Sequential):
+        super().__init__()
+        self.features = features
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"out": self.features(x)}
 
 
 def resnet_classifier(
@@ -102,11 +123,13 @@ def resnet_classifier(
         net.maxpool = nn.Identity()
     features = net.fc.in_features
     net.fc = nn.Identity()
+    first = 1 if _small(small_input, img_size) else 4  # stride of layer1's output: after the stem (and max-pool)
+    cuts = {first * 2**i: (f"layer{i + 1}", _out_channels(getattr(net, f"layer{i + 1}"))) for i in range(4)}
     stages = {"stem": ("conv1", "bn1"), **{f"layer{i}": (f"layer{i}",) for i in range(1, 5)}}
     weights = {"resnet18": tvm.ResNet18_Weights, "resnet34": tvm.ResNet34_Weights, "resnet50": tvm.ResNet50_Weights}[arch]
     return Classifier(
         net, nn.Linear(features, num_classes), backbone_stages=stages, torchvision_weights=weights,
-        feature_layer="layer4", feature_channels=features,
+        feature_layer="layer4", feature_channels=features, feature_cuts=cuts,
     )  # fmt: skip
 
 
@@ -135,9 +158,17 @@ def vgg_classifier(
     nn.init.normal_(head.weight, 0, 0.01)
     nn.init.zeros_(head.bias)
     weights = getattr(tvm, f"{arch.upper()}_Weights")  # VGG11_Weights ... VGG19_BN_Weights
+    pools = [i for i, layer in enumerate(net.features) if isinstance(layer, nn.MaxPool2d)]
+    cuts = {2 ** (k + 1): (f"features.{i}", _out_channels(net.features[:i])) for k, i in enumerate(pools)}
     return Classifier(
-        net, head, backbone_stages=_vgg_stages(net), torchvision_weights=weights, feature_layer="features", feature_channels=512
-    )
+        net, head, backbone_stages=_vgg_stages(net), torchvision_weights=weights, feature_layer="features",
+        feature_channels=512, feature_cuts=cuts,
+    )  # fmt: skip
+
+
+def _out_channels(module: nn.Module) -> int:
+    """Output channels of a conv stack: those of its last convolution."""
+    return [m for m in module.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
 
 
 def _vgg_stages(net: tvm.VGG) -> dict[str, tuple[str, ...]]:

@@ -137,11 +137,12 @@ def test_param_groups_learning_rates_and_decay():
 
 
 def test_detectors_share_the_freeze_interface():
-    yolo = build_model("yolov1", num_classes=2, img_size=64)
-    report = apply_freeze(yolo, "from:layer4", freeze_bn=True)
-    assert report.frozen_stages == ("stem", "layer1", "layer2", "layer3")
+    yolo = build_model("yolov1", num_classes=2, img_size=128)  # trunk up to layer3 at 128 px
+    report = apply_freeze(yolo, "from:layer3", freeze_bn=True)
+    assert report.frozen_stages == ("stem", "layer1", "layer2")
     assert all(p.requires_grad for p in yolo.head.parameters())
-    assert isinstance(yolo.head[0][1], nn.BatchNorm2d)  # freeze_bn is about the backbone
+    assert isinstance(yolo.head.reduce[1], nn.BatchNorm2d)  # freeze_bn is about the backbone
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in yolo.backbone.modules())
     frcnn = build_model("faster_rcnn", num_classes=2, img_size=64)
     apply_freeze(frcnn, "backbone")
     assert all(not p.requires_grad for p in frcnn.detector.backbone.body.parameters())

@@ -166,7 +166,7 @@ def test_module_maps_pixels_both_ways(monkeypatch):
 def test_yolov1_learns_two_images():
     # A smoke check that the loss and gradients fit together: a few steps on two images lower it a lot.
     torch.manual_seed(0)
-    model = build_model("yolov1", num_classes=2, img_size=64, dropout=0.0)
+    model = build_model("yolov1", num_classes=2, img_size=64, grid=4)
     images = torch.rand(2, 3, 64, 64)
     targets = [
         {"boxes": torch.tensor([[8.0, 8.0, 30.0, 40.0]]), "labels": torch.tensor([0])},
@@ -175,7 +175,7 @@ def test_yolov1_learns_two_images():
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model.train()
     history = []
-    for _ in range(12):
+    for _ in range(16):
         optimizer.zero_grad()
         losses = model(images, targets)
         sum(losses.values()).backward()
@@ -183,3 +183,25 @@ def test_yolov1_learns_two_images():
         history.append({k: v.item() for k, v in losses.items()})
     assert sum(history[-1].values()) < 0.1 * sum(history[0].values())
     assert history[-1]["coord"] < 0.25 * history[0]["coord"]
+
+
+@pytest.mark.parametrize(("head", "backbone"), [("conv", "resnet18"), ("fc", "resnet18"), ("conv", "vgg11_bn")])
+def test_heads_and_backbones_output_the_grid(head, backbone):
+    torch.manual_seed(0)
+    model = build_model("yolov1", num_classes=3, img_size=64, grid=5, head=head, backbone=backbone).eval()
+    with torch.no_grad():
+        raw = model.head(model.backbone(model.normalize(torch.rand(2, 3, 64, 64)))["out"])
+    assert raw.shape == (2, 5, 5, 2 * 5 + 3)
+    # Confidences start low (bias -2: sigmoid ~0.12), so "no object" is not all the first steps learn.
+    conf = torch.sigmoid(raw[..., 4:10:5])
+    assert conf.mean() < 0.3
+
+
+def test_trunk_stride_follows_the_grid_cell():
+    assert yolov1_module._grid_stride({4: ("a", 1), 8: ("b", 1), 16: ("c", 1), 32: ("d", 1)}, 448 / 7) == 32
+    assert yolov1_module._grid_stride({4: ("a", 1), 8: ("b", 1), 16: ("c", 1), 32: ("d", 1)}, 128 / 7) == 16
+    assert yolov1_module._grid_stride({4: ("a", 1), 8: ("b", 1)}, 2.0) == 4
+    model = build_model("yolov1", num_classes=2, img_size=128)
+    assert model.feature_stride == 16 and "layer4" not in model.backbone_stages
+    with pytest.raises(ValueError, match="head must be"):
+        build_model("yolov1", num_classes=2, img_size=64, head="mlp")
