@@ -92,12 +92,17 @@ def load_pretrained(model: nn.Module, pretrained: str | os.PathLike, *, model_na
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The state dict in ``path``: a plain state dict, our checkpoint (``"model"``) or ``"state_dict"``.
+    """The state dict in ``path``: a plain state dict, ``"state_dict"``, or our checkpoint's weights
+    (``"model"``, or its ``"ema"`` weights when the run kept an EMA).
 
     Uses ``weights_only=True``: a file cannot run code when it is read.
     """
     obj = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(obj, Mapping):
+    if isinstance(obj, Mapping) and isinstance(obj.get("ema"), Mapping) and obj["ema"]:
+        # A run that kept an EMA: those weights are what validation scored (as engine.checkpoint.load_model
+        # uses them). The EMA is torch.optim.swa_utils.AveragedModel's state: "module." + names, "n_averaged".
+        obj = {k.removeprefix("module."): v for k, v in obj["ema"].items() if k.startswith("module.")}
+    elif isinstance(obj, Mapping):
         for key in ("model", "state_dict"):
             if isinstance(obj.get(key), Mapping):
                 obj = obj[key]

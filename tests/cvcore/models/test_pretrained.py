@@ -72,6 +72,20 @@ def test_checkpoint_transfers_backbone_and_reinitialises_head(tmp_path):
     assert torch.equal(same.head.weight, source.head.weight)
 
 
+def test_checkpoint_with_ema_gives_the_ema_weights(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("resnet18", num_classes=2, img_size=32)
+    averaged = torch.optim.swa_utils.AveragedModel(model)
+    with torch.no_grad():
+        for p in averaged.module.parameters():
+            p.add_(1.0)
+    path = tmp_path / "last.pt"
+    torch.save({"model": model.state_dict(), "ema": averaged.state_dict(), "meta": {}}, path)
+    loaded = read_state_dict(path)
+    assert set(loaded) == set(model.state_dict())
+    assert torch.equal(loaded["head.bias"], model.head.bias + 1.0)
+
+
 def test_classifier_backbone_transfers_into_yolov1_by_name(tmp_path):
     torch.manual_seed(0)
     source = build_model("resnet18", num_classes=4, small_input=False)
