@@ -42,10 +42,18 @@ FASTER_RCNN_DEFAULTS: dict[str, Any] = {
     "momentum": 0.9, "weight_decay": 1e-4, "scheduler": "cosine", "warmup_epochs": 1.0,
 }  # fmt: skip
 
-# Anchors for images whose short side is below 512 px: one octave smaller than torchvision's
-# 800-px COCO setting, so 10-60 px objects on 128-256 px images have anchors of their size.
+# Settings for images whose short side is below 512 px. Anchors one octave smaller than
+# torchvision's 800-px COCO setting, so 10-60 px objects on 128-256 px images have anchors of
+# their size. Fewer proposals and sampled RoIs than torchvision's COCO values (2000 proposals,
+# 512 RoIs per image), which are sized for ~7 objects on 800-px images: a training step on
+# 128-px images is then ~2.7x cheaper (6.4 -> 2.4 CPU-s per 8 images, measured) for the same
+# positives per image.
 SMALL_IMAGE_ANCHORS_FPN = ((16,), (32,), (64,), (128,), (256,))
 SMALL_IMAGE_ANCHORS_MOBILENET = ((16, 32, 64, 128, 256),) * 3
+SMALL_IMAGE_SAMPLING = {
+    "rpn_pre_nms_top_n_train": 1000, "rpn_post_nms_top_n_train": 500, "rpn_pre_nms_top_n_test": 500,
+    "rpn_post_nms_top_n_test": 300, "box_batch_size_per_image": 128,
+}  # fmt: skip
 
 
 class FasterRCNN(nn.Module):
@@ -129,7 +137,8 @@ def faster_rcnn(
       ignores this option without its weights, so it is applied here.
     - ``score_threshold``, ``nms_iou``, ``max_detections``: eval decoding (roi_heads).
     - ``detector_options``: any other keyword of torchvision's ``FasterRCNN`` (e.g.
-      ``box_batch_size_per_image``, ``rpn_post_nms_top_n_train``).
+      ``box_batch_size_per_image``, ``rpn_post_nms_top_n_train``). Below 512 px the proposal
+      and RoI sampling counts default to ``SMALL_IMAGE_SAMPLING``, torchvision's otherwise.
     """
     if backbone not in BACKBONES:
         raise ValueError(f"faster_rcnn: unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
@@ -137,7 +146,7 @@ def faster_rcnn(
     max_size = max_size or max(min_size, round(min_size * 1333 / 800))
     kwargs = {
         "min_size": min_size, "max_size": max_size, "box_score_thresh": score_threshold, "box_nms_thresh": nms_iou,
-        "box_detections_per_img": max_detections, **detector_options,
+        "box_detections_per_img": max_detections, **(SMALL_IMAGE_SAMPLING if min_size < 512 else {}), **detector_options,
     }  # fmt: skip
     if backbone == "mobilenet_v3_large_fpn":
         detector = fasterrcnn_mobilenet_v3_large_fpn(weights=None, weights_backbone=None, num_classes=num_classes + 1, **kwargs)

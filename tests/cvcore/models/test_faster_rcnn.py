@@ -54,6 +54,7 @@ def test_size_anchor_and_postprocess_options_reach_torchvision():
     model.set_postprocess(nms_iou=0.3)
     assert det.roi_heads.nms_thresh == 0.3
     assert _model(min_size=96, max_size=120).detector.transform.min_size == (96,)
+    assert det.roi_heads.fg_bg_sampler.batch_size_per_image == 128 and det.rpn._post_nms_top_n["training"] == 500  # small images
     assert _model(box_batch_size_per_image=64).detector.roi_heads.fg_bg_sampler.batch_size_per_image == 64
     with pytest.raises(ValueError, match="anchor_sizes needs 5 levels"):
         _model(anchor_sizes=((16,), (32,)))
