@@ -105,11 +105,11 @@ def test_candidate_counter_hooks_torchvision_rpn():
 def _table():
     rows = [
         {"model": "a", "map_50": 0.8, "map": 0.5, "map_small": 0.4, "map_medium": 0.6, "map_large": math.nan, "recall_crowded": 0.7,
-         "recall_isolated": 0.9, "n_crowded": 3, "n_isolated": 10, "candidates_per_image": 50.0, "proposal_recall_50": 1.0, "proposal_recall_70": 0.9, "train_s": 12.0, "epochs": 2,
-         "infer_images_per_s": 5.0, "params_m": 11.2},
+         "recall_isolated": 0.9, "n_crowded": 3, "n_isolated": 10, "candidates_per_image": 50.0, "proposal_recall_50": 1.0, "proposal_recall_70": 0.9, "train_s": 12.0, "train_cpu_s": 20.0, "epochs": 2,
+         "infer_images_per_s": 5.0, "infer_cpu_ms_per_image": 300.0, "params_m": 11.2},
         {"model": "b", "map_50": 0.6, "map": 0.3, "map_small": 0.1, "map_medium": 0.5, "map_large": math.nan, "recall_crowded": 0.2,
-         "recall_isolated": 0.8, "n_crowded": 3, "n_isolated": 10, "candidates_per_image": 98.0, "proposal_recall_50": math.nan, "proposal_recall_70": math.nan, "train_s": 30.0, "epochs": 4,
-         "infer_images_per_s": 200.0, "params_m": 20.0},
+         "recall_isolated": 0.8, "n_crowded": 3, "n_isolated": 10, "candidates_per_image": 98.0, "proposal_recall_50": math.nan, "proposal_recall_70": math.nan, "train_s": 30.0, "train_cpu_s": 50.0, "epochs": 4,
+         "infer_images_per_s": 200.0, "infer_cpu_ms_per_image": 8.0, "params_m": 20.0},
     ]  # fmt: skip
     return pl.DataFrame(rows, schema=TABLE_SCHEMA)
 
@@ -137,6 +137,7 @@ def test_run_bakeoff_end_to_end(shapes_detection, tiny_bakeoff, tmp_path):
     assert result.table.schema == TABLE_SCHEMA and result.table.height == 1 and result.split == "val"
     row = result.table.row(0, named=True)
     assert row["model"] == "rcnn" and row["epochs"] == 1 and row["train_s"] > 0 and row["infer_images_per_s"] > 0
+    assert row["train_cpu_s"] > 0 and row["infer_cpu_ms_per_image"] > 0
     assert 0 <= row["map_50"] <= 1 and 0 < row["candidates_per_image"] <= 30
     assert 0 < row["proposal_recall_70"] <= row["proposal_recall_50"] <= 1
     n_val_objects = shapes_detection.annotations.join(shapes_detection.split_images("val").select("image_id"), on="image_id").height
