@@ -74,15 +74,16 @@ class NightlyParams(_Params):
 class DemoParams(_Params):
     """The built-in demo: synthetic shapes, one detector and one classifier through train_pipeline.
 
-    Epochs left as None take the model's registry defaults (tuned for these datasets on CPU).
+    The defaults fit the demo in about five minutes on a 2-core CPU (benchmarks/RESULTS.md);
+    other settings come from the models' registry defaults. More epochs train better models.
     """
 
     detector: str = Field("yolov1", description="detection model (registered name)")
     classifier: str = Field("resnet18", description="classification model (registered name)")
-    detector_epochs: int | None = Field(None, ge=1, description="None: the model's default")
-    classifier_epochs: int | None = Field(None, ge=1, description="None: the model's default")
+    detector_epochs: int | None = Field(4, ge=1, description="None: the model's default")
+    classifier_epochs: int | None = Field(5, ge=1, description="None: the model's default")
     detection_images: tuple[int, int, int] = Field((240, 60, 60), description="train / val / test images (128 px)")
-    classification_images: tuple[int, int, int] = Field((800, 200, 200), description="train / val / test images (32 px)")
+    classification_images: tuple[int, int, int] = Field((400, 100, 100), description="train / val / test images (32 px)")
     experiment: str = Field("cvflow-demo", description="MLflow experiment")
     progress: bool = Field(True, description="training progress bars on the console")
 

@@ -1,4 +1,10 @@
-"""`cvflow train`: train a registered model on a snapshot into a run folder."""
+"""`cvflow train`: run ``train_pipeline`` for one model on a snapshot, with its run folder at --out.
+
+The flags and the run folder are those of the engine's command (``last.pt``, ``best.pt``,
+``config.yaml``, ``metrics.json``, ``history.parquet`` in --out); running it as the Prefect flow
+adds the rest of the pipeline: the MLflow run (params, per-epoch and final metrics, plots),
+predictions Parquet of val/test, and a registered model version.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +15,11 @@ import typer
 from rich.table import Table
 
 from flows.commands._common import cli_errors, console, err_console, setup_logging
+from flows.commands._pipeline import prefect_settings, tracking_errors
 
 
 @cli_errors
+@tracking_errors
 def train(
     out: Annotated[Path, typer.Option("--out", help="Run folder: receives last.pt, best.pt, config.yaml, metrics.json, history.parquet.")],
     data: Annotated[Path | None, typer.Option("--data", help="Snapshot folder (cvflow ingest / demo data).")] = None,
@@ -22,23 +30,31 @@ def train(
     img_size: Annotated[int | None, typer.Option(help="Square input size in pixels.")] = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
     freeze: Annotated[str | None, typer.Option(help="none | backbone | from:<stage>.")] = None,
-    pretrained: Annotated[str | None, typer.Option(help="torchvision | weights file | checkpoint.")] = None,
+    pretrained: Annotated[str | None, typer.Option(help="torchvision | weights file | checkpoint | models:/NAME@champion.")] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue a run from its last.pt (or its run folder).")] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N.")] = None,
     workers: Annotated[int | None, typer.Option(help="DataLoader worker processes.")] = None,
     seed: Annotated[int | None, typer.Option(help="Training seed.")] = None,
+    experiment: Annotated[str, typer.Option(help="MLflow experiment.")] = "cvflow",
+    registered_model: Annotated[str | None, typer.Option(help="MLflow registered model (default: <dataset>-<model>).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", help="Library logs at INFO.")] = False,
 ) -> None:
-    """Train MODEL on the snapshot DATA; prints the final validation metrics.
+    """Train MODEL on the snapshot DATA as the train pipeline; prints the validation metrics.
 
-    Settings come from --config, then the flags; what neither sets comes from the model's defaults. With --resume and nothing else, the run's own config is reused.
+    Settings come from --config, then the flags; what neither sets comes from the model's
+    defaults. With --resume and nothing else, the run's own config is reused. The run folder is
+    --out; the MLflow run, predictions and registered version are reported at the end.
     """
+    import json
+
     from cvcore.config import RunConfig, load_config
-    from cvcore.engine.callbacks import ProgressBar
+    from cvcore.data.snapshot import read_snapshot
     from cvcore.engine.checkpoint import LAST, load_checkpoint
-    from cvcore.engine.run import train_run
+    from cvcore.engine.run import resolve_run_config
     from cvcore.engine.train import NonFiniteLossError
+    from flows.params import DataSource, TrainPipelineParams
+    from flows.train import train_pipeline
 
     setup_logging(verbose)
     if resume is not None and resume.is_dir():
@@ -60,21 +76,38 @@ def train(
     if "snapshot" not in raw.get("data", {}):
         raise ValueError("no dataset: pass --data SNAPSHOT (or data.snapshot in --config)")
     run_config = RunConfig.model_validate(raw)
-    callbacks = [] if quiet else [ProgressBar(console=err_console)]
+    if resume is None and (out / LAST).exists():
+        raise FileExistsError(f"{out} already holds a run ({LAST}); resume it or choose another output folder")
+    # Unknown model, wrong task or missing snapshot fail here, before any server starts.
+    resolve_run_config(run_config, snapshot=read_snapshot(run_config.data.snapshot))
+    params = TrainPipelineParams(
+        data=DataSource(path=run_config.data.snapshot), config=run_config, run_dir=out, resume=resume, progress=not quiet,
+        experiment=experiment, registered_model=registered_model,
+    )
     try:
-        result = train_run(run_config, out, callbacks=callbacks, resume=resume)
+        with prefect_settings():
+            result = train_pipeline(params)
     except NonFiniteLossError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=1) from None
-    table = Table(title=f"best epoch {result.best_epoch} of {result.epochs_run}" + (" (stopped early)" if result.stopped_early else ""))
+    report = json.loads((out / "metrics.json").read_text())
+    title = f"{out}: best epoch {report['best_epoch']} of {report['epochs_run']}" + (" (stopped early)" if report["stopped_early"] else "")
+    table = Table(title=title)
     table.add_column("metric")
     table.add_column("best", justify="right")
     table.add_column("final", justify="right")
-    for key in result.final_metrics:
+    for key, value in report["final"].items():
         if key.startswith("val/"):
-            table.add_row(key, f"{result.best_metrics.get(key, float('nan')):.4f}", f"{result.final_metrics[key]:.4f}")
+            table.add_row(key, _fmt(report["best"].get(key)), _fmt(value))
     console.print(table)
-    console.print(f"run folder: {out} (best.pt, last.pt, metrics.json, history.parquet, config.yaml)", highlight=False, soft_wrap=True)
+    console.print(f"checkpoints: {out / 'best.pt'}, {out / 'last.pt'}", highlight=False, soft_wrap=True)
+    for split, preds in result.predictions.items():
+        console.print(f"predictions ({split}): {preds.dir}", highlight=False, soft_wrap=True)
+    console.print(f"MLflow run: {result.run_url}\nregistered: models:/{result.model.name}/{result.model.version} (@{', @'.join(result.model.aliases)})", highlight=False, soft_wrap=True)
+
+
+def _fmt(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4f}"
 
 
 def _merge(base: dict[str, Any], flags: dict[str, dict[str, Any]]) -> dict[str, Any]:

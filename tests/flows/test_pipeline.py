@@ -32,18 +32,13 @@ CLASSIFIER = "test-classifier"
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    """A temporary CVFLOW_HOME + SQLite MLflow store + Prefect test server, for this module only."""
-    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
-    from prefect.testing.utilities import prefect_test_harness
-
+    """A temporary CVFLOW_HOME + SQLite MLflow store for this module (the Prefect server is conftest's)."""
     home = tmp_path_factory.mktemp("cvflow-home")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CVFLOW_HOME", str(home))
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
-        settings = {PREFECT_SERVER_ANALYTICS_ENABLED: False, PREFECT_LOCAL_STORAGE_PATH: home / "prefect-results"}
-        with temporary_settings(updates=settings), prefect_test_harness(server_startup_timeout=180):
-            yield home
-        mlflow.set_tracking_uri(None)
+        yield home
+    mlflow.set_tracking_uri(None)
 
 
 def _config(**sections) -> RunConfig:
