@@ -9,7 +9,8 @@ detect; gradients clipped at norm 10). It prints the validation metric every
 - ``classify``: ResNet-18 on ``make_shapes_classification`` (800 train / 200 val, 32 px), with
   ``--small-input 1`` (3x3 stride-1 stem, no max-pool) or ``0`` (torchvision's stem): accuracy.
 - ``detect``: YOLOv1 on ``make_shapes_detection`` (240 / 60, 128 px), ``--head conv|fc`` and
-  ``--stride`` (trunk stride; 0 = the model's choice): COCO mAP@0.5 and mAP (cvcore.metrics).
+  ``--stride`` (trunk stride; 0 = the model's choice), or ``--model faster_rcnn`` (its
+  defaults): COCO mAP@0.5 and mAP (cvcore.metrics).
 
     .venv/bin/python benchmarks/model_recipes.py classify --small-input 1 --steps 250 --every 25
     .venv/bin/python benchmarks/model_recipes.py detect --head conv --lr 2e-3 --steps 300 --every 50
@@ -72,8 +73,8 @@ def detect(args: argparse.Namespace, work: Path) -> None:
     truth = snapshot.annotations.filter(pl.col("image_id").is_in(val_ids))
     images = snapshot.images.filter(pl.col("image_id").is_in(val_ids))
     torch.manual_seed(0)
-    options = {"head": args.head, **({"feature_stride": args.stride} if args.stride else {})}
-    model = build_model("yolov1", num_classes=4, img_size=128, **options)
+    options = {"head": args.head, **({"feature_stride": args.stride} if args.stride else {})} if args.model == "yolov1" else {}
+    model = build_model(args.model, num_classes=4, img_size=128, **options)
     model.set_postprocess(score_threshold=0.001)
     optimizer, schedule = _optimiser(model, args)
     start = time.perf_counter()
@@ -96,7 +97,10 @@ def detect(args: argparse.Namespace, work: Path) -> None:
 
 
 def _optimiser(model: torch.nn.Module, args: argparse.Namespace):
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=5e-4)
+    if args.sgd:
+        optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=1e-4)
+    else:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=5e-4)
     warmup = 0.1 if args.experiment == "classify" else 0.05
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=args.steps, pct_start=warmup)
     return optimizer, schedule
@@ -146,6 +150,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=None, help="default: 32 (classify), 16 (detect)")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--small-input", type=int, choices=[0, 1], default=1)
+    ap.add_argument("--model", choices=["yolov1", "faster_rcnn"], default="yolov1", help="detect: which detector")
+    ap.add_argument("--sgd", action="store_true", help="SGD with momentum 0.9 instead of AdamW")
     ap.add_argument("--head", choices=["conv", "fc"], default="conv")
     ap.add_argument("--stride", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
