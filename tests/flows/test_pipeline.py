@@ -227,3 +227,23 @@ def test_ingest_is_cached_on_the_source_fingerprint(env, tmp_path):
     Image.new("RGB", (16, 16), (1, 2, 3)).save(source / "train" / "dark" / "new.png")  # the data changed
     changed, _ = ingest_twice(source)
     assert changed.name == "Completed" and changed.result().path != ref.path and changed.result().digest != ref.digest
+
+
+def test_demo_trains_both_models_and_prints_where_everything_is(env, capsys):
+    from flows.commands.demo import print_summary
+    from flows.demo import demo
+    from flows.params import DemoParams
+
+    params = DemoParams(
+        detector_epochs=1, classifier_epochs=1, detection_images=(8, 4, 4), classification_images=(16, 8, 8),
+        experiment="demo-test", progress=False,
+    )  # fmt: skip
+    result = demo(params)
+    for r in (result.detector, result.classifier):
+        assert set(r.metrics) == {"val", "test"} and set(r.model.aliases) == {"champion", "challenger"}
+        assert all(any(p.dir.glob("part-*.parquet")) for p in r.predictions.values())
+    print_summary(result, elapsed=61.0)
+    out = " ".join(capsys.readouterr().out.split())
+    assert str(result.classifier.predictions["test"].dir) in out
+    assert "mlflow ui --backend-store-uri" in out and "prefect server start --host 127.0.0.1" in out
+    assert "done in 1.0 min" in out
