@@ -51,6 +51,12 @@ class YOLOv1(nn.Module):
     classifier checkpoint's backbone transfers by name), ``head``, ``backbone_stages``,
     ``torchvision_sources``, ``transfer_renames``, and the decoding settings ``score_threshold``,
     ``nms_iou``, ``max_detections`` (change them with ``set_postprocess``).
+
+    Options: ``backbone`` (a registered classifier), ``img_size`` (square input, px; 448 in the
+    paper), ``grid`` (S), ``boxes_per_cell`` (B), ``head`` ("conv" or the paper's "fc"; ``hidden``
+    and ``dropout`` size the fc head), ``feature_stride`` (trunk output stride; None: the
+    coarsest not above a cell's size in pixels), ``lambda_coord``, ``lambda_noobj`` (the paper's
+    5 and 0.5), ``score_threshold``, ``nms_iou``, ``max_detections`` (decoding).
     """
 
     def __init__(
