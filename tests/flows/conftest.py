@@ -1,14 +1,12 @@
 """Fixtures of the flow and command-line tests: a Prefect test server and an isolated CVFLOW_HOME.
 
-Commands such as ``cvflow train`` run Prefect flows that log to MLflow: every test here gets a
-temporary CVFLOW_HOME (unless a module fixture already set one) so nothing lands in the
+Commands such as ``cvflow train`` run Prefect flows that log to MLflow: every test here runs
+with a temporary CVFLOW_HOME (unless it sets its own) so nothing lands in the
 checkout's ``.cvflow``, and one temporary Prefect server per test process instead of Prefect's
 own database in ``~/.prefect``.
 """
 
 from __future__ import annotations
-
-import os
 
 import mlflow
 import pytest
@@ -26,12 +24,13 @@ def prefect_server(tmp_path_factory):
         yield
 
 
-@pytest.fixture(autouse=True)
-def _isolated_home(tmp_path, monkeypatch):
-    """A temporary CVFLOW_HOME with its embedded MLflow store, unless the module set its own."""
-    if "CVFLOW_HOME" not in os.environ:
-        monkeypatch.setenv("CVFLOW_HOME", str(tmp_path / "cvflow-home"))
-        # mlflow.set_tracking_uri exports the URI it is given; the monkeypatch undoes that.
-        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    yield
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_home(tmp_path_factory):
+    """A temporary CVFLOW_HOME (embedded MLflow store inside) for the session, set before any
+    module fixture runs; tests that need their own home set it themselves."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CVFLOW_HOME", str(tmp_path_factory.mktemp("cvflow-home")))
+        # mlflow.set_tracking_uri exports the URI it is given; the context undoes that at the end.
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        yield
     mlflow.set_tracking_uri(None)
