@@ -172,7 +172,8 @@ def error_breakdown(summary: pl.DataFrame) -> Figure:
 def training_curves(history: pl.DataFrame) -> Figure:
     """Per-epoch metrics (a frame with ``epoch`` and numeric columns): losses, learning rate, the rest.
 
-    Columns whose name contains ``loss`` share the first panel, ``lr`` gets its own (log scale),
+    Columns whose name contains ``loss`` share the first panel, ``lr`` gets its own (log scale
+    when every value is positive),
     validation metrics and other numbers the last; timing/throughput columns are left out.
     """
     if "epoch" not in history.columns or history.is_empty():
@@ -191,7 +192,8 @@ def training_curves(history: pl.DataFrame) -> Figure:
         ax = fig.add_subplot(1, len(panels), i + 1)
         for c in cols:
             ax.plot(epoch, history[c].to_numpy(), marker="o", markersize=3, label=c)
-        if title == "learning rate":
+        if title == "learning rate" and all((history[c].drop_nans() > 0).all() for c in cols):
+            # A cosine schedule ends at 0, which a log axis cannot show: stay linear then.
             ax.set_yscale("log")
         ax.set(xlabel="epoch", title=title)
         ax.grid(alpha=0.3)
