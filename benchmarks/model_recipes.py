@@ -6,7 +6,7 @@ and optimiser settings differ between variants (warm-up: 10% of the steps for cl
 detect; gradients clipped at norm 10). It prints the validation metric every
 ``--every`` steps:
 
-- ``classify``: ResNet-18 on ``make_shapes_classification`` (800 train / 200 val, 32 px), with
+- ``classify``: ResNet-18 (or ``--model vgg11`` ...) on ``make_shapes_classification`` (800 train / 200 val, 32 px), with
   ``--small-input 1`` (3x3 stride-1 stem, no max-pool) or ``0`` (torchvision's stem): accuracy.
 - ``detect``: YOLOv1 on ``make_shapes_detection`` (240 / 60, 128 px), ``--head conv|fc`` and
   ``--stride`` (trunk stride; 0 = the model's choice), or ``--model faster_rcnn`` (its
@@ -46,7 +46,7 @@ def classify(args: argparse.Namespace, work: Path) -> None:
     x, y = _classification_tensors(ClassificationDataset(snapshot, "train"))
     xv, yv = _classification_tensors(ClassificationDataset(snapshot, "val"))
     torch.manual_seed(0)
-    model = build_model("resnet18", num_classes=4, small_input=bool(args.small_input))
+    model = build_model(args.model or "resnet18", num_classes=4, small_input=bool(args.small_input))
     optimizer, schedule = _optimiser(model, args)
     start = time.perf_counter()
     for step in track(range(1, args.steps + 1), description="classify", transient=True):
@@ -73,8 +73,9 @@ def detect(args: argparse.Namespace, work: Path) -> None:
     truth = snapshot.annotations.filter(pl.col("image_id").is_in(val_ids))
     images = snapshot.images.filter(pl.col("image_id").is_in(val_ids))
     torch.manual_seed(0)
-    options = {"head": args.head, **({"feature_stride": args.stride} if args.stride else {})} if args.model == "yolov1" else {}
-    model = build_model(args.model, num_classes=4, img_size=128, **options)
+    yolo = args.model in (None, "yolov1")
+    options = {"head": args.head, **({"feature_stride": args.stride} if args.stride else {})} if yolo else {}
+    model = build_model(args.model or "yolov1", num_classes=4, img_size=128, **options)
     model.set_postprocess(score_threshold=0.001)
     optimizer, schedule = _optimiser(model, args)
     start = time.perf_counter()
@@ -150,7 +151,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=None, help="default: 32 (classify), 16 (detect)")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--small-input", type=int, choices=[0, 1], default=1)
-    ap.add_argument("--model", choices=["yolov1", "faster_rcnn"], default="yolov1", help="detect: which detector")
+    ap.add_argument("--model", default=None, help="registered model (default: resnet18 for classify, yolov1 for detect)")
     ap.add_argument("--sgd", action="store_true", help="SGD with momentum 0.9 instead of AdamW")
     ap.add_argument("--head", choices=["conv", "fc"], default="conv")
     ap.add_argument("--stride", type=int, default=0)
