@@ -70,6 +70,8 @@ def run_one(name: str, work: Path, *, quiet: bool) -> dict:
         "final": result.final_metrics[metric],
         "epochs": result.epochs_run,
         "passed": result.best_metrics[metric] >= target,
+        "first_epoch_at_target": next((int(e) for e, v in zip(h.get_column("epoch"), h.get_column(metric)) if v >= target), None),
+        "curve": [round(float(v), 4) for v in h.get_column(metric)],
         "wall_s": round(wall, 1),
         "cpu_s": round(cpu, 1),  # this process's CPU time: steadier than wall time on a shared machine
         "train_images_per_s": round(float(h.get_column("train/images").sum() / h.get_column("train/time_s").sum()), 1),
@@ -111,6 +113,7 @@ def main() -> None:
             results.append(r)
             print(
                 f"{name:9s} {r['metric']} best {r['best']:.4f} (epoch {r['best_epoch']}/{r['epochs']}), final {r['final']:.4f}, "
+                f"first >= target at epoch {r['first_epoch_at_target']}, "
                 f"target {r['target']} {'PASS' if r['passed'] else 'FAIL'}; {r['wall_s']:.0f} s wall, {r['cpu_s']:.0f} CPU-s, "
                 f"{r['train_images_per_s']:.1f} train img/s",
                 flush=True,

@@ -160,26 +160,41 @@ def empty_batch(task: Task) -> pa.RecordBatch:
     return pa.RecordBatch.from_pylist([], schema=schema.arrow_schema(TABLE[task]))
 
 
+# Rows are buffered into row groups of about this size before writing: one row group per small
+# inference batch would make files slower to write and to scan (per-group metadata and stats).
+ROW_GROUP_ROWS = 64 * 1024
+ROW_GROUP_BYTES = 32 * 2**20  # ...or this many bytes (classification rows carry K scores each)
+
+
 def write_predictions(batches: Iterable[pa.RecordBatch], path: str | Path, *, task: Task | None = None) -> Path:
     """Stream ``batches`` into one Parquet file at ``path``, atomically (temp sibling, then rename).
 
     The schema is the first batch's; ``task`` gives it when ``batches`` may be empty (an empty
-    iterable without ``task`` is a ValueError). A failure midway leaves no partial file.
+    iterable without ``task`` is a ValueError). Memory holds at most one row group
+    (ROW_GROUP_ROWS rows or ROW_GROUP_BYTES). A failure midway leaves no partial file.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     writer: pq.ParquetWriter | None = None
+    pending: list[pa.RecordBatch] = []
+    rows = size = 0
     try:
         for batch in batches:
             if writer is None:
                 writer = pq.ParquetWriter(tmp, batch.schema)
-            writer.write_batch(batch)
+            pending.append(batch)
+            rows, size = rows + batch.num_rows, size + batch.nbytes
+            if rows >= ROW_GROUP_ROWS or size >= ROW_GROUP_BYTES:
+                writer.write_table(pa.Table.from_batches(pending))
+                pending, rows, size = [], 0, 0
         if writer is None:
             if task is None:
                 raise ValueError(f"{path}: no prediction batches to write and no task to take the schema from")
             writer = pq.ParquetWriter(tmp, schema.arrow_schema(TABLE[task]))
+        if pending:
+            writer.write_table(pa.Table.from_batches(pending))
         writer.close()
         writer = None
         os.replace(tmp, path)

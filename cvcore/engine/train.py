@@ -253,7 +253,7 @@ def train_one_epoch(
         scaler.scale(loss).backward()
         if grad_clip is not None:
             scaler.unscale_(optimizer)  # clip the true gradients, not the loss-scaled ones
-            nn.utils.clip_grad_norm_(trainable, grad_clip)
+            nn.utils.clip_grad_norm_(trainable, grad_clip, foreach=True)
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()

@@ -103,3 +103,14 @@ def test_empty_predictions_need_a_task_for_their_schema(tmp_path):
     path = write_predictions([], tmp_path / "a.parquet", task="detection")
     assert pq.read_schema(path).names == list(schema.DETECTIONS)
     assert pq.ParquetFile(path).metadata.num_rows == 0
+
+
+def test_batches_are_gathered_into_row_groups(tmp_path, monkeypatch):
+    from cvcore.engine import infer
+
+    monkeypatch.setattr(infer, "ROW_GROUP_ROWS", 10)
+    row = {"image_id": 1, "category_id": 0, "score": 0.5, "x1": 0.0, "y1": 0.0, "x2": 1.0, "y2": 1.0}
+    batches = [pa.RecordBatch.from_pylist([row] * 4, schema=schema.arrow_schema("detections")) for _ in range(7)]
+    meta = pq.ParquetFile(write_predictions(batches, tmp_path / "p.parquet")).metadata
+    assert meta.num_rows == 28
+    assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [12, 12, 4]
