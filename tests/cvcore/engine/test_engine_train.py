@@ -137,3 +137,20 @@ def test_an_undecodable_image_does_not_stop_training(corrupt_classification, tmp
     result = _fit(corrupt_classification, _config(epochs=1), tmp_path)
     assert result.epochs_run == 1
     assert result.final_metrics["train/images"] == 64 - 1  # the broken image was dropped
+
+
+@pytest.mark.parametrize("max_norm", [0.5, 1e6])
+def test_clip_gradients_matches_torch_clip_grad_norm(max_norm):
+    from cvcore.engine.train import clip_gradients
+
+    torch.manual_seed(0)
+    a, b = nn.Linear(6, 3), nn.Linear(6, 3)
+    b.load_state_dict(a.state_dict())
+    for p, q in zip(a.parameters(), b.parameters()):
+        p.grad = torch.randn_like(p)
+        q.grad = p.grad.clone()
+    expected = nn.utils.clip_grad_norm_(list(a.parameters()), max_norm)
+    got = clip_gradients(list(b.parameters()), max_norm)
+    assert got == pytest.approx(float(expected))
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(q.grad, p.grad)
