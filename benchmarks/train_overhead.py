@@ -20,7 +20,7 @@ Inference (images/s for a whole split, Parquet file written):
     .venv/bin/python benchmarks/train_overhead.py --rounds 7 --n-train 512
     .venv/bin/python benchmarks/train_overhead.py --device cuda        # on a GPU machine
 
-Results and the machine they ran on go in benchmarks/RESULTS.md (section "Engine overhead").
+Results and the machine they ran on go in benchmarks/RESULTS.md (section "Engine: training quality and overhead").
 """
 
 from __future__ import annotations

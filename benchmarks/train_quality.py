@@ -16,7 +16,7 @@ temporary folder with fixed seeds, so reruns see the same data.
     .venv/bin/python benchmarks/train_quality.py --only yolov1    # one of them
     .venv/bin/python benchmarks/train_quality.py --json out.json  # also write the numbers
 
-Results and the machine they ran on go in benchmarks/RESULTS.md (section "Training quality").
+Results and the machine they ran on go in benchmarks/RESULTS.md (section "Engine: training quality and overhead").
 """
 
 from __future__ import annotations
