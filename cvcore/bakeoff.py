@@ -280,7 +280,7 @@ def score_run(
     count = CandidateCounter(model)
     start, cpu_start = time.perf_counter(), time.process_time()
     batches = list(
-        predict(model, dataset, task="detection", batch_size=batch_size, device=device, score_threshold=ev.score_threshold, max_detections=ev.max_detections)
+        predict(model, dataset, task="detection", batch_size=batch_size, device=device, score_threshold=ev.score_threshold, max_detections=ev.max_detections, nms_iou=ev.nms_iou)
     )
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     candidates = count.per_image()

@@ -56,6 +56,7 @@ def predict_shard(
         device=device,
         score_threshold=ec.score_threshold,
         max_detections=ec.max_detections,
+        nms_iou=ec.nms_iou,
         indices=indices,
     )
     path = write_prediction_shard(batches, out_dir, shard=shard, task=snap.task)

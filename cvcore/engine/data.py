@@ -61,7 +61,7 @@ def make_loaders(snapshot: Snapshot, config: RunConfig) -> Loaders:
     if task == "detection" and aug.mosaic_p > 0:
         from cvcore.augment.mosaic import MosaicDataset
 
-        train_set = MosaicDataset(train_set, p=aug.mosaic_p, img_size=img_size, seed=aug.seed)
+        train_set = MosaicDataset.from_config(train_set, aug, img_size=img_size)
     else:
         from cvcore.augment.seeding import SeededDataset
 

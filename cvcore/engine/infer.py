@@ -39,6 +39,7 @@ def predict(
     device: str | torch.device = "auto",
     score_threshold: float = 0.001,
     max_detections: int = 100,
+    nms_iou: float | None = None,
     num_workers: int = 0,
     indices: Sequence[int] | None = None,
     amp: bool = True,
@@ -49,8 +50,10 @@ def predict(
     ``image_ids``, and for detection ``sizes`` = [(height, width)] of the original images).
     Classification rows: image_id, top-1 category_id and score, and ``scores`` float32[K]
     (softmax). Detection rows: one per kept box, score >= ``score_threshold``, at most
-    ``max_detections`` per image (highest scores), boxes xyxy in original pixels.
-    Undecodable images (samples that are None) are skipped. One batch is yielded per loader
+    ``max_detections`` per image (highest scores), boxes xyxy in original pixels. A detector
+    with ``set_postprocess`` (YOLOv1, Faster R-CNN, ...) decodes with the same score threshold,
+    NMS IoU (``None`` keeps the model's) and detection cap, so its own decoding never drops
+    boxes the evaluation asked for. Undecodable images (samples that are None) are skipped. One batch is yielded per loader
     batch, possibly with zero rows. The model is moved to ``device`` and put in eval mode.
     """
     if task not in TABLE:
@@ -63,6 +66,8 @@ def predict(
     loader = prediction_loader(dataset, batch_size=batch_size, num_workers=num_workers, indices=indices, pin_memory=device.type == "cuda")
     image_ids = np.asarray(dataset.image_ids, dtype=np.int64)
     model.to(device).eval()
+    if task == "detection" and hasattr(model, "set_postprocess"):
+        model.set_postprocess(score_threshold=score_threshold, nms_iou=nms_iou, max_detections=max_detections)
     with torch.inference_mode():
         for index, images in loader:
             if len(index) == 0:

@@ -93,7 +93,22 @@ def detection_metrics(model: nn.Module, dataset: Dataset, *, settings: Validatio
     images = snapshot.images.filter(pl.col("image_id").is_in(ids))
     annotations = snapshot.annotations.filter(pl.col("image_id").is_in(ids))
     report = evaluate_detections(annotations, preds, images=images, protocol=settings.eval.protocol)
-    return {f"val/{k}": float(v) for k, v in report.summary.items()}
+    metrics = {f"val/{k}": float(v) for k, v in report.summary.items()}
+    if callable(getattr(model, "proposals", None)):
+        metrics |= proposal_metrics(model, dataset)
+    return metrics
+
+
+def proposal_metrics(model: nn.Module, dataset: Dataset) -> dict[str, float]:
+    """Proposal recall of a two-stage model (R-CNN, Fast R-CNN): ``val/proposal_recall_50`` etc.
+
+    How many validation objects the model's region proposals can possibly find (IoU 0.5/0.7),
+    and proposals per image. Run after inference, so the model's proposal cache makes it cheap.
+    """
+    from cvcore.models.proposals import dataset_proposal_recall
+
+    recall = dataset_proposal_recall(model.proposals, dataset)
+    return {f"val/{k}": float(v) for k, v in recall.as_metrics().items()}
 
 
 def _collect(model: nn.Module, dataset: Dataset, *, task: Task, settings: ValidationSettings) -> pl.DataFrame:
@@ -105,6 +120,7 @@ def _collect(model: nn.Module, dataset: Dataset, *, task: Task, settings: Valida
         device=settings.device,
         score_threshold=settings.eval.score_threshold,
         max_detections=settings.eval.max_detections,
+        nms_iou=settings.eval.nms_iou,
         num_workers=settings.num_workers,
         amp=settings.amp,
     )

@@ -47,6 +47,7 @@ def predict(
         device=device,
         score_threshold=eval_config.score_threshold if score_threshold is None else score_threshold,
         max_detections=eval_config.max_detections if max_detections is None else max_detections,
+        nms_iou=eval_config.nms_iou,
         num_workers=workers,
     )
     if not quiet:

@@ -55,3 +55,46 @@ def test_epochs_rank_by_accuracy_then_macro_f1():
     c = {"val/accuracy": float("nan"), "val/macro_f1": 1.0}
     assert selection_key(b, "classification") > selection_key(a, "classification") > selection_key(c, "classification")
     assert selection_key({"val/map_50": 0.4}, "detection") == (0.4,)
+
+
+class _Decoding(Oracle):
+    """An oracle whose eval decoding the engine sets, as for YOLOv1 and Faster R-CNN."""
+
+    def __init__(self, dataset):
+        super().__init__(dataset)
+        self.postprocess: dict = {}
+
+    def set_postprocess(self, **settings):
+        self.postprocess = settings
+
+
+def test_validation_decodes_with_the_eval_config(shapes_detection):
+    ds = dataset_for(shapes_detection, "val", resize_transform(32))
+    model = _Decoding(ds)
+    settings = ValidationSettings(
+        batch_size=3, num_workers=0, device=torch.device("cpu"), amp=False,
+        eval=EvalConfig(score_threshold=0.2, nms_iou=0.6, max_detections=7),
+    )  # fmt: skip
+    validate(model, ds, task="detection", settings=settings)
+    assert model.postprocess == {"score_threshold": 0.2, "nms_iou": 0.6, "max_detections": 7}
+
+
+class _Proposing(Oracle):
+    """An oracle with region proposals (as R-CNN and Fast R-CNN have): the true boxes plus one
+    that fits nothing, so proposal recall is 1 at IoU 0.5 with 1 + objects proposals per image."""
+
+    asked = 0
+
+    def proposals(self, image):
+        boxes = self.targets[self.asked % len(self.targets)]["boxes"].as_subclass(torch.Tensor)  # dataset order
+        self.asked += 1
+        return torch.cat([boxes, torch.tensor([[0.0, 0.0, 1.0, 1.0]])])
+
+
+def test_two_stage_models_report_proposal_recall(shapes_detection):
+    ds = dataset_for(shapes_detection, "val", resize_transform(32))
+    metrics = validate(_Proposing(ds), ds, task="detection", settings=_settings())
+    assert metrics["val/proposal_recall_50"] == pytest.approx(1.0) and metrics["val/proposal_recall_70"] == pytest.approx(1.0)
+    n_boxes = sum(len(t["boxes"]) for t in _Proposing(ds).targets)
+    assert metrics["val/proposal_per_image"] == pytest.approx(1 + n_boxes / len(ds))
+    assert "val/proposal_recall_50" not in validate(Oracle(ds), ds, task="detection", settings=_settings())
