@@ -1,0 +1,224 @@
+"""Prediction shards that say what they hold, on a local disk or an object store.
+
+A split's predictions are one folder of ``part-<shard:05d>.parquet`` files (DESIGN.md §3). Each
+file is streamed from record batches (at most one row group in memory), written under a hidden
+temporary name and renamed when complete, and carries a :class:`ShardKey` in its Parquet
+key-value metadata: the checkpoint's digest, the snapshot's digest, the split, the shard index and
+the shard count. Reading a file's footer alone therefore tells a finished shard of *this* model
+and data (reuse it) from a stale one (another model, data or sharding: predict again), and a
+crash mid-shard leaves only the hidden temporary file, which ``part-*.parquet`` never matches.
+That is what lets an interrupted evaluation resume with only the missing shards.
+
+Locations are local paths or URIs that ``pyarrow.fs`` resolves (``s3://bucket/prefix``,
+``gs://...``, ``file:///...``); credentials and endpoints come from the usual environment
+variables of each store (for S3: ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
+``AWS_DEFAULT_REGION``, ``AWS_ENDPOINT_URL`` for S3-compatible servers such as MinIO), which
+``pl.scan_parquet`` reads too, so the same URI works for writing and for evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable, Literal
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from cvcore import schema
+from cvcore.engine.infer import ROW_GROUP_BYTES, ROW_GROUP_ROWS, TABLE
+
+log = logging.getLogger(__name__)
+
+Task = Literal["detection", "classification"]
+META_KEY = b"cvflow.shard"  # Parquet key-value metadata entry holding the shard's JSON record
+SHARD_GLOB = "part-*.parquet"
+
+
+@dataclass(frozen=True)
+class Location:
+    """A folder on some file system: ``fs`` + ``path`` for pyarrow, ``uri`` for polars and people.
+
+    ``uri`` is an absolute local path for local folders, else the URI as given (``s3://b/p``).
+    """
+
+    fs: pafs.FileSystem
+    path: str
+    uri: str
+
+    def child(self, name: str) -> "Location":
+        """The location ``name`` inside this folder (``name`` is one path component)."""
+        if not name or "/" in name or name in (".", ".."):
+            raise ValueError(f"{name!r} is not a single file name inside {self.uri}")
+        return Location(self.fs, f"{self.path.rstrip('/')}/{name}", f"{self.uri.rstrip('/')}/{name}")
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.fs, pafs.LocalFileSystem)
+
+
+def is_uri(location: str | Path) -> bool:
+    """True for ``scheme://...`` locations (object stores, ``file://``), False for plain paths."""
+    return isinstance(location, str) and "://" in location
+
+
+def resolve_location(location: str | Path) -> Location:
+    """The file system and path behind a local path or a URI (``s3://``, ``gs://``, ``file://``).
+
+    Raises ValueError naming the location when pyarrow knows no file system for its scheme.
+    """
+    if not is_uri(location):
+        path = str(Path(location).expanduser().resolve())
+        return Location(pafs.LocalFileSystem(), path, path)
+    try:
+        fs, path = pafs.FileSystem.from_uri(str(location))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise ValueError(f"cannot open {location}: {exc}") from None
+    uri = path if isinstance(fs, pafs.LocalFileSystem) else str(location).rstrip("/")
+    return Location(fs, path.rstrip("/"), uri)
+
+
+@dataclass(frozen=True)
+class ShardKey:
+    """What a shard file holds: which model on which data, and which slice of the split.
+
+    ``checkpoint_sha256``: sha256 hex of the checkpoint file; ``snapshot_digest``: the
+    snapshot's content digest; shards are contiguous image ranges (``shard`` of ``num_shards``).
+    """
+
+    checkpoint_sha256: str
+    snapshot_digest: str
+    split: str
+    shard: int
+    num_shards: int
+    task: Task
+
+    def __post_init__(self):
+        if not 0 <= self.shard < self.num_shards:
+            raise ValueError(f"shard {self.shard} is outside 0..{self.num_shards - 1}")
+
+    def same_set(self, other: "ShardKey") -> bool:
+        """True when ``other`` is a shard of the same predictions (model, data, split, sharding)."""
+        return asdict(self) | {"shard": 0} == asdict(other) | {"shard": 0}
+
+
+@dataclass(frozen=True)
+class ShardFile:
+    """A complete shard file: where it is, what it holds, how many images and rows."""
+
+    uri: str
+    key: ShardKey
+    num_images: int  # images of the split in this shard (undecodable ones included)
+    num_rows: int  # prediction rows (detections, or one per classified image)
+
+
+def shard_name(shard: int) -> str:
+    """``part-<shard:05d>.parquet``: the file name of shard ``shard`` (DESIGN.md §3)."""
+    if shard < 0:
+        raise ValueError(f"shard must be >= 0, got {shard}")
+    return f"part-{shard:05d}.parquet"
+
+
+def write_shard(batches: Iterable[pa.RecordBatch], folder: str | Path | Location, *, key: ShardKey, num_images: int) -> ShardFile:
+    """Stream ``batches`` (the task's predictions schema) into ``<folder>/part-<shard>.parquet``.
+
+    Rows are gathered into row groups of ROW_GROUP_ROWS rows or ROW_GROUP_BYTES (as
+    cvcore.engine.infer.write_predictions does), so memory holds one row group, never the shard.
+    The file is written under a hidden temporary name and moved into place when complete (an
+    atomic rename locally; a server-side copy on object stores, where an object appears whole or
+    not at all); an exception midway removes the temporary file and re-raises.
+    """
+    loc = folder if isinstance(folder, Location) else resolve_location(folder)
+    target = loc.child(shard_name(key.shard))
+    tmp = loc.child(f".{shard_name(key.shard)}.{uuid.uuid4().hex}.tmp")
+    record = {**asdict(key), "num_images": int(num_images)}
+    arrow_schema = schema.arrow_schema(TABLE[key.task]).with_metadata({META_KEY: json.dumps(record).encode()})
+    if loc.is_local:  # object stores have no folders to make
+        loc.fs.create_dir(loc.path, recursive=True)
+    rows = 0
+    try:
+        with loc.fs.open_output_stream(tmp.path) as stream, pq.ParquetWriter(stream, arrow_schema) as writer:
+            pending: list[pa.RecordBatch] = []
+            pending_rows = pending_bytes = 0
+            for batch in batches:
+                if batch.schema.remove_metadata() != arrow_schema.remove_metadata():
+                    raise ValueError(f"{target.uri}: a batch does not have the {TABLE[key.task]} schema:\n{batch.schema}")
+                pending.append(batch)
+                rows, pending_rows, pending_bytes = rows + batch.num_rows, pending_rows + batch.num_rows, pending_bytes + batch.nbytes
+                if pending_rows >= ROW_GROUP_ROWS or pending_bytes >= ROW_GROUP_BYTES:
+                    writer.write_table(pa.Table.from_batches(pending, schema=arrow_schema))
+                    pending, pending_rows, pending_bytes = [], 0, 0
+            if pending:
+                writer.write_table(pa.Table.from_batches(pending, schema=arrow_schema))
+        loc.fs.move(tmp.path, target.path)
+    except BaseException:
+        _delete_quietly(loc.fs, tmp.path)
+        raise
+    log.info("%s: %d rows for %d images", target.uri, rows, num_images)
+    return ShardFile(uri=target.uri, key=key, num_images=int(num_images), num_rows=rows)
+
+
+def read_shard(file: str | Path | Location) -> ShardFile | None:
+    """The shard record of a complete shard file, from its footer alone.
+
+    None when the file does not exist or is not a cvflow shard (no or unreadable metadata): it
+    is then not a finished shard of anything, and the caller predicts it again.
+    """
+    loc = file if isinstance(file, Location) else resolve_location(file)
+    if loc.fs.get_file_info(loc.path).type != pafs.FileType.File:
+        return None
+    try:
+        with loc.fs.open_input_file(loc.path) as fh:
+            meta = pq.read_metadata(fh)
+        record = json.loads(meta.metadata[META_KEY])
+        num_images = int(record.pop("num_images"))
+        return ShardFile(uri=loc.uri, key=ShardKey(**record), num_images=num_images, num_rows=meta.num_rows)
+    except (pa.ArrowException, OSError, KeyError, TypeError, ValueError) as exc:
+        log.warning("%s is not a readable cvflow shard (%s); it will be predicted again", loc.uri, exc)
+        return None
+
+
+def find_complete_shard(folder: str | Path | Location, key: ShardKey) -> ShardFile | None:
+    """The finished file of shard ``key`` in ``folder``, or None when it must be (re)computed."""
+    loc = folder if isinstance(folder, Location) else resolve_location(folder)
+    found = read_shard(loc.child(shard_name(key.shard)))
+    return found if found is not None and found.key == key else None
+
+
+def list_shards(folder: str | Path | Location) -> list[Location]:
+    """The ``part-*.parquet`` files directly in ``folder`` (sorted by name; none if it is missing)."""
+    loc = folder if isinstance(folder, Location) else resolve_location(folder)
+    if loc.fs.get_file_info(loc.path).type != pafs.FileType.Directory:
+        return []
+    infos = loc.fs.get_file_info(pafs.FileSelector(loc.path, allow_not_found=True))
+    names = sorted(i.base_name for i in infos if i.type == pafs.FileType.File)
+    return [loc.child(n) for n in names if n.startswith("part-") and n.endswith(".parquet")]
+
+
+def remove_stale_shards(folder: str | Path | Location, *, key: ShardKey) -> list[str]:
+    """Delete the ``part-*.parquet`` files in ``folder`` that are not shards of ``key``'s set.
+
+    ``key`` is any shard of the predictions about to be made; files of another model, snapshot,
+    split or shard count (or that are no cvflow shard) would otherwise be read together with the
+    new ones by ``pl.scan_parquet(folder / "part-*.parquet")``. Returns the deleted URIs.
+    """
+    removed = []
+    for file in list_shards(folder):
+        found = read_shard(file)
+        if found is None or not found.key.same_set(key) or file.path.rsplit("/", 1)[-1] != shard_name(found.key.shard):
+            _delete_quietly(file.fs, file.path)
+            removed.append(file.uri)
+    if removed:
+        log.info("removed %d stale shard file(s) of other predictions: %s", len(removed), removed)
+    return removed
+
+
+def _delete_quietly(fs: pafs.FileSystem, path: str) -> None:
+    try:
+        fs.delete_file(path)
+    except (FileNotFoundError, OSError):
+        pass  # already gone, or never created: nothing to clean up

@@ -1,0 +1,104 @@
+"""Prediction shards: streamed, atomic, self-describing files (cvcore.engine.shards)."""
+
+from __future__ import annotations
+
+import polars as pl
+import pyarrow as pa
+import pytest
+
+from cvcore import schema
+from cvcore.engine.infer import ROW_GROUP_ROWS, empty_batch
+from cvcore.engine.shards import (
+    ShardKey,
+    find_complete_shard,
+    list_shards,
+    read_shard,
+    remove_stale_shards,
+    resolve_location,
+    shard_name,
+    write_shard,
+)
+
+
+def _key(shard: int = 0, *, num_shards: int = 2, checkpoint: str = "a" * 64, split: str = "val") -> ShardKey:
+    return ShardKey(checkpoint_sha256=checkpoint, snapshot_digest="b" * 64, split=split, shard=shard, num_shards=num_shards, task="detection")
+
+
+def _batch(image_ids: list[int]) -> pa.RecordBatch:
+    rows = [{"image_id": i, "category_id": i % 3, "score": 0.5, "x1": 1.0, "y1": 2.0, "x2": 3.0, "y2": 4.0} for i in image_ids]
+    return pa.RecordBatch.from_pylist(rows, schema=schema.arrow_schema("detections"))
+
+
+def test_a_shard_round_trips_with_its_key_and_reads_with_scan_parquet(tmp_path):
+    written = write_shard([_batch([1, 2]), empty_batch("detection"), _batch([3])], tmp_path / "preds", key=_key(1), num_images=4)
+    assert written.uri == str(tmp_path / "preds" / "part-00001.parquet") and written.num_rows == 3
+    assert read_shard(written.uri) == written
+    assert find_complete_shard(tmp_path / "preds", _key(1)) == written
+    assert find_complete_shard(tmp_path / "preds", _key(0)) is None  # another shard
+    assert find_complete_shard(tmp_path / "preds", _key(1, checkpoint="c" * 64)) is None  # another model
+    assert find_complete_shard(tmp_path / "preds", _key(1, num_shards=3)) is None  # another sharding
+    frame = pl.scan_parquet(tmp_path / "preds" / "part-*.parquet").collect()
+    assert frame.schema == schema.DETECTIONS and frame["image_id"].to_list() == [1, 2, 3]
+    assert [p.name for p in (tmp_path / "preds").iterdir()] == ["part-00001.parquet"]  # no temporary left
+
+
+def test_an_empty_shard_is_a_complete_file_with_the_schema(tmp_path):
+    written = write_shard([], tmp_path, key=_key(0), num_images=0)
+    assert written.num_rows == 0 and pl.read_parquet(written.uri).schema == schema.DETECTIONS
+    assert find_complete_shard(tmp_path, _key(0)) == written
+
+
+def test_large_shards_are_written_in_several_row_groups(tmp_path):
+    import pyarrow.parquet as pq
+
+    n = ROW_GROUP_ROWS // 4 + 1
+    written = write_shard((_batch(list(range(i * n, (i + 1) * n))) for i in range(8)), tmp_path, key=_key(0), num_images=8 * n)
+    meta = pq.read_metadata(written.uri)
+    assert meta.num_rows == 8 * n and meta.num_row_groups == 2  # 4 batches fill a group; memory holds one group
+
+
+def test_a_failure_midway_leaves_no_file_at_all(tmp_path):
+    def batches():
+        yield _batch([1])
+        raise RuntimeError("the model crashed")
+
+    with pytest.raises(RuntimeError, match="crashed"):
+        write_shard(batches(), tmp_path, key=_key(0), num_images=2)
+    assert list(tmp_path.iterdir()) == []
+    assert find_complete_shard(tmp_path, _key(0)) is None
+
+
+def test_a_batch_of_another_schema_is_refused_naming_the_file(tmp_path):
+    with pytest.raises(ValueError, match="part-00000.parquet.*detections schema"):
+        write_shard([empty_batch("classification")], tmp_path, key=_key(0), num_images=1)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_files_that_are_not_shards_are_not_complete(tmp_path):
+    pl.DataFrame({"image_id": [1]}).write_parquet(tmp_path / shard_name(0))  # a Parquet file without our metadata
+    (tmp_path / shard_name(1)).write_bytes(b"not parquet")
+    assert read_shard(tmp_path / shard_name(0)) is None and read_shard(tmp_path / shard_name(1)) is None
+    assert read_shard(tmp_path / "missing.parquet") is None
+
+
+def test_stale_shards_of_other_predictions_are_removed_and_ours_kept(tmp_path):
+    ours = write_shard([_batch([1])], tmp_path, key=_key(0), num_images=1)
+    write_shard([_batch([2])], tmp_path, key=_key(1, checkpoint="c" * 64), num_images=1)  # another model
+    write_shard([_batch([3])], tmp_path, key=ShardKey("a" * 64, "b" * 64, "val", 2, 3, "detection"), num_images=1)  # 3 shards
+    pl.DataFrame({"image_id": [4]}).write_parquet(tmp_path / shard_name(4))  # not a shard
+    (tmp_path / "notes.txt").write_text("kept: not a part file")
+    removed = remove_stale_shards(tmp_path, key=_key(1))
+    assert sorted(removed) == [str(tmp_path / shard_name(i)) for i in (1, 2, 4)]
+    assert [loc.uri for loc in list_shards(tmp_path)] == [ours.uri]
+    assert (tmp_path / "notes.txt").exists()
+
+
+def test_locations_resolve_paths_and_file_uris_and_refuse_escapes(tmp_path):
+    assert resolve_location(tmp_path).uri == str(tmp_path)
+    assert resolve_location(tmp_path.as_uri()).path == str(tmp_path)
+    with pytest.raises(ValueError, match="single file name"):
+        resolve_location(tmp_path).child("../x")
+    with pytest.raises(ValueError, match="cannot open"):
+        resolve_location("nosuchscheme://bucket/x")
+    with pytest.raises(ValueError, match="outside"):
+        _key(2, num_shards=2)
