@@ -17,6 +17,7 @@ import typer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from flows.compare import compare_pipeline  # noqa: E402
 from flows.evaluate import evaluate_pipeline  # noqa: E402
 from flows.nightly import nightly_retrain  # noqa: E402
 from flows.params import DataSource, NightlyParams, TrainPipelineParams  # noqa: E402
@@ -50,6 +51,20 @@ def deployments(*, data: Path, fmt: str, model: str, registered_model: str | Non
     ]
 
 
+def compare_deployment(*, data: Path, fmt: str):
+    """The detector bake-off on demand (no schedule): the four detectors of the notes on ``data``,
+    each with its own defaults; the dashboard's form changes models, epochs and the rest."""
+    from flows.params import ComparePipelineParams
+
+    params = ComparePipelineParams(data=DataSource(path=data, format=fmt))
+    return compare_pipeline.to_deployment(
+        name="compare",
+        parameters={"params": params.model_dump(mode="json", exclude_unset=True)},
+        tags=["cvflow"],
+        description="Detector bake-off: train or load several detectors, score them with one protocol, table and plot in MLflow.",
+    )
+
+
 def main(
     data: Annotated[Path, typer.Option(help="Dataset the nightly run retrains on (snapshot folder or source).")],
     model: Annotated[str, typer.Option(help="Registered cvcore model name.")] = "yolov1",
@@ -59,10 +74,10 @@ def main(
     timezone: Annotated[str, typer.Option(help="Time zone of --cron.")] = "UTC",
     epochs: Annotated[int | None, typer.Option(help="Training epochs (default: the model's).")] = None,
 ) -> None:
-    """Serve the nightly, train and evaluate deployments until interrupted."""
+    """Serve the nightly, train, evaluate and compare deployments until interrupted."""
     from prefect import serve
 
-    serve(*deployments(data=data, fmt=fmt, model=model, registered_model=registered_model, cron=cron, timezone=timezone, epochs=epochs))
+    serve(*deployments(data=data, fmt=fmt, model=model, registered_model=registered_model, cron=cron, timezone=timezone, epochs=epochs), compare_deployment(data=data.resolve(), fmt=fmt))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ a deployment schedule, the command line or Python.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -130,3 +130,49 @@ class NightlyDecision(_Params):
 class DemoResult(_Params):
     detector: PipelineResult
     classifier: PipelineResult
+
+
+class ComparePipelineParams(_Params):
+    """The detector bake-off: several detectors trained (or loaded) on one dataset, scored alike.
+
+    Contenders run one after another (their training and inference times are columns of the
+    table, and running them side by side would distort each other's). ``out`` keeps a finished
+    contender's run: running the same bake-off again reuses it instead of training it again.
+    """
+
+    data: DataSource
+    models: tuple[str, ...] = Field(
+        ("rcnn", "fast_rcnn", "faster_rcnn", "yolov1"), min_length=1,
+        description="registered detectors; NAME=RUN_DIR loads that finished run (or checkpoint) instead of training",
+    )  # fmt: skip
+    epochs: dict[str, int] = Field(default_factory=dict, description="training epochs per model (a model left out: its own default)")
+    split: str | None = Field(None, description="split to score (default: test if the dataset has one, else val)")
+    protocol: Literal["coco", "voc07", "voc12"] = Field("coco", description="one detection protocol for every model")
+    pretrained: str | None = Field(None, description="weights every backbone starts from: a checkpoint path or models:/NAME@ALIAS")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    batch_size: int = Field(8, ge=1, description="images per inference batch (the speed columns are measured with it)")
+    grid: int = Field(7, ge=1, description="grid of the crowded-cell recall (YOLOv1's S)")
+    overrides: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="per model, RunConfig sections over its defaults, e.g. {rcnn: {train: {lr: 0.01}}}"
+    )
+    out: Path | None = Field(None, description="bake-off folder: runs/, predictions/, cache/, the table (default: <CVFLOW_HOME>/bakeoffs/<MLflow run id>)")
+    experiment: str = Field(DEFAULT_EXPERIMENT, description="MLflow experiment of the bake-off run and its child runs")
+    progress: bool = Field(False, description="show training progress bars on the console")
+
+
+class CompareResult(_Params):
+    """What compare_pipeline leaves behind: the parent MLflow run, one child run per model, the files."""
+
+    run_id: str  # the parent (bake-off) run
+    run_url: str
+    snapshot: SnapshotRef
+    split: str
+    protocol: str
+    out: Path
+    table: Path  # bakeoff.parquet (cvcore.bakeoff.TABLE_SCHEMA, one row per model)
+    markdown: Path  # bakeoff.md
+    figure: Path  # bakeoff.png
+    child_runs: dict[str, str]  # model → its nested MLflow run id
+    run_dirs: dict[str, Path]  # model → its training run folder
+    predictions: dict[str, Path]  # model → its part-00000.parquet of the scored split
+    metrics: dict[str, dict[str, float]]  # model → the numbers of its table row

@@ -1,4 +1,11 @@
-"""`cvflow compare`: the detector bake-off — train or load several models, score them alike."""
+"""`cvflow compare`: the detector bake-off as ``compare_pipeline`` — train or load several models,
+score them alike, with the table and plot in --out and every model's run in MLflow.
+
+The flags and the --out folder are those of the bake-off (``runs/``, ``predictions/``,
+``cache/``, ``bakeoff.parquet``/``.md``/``.png``; a finished run in ``runs/`` is reused when the
+command runs again). Running it as the Prefect flow adds an MLflow run for the bake-off (the
+table and plot as artifacts) with a child run per model (config, per-epoch metrics, its row).
+"""
 
 from __future__ import annotations
 
@@ -8,12 +15,14 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from flows.commands._common import cli_errors, console, err_console, setup_logging
+from flows.commands._common import cli_errors, console, setup_logging
+from flows.commands._pipeline import prefect_settings, tracking_errors
 
 DEFAULT_MODELS = "rcnn,fast_rcnn,faster_rcnn,yolov1"
 
 
 @cli_errors
+@tracking_errors
 def compare(
     data: Annotated[Path, typer.Option("--data", help="Detection snapshot folder.")],
     out: Annotated[Path, typer.Option("--out", help="Bake-off folder: runs/, predictions/, cache/, bakeoff.parquet/.md/.png.")],
@@ -21,39 +30,54 @@ def compare(
     epochs: Annotated[str | None, typer.Option(help="Epochs for every model (5), per model (rcnn=4,yolov1=40), or both (5,yolov1=40). Default: each model's own.")] = None,
     split: Annotated[str | None, typer.Option(help="Split to score (default: test if the snapshot has one, else val).")] = None,
     protocol: Annotated[str, typer.Option(help="coco | voc07 | voc12.")] = "coco",
-    pretrained: Annotated[str | None, typer.Option(help="Weights every backbone starts from (e.g. a classifier checkpoint).")] = None,
+    pretrained: Annotated[str | None, typer.Option(help="Weights every backbone starts from (a classifier checkpoint, or models:/NAME@ALIAS).")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Images per inference batch (timing).")] = 8,
+    experiment: Annotated[str, typer.Option(help="MLflow experiment of the bake-off run.")] = "cvflow",
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", help="Library logs at INFO.")] = False,
 ) -> None:
     """Train (or load) each of MODELS on DATA, evaluate all with one protocol, write a table and a plot.
 
     The table has mAP@0.5, mAP, AP small/medium/large, recall of objects sharing a grid cell,
-    candidates per image, training time and inference images/s (see cvcore.bakeoff).
+    candidates per image, training time and inference images/s (see cvcore.bakeoff). It runs
+    as the compare_pipeline flow: the MLflow run of the bake-off is reported at the end.
     """
-    from cvcore.bakeoff import parse_contenders, run_bakeoff, write_bakeoff
+    import polars as pl
+
+    from cvcore.bakeoff import parse_contenders
     from cvcore.data.snapshot import read_snapshot
-    from cvcore.engine.callbacks import ProgressBar
+    from cvcore.engine.checkpoint import resolve_checkpoint
+    from flows.compare import check_contenders, compare_pipeline
+    from flows.params import ComparePipelineParams, DataSource
 
     setup_logging(verbose)
+    # Every input error fails here, in one line, before a Prefect server starts.
     snapshot = read_snapshot(data)
     contenders = parse_contenders(models)
-    result = run_bakeoff(
-        snapshot,
-        contenders=contenders,
-        out=out,
-        split=split,
-        protocol=protocol,
-        epochs=parse_epochs(epochs, [c.name for c in contenders]),
-        pretrained=pretrained,
-        device=device,
-        batch_size=batch_size,
-        callbacks=lambda name: [] if quiet else [ProgressBar(console=err_console)],
-    )
-    paths = write_bakeoff(result, out, title=f"{snapshot.name}: {result.split} split, {protocol}")
-    console.print(_rich_table(result.table, title=f"bake-off on {snapshot.name} ({result.split}, {protocol})"))
-    console.print(f"table: {paths['table']}, {paths['markdown']}\nplot: {paths['figure']}", highlight=False)
+    names = [c.name for c in contenders]
+    per_model = parse_epochs(epochs, names) or {}
+    check_contenders(snapshot.task, names, epochs=per_model, overrides={})
+    for c in contenders:
+        if c.run_dir is not None:
+            resolve_checkpoint(c.run_dir)  # CheckpointError (a ValueError) naming a missing run
+    if split is not None and split not in snapshot.splits:
+        raise ValueError(f"snapshot {snapshot.path} has no split {split!r}; splits: {list(snapshot.splits)}")
+    params = ComparePipelineParams(
+        data=DataSource(path=data.resolve()), models=tuple(_spec(c) for c in contenders), epochs=per_model, split=split, protocol=protocol,
+        pretrained=pretrained, device=device, batch_size=batch_size, out=out.resolve(), experiment=experiment, progress=not quiet,
+    )  # fmt: skip
+    with prefect_settings():
+        result = compare_pipeline(params)
+    table = pl.read_parquet(result.table)
+    console.print(_rich_table(table, title=f"bake-off on {snapshot.name} ({result.split}, {protocol})"))
+    console.print(f"table: {result.table}, {result.markdown}\nplot: {result.figure}", highlight=False, soft_wrap=True)
+    console.print(f"MLflow run: {result.run_url} (one child run per model)", highlight=False, soft_wrap=True)
+
+
+def _spec(contender) -> str:
+    """A contender as the flow's ``models`` entry, a loaded run's path made absolute."""
+    return contender.name if contender.run_dir is None else f"{contender.name}={contender.run_dir.expanduser().resolve()}"
 
 
 def parse_epochs(spec: str | None, names: list[str]) -> dict[str, int] | None:
