@@ -4,6 +4,13 @@ The model is a registry URI (``models:/name@champion``), a logged model (``runs:
 a checkpoint path. It is scored exactly as the training pipeline scores (same inference code,
 the model's own eval settings), so evaluating ``@champion`` on the split it was evaluated on in
 training reproduces the numbers logged then. The evaluation is an MLflow run of its own.
+
+At scale: the split is predicted as ``prediction_shards`` Parquet files, one task each, on the
+task runner ``params.task_runner`` names (threads, a local Dask cluster or a Dask scheduler; a
+``predict-shards`` sub-flow, since Prefect fixes a flow's runner at decoration). The shards go
+to a folder keyed by the checkpoint's and the snapshot's digests (or ``params.predictions``, a
+path or ``s3://`` URI), so re-running after a crash keeps the complete shards and predicts only
+the missing ones. The snapshot may be an object-store URI too (staged locally once).
 """
 
 from __future__ import annotations
@@ -15,12 +22,28 @@ from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 
 from flows.params import EvaluatePipelineParams, EvaluateResult
-from flows.train import load_data, predict_split
+from flows.shards import predict_shards_on
+from flows.train import load_data
 from tasks.evaluate import evaluate_split, model_eval_config, report_split
 from tasks.registry import is_model_uri, resolve_checkpoint
-from tasks.tracking import close_run, cvflow_home, ensure_experiment, log_dataset, mlflow_client, open_run, run_tags, run_url
+from tasks.storage import fetch_snapshot, file_sha256
+from tasks.tracking import (
+    TAG_SNAPSHOT,
+    close_run,
+    cvflow_home,
+    ensure_experiment,
+    log_dataset,
+    log_tags,
+    mlflow_client,
+    open_run,
+    run_tags,
+    run_url,
+)
 
 TAG_EVALUATED_MODEL = "cvflow.evaluated_model"
+TAG_PREDICTIONS = "cvflow.predictions"  # the folder or URI of the split's part-*.parquet files
+TAG_CHECKPOINT_SHA256 = "cvflow.checkpoint_sha256"
+TAG_SHARDS_REUSED = "cvflow.shards_reused"  # shards kept from an earlier, interrupted run ("" when none)
 
 
 @flow(name="evaluate-pipeline", flow_run_name="evaluate-{params.split}")
@@ -30,21 +53,29 @@ def evaluate_pipeline(params: EvaluatePipelineParams) -> EvaluateResult:
     home = cvflow_home()
     client = mlflow_client(home)
     experiment_id = ensure_experiment(client, params.experiment)
-    snapshot = load_data(params.data, home=home)
+    snapshot = fetch_snapshot(params.data, home=home) if isinstance(params.data, str) else load_data(params.data, home=home)
     if params.split not in snapshot.splits:
         raise ValueError(f"snapshot {snapshot.path} has no split {params.split!r}; splits: {list(snapshot.splits)}")
     label = params.model if is_model_uri(params.model) else Path(params.model).name
     tags = run_tags(snapshot, model_name=label, flow_name="evaluate_pipeline", flow_run_id=flow_run.get_id())
+    if snapshot.uri:  # staged from an object store: name where it lives, not the local copy
+        tags[TAG_SNAPSHOT] = snapshot.uri
     run_id = open_run(client, experiment_id, run_name=f"eval-{label}-{snapshot.name}-{params.split}", tags=tags | {TAG_EVALUATED_MODEL: params.model})
     logger.info("MLflow run %s: %s", run_id, run_url(client, run_id))
     try:
         log_dataset(client, run_id, snapshot.path, splits=[params.split])
         checkpoint = resolve_checkpoint(params.model)
         eval_config = model_eval_config(checkpoint, protocol=params.protocol)
-        preds = predict_split(
-            checkpoint, snapshot, params.split, out_dir=home / "predictions" / run_id / params.split, shards=params.prediction_shards,
-            batch_size=params.batch_size,
-        )
+        digest = file_sha256(checkpoint)
+        out_dir = params.predictions or home / "predictions" / f"model-{digest[:12]}-data-{snapshot.digest[:12]}" / params.split
+        log_tags(client, run_id, {TAG_PREDICTIONS: str(out_dir), TAG_CHECKPOINT_SHA256: digest})
+        preds = predict_shards_on(
+            params.task_runner, checkpoint, snapshot, params.split, out_dir=out_dir, checkpoint_sha256=digest,
+            num_shards=params.prediction_shards, batch_size=params.batch_size,
+        )  # fmt: skip
+        if preds.reused:
+            logger.info("kept complete shard(s) %s from an earlier run; predicted %s", list(preds.reused), list(preds.predicted))
+        log_tags(client, run_id, {TAG_SHARDS_REUSED: ",".join(map(str, preds.reused))})
         summary = evaluate_split(snapshot, preds, eval_config=eval_config, run_id=run_id, out_dir=home / "evaluations" / run_id / params.split)
         report_split(snapshot, preds, summary, run_id=run_id)
     except BaseException as exc:
@@ -59,4 +90,6 @@ def evaluate_pipeline(params: EvaluatePipelineParams) -> EvaluateResult:
         predictions=preds.dir,
         metrics=dict(summary.metrics),
         headline=summary.headline,
+        shards_predicted=preds.predicted,
+        shards_reused=preds.reused,
     )

@@ -50,16 +50,54 @@ class TrainPipelineParams(_Params):
     resume: Path | None = Field(None, description="continue the training run of this last.pt (its run folder is reused)")
 
 
+class ThreadRunner(_Params):
+    """Run prediction shards in threads of the flow's own process (Prefect's ThreadPoolTaskRunner)."""
+
+    kind: Literal["threads"] = "threads"
+    max_workers: int | None = Field(None, ge=1, description="threads at once (default: Prefect's)")
+
+
+class DaskLocalCluster(_Params):
+    """Run prediction shards on a temporary Dask LocalCluster of worker processes on this machine."""
+
+    kind: Literal["dask-local"] = "dask-local"
+    n_workers: int = Field(2, ge=1, description="worker processes")
+    threads_per_worker: int = Field(1, ge=1, description="threads in each worker process")
+
+
+class DaskScheduler(_Params):
+    """Run prediction shards on an existing Dask cluster (workers must see the same CVFLOW_HOME or stores)."""
+
+    kind: Literal["dask-scheduler"] = "dask-scheduler"
+    address: str = Field(description="the scheduler's address, e.g. tcp://scheduler:8786")
+
+
+TaskRunnerSpec = ThreadRunner | DaskLocalCluster | DaskScheduler  # told apart by `kind`
+
+
 class EvaluatePipelineParams(_Params):
     """A trained model (registered, logged or a local checkpoint) scored on a dataset split."""
 
     model: str = Field(description="models:/<name>@champion, models:/<name>/<version>, runs:/<id>/model or a checkpoint path")
-    data: DataSource
+    data: DataSource | str = Field(
+        description="a snapshot folder or object-store URI (s3://bucket/snapshots/name), or a source to ingest (DataSource)"
+    )
     split: str = Field("test", description="split to evaluate")
     experiment: str = Field(DEFAULT_EXPERIMENT, description="MLflow experiment of the evaluation run")
     protocol: Literal["coco", "voc07", "voc12"] | None = Field(None, description="detection protocol (default: the model's config)")
-    prediction_shards: int = Field(1, ge=1)
-    batch_size: int = Field(32, ge=1)
+    prediction_shards: int = Field(1, ge=1, description="Parquet files the split is predicted into, one task each (in parallel)")
+    batch_size: int = Field(32, ge=1, description="images per inference batch")
+    predictions: str | None = Field(
+        None,
+        description="folder or object-store URI (s3://bucket/prefix) of the split's part-*.parquet files; complete shards of "
+        "the same model, data and sharding already there are kept (resume). Default: "
+        "<CVFLOW_HOME>/predictions/model-<checkpoint digest>-data-<snapshot digest>/<split>",
+    )
+    task_runner: ThreadRunner | DaskLocalCluster | DaskScheduler = Field(
+        default_factory=ThreadRunner,
+        discriminator="kind",
+        description="where prediction shards run: threads here, a local Dask cluster, or a Dask scheduler",
+    )
 
 
 class NightlyParams(_Params):
@@ -106,9 +144,11 @@ class EvaluateResult(_Params):
     run_url: str
     model: str
     checkpoint: Path
-    predictions: Path
+    predictions: Path | str  # the split's part-*.parquet folder (a local path, or an object-store URI)
     metrics: dict[str, float]
     headline: str
+    shards_predicted: tuple[int, ...] = ()  # shards this run computed
+    shards_reused: tuple[int, ...] = ()  # complete shards kept from an earlier, interrupted run
 
 
 class NightlyDecision(_Params):

@@ -14,14 +14,15 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 
-from flows.params import DataSource, PipelineResult, TrainPipelineParams
+from flows.params import DataSource, PipelineResult, TaskRunnerSpec, TrainPipelineParams
+from flows.shards import predict_shards_on, submit_shards
 from tasks.artifacts import artifact_key, markdown_table
 from tasks.augment import augment_preview
 from tasks.evaluate import evaluate_split, report_split
-from tasks.infer import merge_refs, predict_shard
 from tasks.ingest import ingest_source, open_snapshot, source_fingerprint
 from tasks.refs import EvalSummary, PredictionsRef, SnapshotRef
 from tasks.registry import log_model, register_model
+from tasks.storage import file_sha256
 from tasks.tracking import (
     close_run,
     cvflow_home,
@@ -52,14 +53,26 @@ def load_data(source: DataSource, *, home: Path) -> SnapshotRef:
 
 
 def predict_split(
-    checkpoint: Path, snapshot: SnapshotRef, split: str, *, out_dir: Path, shards: int, batch_size: int = 32
+    checkpoint: Path,
+    snapshot: SnapshotRef,
+    split: str,
+    *,
+    out_dir: Path | str,
+    shards: int,
+    batch_size: int = 32,
+    task_runner: TaskRunnerSpec | None = None,
 ) -> PredictionsRef:
-    """Predict every shard of ``split`` (in parallel when there are several) into ``out_dir``."""
-    futures = [
-        predict_shard.submit(checkpoint, snapshot, split, out_dir=out_dir, shard=i, num_shards=shards, batch_size=batch_size)
-        for i in range(shards)
-    ]
-    return merge_refs([f.result() for f in futures])
+    """Predict every shard of ``split`` (in parallel when there are several) into ``out_dir``.
+
+    ``out_dir`` is a local folder or an object-store URI; complete shards of this checkpoint
+    already there are kept (resume). ``task_runner`` None runs the shards on the calling flow's
+    task runner; otherwise in a ``predict-shards`` sub-flow on the runner it describes (Dask).
+    """
+    digest = file_sha256(checkpoint)
+    kwargs = {"out_dir": out_dir, "checkpoint_sha256": digest, "num_shards": shards, "batch_size": batch_size}
+    if task_runner is None:
+        return submit_shards(checkpoint, snapshot, split, **kwargs)
+    return predict_shards_on(task_runner, checkpoint, snapshot, split, **kwargs)
 
 
 @flow(name="train-pipeline", flow_run_name="train-{params.config.model.name}")

@@ -40,7 +40,16 @@ class Scores:
 
 
 def read_predictions(predictions: PredictionsRef) -> pl.LazyFrame:
-    """All shards of a split as one lazy frame."""
+    """All shards of a split as one lazy frame (``pl.scan_parquet``; local paths or object-store URIs).
+
+    The ref's own shard files when it lists them, else every ``part-*.parquet`` in its folder.
+    Object stores are reached with the store's usual environment variables (for S3:
+    ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION``, ``AWS_ENDPOINT_URL``).
+    """
+    if predictions.files:
+        return pl.scan_parquet(list(predictions.files))
+    if isinstance(predictions.dir, str):
+        return pl.scan_parquet(f"{predictions.dir.rstrip('/')}/part-*.parquet")
     return pl.scan_parquet(Path(predictions.dir) / "part-*.parquet")
 
 

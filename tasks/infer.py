@@ -1,23 +1,35 @@
 """Batch inference task: a checkpoint over one shard of a split → one Parquet file.
 
-Predictions land in ``<out_dir>/part-<shard:05d>.parquet`` (DESIGN.md §3), written atomically by
-cvcore (temp file, then rename), so a failed or retried task never leaves half a file that
-``pl.scan_parquet(out_dir / "*.parquet")`` would read. Shards of a split are independent tasks:
-with a Dask task runner (prefect-dask) they spread over workers.
+Predictions land in ``<out_dir>/part-<shard:05d>.parquet`` (DESIGN.md §3), a local folder or an
+object-store URI, streamed batch by batch and moved into place only when complete
+(cvcore.engine.shards), so a failed, retried or killed task never leaves a file that
+``pl.scan_parquet(out_dir / "part-*.parquet")`` would read. Each file records which checkpoint,
+snapshot, split and sharding it holds: a shard whose complete file is already there is not
+predicted again, which is how a crashed evaluation resumes. Shards of a split are independent
+tasks: with a Dask task runner (prefect-dask) they spread over workers.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import pyarrow.parquet as pq
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
+from cvcore.engine.shards import ShardFile, ShardKey, find_complete_shard, remove_stale_shards, resolve_location
 from tasks.refs import PredictionsRef, SnapshotRef
+from tasks.storage import local_snapshot
+from tasks.tracking import cvflow_home
 
 GPU_TAG = "gpu"
+
+
+def shard_key(snapshot: SnapshotRef, split: str, *, checkpoint_sha256: str, shard: int, num_shards: int) -> ShardKey:
+    """The identity of shard ``shard`` of ``num_shards`` of ``split`` predicted by that checkpoint."""
+    return ShardKey(
+        checkpoint_sha256=checkpoint_sha256, snapshot_digest=snapshot.digest, split=split, shard=shard, num_shards=num_shards, task=snapshot.task
+    )
 
 
 @task(name="predict", tags=[GPU_TAG], cache_policy=NO_CACHE, task_run_name="predict-{split}-{shard}")
@@ -26,28 +38,49 @@ def predict_shard(
     snapshot: SnapshotRef,
     split: str,
     *,
-    out_dir: Path,
+    out_dir: Path | str,
+    checkpoint_sha256: str,
     shard: int = 0,
     num_shards: int = 1,
     batch_size: int = 32,
     device: str = "auto",
 ) -> PredictionsRef:
-    """Predict shard ``shard`` of ``num_shards`` (contiguous image ranges) of ``split``.
+    """Predict shard ``shard`` of ``num_shards`` (contiguous image ranges) of ``split`` into ``out_dir``.
 
-    Score threshold and detections per image come from the checkpoint's eval config, so a model
-    is scored the same way wherever it runs.
+    ``checkpoint_sha256`` (of ``checkpoint``, computed once by the flow) goes into the file's
+    metadata; a complete file of the same checkpoint, snapshot, split and sharding already in
+    ``out_dir`` is kept and the shard is not predicted again. Score threshold and detections per
+    image come from the checkpoint's eval config, so a model is scored the same way wherever it runs.
     """
-    from cvcore.config import EvalConfig
     from cvcore.data.snapshot import read_snapshot
+    from cvcore.engine.infer import shard_indices
+
+    logger = get_run_logger()
+    key = shard_key(snapshot, split, checkpoint_sha256=checkpoint_sha256, shard=shard, num_shards=num_shards)
+    done = find_complete_shard(out_dir, key)
+    if done is not None:
+        logger.info("%s: complete from an earlier run (%d rows for %d %s images), kept", done.uri, done.num_rows, done.num_images, split)
+        return _ref(out_dir, done, reused=True)
+    snap = read_snapshot(local_snapshot(snapshot, home=cvflow_home()))
+    indices = shard_indices(snap.split_images(split).height, num_shards=num_shards, shard=shard)
+    written = _predict_into(checkpoint, snap, split, indices, out_dir=out_dir, key=key, batch_size=batch_size, device=device)
+    logger.info("%s: %d rows for %d %s images", written.uri, written.num_rows, written.num_images, split)
+    return _ref(out_dir, written, reused=False)
+
+
+def _predict_into(checkpoint: Path, snap, split: str, indices: range, *, out_dir, key: ShardKey, batch_size: int, device: str) -> ShardFile:
+    """Run the model over ``indices`` of the split and stream the record batches into the shard file."""
+    from cvcore.config import EvalConfig
     from cvcore.engine.checkpoint import load_model
-    from cvcore.engine.infer import predict, shard_indices, write_prediction_shard
+    from cvcore.engine.infer import predict
     from cvcore.engine.run import prediction_dataset
+    from cvcore.engine.shards import write_shard
 
     loaded = load_model(checkpoint)
-    snap = read_snapshot(snapshot.path)
     dataset = prediction_dataset(loaded.meta, snap, split)
+    if len(dataset) != snap.split_images(split).height:
+        raise ValueError(f"{snap.path}: the {split} dataset has {len(dataset)} images, its images table {snap.split_images(split).height}")
     ec = EvalConfig.model_validate(loaded.meta["config"]["eval"])
-    indices = shard_indices(len(dataset), num_shards=num_shards, shard=shard)
     batches = predict(
         loaded.model,
         dataset,
@@ -56,16 +89,49 @@ def predict_shard(
         device=device,
         score_threshold=ec.score_threshold,
         max_detections=ec.max_detections,
-        nms_iou=ec.nms_iou,
         indices=indices,
     )
-    path = write_prediction_shard(batches, out_dir, shard=shard, task=snap.task)
-    rows = pq.ParquetFile(path).metadata.num_rows
-    get_run_logger().info("%s: %d rows for %d %s images", path, rows, len(indices), split)
-    return PredictionsRef(dir=Path(out_dir), split=split, task=snap.task, num_images=len(indices), num_rows=rows)
+    return write_shard(batches, out_dir, key=key, num_images=len(indices))
+
+
+def _ref(out_dir: Path | str, file: ShardFile, *, reused: bool) -> PredictionsRef:
+    shard = file.key.shard
+    return PredictionsRef(
+        dir=out_dir if isinstance(out_dir, str) and "://" in out_dir else Path(out_dir),
+        split=file.key.split,
+        task=file.key.task,
+        num_images=file.num_images,
+        num_rows=file.num_rows,
+        files=(file.uri,),
+        predicted=() if reused else (shard,),
+        reused=(shard,) if reused else (),
+    )
+
+
+@task(name="prepare-shards", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10], task_run_name="prepare-shards-{split}")
+def prepare_shards(snapshot: SnapshotRef, split: str, *, out_dir: Path | str, checkpoint_sha256: str, num_shards: int) -> list[str]:
+    """Remove the ``part-*.parquet`` files in ``out_dir`` that belong to other predictions.
+
+    Files of another model, snapshot, split or shard count would be read together with the new
+    shards by ``pl.scan_parquet``; complete shards of these predictions stay (they are reused).
+    Returns the removed files.
+    """
+    key = shard_key(snapshot, split, checkpoint_sha256=checkpoint_sha256, shard=0, num_shards=num_shards)
+    removed = remove_stale_shards(resolve_location(out_dir), key=key)
+    if removed:
+        get_run_logger().warning("removed %d shard file(s) of other predictions from %s", len(removed), out_dir)
+    return removed
 
 
 def merge_refs(refs: list[PredictionsRef]) -> PredictionsRef:
-    """One reference for all shards of a split (they share a folder)."""
+    """One reference for all shards of a split (they share a folder), shard files in order."""
     first = refs[0]
-    return first.model_copy(update={"num_images": sum(r.num_images for r in refs), "num_rows": sum(r.num_rows for r in refs)})
+    return first.model_copy(
+        update={
+            "num_images": sum(r.num_images for r in refs),
+            "num_rows": sum(r.num_rows for r in refs),
+            "files": tuple(f for r in refs for f in r.files),
+            "predicted": tuple(s for r in refs for s in r.predicted),
+            "reused": tuple(s for r in refs for s in r.reused),
+        }
+    )

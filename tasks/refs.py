@@ -23,6 +23,7 @@ class SnapshotRef(_Ref):
     task: str  # "detection" | "classification"
     digest: str  # the snapshot's content digest (sha256 hex)
     splits: tuple[str, ...]
+    uri: str | None = None  # where it came from when ``path`` is a local copy of an object-store snapshot
 
 
 class CheckpointRef(_Ref):
@@ -36,13 +37,19 @@ class CheckpointRef(_Ref):
 
 
 class PredictionsRef(_Ref):
-    """Predictions of one split: ``<dir>/part-<shard>.parquet`` files, one dataset for pl.scan_parquet."""
+    """Predictions of one split: ``<dir>/part-<shard>.parquet`` files, one dataset for pl.scan_parquet.
 
-    dir: Path
+    ``dir`` is a local folder (Path) or an object-store URI (str, ``s3://bucket/prefix``).
+    """
+
+    dir: Path | str
     split: str
     task: str
     num_images: int
     num_rows: int
+    files: tuple[str, ...] = ()  # the shard files (paths or URIs) in shard order; () = every part-*.parquet in dir
+    predicted: tuple[int, ...] = ()  # shards this run computed
+    reused: tuple[int, ...] = ()  # shards whose complete file from an earlier run was kept (resume)
 
 
 class EvalSummary(_Ref):

@@ -1,0 +1,103 @@
+"""Where the pipeline's files live: checkpoint digests and snapshots kept on an object store.
+
+A snapshot may sit at a URI (``s3://bucket/snapshots/shapes``, see cvcore.engine.shards for the
+schemes and the environment variables that configure them). Models read pixels from local files,
+so such a snapshot is staged once per machine into ``<CVFLOW_HOME>/cache/snapshots/``: the
+manifest, the Parquet tables and the snapshot's own ``images/`` folder. A cached copy is reused
+while its content digest equals the remote manifest's. The remote snapshot must keep its images
+inside it (a relative image root): an absolute image root names a folder of the machine that
+made it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pyarrow.fs as pafs
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from cvcore.data.snapshot import read_snapshot, resolve_inside
+from cvcore.engine.shards import is_uri, resolve_location
+from tasks.ingest import snapshot_ref
+from tasks.refs import SnapshotRef
+
+log = logging.getLogger(__name__)
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 hex digest of a file's bytes (read in chunks by hashlib.file_digest)."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def staged_path(uri: str, *, home: Path) -> Path:
+    """The local cache folder of the snapshot at ``uri``: ``<home>/cache/snapshots/<name>-<hash>``."""
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in uri.rstrip("/").rsplit("/", 1)[-1]) or "snapshot"
+    return Path(home) / "cache" / "snapshots" / f"{name}-{hashlib.sha256(uri.encode()).hexdigest()[:12]}"
+
+
+def stage_snapshot(uri: str, *, home: Path) -> Path:
+    """A local copy of the snapshot folder at ``uri`` (copied when missing or out of date).
+
+    Every file under the remote folder is copied, each confined to the local folder (a key
+    with ``..`` or an absolute name is refused). The copy is made in a temporary sibling and
+    renamed into place, so a crash never leaves a half-staged snapshot. Raises ValueError
+    naming the URI when it holds no ``manifest.json`` or its image root is absolute.
+    """
+    src = resolve_location(uri)
+    manifest_loc = src.child("manifest.json")
+    try:
+        with src.fs.open_input_stream(manifest_loc.path) as fh:
+            manifest = json.loads(fh.read())
+    except FileNotFoundError:
+        raise ValueError(f"{uri} is not a snapshot: it has no manifest.json") from None
+    if os.path.isabs(str(manifest.get("image_root", ""))) or is_uri(str(manifest.get("image_root", ""))):
+        raise ValueError(f"{uri}: the snapshot's image root {manifest['image_root']!r} is absolute; a remote snapshot must keep its images inside it")
+    dst = staged_path(uri, home=home)
+    cached = dst / "manifest.json"
+    if cached.is_file() and json.loads(cached.read_text()).get("digest") == manifest.get("digest"):
+        return dst
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+    try:
+        files = [i for i in src.fs.get_file_info(pafs.FileSelector(src.path, recursive=True)) if i.type == pafs.FileType.File]
+        for info in files:
+            relative = info.path[len(src.path) :].lstrip("/")
+            target = resolve_inside(tmp, relative)  # ValueError for keys that would escape the folder
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with src.fs.open_input_stream(info.path) as fin, open(target, "wb") as fout:
+                shutil.copyfileobj(fin, fout, length=1 << 20)
+        if dst.exists():
+            shutil.rmtree(dst)
+        os.replace(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("staged %s (%d files) into %s", uri, len(files), dst)
+    return dst
+
+
+def local_snapshot(ref: SnapshotRef, *, home: Path) -> Path:
+    """The snapshot folder of ``ref`` on this machine: its path, or a staged copy of its URI.
+
+    A Dask worker on another machine does not have the flow's staged copy; it stages its own.
+    """
+    if ref.uri is None or (Path(ref.path) / "manifest.json").is_file():
+        return Path(ref.path)
+    return stage_snapshot(ref.uri, home=home)
+
+
+@task(name="fetch-snapshot", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
+def fetch_snapshot(location: str, *, home: Path) -> SnapshotRef:
+    """Open the snapshot at ``location``: a local folder, or an object-store URI staged locally."""
+    if not is_uri(location) or resolve_location(location).is_local:  # a path, or file:// (no copy needed)
+        return snapshot_ref(read_snapshot(resolve_location(location).path))
+    path = stage_snapshot(location, home=home)
+    return snapshot_ref(read_snapshot(path)).model_copy(update={"uri": location})
