@@ -1,10 +1,11 @@
 """Serve cvflow's flows from this process: the nightly retraining schedule plus on-demand runs.
 
-    python deploy/serve.py --data /data/shapes --model yolov1 --cron "0 2 * * *"
+    python deploy/serve.py --data /data/shapes --model yolov1 --cron "0 2 * * *" --timezone Europe/Paris
 
-No work pool or worker needed: this process polls the Prefect server (PREFECT_API_URL, or
-``prefect server start`` on this machine) and runs scheduled and dashboard-triggered runs itself.
-For several machines use deploy/prefect.yaml with workers instead. Stop with Ctrl-C.
+No work pool or worker needed: this process registers the deployments with the Prefect server
+(PREFECT_API_URL, or ``prefect server start`` on this machine), then polls it and runs scheduled
+and dashboard-triggered runs itself, each in a subprocess. For several machines use
+deploy/prefect.yaml with workers instead. Stop with Ctrl-C.
 """
 
 from __future__ import annotations
@@ -20,35 +21,72 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from flows.compare import compare_pipeline  # noqa: E402
 from flows.evaluate import evaluate_pipeline  # noqa: E402
 from flows.nightly import nightly_retrain  # noqa: E402
-from flows.params import DataSource, NightlyParams, TrainPipelineParams  # noqa: E402
+from flows.params import DataSource, EvaluatePipelineParams, NightlyParams, TrainPipelineParams  # noqa: E402
 from flows.train import train_pipeline  # noqa: E402
 
 
+def registered_name(data: Path, *, fmt: str, model: str) -> str:
+    """The registry name train_pipeline would choose: ``<dataset name>-<model>``.
+
+    The dataset name is the snapshot's own (its manifest) or, for a source still to be ingested
+    or a snapshot that does not exist yet, the file or folder name (what ingest names it).
+    """
+    from cvcore.data.snapshot import SnapshotError, read_snapshot
+
+    name = data.stem
+    if fmt == "snapshot":
+        try:
+            name = read_snapshot(data).name
+        except SnapshotError:
+            pass  # the nightly run may be the first to find data there
+    return f"{name}-{model}"
+
+
 def deployments(*, data: Path, fmt: str, model: str, registered_model: str | None, cron: str, timezone: str, epochs: int | None):
-    """The three deployments served: nightly (scheduled), train and evaluate (on demand)."""
+    """The three deployments served: nightly (scheduled), train and evaluate (on demand).
+
+    Parameters hold only what was chosen here (``exclude_unset``): the rest of the run config
+    stays unset, so each run takes the model's registry defaults (image size, epochs, optimizer)
+    as the command line does, and the dashboard's form shows exactly these values as defaults.
+    """
     from prefect.schedules import Cron
 
     from cvcore.config import RunConfig
 
+    name = registered_model or registered_name(data, fmt=fmt, model=model)
     config = {"model": {"name": model}} | ({"train": {"epochs": epochs}} if epochs else {})
-    train = TrainPipelineParams(data=DataSource(path=data, format=fmt), config=RunConfig.model_validate(config), registered_model=registered_model)
+    source = DataSource(path=data, format=fmt)
+    train = TrainPipelineParams(data=source, config=RunConfig.model_validate(config), registered_model=name)
     nightly = NightlyParams(train=train)
+    evaluate = EvaluatePipelineParams(model=f"models:/{name}@champion", data=source)
     return [
         nightly_retrain.to_deployment(
             name="nightly",
             schedules=[Cron(cron, timezone=timezone)],
             concurrency_limit=1,  # never two nightlies at once (they would race for @champion)
-            parameters={"params": nightly.model_dump(mode="json")},
+            parameters={"params": _dump(nightly)},
             tags=["cvflow", "nightly"],
             description="Retrain nightly; promote the challenger only when it beats the champion with confidence.",
         ),
-        train_pipeline.to_deployment(name="train", parameters={"params": train.model_dump(mode="json")}, tags=["cvflow"]),
+        train_pipeline.to_deployment(
+            name="train",
+            parameters={"params": _dump(train)},
+            tags=["cvflow"],
+            description="Train, evaluate and register one model (start it from the dashboard's Run button).",
+        ),
         evaluate_pipeline.to_deployment(
             name="evaluate",
-            parameters={"params": {"model": f"models:/{registered_model or 'MODEL'}@champion", "data": {"path": str(data), "format": fmt}}},
+            parameters={"params": _dump(evaluate)},
             tags=["cvflow"],
+            description="Score the champion (or any logged model) on a dataset split, without training.",
         ),
     ]
+
+
+def _dump(params) -> dict:
+    # exclude_unset: a full dump would pin every RunConfig default (e.g. 128 px for a 32 px
+    # classifier) and hide the model's own defaults, which only apply to fields left unset.
+    return params.model_dump(mode="json", exclude_unset=True)
 
 
 def compare_deployment(*, data: Path, fmt: str):
@@ -71,13 +109,13 @@ def main(
     fmt: Annotated[str, typer.Option("--format", help="snapshot | coco | voc | yolo | imagefolder.")] = "snapshot",
     registered_model: Annotated[str | None, typer.Option(help="MLflow registered model (default: <dataset>-<model>).")] = None,
     cron: Annotated[str, typer.Option(help="When the nightly run starts (cron, in --timezone).")] = "0 2 * * *",
-    timezone: Annotated[str, typer.Option(help="Time zone of --cron.")] = "UTC",
+    timezone: Annotated[str, typer.Option(help="IANA time zone of --cron, e.g. Europe/Paris.")] = "UTC",
     epochs: Annotated[int | None, typer.Option(help="Training epochs (default: the model's).")] = None,
 ) -> None:
     """Serve the nightly, train, evaluate and compare deployments until interrupted."""
     from prefect import serve
 
-    serve(*deployments(data=data, fmt=fmt, model=model, registered_model=registered_model, cron=cron, timezone=timezone, epochs=epochs), compare_deployment(data=data.resolve(), fmt=fmt))
+    serve(*deployments(data=data.resolve(), fmt=fmt, model=model, registered_model=registered_model, cron=cron, timezone=timezone, epochs=epochs), compare_deployment(data=data.resolve(), fmt=fmt))
 
 
 if __name__ == "__main__":
