@@ -172,21 +172,6 @@ def test_run_state_tells_finished_from_interrupted(tiny_bakeoff, tmp_path):
     assert run_state(copy) == "interrupted"
 
 
-def test_cvflow_compare_command(shapes_detection, tiny_bakeoff, tmp_path):
-    from typer.testing import CliRunner
-
-    from flows.cli import app
-
-    result, _ = tiny_bakeoff
-    run = CliRunner().invoke(
-        app, ["compare", "--data", str(shapes_detection.path), "--out", str(tmp_path), "--models", f"rcnn={result.runs['rcnn']}", "--device", "cpu", "--quiet"]
-    )
-    assert run.exit_code == 0, run.output
-    assert "rcnn" in run.output and (tmp_path / "bakeoff.md").is_file() and (tmp_path / "bakeoff.png").is_file()
-    bad = CliRunner().invoke(app, ["compare", "--data", str(shapes_detection.path), "--out", str(tmp_path), "--models", "rcnn", "--epochs", "x"])
-    assert bad.exit_code == 2 and "--epochs" in bad.output
-
-
 def test_parse_epochs():
     from flows.commands.compare import parse_epochs
 
