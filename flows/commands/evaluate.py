@@ -17,7 +17,7 @@ from flows.commands._pipeline import prefect_settings, tracking_errors
 @tracking_errors
 def evaluate(
     model: Annotated[str, typer.Option("--model", help="models:/NAME@champion, models:/NAME/VERSION, runs:/ID/model or a checkpoint.")],
-    data: Annotated[Path, typer.Option("--data", help="Snapshot folder, or a source dataset with --format.")],
+    data: Annotated[str, typer.Option("--data", help="Snapshot folder or object-store URI (s3://bucket/snapshots/NAME), or a source dataset with --format.")],
     split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
     fmt: Annotated[str, typer.Option("--format", help="snapshot | coco | voc | yolo | imagefolder.")] = "snapshot",
     images: Annotated[Path | None, typer.Option(help="Image folder, for sources that keep images apart.")] = None,
@@ -25,30 +25,46 @@ def evaluate(
     experiment: Annotated[str, typer.Option(help="MLflow experiment of the evaluation run.")] = "cvflow",
     shards: Annotated[int, typer.Option(min=1, help="Prediction shards (Parquet files), predicted in parallel.")] = 1,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 32,
+    predictions: Annotated[
+        str | None, typer.Option(help="Folder or s3:// URI for the part-*.parquet files (default: under CVFLOW_HOME); complete shards there are kept.")
+    ] = None,
+    dask_workers: Annotated[int | None, typer.Option(min=1, help="Predict the shards on a local Dask cluster of this many worker processes.")] = None,
+    dask_address: Annotated[str | None, typer.Option(help="Predict the shards on an existing Dask cluster (scheduler address, tcp://HOST:8786).")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", help="Library logs at INFO.")] = False,
 ) -> None:
     """Predict SPLIT of DATA with MODEL, write the predictions as Parquet and score them in MLflow."""
+    from cvcore.engine.shards import is_uri
     from flows.evaluate import evaluate_pipeline
-    from flows.params import DataSource, EvaluatePipelineParams
+    from flows.params import DaskLocalCluster, DaskScheduler, DataSource, EvaluatePipelineParams, ThreadRunner
 
     setup_logging(verbose)
-    if fmt == "snapshot":
-        from cvcore.data.snapshot import read_snapshot
+    if dask_workers is not None and dask_address is not None:
+        raise ValueError("give --dask-workers (a local cluster) or --dask-address (an existing one), not both")
+    runner = DaskScheduler(address=dask_address) if dask_address else DaskLocalCluster(n_workers=dask_workers) if dask_workers else ThreadRunner()
+    if is_uri(data):
+        if fmt != "snapshot":
+            raise ValueError(f"--data {data}: only snapshots can be read from a URI; ingest {fmt} sources from a local folder first")
+        source: DataSource | str = data
+    else:
+        if fmt == "snapshot":
+            from cvcore.data.snapshot import read_snapshot
 
-        read_snapshot(data)  # a missing or broken snapshot fails here, before any server starts
-    elif not data.exists():
-        raise FileNotFoundError(f"source {data} does not exist")
-    source = DataSource(path=data, format=fmt, images=images)
+            read_snapshot(data)  # a missing or broken snapshot fails here, before any server starts
+        elif not Path(data).exists():
+            raise FileNotFoundError(f"source {data} does not exist")
+        source = DataSource(path=Path(data), format=fmt, images=images)
     params = EvaluatePipelineParams(
-        model=model, data=source, split=split, protocol=protocol, experiment=experiment, prediction_shards=shards, batch_size=batch_size
-    )
+        model=model, data=source, split=split, protocol=protocol, experiment=experiment, prediction_shards=shards, batch_size=batch_size,
+        predictions=predictions, task_runner=runner,
+    )  # fmt: skip
     with prefect_settings():
         result = evaluate_pipeline(params)
-    table = Table(title=f"{model} on {data.name}/{split}", title_justify="left")
+    table = Table(title=f"{model} on {data.rstrip('/').rsplit('/', 1)[-1]}/{split}", title_justify="left")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in result.metrics.items():
         if "/" not in key:
             table.add_row(f"[bold]{key}[/]" if key == result.headline else key, "—" if math.isnan(value) else f"{value:.4f}")
     console.print(table)
-    console.print(f"predictions: {result.predictions}\nMLflow run: {result.run_url}", highlight=False, soft_wrap=True)
+    reused = f" ({len(result.shards_reused)} of {shards} shards kept from an earlier run)" if result.shards_reused else ""
+    console.print(f"predictions: {result.predictions}{reused}\nMLflow run: {result.run_url}", highlight=False, soft_wrap=True)
