@@ -69,8 +69,9 @@ def _detection_scores(annotations, predictions, *, images: pl.DataFrame, protoco
     from cvcore.metrics.detection import evaluate_detections
     from cvcore.metrics.errors import detection_errors
 
-    if isinstance(predictions, pl.LazyFrame):
-        predictions = predictions.collect()  # read the shards once for both analyses
+    # A LazyFrame (the shards) is handed to each analysis as is: each collects only the columns it
+    # needs and frees them, so peak memory is the larger analysis, not both plus a collected copy
+    # (benchmarks/eval_scale.py: -250 MB at 5 M detections; reading the shards twice costs ~0.3 s).
     report = evaluate_detections(annotations, predictions, images=images, protocol=protocol, categories=sorted(names))
     errors = detection_errors(annotations, predictions, images=images, protocol=protocol, categories=sorted(names))
     per_class = _with_names(report.per_class, names)

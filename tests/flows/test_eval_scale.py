@@ -69,9 +69,15 @@ def reference(checkpoint, shapes_detection, tmp_path_factory):
     return result
 
 
+def _needs_dask():
+    # prefect-dask is the optional extra `dask`; the Dask tests need it in the test environment too.
+    return pytest.importorskip("prefect_dask", reason="prefect-dask (extra 'dask') is not installed")
+
+
 def test_task_runner_specs_build_the_runners_they_name():
     from prefect.task_runners import ThreadPoolTaskRunner
-    from prefect_dask import DaskTaskRunner
+
+    DaskTaskRunner = _needs_dask().DaskTaskRunner
 
     assert isinstance(make_task_runner(ThreadRunner(max_workers=3)), ThreadPoolTaskRunner)
     local = make_task_runner(DaskLocalCluster(n_workers=2))
@@ -82,6 +88,7 @@ def test_task_runner_specs_build_the_runners_they_name():
 
 
 def test_dask_local_cluster_of_two_processes_gives_the_thread_runners_metrics(checkpoint, shapes_detection, reference, tmp_path):
+    _needs_dask()
     from distributed import Client, LocalCluster, get_task_stream
 
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, Client(cluster) as client:
@@ -203,3 +210,19 @@ def test_snapshot_predictions_and_mlflow_artifacts_on_an_object_store(checkpoint
     again = evaluate_pipeline(params)  # every shard is complete: nothing is predicted again
     assert again.shards_reused == tuple(range(SHARDS)) and again.shards_predicted == ()
     _assert_same_metrics(again.metrics, reference.metrics)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--dask-workers", "2", "--dask-address", "tcp://127.0.0.1:8786"], "not both"),
+        (["--format", "coco"], "only snapshots can be read from a URI"),
+    ],
+)
+def test_cvflow_evaluate_refuses_contradicting_options(extra, message):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    result = CliRunner().invoke(app, ["evaluate", "--model", "m.pt", "--data", "s3://bucket/snapshots/x", *extra])
+    assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
