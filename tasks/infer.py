@@ -17,7 +17,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
-from cvcore.engine.shards import ShardFile, ShardKey, find_complete_shard, remove_stale_shards, resolve_location
+from cvcore.engine.shards import ShardFile, ShardKey, find_complete_shard, is_uri, remove_stale_shards, resolve_location
 from tasks.refs import PredictionsRef, SnapshotRef
 from tasks.storage import local_snapshot
 from tasks.tracking import cvflow_home
@@ -97,7 +97,7 @@ def _predict_into(checkpoint: Path, snap, split: str, indices: range, *, out_dir
 def _ref(out_dir: Path | str, file: ShardFile, *, reused: bool) -> PredictionsRef:
     shard = file.key.shard
     return PredictionsRef(
-        dir=out_dir if isinstance(out_dir, str) and "://" in out_dir else Path(out_dir),
+        dir=out_dir if is_uri(out_dir) else Path(out_dir),
         split=file.key.split,
         task=file.key.task,
         num_images=file.num_images,
