@@ -48,6 +48,11 @@ class TrainPipelineParams(_Params):
     progress: bool = Field(False, description="show training progress bars on the console")
     run_dir: Path | None = Field(None, description="training run folder (default: <CVFLOW_HOME>/checkpoints/<MLflow run id>)")
     resume: Path | None = Field(None, description="continue the training run of this last.pt (its run folder is reused)")
+    task_runner: "ThreadRunner | DaskLocalCluster | DaskScheduler | None" = Field(
+        None,
+        discriminator="kind",
+        description="where the prediction shards run: the flow's own threads (unset), a local Dask cluster, or a Dask scheduler",
+    )
 
 
 class ThreadRunner(_Params):
@@ -73,6 +78,7 @@ class DaskScheduler(_Params):
 
 
 TaskRunnerSpec = ThreadRunner | DaskLocalCluster | DaskScheduler  # told apart by `kind`
+TrainPipelineParams.model_rebuild()  # its task_runner field names the classes above
 
 
 class EvaluatePipelineParams(_Params):

@@ -111,7 +111,7 @@ def _run(params: TrainPipelineParams, snapshot: SnapshotRef, *, run_id: str, hom
     summaries: dict[str, EvalSummary] = {}
     for split in splits:
         out = home / "predictions" / run_id / split
-        preds = predict_split(checkpoint.path, snapshot, split, out_dir=out, shards=params.prediction_shards)
+        preds = predict_split(checkpoint.path, snapshot, split, out_dir=out, shards=params.prediction_shards, task_runner=params.task_runner)
         summaries[split] = evaluate_split(snapshot, preds, eval_config=config.eval, run_id=run_id, out_dir=run_dir / "eval" / split)
         report_split(snapshot, preds, summaries[split], run_id=run_id)
         predictions[split] = preds

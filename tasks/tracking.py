@@ -49,6 +49,9 @@ class TrackingUnavailable(RuntimeError):
     """The MLflow tracking server cannot be reached; the message names the URI."""
 
 
+ARTIFACT_ROOT_ENV = "CVFLOW_ARTIFACT_ROOT"
+
+
 def cvflow_home() -> Path:
     """The home folder (``$CVFLOW_HOME``, default ``./.cvflow``), absolute and created."""
     home = Path(os.environ.get("CVFLOW_HOME") or ".cvflow").expanduser().resolve()
@@ -76,13 +79,17 @@ def uses_embedded_store(home: Path | None = None) -> bool:
 
 
 def artifact_root(home: Path | None = None) -> str | None:
-    """Artifact location for new experiments: ``<home>/mlartifacts`` on the embedded store.
+    """Artifact location for new experiments on the embedded store: ``$CVFLOW_ARTIFACT_ROOT``
+    (e.g. ``s3://bucket/mlartifacts``; MLflow reads the ``AWS_*`` / ``MLFLOW_S3_ENDPOINT_URL``
+    variables) when set, else ``<home>/mlartifacts``. Existing experiments keep their location.
 
     With a tracking server the server decides (None), so clients never write to paths only
     this machine has.
     """
     if not uses_embedded_store(home):
         return None
+    if root := os.environ.get(ARTIFACT_ROOT_ENV):
+        return root
     return ((home or cvflow_home()) / "mlartifacts").as_uri()
 
 

@@ -24,6 +24,17 @@ def test_embedded_store_lives_in_the_home_and_survives_mlflow_exporting_the_uri(
         mlflow.set_tracking_uri(None)
 
 
+def test_artifact_root_of_new_experiments_is_configurable(home, monkeypatch, tmp_path):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    monkeypatch.setenv(tracking.ARTIFACT_ROOT_ENV, (tmp_path / "bucket").as_uri())  # s3://... in production
+    client = tracking.mlflow_client()
+    try:
+        experiment = client.get_experiment(tracking.ensure_experiment(client, "elsewhere"))
+        assert experiment.artifact_location == (tmp_path / "bucket").as_uri()
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
 def test_a_tracking_server_uri_is_respected_and_an_unreachable_one_is_named(monkeypatch, tmp_path):
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
