@@ -114,7 +114,15 @@ def main(
 ) -> None:
     """Serve the nightly, train, evaluate and compare deployments until interrupted."""
     from prefect import serve
+    from prefect.settings import PREFECT_API_URL
 
+    if not PREFECT_API_URL.value():
+        typer.echo(
+            "warning: PREFECT_API_URL is not set, so these deployments live on a temporary Prefect server that the "
+            "dashboard and `prefect deployment run` cannot see. For a local dashboard: `prefect server start` and "
+            "`prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api`.",
+            err=True,
+        )
     serve(*deployments(data=data.resolve(), fmt=fmt, model=model, registered_model=registered_model, cron=cron, timezone=timezone, epochs=epochs), compare_deployment(data=data.resolve(), fmt=fmt))
 
 
