@@ -39,15 +39,16 @@ def ui(
     urls = {"mlflow": mlflow_url, "prefect": f"http://127.0.0.1:{prefect_port}"}
     running = {name for name, url in urls.items() if _answers(url + HEALTH[name])}
     for name in ("mlflow", "prefect"):
-        if name in running:
-            console.print(f"[bold]{TITLES[name]}[/]: {urls[name]} (running)", highlight=False)
-        elif name not in commands:
-            console.print(f"[bold]{TITLES[name]}[/]: {urls[name]} (tracking server from MLFLOW_TRACKING_URI, not answering)", highlight=False)
+        state = "running" if name in running else "not answering"
+        if name not in commands:
+            console.print(f"[bold]{TITLES[name]}[/]: {urls[name]} (tracking server from MLFLOW_TRACKING_URI, {state})", highlight=False)
+        elif start and name in running:
+            console.print(f"[bold]{TITLES[name]}[/]: {urls[name]} (already running)", highlight=False)
         elif not start:
-            console.print(f"[bold]{TITLES[name]}[/] ({urls[name]}):\n  {shlex.join(commands[name])}", highlight=False, soft_wrap=True)
+            note = " (already running)" if name in running else ""
+            console.print(f"[bold]{TITLES[name]}[/] ({urls[name]}){note}:\n  {shlex.join(commands[name])}", highlight=False, soft_wrap=True)
     if not start:
-        if set(commands) - running:
-            console.print("or run them here: [bold]cvflow ui --start[/]", highlight=False)
+        console.print("or run them here: [bold]cvflow ui --start[/] (starts those not running yet)", highlight=False)
         return
     _serve({name: cmd for name, cmd in commands.items() if name not in running}, urls)
 

@@ -9,20 +9,26 @@
    ``@champion``.
 2. ``deploy/prefect.yaml`` deploys to the server as the README says (work pool, ``prefect
    deploy --all``), with the nightly cron schedule and the dashboard's parameter defaults.
+3. ``cvflow ui --start`` beside the running dashboard starts only the MLflow UI, listening on
+   127.0.0.1 alone, and stops cleanly on Ctrl-C.
 
 Tiny data (the session's synthetic 32 px classification set), one epoch of ResNet-18.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
+import psutil
 import pytest
-from server_procs import BIN, Servers, answers, clean_env, started, wait_until
+from server_procs import BIN, LOOPBACK, Servers, answers, clean_env, free_port, started, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -93,6 +99,7 @@ def test_a_dashboard_run_of_the_served_train_pipeline_lands_in_mlflow(servers: S
         nightly = _deployment(api, "nightly-retrain/nightly")
         [schedule] = nightly["schedules"]
         assert (schedule["schedule"]["cron"], schedule["schedule"]["timezone"], schedule["active"]) == ("0 2 * * *", "Europe/Paris", True)
+        assert nightly["global_concurrency_limit"]["limit"] == 1
         evaluate = _deployment(api, "evaluate-pipeline/evaluate")
         assert evaluate["parameters"]["params"]["model"] == f"models:/{REGISTERED}@champion"
 
@@ -162,7 +169,7 @@ def test_prefect_yaml_deploys_to_the_server_as_the_readme_says(servers: Servers,
     api = servers.prefect_api
     env = clean_env(PREFECT_API_URL=api, PREFECT_HOME=str(tmp_path / "prefect-home"))
     steps = [
-        [str(BIN / "prefect"), "work-pool", "create", "cvflow", "--type", "process", "--overwrite"],
+        [str(BIN / "prefect"), "work-pool", "create", "cvflow", "--type", "process"],
         [str(BIN / "prefect"), "--no-prompt", "deploy", "--all", "--prefect-file", "deploy/prefect.yaml"],
     ]
     for command in steps:
@@ -170,7 +177,7 @@ def test_prefect_yaml_deploys_to_the_server_as_the_readme_says(servers: Servers,
         assert done.returncode == 0, f"{' '.join(command[1:])} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
 
     nightly = _deployment(api, "nightly-retrain/nightly")
-    assert nightly["work_pool_name"] == "cvflow" and nightly["concurrency_limit"] == 1
+    assert nightly["work_pool_name"] == "cvflow" and nightly["global_concurrency_limit"]["limit"] == 1  # one nightly at a time
     [schedule] = nightly["schedules"]
     assert (schedule["schedule"]["cron"], schedule["schedule"]["timezone"], schedule["active"]) == ("0 2 * * *", "UTC", True)
     # Without a pull step in the file, workers run the code from where `prefect deploy` ran.
@@ -179,3 +186,23 @@ def test_prefect_yaml_deploys_to_the_server_as_the_readme_says(servers: Servers,
         deployment = _deployment(api, name)
         assert deployment["work_pool_name"] == "cvflow" and not deployment["schedules"], name
         assert deployment["parameters"]["params"]["data"]["path"], name  # a default the run form shows
+
+
+def test_cvflow_ui_starts_the_mlflow_ui_on_loopback_beside_a_running_dashboard(servers: Servers, tmp_path):
+    """`cvflow ui --start` as a user runs it with the dashboard already up: it starts only the
+    MLflow UI (on the embedded store of CVFLOW_HOME), bound to 127.0.0.1, and Ctrl-C stops it."""
+    port, prefect_port = free_port(), urlsplit(servers.prefect.url).port
+    env = clean_env(CVFLOW_HOME=str(tmp_path / "home"), PREFECT_HOME=str(tmp_path / "prefect-home"))
+    command = [str(BIN / "cvflow"), "ui", "--start", "--mlflow-port", str(port), "--prefect-port", str(prefect_port)]
+    with started("cvflow ui --start", command, url=f"http://{LOOPBACK}:{port}", log=tmp_path / "ui.log", env=env) as ui:
+        wait_until(lambda: answers(ui.url + "/health"), server=ui, timeout=150, what="the MLflow UI answers")
+        experiments = httpx.get(f"{ui.url}/api/2.0/mlflow/experiments/search", params={"max_results": 5}, timeout=30)
+        assert experiments.status_code == 200 and experiments.json()["experiments"][0]["name"] == "Default"
+        listening = {c.laddr.ip for c in psutil.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+        assert listening == {LOOPBACK}, listening
+        os.killpg(ui.process.pid, signal.SIGINT)  # what Ctrl-C in its terminal sends
+        assert ui.process.wait(timeout=60) == 0, ui.log_tail()
+    log = ui.log.read_text()
+    assert f"Prefect dashboard: {servers.prefect.url} (already running)" in log, log[-2000:]
+    assert f"MLflow UI: http://{LOOPBACK}:{port}" in log
+    assert answers(servers.prefect.url + "/api/health")  # the dashboard it did not start is still up
