@@ -242,8 +242,14 @@ def test_demo_trains_both_models_and_prints_where_everything_is(env, capsys):
     for r in (result.detector, result.classifier):
         assert set(r.metrics) == {"val", "test"} and set(r.model.aliases) == {"champion", "challenger"}
         assert all(any(p.dir.glob("part-*.parquet")) for p in r.predictions.values())
+    # Transfer: the detector's backbone came from the classifier's registered version, fetched
+    # from the MLflow registry into CVFLOW_HOME/models (the run's resolved config says which file).
+    assert result.detector_backbone == result.classifier.model.uri
+    pretrained = MlflowClient().get_run(result.detector.run_id).data.params["model.pretrained"]
+    assert pretrained.startswith(str(env / "models")) and pretrained.endswith("checkpoint.pt")
     print_summary(result, elapsed=61.0)
     out = " ".join(capsys.readouterr().out.split())
     assert str(result.classifier.predictions["test"].dir) in out
+    assert f"backbone started from {result.classifier.model.uri}" in out
     assert "mlflow ui --backend-store-uri" in out and "prefect server start --host 127.0.0.1" in out
     assert "done in 1.0 min" in out
