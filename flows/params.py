@@ -130,7 +130,7 @@ class DemoParams(_Params):
     detector_epochs: int | None = Field(6, ge=1, description="None: the model's default")
     classifier_epochs: int | None = Field(8, ge=1, description="None: the model's default")
     detection_images: tuple[int, int, int] = Field((480, 100, 100), description="train / val / test images (128 px)")
-    classification_images: tuple[int, int, int] = Field((800, 200, 200), description="train / val / test images")
+    classification_images: tuple[int, int, int] = Field((1200, 200, 200), description="train / val / test images")
     classification_image_size: int = Field(
         64, ge=16, description="px; from 64 up ResNet keeps torchvision's stem, as the detector's backbone does, so every backbone tensor transfers"
     )
