@@ -120,8 +120,8 @@ class DemoParams(_Params):
 
     The classifier trains first; with ``transfer`` its registered version starts the detector's
     backbone (transfer learning: on this data the detector then reaches the same mAP in about half
-    the epochs). The defaults fit the demo in about four minutes on an idle 2-core CPU and give a
-    detector above 0.5 mAP@0.5 and a classifier above 0.95 accuracy (benchmarks/RESULTS.md,
+    the epochs). With the defaults the demo takes 3-4 minutes on a 2-core CPU and gives a
+    detector above 0.8 mAP@0.5 and a classifier above 0.95 accuracy (benchmarks/RESULTS.md,
     "Pipeline demo"); settings not named here come from the models' registry defaults.
     """
 

@@ -33,7 +33,7 @@ def demo(
     """Train, evaluate and register a classifier and a detector on built-in synthetic shapes.
 
     The classifier trains first and, with --transfer (the default), its registered version starts
-    the detector's backbone. About four minutes on an idle 2-core CPU with the defaults. Results
+    the detector's backbone. About 3-4 minutes on a 2-core CPU with the defaults. Results
     go to CVFLOW_HOME (default ./.cvflow): the MLflow store, predictions Parquet, checkpoints.
     The summary at the end says where, and how to open the MLflow UI and the Prefect dashboard
     on them.
