@@ -90,14 +90,18 @@ def check_transfer(detector: str, classifier: str, *, classifier_img_size: int) 
     cls = build_model(classifier, num_classes=2, img_size=classifier_img_size)
     source = f"{classifier} ({classifier_img_size} px)"
     try:
-        report = load_partial(det, cls.state_dict(), renames=tuple(getattr(det, "transfer_renames", ())), source=source, model_name=detector)
+        renames = tuple(getattr(det, "transfer_renames", ()))
+        report = load_partial(det, cls.state_dict(), renames=renames, source=source, model_name=detector)
     except ValueError:
         raise ValueError(
             f"classifier {classifier!r} cannot start detector {detector!r}'s backbone: none of its weights fit by name and shape; "
             f"choose a classifier of the detector's backbone architecture, or turn transfer off (--no-transfer)"
         ) from None
     if report.shape_mismatch:
-        log.warning("%s: %d backbone tensors of %s keep their random start (other shape): %s", detector, len(report.shape_mismatch), source, ", ".join(report.shape_mismatch[:4]))
+        log.warning(
+            "%s: %d backbone tensors of %s keep their random start (other shape): %s",
+            detector, len(report.shape_mismatch), source, ", ".join(report.shape_mismatch[:4]),
+        )  # fmt: skip
 
 
 def _pipeline_params(path: Path, config: dict, params: DemoParams) -> TrainPipelineParams:
