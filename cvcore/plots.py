@@ -140,9 +140,11 @@ def size_ap_bars(
     with_classes = per_class is not None and all(f"ap_{s}" in per_class.columns for s in sizes)
     fig = _figure(figsize=(11 if with_classes else 5, 4.5), layout="constrained")
     ax = fig.add_subplot(1, 2 if with_classes else 1, 1)
-    values = [_nan0(summary[f"map_{s}"]) for s in sizes]
-    bars = ax.bar(sizes, values, color=["#4c72b0", "#55a868", "#c44e52"])
-    ax.bar_label(bars, fmt="%.3f")
+    raw = [float(summary[f"map_{s}"]) for s in sizes]
+    # No ground truth of a size gives NaN (pycocotools' -1): no bar and say so, never a 0.000 bar.
+    present = [not (math.isnan(v) or v < 0) for v in raw]
+    bars = ax.bar(sizes, [v if ok else 0.0 for v, ok in zip(raw, present)], color=["#4c72b0", "#55a868", "#c44e52"])
+    ax.bar_label(bars, labels=[f"{v:.3f}" if ok else "no objects" for v, ok in zip(raw, present)])
     ax.set(ylim=(0, 1), ylabel="AP @[.50:.95]", title="AP by object size")
     if with_classes:
         ax2 = fig.add_subplot(1, 2, 2)
@@ -173,8 +175,8 @@ def training_curves(history: pl.DataFrame) -> Figure:
     """Per-epoch metrics (a frame with ``epoch`` and numeric columns): losses, learning rate, the rest.
 
     Columns whose name contains ``loss`` share the first panel, ``lr`` gets its own (log scale
-    when every value is positive),
-    validation metrics and other numbers the last; timing/throughput columns are left out.
+    when every value is positive), ``val/*`` metrics the next, other numbers (e.g.
+    ``train/grad_norm``) the last; timing/throughput columns are left out.
     """
     if "epoch" not in history.columns or history.is_empty():
         raise ValueError(f"history needs an 'epoch' column and at least one row; it has {history.columns}")
@@ -183,7 +185,12 @@ def training_curves(history: pl.DataFrame) -> Figure:
     losses = [c for c in numeric if "loss" in c]
     lr = [c for c in numeric if c == "lr" or c.endswith("/lr")]
     rest = [c for c in numeric if c not in losses and c not in lr and not any(s in c for s in skip)]
-    panels = [(cols, title) for cols, title in ((losses, "loss"), (lr, "learning rate"), (rest, "metrics")) if cols]
+    # Validation scores live in [0, 1]; anything else (gradient norm, counts) gets its own panel
+    # so its scale does not flatten the accuracy/mAP curves.
+    scores = [c for c in rest if c.startswith("val/")]
+    other = [c for c in rest if c not in scores]
+    titled = ((losses, "loss"), (lr, "learning rate"), (scores, "validation"), (other, "other"))
+    panels = [(cols, title) for cols, title in titled if cols]
     if not panels:
         raise ValueError(f"history has no numeric metric columns besides 'epoch': {history.columns}")
     fig = _figure(figsize=(5 * len(panels), 4), layout="constrained")
@@ -342,7 +349,3 @@ def _hwc(pixels: np.ndarray | torch.Tensor) -> np.ndarray:
     if arr.dtype.kind == "f":
         arr = np.clip(arr, 0.0, 1.0)
     return arr
-
-
-def _nan0(value: float) -> float:
-    return 0.0 if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)

@@ -20,6 +20,7 @@ from tasks.registry import is_model_uri, resolve_checkpoint
 from tasks.tracking import EpochLogger, log_config, mlflow_client
 
 GPU_TAG = "gpu"
+PRETRAINED_TAG = "cvflow.pretrained"  # where the starting weights came from
 
 
 @task(name="plan-run", cache_policy=NO_CACHE)
@@ -27,7 +28,8 @@ def plan_run(snapshot: SnapshotRef, config: RunConfig, *, run_id: str) -> RunCon
     """The run's resolved config (cvcore.engine.run.resolve_run_config), logged as MLflow params.
 
     ``model.pretrained`` given as an MLflow model URI is downloaded and replaced by the local
-    checkpoint path (cvcore never talks to MLflow).
+    checkpoint path (cvcore never talks to MLflow); the URI itself is kept as the run's
+    ``cvflow.pretrained`` tag.
     """
     from cvcore.data.snapshot import read_snapshot
     from cvcore.engine.run import resolve_run_config
@@ -39,7 +41,10 @@ def plan_run(snapshot: SnapshotRef, config: RunConfig, *, run_id: str) -> RunCon
         local = resolve_checkpoint.fn(pretrained)
         config = config.model_copy(update={"model": config.model.model_copy(update={"pretrained": str(local)})})
     resolved = resolve_run_config(config, snapshot=read_snapshot(snapshot.path))
-    log_config(mlflow_client(), run_id, resolved)
+    client = mlflow_client()
+    log_config(client, run_id, resolved)
+    if pretrained:  # the lineage as the user gave it (models:/..., runs:/..., a file), not the download's path
+        client.set_tag(run_id, PRETRAINED_TAG, str(pretrained))
     get_run_logger().info(
         "%s on %s: %d epochs, batch %d, %d px", resolved.model.name, snapshot.name, resolved.train.epochs, resolved.train.batch_size, resolved.data.img_size
     )

@@ -60,12 +60,21 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
 
 
 def copy_atomic(src: str | Path, dst: str | Path) -> Path:
-    """Copy a file to ``dst`` atomically (temp sibling then rename); used for best.pt = last.pt."""
+    """Copy a file to ``dst`` atomically (temp sibling then rename); used for best.pt = last.pt.
+
+    A hard link where the file system has them: :func:`save_checkpoint` always replaces a file
+    with a new one (never writes into it), so the linked best.pt keeps its contents when the
+    next epoch's last.pt arrives, and no 100+ MiB copy is written per improving epoch.
+    """
     dst = Path(dst)
     fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
     os.close(fd)
     try:
-        shutil.copyfile(src, tmp)
+        try:
+            os.unlink(tmp)
+            os.link(src, tmp)
+        except OSError:  # no hard links here (some network or FAT file systems): copy
+            shutil.copyfile(src, tmp)
         os.replace(tmp, dst)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

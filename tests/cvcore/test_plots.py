@@ -80,6 +80,9 @@ def test_size_bars_and_error_breakdown(data, report):
     fig = plots.size_ap_bars(report.summary, per_class=report.per_class)
     assert "AP by object size" in _texts(fig)
     _renders(fig)
+    no_large = plots.size_ap_bars(report.summary | {"map_large": float("nan")})  # no large objects in the data
+    labels = [t.get_text() for t in no_large.axes[0].texts]
+    assert labels[2] == "no objects" and labels[0] == f"{report.summary['map_small']:.3f}"
     voc = evaluate_detections(data.annotations, data.predictions, images=data.images, protocol="voc07")
     with pytest.raises(ValueError, match="protocol='coco' only"):
         plots.size_ap_bars(voc.summary)
@@ -95,11 +98,13 @@ def test_training_curves_groups_losses_lr_and_metrics():
             "val/loss": [2.1, 1.7, 1.6],
             "lr": [1e-3, 5e-4, 1e-4],
             "val/map_50": [0.1, 0.3, 0.4],
+            "train/grad_norm": [12.0, 8.0, 5.0],
             "train/time_s": [10.0, 9.0, 9.5],
         }
     )
     fig = plots.training_curves(history)
-    assert [ax.get_title() for ax in fig.axes] == ["loss", "learning rate", "metrics"]
+    assert [ax.get_title() for ax in fig.axes] == ["loss", "learning rate", "validation", "other"]
+    assert [line.get_label() for line in fig.axes[2].get_lines()] == ["val/map_50"]  # not on the gradient norm's scale
     assert "train/time_s" not in _texts(fig)
     _renders(fig)
     with pytest.raises(ValueError, match="'epoch'"):

@@ -245,8 +245,10 @@ def test_demo_trains_both_models_and_prints_where_everything_is(env, capsys):
     # Transfer: the detector's backbone came from the classifier's registered version, fetched
     # from the MLflow registry into CVFLOW_HOME/models (the run's resolved config says which file).
     assert result.detector_backbone == result.classifier.model.uri
-    pretrained = MlflowClient().get_run(result.detector.run_id).data.params["model.pretrained"]
+    detector_run = MlflowClient().get_run(result.detector.run_id).data
+    pretrained = detector_run.params["model.pretrained"]
     assert pretrained.startswith(str(env / "models")) and pretrained.endswith("checkpoint.pt")
+    assert detector_run.tags["cvflow.pretrained"] == result.classifier.model.uri  # the lineage, as given
     print_summary(result, elapsed=61.0)
     out = " ".join(capsys.readouterr().out.split())
     assert str(result.classifier.predictions["test"].dir) in out

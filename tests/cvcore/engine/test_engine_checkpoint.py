@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from cvcore.engine.checkpoint import CheckpointError, capture_rng, ema_weights, load_checkpoint, resolve_checkpoint, restore_rng, save_checkpoint
+from cvcore.engine.checkpoint import CheckpointError, capture_rng, copy_atomic, ema_weights, load_checkpoint, resolve_checkpoint, restore_rng, save_checkpoint
 
 
 def _state(value: float) -> dict:
@@ -69,3 +69,12 @@ def test_ema_weights_strip_the_averaged_model_wrapper():
     model = torch.nn.Linear(2, 1)
     ema = torch.optim.swa_utils.AveragedModel(model, use_buffers=True)
     assert set(ema_weights(ema.state_dict())) == set(model.state_dict())
+
+
+def test_best_keeps_its_contents_when_last_is_saved_again(tmp_path):
+    save_checkpoint({"epoch": 1}, tmp_path / "last.pt")
+    copy_atomic(tmp_path / "last.pt", tmp_path / "best.pt")  # a hard link here, a copy elsewhere
+    save_checkpoint({"epoch": 2}, tmp_path / "last.pt")
+    assert torch.load(tmp_path / "best.pt", weights_only=True) == {"epoch": 1}
+    assert torch.load(tmp_path / "last.pt", weights_only=True) == {"epoch": 2}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]  # no temporary file left
