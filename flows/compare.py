@@ -27,7 +27,7 @@ from tasks.artifacts import artifact_key
 from tasks.bakeoff import TAG_LOADED, BakeoffFiles, ContenderRun, ContenderScore, log_contender, score_contender, train_contender, write_table
 from tasks.refs import SnapshotRef
 from tasks.registry import is_model_uri, resolve_checkpoint
-from tasks.tracking import close_run, cvflow_home, ensure_experiment, log_dataset, mlflow_client, open_run, run_tags, run_url
+from tasks.tracking import cvflow_home, ensure_experiment, log_dataset, mlflow_client, open_run, run_closed_after, run_tags, run_url
 
 FLOW_NAME = "compare_pipeline"
 
@@ -67,13 +67,8 @@ def compare_pipeline(params: ComparePipelineParams) -> CompareResult:
     tags = run_tags(snapshot, model_name=",".join(names), flow_name=FLOW_NAME, flow_run_id=flow_run.get_id())
     run_id = open_run(client, experiment_id, run_name=f"bakeoff-{snapshot.name}", tags=tags)
     logger.info("MLflow run %s: %s", run_id, run_url(client, run_id))
-    try:
-        result = _run(params, snapshot, contenders, split=split, run_id=run_id, experiment_id=experiment_id, home=home)
-    except BaseException as exc:
-        close_run(client, run_id, error=exc)
-        raise
-    close_run(client, run_id)
-    return result
+    with run_closed_after(client, run_id):
+        return _run(params, snapshot, contenders, split=split, run_id=run_id, experiment_id=experiment_id, home=home)
 
 
 def _run(params: ComparePipelineParams, snapshot: SnapshotRef, contenders, *, split: str, run_id: str, experiment_id: str, home: Path) -> CompareResult:
@@ -98,7 +93,7 @@ def _run(params: ComparePipelineParams, snapshot: SnapshotRef, contenders, *, sp
         tags = run_tags(snapshot, model_name=contender.name, flow_name=FLOW_NAME, flow_run_id=flow_run.get_id())
         child = open_run(client, experiment_id, run_name=f"{contender.name}-{snapshot.name}", tags=tags | {MLFLOW_PARENT_RUN_ID: run_id})
         child_runs[contender.name] = child
-        try:
+        with run_closed_after(client, child):
             log_dataset(client, child, snapshot.path, splits=sorted({"train", split} & set(snapshot.splits)))
             if contender.run_dir is None:
                 trained = train_contender(
@@ -115,10 +110,6 @@ def _run(params: ComparePipelineParams, snapshot: SnapshotRef, contenders, *, sp
                     batch_size=params.batch_size, grid=params.grid, run_id=child,
                 )  # fmt: skip
             )
-        except BaseException as exc:
-            close_run(client, child, error=exc)
-            raise
-        close_run(client, child)
 
     files = write_table(scores, snapshot=snapshot, split=split, protocol=params.protocol, out=out, run_id=run_id)
     url = run_url(client, run_id)

@@ -29,13 +29,13 @@ from tasks.registry import is_model_uri, resolve_checkpoint
 from tasks.storage import fetch_snapshot, file_sha256
 from tasks.tracking import (
     TAG_SNAPSHOT,
-    close_run,
     cvflow_home,
     ensure_experiment,
     log_dataset,
     log_tags,
     mlflow_client,
     open_run,
+    run_closed_after,
     run_tags,
     run_url,
 )
@@ -62,7 +62,7 @@ def evaluate_pipeline(params: EvaluatePipelineParams) -> EvaluateResult:
         tags[TAG_SNAPSHOT] = snapshot.uri
     run_id = open_run(client, experiment_id, run_name=f"eval-{label}-{snapshot.name}-{params.split}", tags=tags | {TAG_EVALUATED_MODEL: params.model})
     logger.info("MLflow run %s: %s", run_id, run_url(client, run_id))
-    try:
+    with run_closed_after(client, run_id):
         log_dataset(client, run_id, snapshot.path, splits=[params.split])
         checkpoint = resolve_checkpoint(params.model)
         eval_config = model_eval_config(checkpoint, protocol=params.protocol)
@@ -78,10 +78,6 @@ def evaluate_pipeline(params: EvaluatePipelineParams) -> EvaluateResult:
         log_tags(client, run_id, {TAG_SHARDS_REUSED: ",".join(map(str, preds.reused))})
         summary = evaluate_split(snapshot, preds, eval_config=eval_config, run_id=run_id, out_dir=home / "evaluations" / run_id / params.split)
         report_split(snapshot, preds, summary, run_id=run_id)
-    except BaseException as exc:
-        close_run(client, run_id, error=exc)
-        raise
-    close_run(client, run_id)
     return EvaluateResult(
         run_id=run_id,
         run_url=run_url(client, run_id),

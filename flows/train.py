@@ -24,13 +24,13 @@ from tasks.refs import EvalSummary, PredictionsRef, SnapshotRef
 from tasks.registry import log_model, register_model
 from tasks.storage import file_sha256
 from tasks.tracking import (
-    close_run,
     cvflow_home,
     ensure_experiment,
     log_dataset,
     log_tags,
     mlflow_client,
     open_run,
+    run_closed_after,
     run_tags,
     run_url,
 )
@@ -87,13 +87,8 @@ def train_pipeline(params: TrainPipelineParams) -> PipelineResult:
     tags = run_tags(snapshot, model_name=model_name, flow_name="train_pipeline", flow_run_id=flow_run.get_id())
     run_id = open_run(client, experiment_id, run_name=f"{model_name}-{snapshot.name}", tags=tags)
     logger.info("MLflow run %s: %s", run_id, run_url(client, run_id))
-    try:
-        result = _run(params, snapshot, run_id=run_id, home=home)
-    except BaseException as exc:
-        close_run(client, run_id, error=exc)
-        raise
-    close_run(client, run_id)
-    return result
+    with run_closed_after(client, run_id):
+        return _run(params, snapshot, run_id=run_id, home=home)
 
 
 def _run(params: TrainPipelineParams, snapshot: SnapshotRef, *, run_id: str, home: Path) -> PipelineResult:

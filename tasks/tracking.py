@@ -15,9 +15,10 @@ import logging
 import os
 import subprocess
 import time
+from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Iterator, Mapping
 
 import mlflow
 from mlflow import MlflowClient
@@ -193,6 +194,18 @@ def close_run(client: MlflowClient, run_id: str, *, error: BaseException | None 
         client.set_terminated(run_id, status="FAILED")
     else:
         client.set_terminated(run_id, status="FINISHED")
+
+
+@contextmanager
+def run_closed_after(client: MlflowClient, run_id: str) -> Iterator[str]:
+    """Close ``run_id`` when the block ends: FINISHED, or FAILED with the cause when it raises
+    (the exception then goes on). Yields the run id."""
+    try:
+        yield run_id
+    except BaseException as exc:
+        close_run(client, run_id, error=exc)
+        raise
+    close_run(client, run_id)
 
 
 def log_config(client: MlflowClient, run_id: str, config: RunConfig) -> None:
