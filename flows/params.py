@@ -7,10 +7,11 @@ a deployment schedule, the command line or Python.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
 from cvcore.config import RunConfig
 from tasks.refs import ModelVersionRef, PredictionsRef, SnapshotRef
@@ -22,6 +23,40 @@ class _Params(BaseModel):
 
 
 SourceFormat = Literal["snapshot", "coco", "voc", "yolo", "imagefolder"]
+
+
+def _without_nulls(value: Any) -> Any:
+    """A run config as a form sends it: fields left blank (null) are dropped, i.e. left unset."""
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    return value
+
+
+def _form_schema() -> dict[str, Any]:
+    """RunConfig's JSON schema for the dashboard's run form: every field blank by default.
+
+    A form pre-filled with RunConfig's generic defaults would send all of them, and every sent
+    field counts as the user's choice, pinning e.g. 128-px images over a model's registry
+    defaults (cvcore.engine.run.resolve_run_config fills only unset fields). So the sections
+    are inlined without their ``default`` values, and each field also accepts null (= unset).
+    """
+    schema = RunConfig.model_json_schema()
+    defs = schema.pop("$defs", {})
+    for name, prop in schema["properties"].items():
+        section = copy.deepcopy(defs[prop["$ref"].rsplit("/", 1)[-1]])
+        section.pop("required", None)
+        for field, spec in section["properties"].items():
+            default = spec.pop("default", None)
+            label = {k: spec.pop(k) for k in ("title", "description") if k in spec}
+            label["description"] = f"{label.get('description', '')} (blank: the model's default, else {default!r})".lstrip()
+            nullable = {"type": "null"} in spec.get("anyOf", [])
+            section["properties"][field] = {**(spec if nullable else {"anyOf": [spec, {"type": "null"}]}), **label}
+        schema["properties"][name] = section
+    return schema
+
+
+# The run config of a flow's parameters: RunConfig itself, shown blank in the dashboard's form.
+FormRunConfig = Annotated[RunConfig, BeforeValidator(_without_nulls), WithJsonSchema(_form_schema())]
 
 
 class DataSource(_Params):
@@ -39,7 +74,9 @@ class TrainPipelineParams(_Params):
     """ingest → augment → train → predict → evaluate → register."""
 
     data: DataSource
-    config: RunConfig = Field(default_factory=RunConfig, description="the run config (run.yaml); data.snapshot is set from `data`")
+    config: FormRunConfig = Field(
+        default_factory=RunConfig, description="the run config (run.yaml): only what you set; the rest comes from the model's defaults"
+    )
     experiment: str = Field(DEFAULT_EXPERIMENT, description="MLflow experiment")
     registered_model: str | None = Field(None, description="MLflow registered model name (default: <dataset>-<model>)")
     eval_splits: tuple[str, ...] = Field(("val", "test"), description="splits to predict and evaluate (those present)")

@@ -1,0 +1,48 @@
+"""Flow parameters as the dashboard's run form sees and sends them."""
+
+from __future__ import annotations
+
+import jsonschema
+import pytest
+from prefect.utilities.callables import parameter_schema
+
+from cvcore.config import RunConfig
+from cvcore.engine.run import resolve_run_config
+from cvcore.models import model_spec
+from flows.params import TrainPipelineParams
+from flows.train import train_pipeline
+
+
+def _config_schema() -> dict:
+    return parameter_schema(train_pipeline.fn).model_dump()["definitions"]["TrainPipelineParams"]["properties"]["config"]
+
+
+def test_the_run_form_starts_blank_so_model_defaults_apply():
+    sections = _config_schema()["properties"]
+    assert set(sections) == set(RunConfig.model_fields)
+    fields = [(s, f, spec) for s, section in sections.items() for f, spec in section["properties"].items()]
+    assert fields and not [(s, f) for s, f, spec in fields if "default" in spec]  # nothing pre-filled
+    img_size = sections["data"]["properties"]["img_size"]
+    assert "else 128" in img_size["description"] and {"type": "null"} in img_size["anyOf"]
+
+
+def test_a_form_with_blank_fields_leaves_them_to_the_model(shapes_classification):
+    sent = {"data": {"path": "x"}, "config": {"model": {"name": "resnet18", "pretrained": None}, "data": {"img_size": None}, "train": {"epochs": 3, "lr": None}}}
+    jsonschema.validate({"params": sent}, parameter_schema(train_pipeline.fn).model_dump())  # what Prefect's server checks
+    params = TrainPipelineParams.model_validate(sent)
+    resolved = resolve_run_config(params.config, snapshot=shapes_classification)
+    defaults = model_spec("resnet18").defaults
+    assert resolved.train.epochs == 3  # the one value the user gave
+    assert resolved.data.img_size == defaults["img_size"] and resolved.train.lr == defaults["lr"]
+
+
+def test_the_form_schema_still_rejects_bad_values():
+    schema = parameter_schema(train_pipeline.fn).model_dump()
+    with pytest.raises(jsonschema.ValidationError, match="'big'"):
+        jsonschema.validate({"params": {"data": {"path": "x"}, "config": {"data": {"img_size": "big"}}}}, schema)
+
+
+def test_a_run_config_object_keeps_what_was_set():
+    config = RunConfig.model_validate({"model": {"name": "yolov1"}, "train": {"epochs": 2}})
+    params = TrainPipelineParams.model_validate({"data": {"path": "x"}, "config": config})
+    assert params.config.model_dump(exclude_unset=True) == {"model": {"name": "yolov1"}, "train": {"epochs": 2}}
