@@ -26,7 +26,7 @@ from flows.shards import predict_shards_on
 from flows.train import load_data
 from tasks.evaluate import evaluate_split, model_eval_config, report_split
 from tasks.registry import is_model_uri, resolve_checkpoint
-from tasks.storage import fetch_snapshot, file_sha256
+from tasks.storage import file_sha256
 from tasks.tracking import (
     TAG_SNAPSHOT,
     cvflow_home,
@@ -53,7 +53,7 @@ def evaluate_pipeline(params: EvaluatePipelineParams) -> EvaluateResult:
     home = cvflow_home()
     client = mlflow_client(home)
     experiment_id = ensure_experiment(client, params.experiment)
-    snapshot = fetch_snapshot(params.data, home=home) if isinstance(params.data, str) else load_data(params.data, home=home)
+    snapshot = load_data(params.data, home=home)
     if params.split not in snapshot.splits:
         raise ValueError(f"snapshot {snapshot.path} has no split {params.split!r}; splits: {list(snapshot.splits)}")
     label = params.model if is_model_uri(params.model) else Path(params.model).name

@@ -73,7 +73,9 @@ class DataSource(_Params):
 class TrainPipelineParams(_Params):
     """ingest → augment → train → predict → evaluate → register."""
 
-    data: DataSource
+    data: DataSource | str = Field(
+        description="a snapshot folder or object-store URI (s3://bucket/snapshots/name), or a source to ingest (DataSource)"
+    )
     config: FormRunConfig = Field(
         default_factory=RunConfig, description="the run config (run.yaml): only what you set; the rest comes from the model's defaults"
     )

@@ -22,7 +22,7 @@ from tasks.evaluate import evaluate_split, report_split
 from tasks.ingest import ingest_source, open_snapshot, source_fingerprint
 from tasks.refs import EvalSummary, PredictionsRef, SnapshotRef
 from tasks.registry import log_model, register_model
-from tasks.storage import file_sha256
+from tasks.storage import fetch_snapshot, file_sha256
 from tasks.tracking import (
     cvflow_home,
     ensure_experiment,
@@ -37,8 +37,11 @@ from tasks.tracking import (
 from tasks.train import plan_run, train_model
 
 
-def load_data(source: DataSource, *, home: Path) -> SnapshotRef:
-    """The pipeline's snapshot: opened as is, or ingested (cached on the source's fingerprint)."""
+def load_data(source: DataSource | str, *, home: Path) -> SnapshotRef:
+    """The pipeline's snapshot: opened as is (a folder, or an object-store URI staged locally),
+    or ingested (cached on the source's fingerprint)."""
+    if isinstance(source, str):
+        return fetch_snapshot(source, home=home)
     if source.format == "snapshot":
         return open_snapshot(source.path)
     fingerprint = source_fingerprint(source.path, source.images)

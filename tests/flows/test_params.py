@@ -46,3 +46,11 @@ def test_a_run_config_object_keeps_what_was_set():
     config = RunConfig.model_validate({"model": {"name": "yolov1"}, "train": {"epochs": 2}})
     params = TrainPipelineParams.model_validate({"data": {"path": "x"}, "config": config})
     assert params.config.model_dump(exclude_unset=True) == {"model": {"name": "yolov1"}, "train": {"epochs": 2}}
+
+
+def test_train_data_may_be_a_snapshot_uri_kept_as_given(shapes_classification, tmp_path):
+    from flows.train import load_data
+
+    assert TrainPipelineParams.model_validate({"data": "s3://bucket/snapshots/shapes"}).data == "s3://bucket/snapshots/shapes"
+    ref = load_data(str(shapes_classification.path), home=tmp_path)  # a plain folder given as a string
+    assert ref.path == shapes_classification.path and ref.uri is None
