@@ -19,7 +19,7 @@ from prefect.logging import get_run_logger
 
 from cvcore.engine.shards import ShardFile, ShardKey, find_complete_shard, is_uri, remove_stale_shards, resolve_location
 from tasks.refs import PredictionsRef, SnapshotRef
-from tasks.storage import local_snapshot
+from tasks.storage import file_sha256, local_snapshot
 from tasks.tracking import cvflow_home
 
 GPU_TAG = "gpu"
@@ -62,6 +62,11 @@ def predict_shard(
         logger.info("%s: complete from an earlier run (%d rows for %d %s images), kept", done.uri, done.num_rows, done.num_images, split)
         return _ref(out_dir, done, reused=True)
     snap = read_snapshot(local_snapshot(snapshot, home=cvflow_home()))
+    if snap.digest != snapshot.digest:  # the shard's key names snapshot.digest: never label other data with it
+        raise ValueError(
+            f"the snapshot changed since the flow opened it: {snapshot.uri or snapshot.path} had digest {snapshot.digest}, "
+            f"{snap.path} on this worker has {snap.digest}; run the evaluation again"
+        )
     indices = shard_indices(snap.split_images(split).height, num_shards=num_shards, shard=shard)
     written = _predict_into(checkpoint, snap, split, indices, out_dir=out_dir, key=key, batch_size=batch_size, device=device)
     logger.info("%s: %d rows for %d %s images", written.uri, written.num_rows, written.num_images, split)
@@ -76,6 +81,12 @@ def _predict_into(checkpoint: Path, snap, split: str, indices: range, *, out_dir
     from cvcore.engine.run import prediction_dataset
     from cvcore.engine.shards import write_shard
 
+    found = file_sha256(checkpoint)
+    if found != key.checkpoint_sha256:  # a worker seeing another file at that path would label its predictions wrongly
+        raise ValueError(
+            f"{checkpoint} on this worker is not the checkpoint the flow hashed: sha256 {found}, expected {key.checkpoint_sha256} "
+            "(the checkpoint must be the same file at the same path on every worker)"
+        )
     loaded = load_model(checkpoint)
     dataset = prediction_dataset(loaded.meta, snap, split)
     if len(dataset) != snap.split_images(split).height:

@@ -88,10 +88,22 @@ def local_snapshot(ref: SnapshotRef, *, home: Path) -> Path:
     """The snapshot folder of ``ref`` on this machine: its path, or a staged copy of its URI.
 
     A Dask worker on another machine does not have the flow's staged copy; it stages its own.
+    With a URI, ``ref.path`` is used only while its manifest's digest is ``ref.digest``: a copy
+    of other content there (an older staging, another snapshot) is staged again, and the caller
+    still compares the result's digest (the remote snapshot may have changed since).
     """
-    if ref.uri is None or (Path(ref.path) / "manifest.json").is_file():
+    manifest = Path(ref.path) / "manifest.json"
+    if ref.uri is None or (manifest.is_file() and _manifest_digest(manifest) == ref.digest):
         return Path(ref.path)
     return stage_snapshot(ref.uri, home=home)
+
+
+def _manifest_digest(manifest: Path) -> str | None:
+    """The ``digest`` of a manifest.json, None when the file is unreadable or has none."""
+    try:
+        return json.loads(manifest.read_text()).get("digest")
+    except (OSError, ValueError, AttributeError):
+        return None  # a broken cached copy: stage it again
 
 
 @task(name="fetch-snapshot", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])

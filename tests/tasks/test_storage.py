@@ -9,7 +9,9 @@ import shutil
 import pytest
 
 from cvcore.data.snapshot import read_snapshot
-from tasks.storage import file_sha256, stage_snapshot, staged_path
+from tasks.infer import predict_shard
+from tasks.ingest import snapshot_ref
+from tasks.storage import file_sha256, local_snapshot, stage_snapshot, staged_path
 
 
 def test_file_sha256_is_hashlibs(tmp_path):
@@ -47,3 +49,30 @@ def test_a_remote_snapshot_must_hold_its_images_and_a_manifest(shapes_detection,
         stage_snapshot(remote.as_uri(), home=tmp_path / "home")
     with pytest.raises(ValueError, match="has no manifest.json"):
         stage_snapshot((tmp_path / "bucket").as_uri(), home=tmp_path / "home")
+
+
+def test_a_worker_restages_a_local_copy_whose_digest_is_not_the_refs(shapes_detection, tmp_path):
+    remote = tmp_path / "bucket" / "shapes"
+    shutil.copytree(shapes_detection.path, remote)
+    home = tmp_path / "home"
+    stale = tmp_path / "stale"  # the flow's staged path, holding other content on this worker
+    shutil.copytree(shapes_detection.path, stale)
+    manifest = json.loads((stale / "manifest.json").read_text())
+    (stale / "manifest.json").write_text(json.dumps(manifest | {"digest": "0" * 64}))
+    ref = snapshot_ref(read_snapshot(shapes_detection.path)).model_copy(update={"path": stale, "uri": remote.as_uri()})
+    local = local_snapshot(ref, home=home)
+    assert local == staged_path(remote.as_uri(), home=home) and read_snapshot(local).digest == shapes_detection.digest
+    assert local_snapshot(ref.model_copy(update={"path": local}), home=home) == local  # a matching copy is used as is
+
+
+def test_predict_shard_refuses_a_changed_snapshot_or_another_checkpoint(shapes_classification, checkpoint, tmp_path):
+    ref = snapshot_ref(read_snapshot(shapes_classification.path))
+    digest = file_sha256(checkpoint)
+    kwargs = {"out_dir": tmp_path / "preds", "shard": 0, "num_shards": 2, "device": "cpu"}
+    with pytest.raises(ValueError, match=f"changed since the flow opened it.*{ref.digest}"):
+        predict_shard.fn(checkpoint, ref.model_copy(update={"digest": "0" * 64}), "val", checkpoint_sha256=digest, **kwargs)
+    with pytest.raises(ValueError, match=f"{checkpoint}.*not the checkpoint the flow hashed.*{digest}"):
+        predict_shard.fn(checkpoint, ref, "val", checkpoint_sha256="f" * 64, **kwargs)
+    assert not (tmp_path / "preds").exists() or not list((tmp_path / "preds").iterdir())  # nothing labelled wrongly
+    done = predict_shard.fn(checkpoint, ref, "val", checkpoint_sha256=digest, **kwargs)
+    assert done.predicted == (0,) and done.num_images == 8
