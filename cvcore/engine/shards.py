@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,6 +38,9 @@ log = logging.getLogger(__name__)
 Task = Literal["detection", "classification"]
 META_KEY = b"cvflow.shard"  # Parquet key-value metadata entry holding the shard's JSON record
 SHARD_GLOB = "part-*.parquet"
+# Only names write_shard makes: other tools' part files (Spark's part-00000-<uuid>.snappy.parquet)
+# are not ours to read, reuse or delete.
+SHARD_NAME = re.compile(r"^part-\d{5}\.parquet$")
 
 
 @dataclass(frozen=True)
@@ -165,20 +169,36 @@ def write_shard(batches: Iterable[pa.RecordBatch], folder: str | Path | Location
 def read_shard(file: str | Path | Location) -> ShardFile | None:
     """The shard record of a complete shard file, from its footer alone.
 
-    None when the file does not exist or is not a cvflow shard (no or unreadable metadata): it
-    is then not a finished shard of anything, and the caller predicts it again.
+    None when the file does not exist or its footer is not a cvflow shard record (not Parquet,
+    no or a malformed ``cvflow.shard`` entry): it is not a finished shard of anything, and the
+    caller predicts it again. Errors reaching the file (an object store's network or permission
+    error: an OSError) propagate, since a shard that cannot be read now is not known to be stale.
     """
     loc = file if isinstance(file, Location) else resolve_location(file)
     if loc.fs.get_file_info(loc.path).type != pafs.FileType.File:
         return None
+    meta = _footer(loc)
+    return None if meta is None else _shard_record(loc, meta)
+
+
+def _footer(loc: Location) -> pq.FileMetaData | None:
+    """The Parquet footer of ``loc``; None when the file is not Parquet. OSErrors propagate."""
+    with loc.fs.open_input_file(loc.path) as fh:
+        try:
+            return pq.read_metadata(fh)
+        except pa.ArrowInvalid as exc:  # not Parquet (a foreign or damaged file); I/O errors are OSErrors and pass
+            log.warning("%s is not a Parquet file (%s)", loc.uri, exc)
+            return None
+
+
+def _shard_record(loc: Location, meta: pq.FileMetaData) -> ShardFile | None:
+    """The ShardFile a footer describes; None when its ``cvflow.shard`` entry is missing or malformed."""
     try:
-        with loc.fs.open_input_file(loc.path) as fh:
-            meta = pq.read_metadata(fh)
-        record = json.loads(meta.metadata[META_KEY])
+        record = json.loads((meta.metadata or {})[META_KEY])
         num_images = int(record.pop("num_images"))
         return ShardFile(uri=loc.uri, key=ShardKey(**record), num_images=num_images, num_rows=meta.num_rows)
-    except (pa.ArrowException, OSError, KeyError, TypeError, ValueError) as exc:
-        log.warning("%s is not a readable cvflow shard (%s); it will be predicted again", loc.uri, exc)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        log.warning("%s holds no valid cvflow shard record (%r); it will be predicted again", loc.uri, exc)
         return None
 
 
@@ -190,25 +210,37 @@ def find_complete_shard(folder: str | Path | Location, key: ShardKey) -> ShardFi
 
 
 def list_shards(folder: str | Path | Location) -> list[Location]:
-    """The ``part-*.parquet`` files directly in ``folder`` (sorted by name; none if it is missing)."""
+    """The ``part-<5 digits>.parquet`` files directly in ``folder`` (sorted; none if it is missing).
+
+    Only the names :func:`shard_name` makes; other ``part-*`` files (Spark's, say) are not listed.
+    """
     loc = folder if isinstance(folder, Location) else resolve_location(folder)
     if loc.fs.get_file_info(loc.path).type != pafs.FileType.Directory:
         return []
     infos = loc.fs.get_file_info(pafs.FileSelector(loc.path, allow_not_found=True))
     names = sorted(i.base_name for i in infos if i.type == pafs.FileType.File)
-    return [loc.child(n) for n in names if n.startswith("part-") and n.endswith(".parquet")]
+    return [loc.child(n) for n in names if SHARD_NAME.match(n)]
 
 
 def remove_stale_shards(folder: str | Path | Location, *, key: ShardKey) -> list[str]:
-    """Delete the ``part-*.parquet`` files in ``folder`` that are not shards of ``key``'s set.
+    """Delete the cvflow shard files in ``folder`` that are not shards of ``key``'s set.
 
     ``key`` is any shard of the predictions about to be made; files of another model, snapshot,
-    split or shard count (or that are no cvflow shard) would otherwise be read together with the
-    new ones by ``pl.scan_parquet(folder / "part-*.parquet")``. Returns the deleted URIs.
+    split or shard count would otherwise be read together with the new ones by
+    ``pl.scan_parquet(folder / "part-*.parquet")``. Only files cvflow wrote are deleted: a
+    ``part-NNNNN.parquet`` without a ``cvflow.shard`` footer entry (another tool's output) is a
+    ValueError naming it, and errors reaching a file propagate (nothing is deleted on a guess).
+    Returns the deleted URIs.
     """
     removed = []
     for file in list_shards(folder):
-        found = read_shard(file)
+        try:
+            meta = _footer(file)
+        except FileNotFoundError:
+            continue  # removed since it was listed (another run's clean-up): nothing to do
+        if meta is None or META_KEY not in (meta.metadata or {}):
+            raise ValueError(f"{file.uri} is not a cvflow shard; choose an empty folder for the predictions")
+        found = _shard_record(file, meta)  # None: a malformed record of ours, stale
         if found is None or not found.key.same_set(key) or file.path.rsplit("/", 1)[-1] != shard_name(found.key.shard):
             _delete_quietly(file.fs, file.path)
             removed.append(file.uri)

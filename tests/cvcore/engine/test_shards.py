@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import polars as pl
 import pyarrow as pa
 import pytest
@@ -34,7 +36,10 @@ def test_a_shard_round_trips_with_its_key_and_reads_with_scan_parquet(tmp_path):
     assert written.uri == str(tmp_path / "preds" / "part-00001.parquet") and written.num_rows == 3
     assert read_shard(written.uri) == written
     assert find_complete_shard(tmp_path / "preds", _key(1)) == written
-    assert find_complete_shard(tmp_path / "preds", _key(0)) is None  # another shard
+    assert find_complete_shard(tmp_path / "preds", _key(0)) is None  # no file for shard 0
+    shutil.copy(written.uri, tmp_path / "preds" / shard_name(0))  # shard 1's file under shard 0's name
+    assert find_complete_shard(tmp_path / "preds", _key(0)) is None  # another shard: refused
+    (tmp_path / "preds" / shard_name(0)).unlink()
     assert find_complete_shard(tmp_path / "preds", _key(1, checkpoint="c" * 64)) is None  # another model
     assert find_complete_shard(tmp_path / "preds", _key(1, num_shards=3)) is None  # another sharding
     frame = pl.scan_parquet(tmp_path / "preds" / "part-*.parquet").collect()
@@ -81,16 +86,46 @@ def test_files_that_are_not_shards_are_not_complete(tmp_path):
     assert read_shard(tmp_path / "missing.parquet") is None
 
 
+def test_an_error_reaching_a_shard_propagates_instead_of_making_it_stale(tmp_path, monkeypatch):
+    from cvcore.engine import shards
+
+    ours = write_shard([_batch([1])], tmp_path, key=_key(0), num_images=1)
+
+    def unreachable(*args, **kwargs):
+        raise OSError("When reading information for key 'p/part-00000.parquet': AWS Error NETWORK_CONNECTION")
+
+    monkeypatch.setattr(shards.pq, "read_metadata", unreachable)
+    with pytest.raises(OSError, match="NETWORK_CONNECTION"):
+        read_shard(ours.uri)
+    with pytest.raises(OSError, match="NETWORK_CONNECTION"):
+        remove_stale_shards(tmp_path, key=_key(1))
+    monkeypatch.undo()
+    assert find_complete_shard(tmp_path, _key(0)) == ours  # still there
+
+
 def test_stale_shards_of_other_predictions_are_removed_and_ours_kept(tmp_path):
     ours = write_shard([_batch([1])], tmp_path, key=_key(0), num_images=1)
     write_shard([_batch([2])], tmp_path, key=_key(1, checkpoint="c" * 64), num_images=1)  # another model
     write_shard([_batch([3])], tmp_path, key=ShardKey("a" * 64, "b" * 64, "val", 2, 3, "detection"), num_images=1)  # 3 shards
-    pl.DataFrame({"image_id": [4]}).write_parquet(tmp_path / shard_name(4))  # not a shard
+    spark = tmp_path / "part-00000-5e3b2c1a-4d2f-4b8e-9a41-0c3c3f1e2d7a-c000.snappy.parquet"
+    pl.DataFrame({"image_id": [4]}).write_parquet(spark)  # another tool's part file: not listed, kept
     (tmp_path / "notes.txt").write_text("kept: not a part file")
     removed = remove_stale_shards(tmp_path, key=_key(1))
-    assert sorted(removed) == [str(tmp_path / shard_name(i)) for i in (1, 2, 4)]
+    assert sorted(removed) == [str(tmp_path / shard_name(i)) for i in (1, 2)]
     assert [loc.uri for loc in list_shards(tmp_path)] == [ours.uri]
-    assert (tmp_path / "notes.txt").exists()
+    assert (tmp_path / "notes.txt").exists() and spark.exists()
+
+
+@pytest.mark.parametrize("content", [b"not parquet", None], ids=["not-parquet", "parquet-without-key"])
+def test_a_part_file_cvflow_did_not_write_is_refused_not_deleted(tmp_path, content):
+    foreign = tmp_path / shard_name(3)
+    if content is None:
+        pl.DataFrame({"image_id": [4]}).write_parquet(foreign)
+    else:
+        foreign.write_bytes(content)
+    with pytest.raises(ValueError, match=f"{foreign} is not a cvflow shard; choose an empty folder"):
+        remove_stale_shards(tmp_path, key=_key(1))
+    assert foreign.exists()
 
 
 def test_locations_resolve_paths_and_file_uris_and_refuse_escapes(tmp_path):
