@@ -107,12 +107,12 @@ def test_serve_names_the_registered_model_after_the_snapshot(shapes_detection, t
 
 # --- docker-compose.yml --------------------------------------------------------------------------
 
-_VARIABLE = re.compile(r"\$\$|\$\{(\w+)(?::?-([^}]*))?\}|\$(\w+)")
+_VARIABLE = re.compile(r"\$\$|\$\{(\w+)(?::?([-?])([^}]*))?\}|\$(\w+)")
 SERVICES = {"postgres", "minio", "create-bucket", "prefect-server", "mlflow", "deploy", "worker"}
 
 
 def _interpolate(value: Any, env: Mapping[str, str]) -> Any:
-    """Compose's variable substitution (``${VAR:-default}``, ``${VAR}``, ``$VAR``, ``$$``) over a tree."""
+    """Compose's variable substitution (``${VAR:-default}``, ``${VAR:?error}``, ``${VAR}``, ``$VAR``, ``$$``) over a tree."""
     if isinstance(value, dict):
         return {k: _interpolate(v, env) for k, v in value.items()}
     if isinstance(value, list):
@@ -123,20 +123,34 @@ def _interpolate(value: Any, env: Mapping[str, str]) -> Any:
     def sub(m: re.Match) -> str:
         if m.group(0) == "$$":
             return "$"
-        name = m.group(1) or m.group(3)
-        return env.get(name) or (m.group(2) or "")
+        name, op, arg = m.group(1) or m.group(4), m.group(2), m.group(3)
+        if env.get(name):
+            return env[name]
+        if op == "?":
+            raise ValueError(f"{name} is required: {arg}")
+        return arg or ""
 
     return _VARIABLE.sub(sub, value)
 
 
 def _variables(text: str) -> set[str]:
-    return {m.group(1) or m.group(3) for m in _VARIABLE.finditer(text) if m.group(0) != "$$"}
+    return {m.group(1) or m.group(4) for m in _VARIABLE.finditer(text) if m.group(0) != "$$"}
 
 
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
-    """The compose file as docker compose sees it with no .env: every variable at its default."""
-    return _interpolate(yaml.safe_load((DEPLOY / "docker-compose.yml").read_text()), {})
+    """The compose file as docker compose sees it with only the secrets set: the rest at their defaults."""
+    return _interpolate(yaml.safe_load((DEPLOY / "docker-compose.yml").read_text()), SECRETS)
+
+
+SECRETS = {"POSTGRES_PASSWORD": "pg-secret", "MINIO_ROOT_PASSWORD": "minio-secret"}
+
+
+def test_compose_refuses_to_start_without_the_secrets():
+    text = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    for name in SECRETS:
+        with pytest.raises(ValueError, match=f"{name} is required"):
+            _interpolate(text, {k: v for k, v in SECRETS.items() if k != name})
 
 
 def _command(service: dict[str, Any]) -> list[str]:
@@ -298,3 +312,5 @@ def test_worker_image_copies_what_exists_and_the_build_context_keeps_it():
     for src in sources:
         assert (ROOT / src).exists(), f"COPY {src}: not in the repository"
         assert f"!{src}" in ignore or f"!{src}/**" in ignore, f"COPY {src} is excluded from the build context"
+    secrets = [i for i, line in enumerate(ignore) if line in ("deploy/.env", "**/.env")]
+    assert secrets and min(secrets) > ignore.index("!deploy/**"), "deploy/.env (passwords) must stay out of the image"
