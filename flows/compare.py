@@ -66,8 +66,8 @@ def compare_pipeline(params: ComparePipelineParams) -> CompareResult:
         raise ValueError(f"snapshot {snapshot.path} has no split {split!r}; splits: {list(snapshot.splits)}")
     tags = run_tags(snapshot, model_name=",".join(names), flow_name=FLOW_NAME, flow_run_id=flow_run.get_id())
     run_id = open_run(client, experiment_id, run_name=f"bakeoff-{snapshot.name}", tags=tags)
-    logger.info("MLflow run %s: %s", run_id, run_url(client, run_id))
-    with run_closed_after(client, run_id):
+    with run_closed_after(client, run_id):  # from here on, any failure marks the run FAILED
+        logger.info("MLflow run %s: %s", run_id, run_url(client, run_id))
         return _run(params, snapshot, contenders, split=split, run_id=run_id, experiment_id=experiment_id, home=home)
 
 

@@ -89,8 +89,8 @@ def train_pipeline(params: TrainPipelineParams) -> PipelineResult:
     model_name = params.config.model.name
     tags = run_tags(snapshot, model_name=model_name, flow_name="train_pipeline", flow_run_id=flow_run.get_id())
     run_id = open_run(client, experiment_id, run_name=f"{model_name}-{snapshot.name}", tags=tags)
-    logger.info("MLflow run %s: %s", run_id, run_url(client, run_id))
-    with run_closed_after(client, run_id):
+    with run_closed_after(client, run_id):  # from here on, any failure marks the run FAILED
+        logger.info("MLflow run %s: %s", run_id, run_url(client, run_id))
         return _run(params, snapshot, run_id=run_id, home=home)
 
 
