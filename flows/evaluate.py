@@ -8,7 +8,7 @@ training reproduces the numbers logged then. The evaluation is an MLflow run of 
 At scale: the split is predicted as ``prediction_shards`` Parquet files, one task each, on the
 task runner ``params.task_runner`` names (threads, a local Dask cluster or a Dask scheduler; a
 ``predict-shards`` sub-flow, since Prefect fixes a flow's runner at decoration). The shards go
-to a folder keyed by the checkpoint's and the snapshot's digests (or ``params.predictions``, a
+to a folder keyed by the checkpoint's and the snapshot's digests and the shard count (or ``params.predictions``, a
 path or ``s3://`` URI), so re-running after a crash keeps the complete shards and predicts only
 the missing ones. The snapshot may be an object-store URI too (staged locally once).
 """
@@ -67,7 +67,7 @@ def evaluate_pipeline(params: EvaluatePipelineParams) -> EvaluateResult:
         checkpoint = resolve_checkpoint(params.model)
         eval_config = model_eval_config(checkpoint, protocol=params.protocol)
         digest = file_sha256(checkpoint)
-        out_dir = params.predictions or home / "predictions" / f"model-{digest[:12]}-data-{snapshot.digest[:12]}" / params.split
+        out_dir = params.predictions or home / "predictions" / f"model-{digest[:12]}-data-{snapshot.digest[:12]}-shards-{params.prediction_shards}" / params.split
         log_tags(client, run_id, {TAG_PREDICTIONS: str(out_dir), TAG_CHECKPOINT_SHA256: digest})
         preds = predict_shards_on(
             params.task_runner, checkpoint, snapshot, params.split, out_dir=out_dir, checkpoint_sha256=digest,

@@ -135,8 +135,10 @@ class EvaluatePipelineParams(_Params):
     predictions: str | None = Field(
         None,
         description="folder or object-store URI (s3://bucket/prefix) of the split's part-*.parquet files; complete shards of "
-        "the same model, data and sharding already there are kept (resume). Default: "
-        "<CVFLOW_HOME>/predictions/model-<checkpoint digest>-data-<snapshot digest>/<split>",
+        "the same model, data and sharding already there are kept (resume), cvflow shards of other predictions are deleted "
+        "and other files named part-NNNNN.parquet are refused. One evaluation per predictions folder at a time: a shard "
+        "replaced by another run fails the evaluation. Default: "
+        "<CVFLOW_HOME>/predictions/model-<checkpoint digest>-data-<snapshot digest>-shards-<prediction_shards>/<split>",
     )
     task_runner: ThreadRunner | DaskLocalCluster | DaskScheduler = Field(
         default_factory=ThreadRunner,

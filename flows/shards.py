@@ -21,7 +21,7 @@ from prefect.futures import wait
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from flows.params import DaskLocalCluster, DaskScheduler, TaskRunnerSpec, ThreadRunner
-from tasks.infer import merge_refs, predict_shard, prepare_shards
+from tasks.infer import check_shards, merge_refs, predict_shard, prepare_shards
 from tasks.refs import PredictionsRef, SnapshotRef
 
 
@@ -55,7 +55,8 @@ def submit_shards(
     """Predict the shards of ``split`` on the current flow's task runner and wait for all of them.
 
     Every shard runs to its end even when one fails, so the finished ones are kept for the next
-    attempt; then the first failure is raised.
+    attempt; then the first failure is raised. Once all are done their footers are read again:
+    a file another run replaced meanwhile is a ValueError (see tasks.infer.check_shards).
     """
     prepare_shards(snapshot, split, out_dir=out_dir, checkpoint_sha256=checkpoint_sha256, num_shards=num_shards)
     futures = [
@@ -66,7 +67,9 @@ def submit_shards(
         for i in range(num_shards)
     ]
     wait(futures)
-    return merge_refs([f.result() for f in futures])
+    refs = [f.result() for f in futures]
+    check_shards(snapshot, split, out_dir=out_dir, checkpoint_sha256=checkpoint_sha256, num_shards=num_shards)
+    return merge_refs(refs)
 
 
 @flow(name="predict-shards", flow_run_name="predict-{split}-{num_shards}-shards")

@@ -17,7 +17,16 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
-from cvcore.engine.shards import ShardFile, ShardKey, find_complete_shard, is_uri, remove_stale_shards, resolve_location
+from cvcore.engine.shards import (
+    ShardFile,
+    ShardKey,
+    find_complete_shard,
+    is_uri,
+    read_shard,
+    remove_stale_shards,
+    resolve_location,
+    shard_name,
+)
 from tasks.refs import PredictionsRef, SnapshotRef
 from tasks.storage import file_sha256, local_snapshot
 from tasks.tracking import cvflow_home
@@ -132,6 +141,25 @@ def prepare_shards(snapshot: SnapshotRef, split: str, *, out_dir: Path | str, ch
     if removed:
         get_run_logger().warning("removed %d shard file(s) of other predictions from %s", len(removed), out_dir)
     return removed
+
+
+def check_shards(snapshot: SnapshotRef, split: str, *, out_dir: Path | str, checkpoint_sha256: str, num_shards: int) -> None:
+    """Raise ValueError unless every ``part-<i>.parquet`` in ``out_dir`` still holds shard ``i`` of these predictions.
+
+    Read from the footers after all shards finished: another run writing to the same folder
+    (one evaluation per predictions folder at a time) could have replaced or removed a file
+    since it was written, and evaluating then would mix two runs' predictions.
+    """
+    folder = resolve_location(out_dir)
+    for i in range(num_shards):
+        expected = shard_key(snapshot, split, checkpoint_sha256=checkpoint_sha256, shard=i, num_shards=num_shards)
+        found = read_shard(folder.child(shard_name(i)))
+        if found is None or found.key != expected:
+            held = "is gone" if found is None else f"now holds {found.key}"
+            raise ValueError(
+                f"{folder.child(shard_name(i)).uri} was replaced by another run (it {held}, expected {expected}); "
+                "run one evaluation per predictions folder at a time"
+            )
 
 
 def merge_refs(refs: list[PredictionsRef]) -> PredictionsRef:

@@ -76,3 +76,22 @@ def test_predict_shard_refuses_a_changed_snapshot_or_another_checkpoint(shapes_c
     assert not (tmp_path / "preds").exists() or not list((tmp_path / "preds").iterdir())  # nothing labelled wrongly
     done = predict_shard.fn(checkpoint, ref, "val", checkpoint_sha256=digest, **kwargs)
     assert done.predicted == (0,) and done.num_images == 8
+
+
+def test_check_shards_fails_when_another_run_replaced_a_shard(shapes_detection, tmp_path):
+    from cvcore.engine.infer import empty_batch
+    from cvcore.engine.shards import write_shard
+    from tasks.infer import check_shards, shard_key
+
+    ref = snapshot_ref(read_snapshot(shapes_detection.path))
+    ours = {"checkpoint_sha256": "a" * 64, "num_shards": 2}
+    for i in range(2):
+        write_shard([empty_batch("detection")], tmp_path, key=shard_key(ref, "val", shard=i, **ours), num_images=4)
+    check_shards(ref, "val", out_dir=tmp_path, **ours)  # all ours: no error
+    other = shard_key(ref, "val", checkpoint_sha256="c" * 64, shard=1, num_shards=2)  # another run's model, same file name
+    write_shard([empty_batch("detection")], tmp_path, key=other, num_images=4)
+    with pytest.raises(ValueError, match="part-00001.parquet was replaced by another run.*one evaluation per predictions folder"):
+        check_shards(ref, "val", out_dir=tmp_path, **ours)
+    (tmp_path / "part-00001.parquet").unlink()
+    with pytest.raises(ValueError, match="part-00001.parquet was replaced by another run \\(it is gone"):
+        check_shards(ref, "val", out_dir=tmp_path, **ours)
