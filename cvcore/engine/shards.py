@@ -25,6 +25,7 @@ import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Literal
+from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -73,11 +74,20 @@ def is_uri(location: str | Path) -> bool:
 def resolve_location(location: str | Path) -> Location:
     """The file system and path behind a local path or a URI (``s3://``, ``gs://``, ``file://``).
 
-    Raises ValueError naming the location when pyarrow knows no file system for its scheme.
+    Raises ValueError naming the location when pyarrow knows no file system for its scheme, or
+    when the URI has a query or fragment (``s3://b/p?region=...``): shard files are named by
+    appending to the URI, which would put them inside the query, and polars reads the options
+    differently; the region and endpoint come from ``AWS_DEFAULT_REGION`` / ``AWS_ENDPOINT_URL``.
     """
     if not is_uri(location):
         path = str(Path(location).expanduser().resolve())
         return Location(pafs.LocalFileSystem(), path, path)
+    parts = urlsplit(str(location))
+    if parts.query or parts.fragment or str(location).rstrip("/").endswith(("?", "#")):
+        raise ValueError(
+            f"{location}: a storage URI must not carry options after '?' or '#'; set the endpoint and region in "
+            "the environment instead (AWS_ENDPOINT_URL, AWS_DEFAULT_REGION; for other stores their own variables)"
+        )
     try:
         fs, path = pafs.FileSystem.from_uri(str(location))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:

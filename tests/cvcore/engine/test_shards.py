@@ -137,3 +137,10 @@ def test_locations_resolve_paths_and_file_uris_and_refuse_escapes(tmp_path):
         resolve_location("nosuchscheme://bucket/x")
     with pytest.raises(ValueError, match="outside"):
         _key(2, num_shards=2)
+
+
+@pytest.mark.parametrize("uri", ["s3://b/p/?region=eu-west-1&endpoint_override=localhost:9000", "s3://b/p#frag", "gs://b/p?"])
+def test_uris_with_options_are_refused_naming_the_environment_variables(uri):
+    with pytest.raises(ValueError, match=r"must not carry options.*AWS_ENDPOINT_URL, AWS_DEFAULT_REGION") as info:
+        resolve_location(uri)
+    assert uri in str(info.value)
