@@ -65,12 +65,11 @@ def check_model_name(name: str) -> None:
 
 def ui_commands(*, host: str = "127.0.0.1", mlflow_port: int = 5000, prefect_port: int = 4200) -> dict[str, list[str]]:
     """The commands that open the MLflow UI on this cvflow home's store and the Prefect dashboard."""
-    from tasks.tracking import cvflow_home, embedded_uri, uses_embedded_store
+    from tasks.tracking import cvflow_home, tracking_uri
 
     home = cvflow_home()
     commands = {"prefect": ["prefect", "server", "start", "--host", host, "--port", str(prefect_port)]}
-    if uses_embedded_store(home):
-        commands["mlflow"] = [
-            "mlflow", "ui", "--backend-store-uri", embedded_uri(home), "--host", host, "--port", str(mlflow_port),
-        ]  # fmt: skip
+    store = tracking_uri(home)
+    if not store.startswith(("http://", "https://")):  # a store, not a server: open a UI on it (embedded or MLFLOW_TRACKING_URI)
+        commands["mlflow"] = ["mlflow", "ui", "--backend-store-uri", store, "--host", host, "--port", str(mlflow_port)]
     return commands

@@ -22,7 +22,7 @@ STARTUP_TIMEOUT_S = 180  # both start in seconds; a loaded 2-core machine can ne
 
 @cli_errors
 def ui(
-    start: Annotated[bool, typer.Option("--start", help="Start both servers here (Ctrl-C stops them) instead of printing the commands.")] = False,
+    start: Annotated[bool, typer.Option("--start", help="Start the servers that are not answering yet here (Ctrl-C stops them) instead of printing the commands.")] = False,
     mlflow_port: Annotated[int, typer.Option(help="Port of the MLflow UI.")] = 5000,
     prefect_port: Annotated[int, typer.Option(help="Port of the Prefect dashboard.")] = 4200,
 ) -> None:
@@ -57,8 +57,11 @@ def _serve(commands: dict[str, list[str]], urls: dict[str, str]) -> None:
     """Start ``commands``, report each URL once it answers, and keep them up until Ctrl-C or one exits."""
     if not commands:
         return
-    procs = {name: subprocess.Popen(_resolve(cmd)) for name, cmd in commands.items()}
+    resolved = {name: _resolve(cmd) for name, cmd in commands.items()}  # a missing executable fails before anything starts
+    procs: dict[str, subprocess.Popen] = {}
     try:
+        for name, cmd in resolved.items():
+            procs[name] = subprocess.Popen(cmd)
         for name, proc in procs.items():
             _wait_ready(name, proc, urls[name])
             console.print(f"[bold]{TITLES[name]}[/]: {urls[name]}", highlight=False)
@@ -72,7 +75,11 @@ def _serve(commands: dict[str, list[str]], urls: dict[str, str]) -> None:
             if p.poll() is None:
                 p.terminate()
         for p in procs.values():
-            p.wait(timeout=30)
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:  # did not stop when asked: never leave a server behind
+                p.kill()
+                p.wait()
     failed = {n: p.returncode for n, p in procs.items() if p.returncode not in (0, -15, None)}
     if failed:
         err_console.print(f"[bold red]error:[/] stopped: {', '.join(f'{n} exited with code {c}' for n, c in failed.items())}", highlight=False)

@@ -98,6 +98,19 @@ def test_ui_prints_both_commands_bound_to_localhost(home):
     assert "prefect server start --host 127.0.0.1 --port 4200" in text
 
 
+def test_ui_opens_any_tracking_store_but_only_points_at_a_server(home, monkeypatch, tmp_path):
+    other = f"sqlite:///{tmp_path / 'other.db'}"  # a store of the user's own, not the home's
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", other)
+    text = _text(runner.invoke(app, ["ui"]))
+    assert f"mlflow ui --backend-store-uri {other} --host 127.0.0.1 --port 5000" in text
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    text = _text(runner.invoke(app, ["ui"]))
+    assert f"http://127.0.0.1:{port} (tracking server from MLFLOW_TRACKING_URI, not answering)" in text and "mlflow ui" not in text
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
