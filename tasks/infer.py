@@ -23,6 +23,7 @@ from cvcore.engine.shards import (
     find_complete_shard,
     is_uri,
     read_shard,
+    remove_orphan_temporaries,
     remove_stale_shards,
     resolve_location,
     shard_name,
@@ -134,12 +135,16 @@ def prepare_shards(snapshot: SnapshotRef, split: str, *, out_dir: Path | str, ch
 
     Files of another model, snapshot, split or shard count would be read together with the new
     shards by ``pl.scan_parquet``; complete shards of these predictions stay (they are reused).
-    Returns the removed files.
+    Temporary files of killed runs older than an hour go too. Returns the removed shard files.
     """
     key = shard_key(snapshot, split, checkpoint_sha256=checkpoint_sha256, shard=0, num_shards=num_shards)
-    removed = remove_stale_shards(resolve_location(out_dir), key=key)
+    folder = resolve_location(out_dir)
+    removed = remove_stale_shards(folder, key=key)
     if removed:
         get_run_logger().warning("removed %d shard file(s) of other predictions from %s", len(removed), out_dir)
+    orphans = remove_orphan_temporaries(folder)  # over an hour old: a killed run's, not a concurrent writer's
+    if orphans:
+        get_run_logger().info("removed %d temporary file(s) of killed runs from %s", len(orphans), out_dir)
     return removed
 
 

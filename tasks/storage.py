@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -24,7 +25,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from cvcore.data.snapshot import read_snapshot, resolve_inside
-from cvcore.engine.shards import is_uri, resolve_location
+from cvcore.engine.shards import ORPHAN_AGE_S, is_uri, resolve_location
 from tasks.ingest import snapshot_ref
 from tasks.refs import SnapshotRef
 
@@ -65,6 +66,7 @@ def stage_snapshot(uri: str, *, home: Path) -> Path:
     if cached.is_file() and json.loads(cached.read_text()).get("digest") == manifest.get("digest"):
         return dst
     dst.parent.mkdir(parents=True, exist_ok=True)
+    remove_orphan_stagings(dst.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
     try:
         files = [i for i in src.fs.get_file_info(pafs.FileSelector(src.path, recursive=True)) if i.type == pafs.FileType.File]
@@ -82,6 +84,37 @@ def stage_snapshot(uri: str, *, home: Path) -> Path:
         raise
     log.info("staged %s (%d files) into %s", uri, len(files), dst)
     return dst
+
+
+def remove_orphan_stagings(cache: Path, *, older_than_s: float = ORPHAN_AGE_S) -> list[Path]:
+    """Delete the hidden staging folders in ``cache`` in which nothing changed for ``older_than_s``.
+
+    stage_snapshot copies into a hidden sibling (``.<name>.<random>``) and renames it; a killed
+    process leaves it behind. The newest modification time anywhere inside counts (a folder's own
+    mtime does not change while files are written deeper down), so a copy still in progress in
+    another process is kept. Returns the deleted folders.
+    """
+    cutoff = time.time() - older_than_s
+    removed = []
+    for entry in sorted(cache.iterdir()) if cache.is_dir() else []:
+        if entry.name.startswith(".") and entry.is_dir() and not entry.is_symlink() and _newest_mtime(entry) < cutoff:
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    if removed:
+        log.info("removed %d staging folder(s) of killed runs: %s", len(removed), [str(p) for p in removed])
+    return removed
+
+
+def _newest_mtime(folder: Path) -> float:
+    """The latest mtime (seconds) of ``folder`` and everything under it (links not followed)."""
+    newest = folder.lstat().st_mtime
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            try:
+                newest = max(newest, os.lstat(os.path.join(root, name)).st_mtime)
+            except FileNotFoundError:
+                continue  # removed while walking
+    return newest
 
 
 def local_snapshot(ref: SnapshotRef, *, home: Path) -> Path:

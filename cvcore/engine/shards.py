@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,6 +43,10 @@ SHARD_GLOB = "part-*.parquet"
 # Only names write_shard makes: other tools' part files (Spark's part-00000-<uuid>.snappy.parquet)
 # are not ours to read, reuse or delete.
 SHARD_NAME = re.compile(r"^part-\d{5}\.parquet$")
+TEMP_NAME = re.compile(r"^\.part-\d{5}\.parquet\.[0-9a-f]{32}\.tmp$")  # write_shard's temporary files
+# A temporary file untouched this long belongs to a killed run: a live writer appends row groups
+# far more often, so removing older ones never pulls a file from under a concurrent writer.
+ORPHAN_AGE_S = 3600
 
 
 @dataclass(frozen=True)
@@ -256,6 +261,27 @@ def remove_stale_shards(folder: str | Path | Location, *, key: ShardKey) -> list
             removed.append(file.uri)
     if removed:
         log.info("removed %d stale shard file(s) of other predictions: %s", len(removed), removed)
+    return removed
+
+
+def remove_orphan_temporaries(folder: str | Path | Location, *, older_than_s: float = ORPHAN_AGE_S) -> list[str]:
+    """Delete write_shard's hidden temporary files in ``folder`` last modified over ``older_than_s`` ago.
+
+    A killed run leaves ``.part-NNNNN.parquet.<uuid>.tmp`` behind (no reader ever matches it, but
+    it takes space). Younger ones may be written right now by a concurrent run and are kept, as
+    are files whose store reports no modification time. Returns the deleted URIs.
+    """
+    loc = folder if isinstance(folder, Location) else resolve_location(folder)
+    if loc.fs.get_file_info(loc.path).type != pafs.FileType.Directory:
+        return []
+    cutoff_ns = time.time_ns() - int(older_than_s * 1e9)
+    removed = []
+    for info in loc.fs.get_file_info(pafs.FileSelector(loc.path, allow_not_found=True)):
+        if info.type == pafs.FileType.File and TEMP_NAME.match(info.base_name) and info.mtime_ns is not None and info.mtime_ns < cutoff_ns:
+            _delete_quietly(loc.fs, info.path)
+            removed.append(loc.child(info.base_name).uri)
+    if removed:
+        log.info("removed %d temporary file(s) of killed runs: %s", len(removed), removed)
     return removed
 
 

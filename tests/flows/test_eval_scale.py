@@ -143,11 +143,14 @@ def test_a_killed_evaluation_resumes_with_only_the_missing_shards(checkpoint, sh
         proc.wait()
     # Killed inside shard 2 (shards run one at a time): 0 and 1 are complete, 2 is only a hidden temporary.
     assert sorted(p.name for p in out.glob("part-*.parquet")) == ["part-00000.parquet", "part-00001.parquet"]
-    assert any(p.name.startswith(".part-00002.parquet.") for p in out.iterdir())
+    [orphan] = [p for p in out.iterdir() if p.name.startswith(".part-00002.parquet.")]
+    two_hours_ago = time.time() - 7200
+    os.utime(orphan, (two_hours_ago, two_hours_ago))  # as if the kill was long ago: no writer is still on it
     before = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
 
     result = evaluate_pipeline(params)
     assert result.shards_reused == (0, 1) and result.shards_predicted == (2, 3)
+    assert sorted(p.name for p in out.iterdir()) == [f"part-0000{i}.parquet" for i in range(SHARDS)]  # the orphan is gone
     assert {p: (out / p).stat().st_mtime_ns for p in before} == before  # the finished shards were not rewritten
     _assert_same_metrics(result.metrics, reference.metrics)
     assert _sorted_predictions(result).equals(_sorted_predictions(reference))

@@ -11,7 +11,7 @@ import pytest
 from cvcore.data.snapshot import read_snapshot
 from tasks.infer import predict_shard
 from tasks.ingest import snapshot_ref
-from tasks.storage import file_sha256, local_snapshot, stage_snapshot, staged_path
+from tasks.storage import file_sha256, local_snapshot, remove_orphan_stagings, stage_snapshot, staged_path
 
 
 def test_file_sha256_is_hashlibs(tmp_path):
@@ -95,3 +95,21 @@ def test_check_shards_fails_when_another_run_replaced_a_shard(shapes_detection, 
     (tmp_path / "part-00001.parquet").unlink()
     with pytest.raises(ValueError, match="part-00001.parquet was replaced by another run \\(it is gone"):
         check_shards(ref, "val", out_dir=tmp_path, **ours)
+
+
+def test_staging_folders_of_killed_runs_are_removed_once_nothing_changed_in_them_for_an_hour(tmp_path):
+    import os
+    import time
+
+    cache = tmp_path / "cache"
+    orphan, busy, kept = cache / ".shapes-abc.1", cache / ".shapes-abc.2", cache / "shapes-abc"
+    for folder in (orphan, busy, kept):
+        (folder / "images").mkdir(parents=True)
+        (folder / "images" / "0.png").write_bytes(b"png")
+    two_hours_ago = time.time() - 7200
+    for path in [p for folder in (orphan, busy, kept) for p in (folder, folder / "images", folder / "images" / "0.png")]:
+        os.utime(path, (two_hours_ago, two_hours_ago))
+    (busy / "images" / "1.png").write_bytes(b"png")  # deep down, a copy still going on: the top folder's mtime is old
+    os.utime(busy / "images", (two_hours_ago, two_hours_ago))
+    assert remove_orphan_stagings(cache) == [orphan]
+    assert not orphan.exists() and busy.exists() and kept.exists()

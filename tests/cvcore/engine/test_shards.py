@@ -15,6 +15,7 @@ from cvcore.engine.shards import (
     find_complete_shard,
     list_shards,
     read_shard,
+    remove_orphan_temporaries,
     remove_stale_shards,
     resolve_location,
     shard_name,
@@ -144,3 +145,19 @@ def test_uris_with_options_are_refused_naming_the_environment_variables(uri):
     with pytest.raises(ValueError, match=r"must not carry options.*AWS_ENDPOINT_URL, AWS_DEFAULT_REGION") as info:
         resolve_location(uri)
     assert uri in str(info.value)
+
+
+def test_temporaries_of_killed_runs_are_removed_once_an_hour_old(tmp_path):
+    import os
+    import time
+
+    old, young = tmp_path / f".part-00002.parquet.{'1' * 32}.tmp", tmp_path / f".part-00003.parquet.{'2' * 32}.tmp"
+    unrelated = tmp_path / ".part-notes.tmp"
+    for f in (old, young, unrelated):
+        f.write_bytes(b"half a shard")
+    two_hours_ago = time.time() - 7200
+    for f in (old, unrelated):
+        os.utime(f, (two_hours_ago, two_hours_ago))
+    assert remove_orphan_temporaries(tmp_path) == [str(old)]
+    assert not old.exists() and young.exists() and unrelated.exists()  # a young one may be a concurrent writer's
+    assert remove_orphan_temporaries(tmp_path / "missing") == []
