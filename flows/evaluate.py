@@ -21,6 +21,7 @@ from prefect import flow
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 
+from cvcore.engine.shards import resolve_location
 from flows.params import EvaluatePipelineParams, EvaluateResult
 from flows.shards import predict_shards_on
 from flows.train import load_data
@@ -67,7 +68,8 @@ def evaluate_pipeline(params: EvaluatePipelineParams) -> EvaluateResult:
         checkpoint = resolve_checkpoint(params.model)
         eval_config = model_eval_config(checkpoint, protocol=params.protocol)
         digest = file_sha256(checkpoint)
-        out_dir = params.predictions or home / "predictions" / f"model-{digest[:12]}-data-{snapshot.digest[:12]}-shards-{params.prediction_shards}" / params.split
+        # Absolute (or a URI) before it reaches the workers: a relative path would be resolved in each worker's cwd.
+        out_dir = resolve_location(params.predictions).uri if params.predictions else home / "predictions" / f"model-{digest[:12]}-data-{snapshot.digest[:12]}-shards-{params.prediction_shards}" / params.split
         log_tags(client, run_id, {TAG_PREDICTIONS: str(out_dir), TAG_CHECKPOINT_SHA256: digest})
         preds = predict_shards_on(
             params.task_runner, checkpoint, snapshot, params.split, out_dir=out_dir, checkpoint_sha256=digest,

@@ -110,7 +110,12 @@ class DaskLocalCluster(_Params):
 
 
 class DaskScheduler(_Params):
-    """Run prediction shards on an existing Dask cluster (workers must see the same CVFLOW_HOME or stores)."""
+    """Run prediction shards on an existing Dask cluster.
+
+    Every worker must find the checkpoint at the same path as the flow (a shared file system),
+    even when the snapshot and the predictions are on an object store; the snapshot is a shared
+    folder or a URI each worker stages itself; the predictions folder is shared or a URI.
+    """
 
     kind: Literal["dask-scheduler"] = "dask-scheduler"
     address: str = Field(description="the scheduler's address, e.g. tcp://scheduler:8786")

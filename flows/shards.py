@@ -7,9 +7,14 @@ it one ``predict`` task per shard is submitted; shards already complete in the o
 (same checkpoint, snapshot, split and sharding) are kept, so a re-run after a crash redoes only
 the missing ones.
 
-Dask workers run the same tasks (prefect-dask ships the Prefect context to them); they need the
-same ``CVFLOW_HOME`` files (checkpoint, snapshot) as the flow, or snapshots and predictions on an
-object store they can reach.
+Dask workers run the same tasks (prefect-dask ships the Prefect context to them). Each worker
+needs the checkpoint file at the same path as the flow, even when the snapshot and the
+predictions are on an object store: a shared file system (or the same image with the file
+baked in); a worker whose file there differs from the one the flow hashed refuses the shard.
+The snapshot is a folder every worker sees, or an object-store URI each worker stages into its
+own ``CVFLOW_HOME`` cache; the predictions folder is shared storage or an object-store URI. A
+relative predictions path would be resolved against each worker's working directory, so the
+flows pass absolute paths or URIs (``resolve_location(...).uri``).
 """
 
 from __future__ import annotations
