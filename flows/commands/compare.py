@@ -19,6 +19,7 @@ from flows.commands._common import cli_errors, console, setup_logging
 from flows.commands._pipeline import prefect_settings, tracking_errors
 
 DEFAULT_MODELS = "rcnn,fast_rcnn,faster_rcnn,yolov1"
+PROTOCOLS = ("coco", "voc07", "voc12")
 
 
 @cli_errors
@@ -48,7 +49,9 @@ def compare(
     from cvcore.bakeoff import parse_contenders
     from cvcore.data.snapshot import read_snapshot
     from cvcore.engine.checkpoint import resolve_checkpoint
+    from cvcore.engine.device import resolve_device
     from flows.compare import check_contenders, compare_pipeline
+    from tasks.registry import is_model_uri
     from flows.params import ComparePipelineParams, DataSource
 
     setup_logging(verbose)
@@ -63,6 +66,11 @@ def compare(
             resolve_checkpoint(c.run_dir)  # CheckpointError (a ValueError) naming a missing run
     if split is not None and split not in snapshot.splits:
         raise ValueError(f"snapshot {snapshot.path} has no split {split!r}; splits: {list(snapshot.splits)}")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"--protocol {protocol!r}: expected one of {', '.join(PROTOCOLS)}")
+    resolve_device(device)  # ValueError for a bad name or a GPU this machine lacks
+    if pretrained and not is_model_uri(pretrained) and not Path(pretrained).expanduser().is_file():
+        raise FileNotFoundError(f"--pretrained {pretrained}: no such file (give a checkpoint file or models:/NAME@ALIAS)")
     params = ComparePipelineParams(
         data=DataSource(path=data.resolve()), models=tuple(_spec(c) for c in contenders), epochs=per_model, split=split, protocol=protocol,
         pretrained=pretrained, device=device, batch_size=batch_size, out=out.resolve(), experiment=experiment, progress=not quiet,

@@ -153,12 +153,20 @@ def test_a_failing_contender_fails_the_flow_and_both_runs(snapshot, tmp_path):
         ("rcnn=/nonexistent/run", [], "/nonexistent/run"),
         ("yolov1", ["--split", "test"], "no split 'test'"),
         ("yolov1", ["--epochs", "x"], "--epochs: 'x' is not N or MODEL=N"),
+        ("yolov1", ["--pretrained", "/no/such/weights.pt"], "--pretrained /no/such/weights.pt: no such file"),
+        ("yolov1", ["--protocol", "voc"], "--protocol 'voc': expected one of coco, voc07, voc12"),
+        ("yolov1", ["--device", "gpu9"], "unknown device 'gpu9'"),
     ],
 )
-def test_cvflow_compare_input_errors_are_one_line(models, extra, message, snapshot, tmp_path):
+def test_cvflow_compare_input_errors_are_one_line(models, extra, message, snapshot, tmp_path, monkeypatch):
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the flow started although the input was wrong")
+
+    monkeypatch.setattr("flows.compare.compare_pipeline", must_not_run)  # the command must catch it first
     cli = CliRunner().invoke(app, ["compare", "--data", str(snapshot.path), "--out", str(tmp_path), "--models", models, *extra])
     assert cli.exit_code == 2, cli.output
     assert message in " ".join(cli.output.split())
+    assert cli.output.count("error:") == 1 and "Traceback" not in cli.output
 
 
 def test_check_contenders_rejects_classification_data_and_stray_options():
