@@ -23,8 +23,7 @@ from prefect.runtime import flow_run
 
 from cvcore.engine.shards import resolve_location
 from flows.params import EvaluatePipelineParams, EvaluateResult
-from flows.shards import predict_shards_on
-from flows.train import load_data
+from flows.train import load_data, predict_split
 from tasks.evaluate import evaluate_split, model_eval_config, report_split
 from tasks.registry import is_model_uri, resolve_checkpoint
 from tasks.storage import file_sha256
@@ -69,11 +68,12 @@ def evaluate_pipeline(params: EvaluatePipelineParams) -> EvaluateResult:
         eval_config = model_eval_config(checkpoint, protocol=params.protocol)
         digest = file_sha256(checkpoint)
         # Absolute (or a URI) before it reaches the workers: a relative path would be resolved in each worker's cwd.
-        out_dir = resolve_location(params.predictions).uri if params.predictions else home / "predictions" / f"model-{digest[:12]}-data-{snapshot.digest[:12]}-shards-{params.prediction_shards}" / params.split
+        default_dir = home / "predictions" / f"model-{digest[:12]}-data-{snapshot.digest[:12]}-shards-{params.prediction_shards}" / params.split
+        out_dir = resolve_location(params.predictions).uri if params.predictions else default_dir
         log_tags(client, run_id, {TAG_PREDICTIONS: str(out_dir), TAG_CHECKPOINT_SHA256: digest})
-        preds = predict_shards_on(
-            params.task_runner, checkpoint, snapshot, params.split, out_dir=out_dir, checkpoint_sha256=digest,
-            num_shards=params.prediction_shards, batch_size=params.batch_size,
+        preds = predict_split(
+            checkpoint, snapshot, params.split, out_dir=out_dir, shards=params.prediction_shards, batch_size=params.batch_size,
+            task_runner=params.task_runner, checkpoint_sha256=digest,
         )  # fmt: skip
         if preds.reused:
             logger.info("kept complete shard(s) %s from an earlier run; predicted %s", list(preds.reused), list(preds.predicted))

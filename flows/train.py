@@ -64,14 +64,17 @@ def predict_split(
     shards: int,
     batch_size: int = 32,
     task_runner: TaskRunnerSpec | None = None,
+    checkpoint_sha256: str | None = None,
 ) -> PredictionsRef:
     """Predict every shard of ``split`` (in parallel when there are several) into ``out_dir``.
 
     ``out_dir`` is a local folder or an object-store URI; complete shards of this checkpoint
     already there are kept (resume). ``task_runner`` None runs the shards on the calling flow's
     task runner; otherwise in a ``predict-shards`` sub-flow on the runner it describes (Dask).
+    ``checkpoint_sha256`` is the checkpoint's digest when the caller has it already (hashed here
+    otherwise); every worker checks its copy of the checkpoint against it.
     """
-    digest = file_sha256(checkpoint)
+    digest = checkpoint_sha256 or file_sha256(checkpoint)
     kwargs = {"out_dir": out_dir, "checkpoint_sha256": digest, "num_shards": shards, "batch_size": batch_size}
     if task_runner is None:
         return submit_shards(checkpoint, snapshot, split, **kwargs)

@@ -171,35 +171,46 @@ ROW_GROUP_ROWS = 64 * 1024
 ROW_GROUP_BYTES = 32 * 2**20  # ...or this many bytes (classification rows carry K scores each)
 
 
+def row_groups(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.Table]:
+    """Gather ``batches`` into tables of at least ROW_GROUP_ROWS rows or ROW_GROUP_BYTES, in order.
+
+    Each yielded table is one Parquet row group to write; the last one holds what is left (even
+    zero-row batches, so their schema still reaches the writer). Memory holds one table at a time.
+    pyarrow's ParquetWriter has no byte-based row-group size, hence this loop.
+    """
+    pending: list[pa.RecordBatch] = []
+    rows = size = 0
+    for batch in batches:
+        pending.append(batch)
+        rows, size = rows + batch.num_rows, size + batch.nbytes
+        if rows >= ROW_GROUP_ROWS or size >= ROW_GROUP_BYTES:
+            yield pa.Table.from_batches(pending)
+            pending, rows, size = [], 0, 0
+    if pending:
+        yield pa.Table.from_batches(pending)
+
+
 def write_predictions(batches: Iterable[pa.RecordBatch], path: str | Path, *, task: Task | None = None) -> Path:
     """Stream ``batches`` into one Parquet file at ``path``, atomically (temp sibling, then rename).
 
     The schema is the first batch's; ``task`` gives it when ``batches`` may be empty (an empty
     iterable without ``task`` is a ValueError). Memory holds at most one row group
-    (ROW_GROUP_ROWS rows or ROW_GROUP_BYTES). A failure midway leaves no partial file.
+    (:func:`row_groups`). A failure midway leaves no partial file.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     writer: pq.ParquetWriter | None = None
-    pending: list[pa.RecordBatch] = []
-    rows = size = 0
     try:
-        for batch in batches:
+        for table in row_groups(batches):
             if writer is None:
-                writer = pq.ParquetWriter(tmp, batch.schema)
-            pending.append(batch)
-            rows, size = rows + batch.num_rows, size + batch.nbytes
-            if rows >= ROW_GROUP_ROWS or size >= ROW_GROUP_BYTES:
-                writer.write_table(pa.Table.from_batches(pending))
-                pending, rows, size = [], 0, 0
+                writer = pq.ParquetWriter(tmp, table.schema)
+            writer.write_table(table)
         if writer is None:
             if task is None:
                 raise ValueError(f"{path}: no prediction batches to write and no task to take the schema from")
             writer = pq.ParquetWriter(tmp, schema.arrow_schema(TABLE[task]))
-        if pending:
-            writer.write_table(pa.Table.from_batches(pending))
         writer.close()
         writer = None
         os.replace(tmp, path)
@@ -209,16 +220,6 @@ def write_predictions(batches: Iterable[pa.RecordBatch], path: str | Path, *, ta
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
-
-
-def write_prediction_shard(batches: Iterable[pa.RecordBatch], out_dir: str | Path, *, shard: int, task: Task | None = None) -> Path:
-    """Write one shard as ``<out_dir>/part-<shard:05d>.parquet`` (atomic, see write_predictions).
-
-    The shards of a split read back as one dataset with ``pl.scan_parquet(out_dir / "*.parquet")``.
-    """
-    if shard < 0:
-        raise ValueError(f"shard must be >= 0, got {shard}")
-    return write_predictions(batches, Path(out_dir) / f"part-{shard:05d}.parquet", task=task)
 
 
 def shard_indices(n: int, *, num_shards: int, shard: int) -> range:

@@ -25,7 +25,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Literal
+from typing import Iterable, Iterator, Literal
 from urllib.parse import urlsplit
 
 import pyarrow as pa
@@ -33,7 +33,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from cvcore import schema
-from cvcore.engine.infer import ROW_GROUP_BYTES, ROW_GROUP_ROWS, TABLE
+from cvcore.engine.infer import TABLE, row_groups
 
 log = logging.getLogger(__name__)
 
@@ -145,8 +145,8 @@ def shard_name(shard: int) -> str:
 def write_shard(batches: Iterable[pa.RecordBatch], folder: str | Path | Location, *, key: ShardKey, num_images: int) -> ShardFile:
     """Stream ``batches`` (the task's predictions schema) into ``<folder>/part-<shard>.parquet``.
 
-    Rows are gathered into row groups of ROW_GROUP_ROWS rows or ROW_GROUP_BYTES (as
-    cvcore.engine.infer.write_predictions does), so memory holds one row group, never the shard.
+    Rows are gathered into row groups by cvcore.engine.infer.row_groups (as write_predictions
+    does), so memory holds one row group, never the shard.
     The file is written under a hidden temporary name and moved into place when complete (an
     atomic rename locally; a server-side copy on object stores, where an object appears whole or
     not at all); an exception midway removes the temporary file and re-raises.
@@ -161,24 +161,23 @@ def write_shard(batches: Iterable[pa.RecordBatch], folder: str | Path | Location
     rows = 0
     try:
         with loc.fs.open_output_stream(tmp.path) as stream, pq.ParquetWriter(stream, arrow_schema) as writer:
-            pending: list[pa.RecordBatch] = []
-            pending_rows = pending_bytes = 0
-            for batch in batches:
-                if batch.schema.remove_metadata() != arrow_schema.remove_metadata():
-                    raise ValueError(f"{target.uri}: a batch does not have the {TABLE[key.task]} schema:\n{batch.schema}")
-                pending.append(batch)
-                rows, pending_rows, pending_bytes = rows + batch.num_rows, pending_rows + batch.num_rows, pending_bytes + batch.nbytes
-                if pending_rows >= ROW_GROUP_ROWS or pending_bytes >= ROW_GROUP_BYTES:
-                    writer.write_table(pa.Table.from_batches(pending, schema=arrow_schema))
-                    pending, pending_rows, pending_bytes = [], 0, 0
-            if pending:
-                writer.write_table(pa.Table.from_batches(pending, schema=arrow_schema))
+            for table in row_groups(_checked(batches, arrow_schema, file=target.uri, table=TABLE[key.task])):
+                writer.write_table(table)
+                rows += table.num_rows
         loc.fs.move(tmp.path, target.path)
     except BaseException:
         _delete_quietly(loc.fs, tmp.path)
         raise
     log.info("%s: %d rows for %d images", target.uri, rows, num_images)
     return ShardFile(uri=target.uri, key=key, num_images=int(num_images), num_rows=rows)
+
+
+def _checked(batches: Iterable[pa.RecordBatch], expected: pa.Schema, *, file: str, table: str) -> Iterator[pa.RecordBatch]:
+    """``batches``, each checked against ``expected`` (metadata aside); ValueError naming ``file`` otherwise."""
+    for batch in batches:
+        if batch.schema.remove_metadata() != expected.remove_metadata():
+            raise ValueError(f"{file}: a batch does not have the {table} schema:\n{batch.schema}")
+        yield batch
 
 
 def read_shard(file: str | Path | Location) -> ShardFile | None:

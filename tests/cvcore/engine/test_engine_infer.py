@@ -12,7 +12,8 @@ from torch import nn
 
 from cvcore import schema
 from cvcore.data.torch_dataset import dataset_for
-from cvcore.engine.infer import predict, shard_indices, write_prediction_shard, write_predictions
+from cvcore.engine.infer import predict, shard_indices, write_predictions
+from cvcore.engine.shards import ShardKey, write_shard
 
 from engine_helpers import resize_transform, tiny_classifier
 
@@ -78,7 +79,9 @@ def test_indices_restrict_prediction_to_a_shard(shapes_classification, tmp_path)
     for shard in range(3):
         idx = shard_indices(len(ds), num_shards=3, shard=shard)
         parts.append(idx)
-        write_prediction_shard(predict(tiny_classifier(), ds, task="classification", batch_size=4, device="cpu", indices=idx), tmp_path, shard=shard)
+        key = ShardKey("a" * 64, "b" * 64, "val", shard, 3, "classification")
+        batches = predict(tiny_classifier(), ds, task="classification", batch_size=4, device="cpu", indices=idx)
+        assert write_shard(batches, tmp_path, key=key, num_images=len(idx)).key == key
     assert sorted(p.name for p in tmp_path.iterdir()) == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
     assert [i for r in parts for i in r] == list(range(len(ds)))
     df = pl.scan_parquet(tmp_path / "*.parquet").collect()
