@@ -204,6 +204,9 @@ def train_contender(
 
     run_dir = out / "runs" / name
     state = run_state(run_dir)
+    if state != "absent":
+        _check_same_run(load_config(run_dir / CONFIG_FILE), run_dir, snapshot=snapshot, epochs=epochs, pretrained=pretrained,
+                        overrides=overrides)  # fmt: skip
     if state == "finished":
         log.info("bake-off: reusing the finished run %s", run_dir)
         return run_dir
@@ -228,6 +231,30 @@ def train_contender(
         raw[section] = merged
     train_run(RunConfig.model_validate(raw), run_dir, callbacks=callbacks)
     return run_dir
+
+
+def _check_same_run(
+    saved, run_dir: Path, *, snapshot: Snapshot, epochs: int | None, pretrained: str | None, overrides: dict[str, Any] | None
+) -> None:
+    """Raise ValueError when the run in ``run_dir`` (its saved RunConfig ``saved``) was trained on
+    other data or with other requested settings than this bake-off asks for: reusing or resuming
+    it would score (or continue) a model the table and MLflow would describe wrongly."""
+    differs = []
+    if Path(str(saved.data.snapshot)).resolve() != Path(snapshot.path).resolve():
+        differs.append(f"data {saved.data.snapshot} (asked: {snapshot.path})")
+    if epochs and saved.train.epochs != epochs:
+        differs.append(f"{saved.train.epochs} epochs (asked: {epochs})")
+    if pretrained and saved.model.pretrained != pretrained:
+        differs.append(f"pretrained {saved.model.pretrained} (asked: {pretrained})")
+    for section, values in (overrides or {}).items():
+        for key, value in values.items():
+            have = getattr(getattr(saved, section), key)
+            if key == "options" and isinstance(value, dict):
+                have = {k: have.get(k) for k in value}
+            if have != value:
+                differs.append(f"{section}.{key} = {have!r} (asked: {value!r})")
+    if differs:
+        raise ValueError(f"{run_dir} was trained with {'; '.join(differs)}; use another --out or delete that folder")
 
 
 def run_state(run_dir: str | Path) -> str:

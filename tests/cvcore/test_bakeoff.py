@@ -172,6 +172,24 @@ def test_run_state_tells_finished_from_interrupted(tiny_bakeoff, tmp_path):
     assert run_state(copy) == "interrupted"
 
 
+def test_a_finished_run_is_reused_only_for_the_same_data_and_settings(shapes_detection, tiny_bakeoff, tmp_path):
+    from cvcore.bakeoff import train_contender
+    from cvcore.data.synthetic import make_shapes_detection
+
+    _, out = tiny_bakeoff
+    fast = {"data": {"img_size": 64}, "model": {"options": {"warp_size": 32, "max_proposals": 30, "small_input": False}}, "train": {"batch_size": 8}}
+    same = train_contender(shapes_detection, "rcnn", out=out, epochs=1, pretrained=None, device="cpu", overrides=fast)
+    assert same == out / "runs" / "rcnn"  # reused, nothing trained
+    other = make_shapes_detection(tmp_path / "other", n_train=4, n_val=2, image_size=64, seed=1)
+    with pytest.raises(ValueError, match=r"was trained with data .*use another --out"):
+        train_contender(other, "rcnn", out=out, epochs=1, pretrained=None, device="cpu", overrides=fast)
+    with pytest.raises(ValueError, match=r"1 epochs \(asked: 3\)"):
+        train_contender(shapes_detection, "rcnn", out=out, epochs=3, pretrained=None, device="cpu", overrides=fast)
+    with pytest.raises(ValueError, match=r"model.options = .*warp_size"):
+        train_contender(shapes_detection, "rcnn", out=out, epochs=1, pretrained=None, device="cpu",
+                        overrides=fast | {"model": {"options": {"warp_size": 48}}})  # fmt: skip
+
+
 def test_parse_epochs():
     from flows.commands.compare import parse_epochs
 
