@@ -11,6 +11,7 @@ made it.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -18,6 +19,7 @@ import os
 import shutil
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -25,7 +27,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from cvcore.data.snapshot import read_snapshot, resolve_inside
-from cvcore.engine.shards import ORPHAN_AGE_S, is_uri, resolve_location
+from cvcore.engine.shards import ORPHAN_AGE_S, Location, is_uri, resolve_location
 from tasks.ingest import snapshot_ref
 from tasks.refs import SnapshotRef
 
@@ -49,7 +51,8 @@ def stage_snapshot(uri: str, *, home: Path) -> Path:
 
     Every file under the remote folder is copied, each confined to the local folder (a key
     with ``..`` or an absolute name is refused). The copy is made in a temporary sibling and
-    renamed into place, so a crash never leaves a half-staged snapshot. Raises ValueError
+    renamed into place, so a crash never leaves a half-staged snapshot; processes of one machine
+    staging the same URI at once take turns (a lock file beside the copy). Raises ValueError
     naming the URI when it holds no ``manifest.json`` or its image root is absolute.
     """
     src = resolve_location(uri)
@@ -62,28 +65,49 @@ def stage_snapshot(uri: str, *, home: Path) -> Path:
     if os.path.isabs(str(manifest.get("image_root", ""))) or is_uri(str(manifest.get("image_root", ""))):
         raise ValueError(f"{uri}: the snapshot's image root {manifest['image_root']!r} is absolute; a remote snapshot must keep its images inside it")
     dst = staged_path(uri, home=home)
-    cached = dst / "manifest.json"
-    if cached.is_file() and json.loads(cached.read_text()).get("digest") == manifest.get("digest"):
-        return dst
+    digest = manifest.get("digest")
+    if digest is None:
+        raise ValueError(f"{uri}: manifest.json has no digest; it is not a snapshot cvflow wrote")
+    if _manifest_digest(dst / "manifest.json") == digest:
+        return dst  # the common case, without taking the lock
     dst.parent.mkdir(parents=True, exist_ok=True)
+    # Dask workers (or threads) of one machine stage the same URI at once: one copies while the
+    # others wait, then find the copy up to date. flock is released when the file is closed,
+    # also when the process dies; the lock file itself stays (deleting it would race).
+    with open(dst.parent / f".{dst.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _manifest_digest(dst / "manifest.json") == digest:
+            return dst  # staged by whoever held the lock before us
+        files = _copy_into_place(src, dst)
+    log.info("staged %s (%d files) into %s", uri, files, dst)
+    return dst
+
+
+def _copy_into_place(src: Location, dst: Path) -> int:
+    """Copy every file under ``src`` into a hidden sibling of ``dst``, then swap it in; the number of files.
+
+    The old copy is renamed aside (one rename), the new one renamed in (one rename), and only
+    then the old one deleted, so ``dst`` is missing for two renames, never half-written.
+    """
     remove_orphan_stagings(dst.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
     try:
-        files = [i for i in src.fs.get_file_info(pafs.FileSelector(src.path, recursive=True)) if i.type == pafs.FileType.File]
-        for info in files:
+        infos = [i for i in src.fs.get_file_info(pafs.FileSelector(src.path, recursive=True)) if i.type == pafs.FileType.File]
+        for info in infos:
             relative = info.path[len(src.path) :].lstrip("/")
             target = resolve_inside(tmp, relative)  # ValueError for keys that would escape the folder
             target.parent.mkdir(parents=True, exist_ok=True)
             with src.fs.open_input_stream(info.path) as fin, open(target, "wb") as fout:
                 shutil.copyfileobj(fin, fout, length=1 << 20)
+        old = dst.parent / f".{dst.name}.old-{uuid.uuid4().hex}"
         if dst.exists():
-            shutil.rmtree(dst)
+            os.replace(dst, old)
         os.replace(tmp, dst)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log.info("staged %s (%d files) into %s", uri, len(files), dst)
-    return dst
+    shutil.rmtree(old, ignore_errors=True)
+    return len(infos)
 
 
 def remove_orphan_stagings(cache: Path, *, older_than_s: float = ORPHAN_AGE_S) -> list[Path]:

@@ -37,7 +37,7 @@ def test_a_remote_snapshot_is_copied_once_and_again_when_its_digest_changes(shap
     manifest = json.loads((remote / "manifest.json").read_text())
     (remote / "manifest.json").write_text(json.dumps(manifest | {"digest": "0" * 64}))
     assert stage_snapshot(uri, home=home) == local and not marker.exists()  # new content: copied again
-    assert not [p for p in local.parent.iterdir() if p.name.startswith(".")]  # no temporary left
+    assert [p.name for p in local.parent.iterdir() if p.name.startswith(".")] == [f".{local.name}.lock"]  # no temporary left
 
 
 def test_a_remote_snapshot_must_hold_its_images_and_a_manifest(shapes_detection, tmp_path):
@@ -113,3 +113,15 @@ def test_staging_folders_of_killed_runs_are_removed_once_nothing_changed_in_them
     os.utime(busy / "images", (two_hours_ago, two_hours_ago))
     assert remove_orphan_stagings(cache) == [orphan]
     assert not orphan.exists() and busy.exists() and kept.exists()
+
+
+def test_concurrent_stagings_of_one_uri_take_turns(shapes_detection, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    remote = tmp_path / "bucket" / "shapes"
+    shutil.copytree(shapes_detection.path, remote)
+    uri, home = remote.as_uri(), tmp_path / "home"
+    with ThreadPoolExecutor(4) as pool:
+        staged = list(pool.map(lambda _: stage_snapshot(uri, home=home), range(4)))
+    assert set(staged) == {staged_path(uri, home=home)} and read_snapshot(staged[0]).digest == shapes_detection.digest
+    assert [p.name for p in staged[0].parent.iterdir() if p.name.startswith(".")] == [f".{staged[0].name}.lock"]
