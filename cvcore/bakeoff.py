@@ -130,6 +130,31 @@ def parse_contenders(spec: str | Sequence[str]) -> list[Contender]:
     return out
 
 
+def check_contenders(task: str, names: Sequence[str], *, epochs: dict[str, int], overrides: dict[str, dict]) -> None:
+    """Fail before any training: a classification dataset, a model that is not a registered
+    detector, or epochs/overrides for a model not being compared (ValueError naming it)."""
+    from cvcore.models import model_spec
+
+    if task != "detection":
+        raise ValueError(f"the bake-off compares detectors; this is a {task} dataset")
+    for name in names:
+        if model_spec(name).task != "detection":  # model_spec: ValueError listing the models for an unknown name
+            raise ValueError(f"model {name!r} is not a detector; the bake-off compares detectors")
+    for option, given in (("epochs", epochs), ("overrides", overrides)):
+        stray = sorted(set(given) - set(names))
+        if stray:
+            raise ValueError(f"{option} given for {stray}, which are not among the compared models {list(names)}")
+
+
+def scored_split(path: str | Path, splits: Sequence[str], split: str | None) -> str:
+    """The split a bake-off scores: ``split``, else ``test`` when there is one, else ``val``
+    (ValueError naming the snapshot ``path`` and its splits when it has no such split)."""
+    chosen = split or ("test" if "test" in splits else "val")
+    if chosen not in splits:
+        raise ValueError(f"snapshot {path} has no split {chosen!r}; splits: {list(splits)}")
+    return chosen
+
+
 def run_bakeoff(
     snapshot: Snapshot,
     *,
@@ -160,14 +185,9 @@ def run_bakeoff(
             ``{"rcnn": {"model": {"options": {"warp_size": 32}}, "train": {"lr": 0.01}}}``.
         callbacks: ``name -> engine callbacks`` for that model's training (progress bars, logs).
     """
-    from cvcore.models import model_spec
-
-    if snapshot.task != "detection":
-        raise ValueError(f"{snapshot.path} is a {snapshot.task} snapshot; the bake-off compares detectors")
-    for c in contenders:
-        if model_spec(c.name).task != "detection":
-            raise ValueError(f"model {c.name!r} is not a detector; the bake-off compares detectors")
-    split = split or ("test" if "test" in snapshot.splits else "val")
+    names = [c.name for c in contenders]
+    check_contenders(snapshot.task, names, epochs=epochs if isinstance(epochs, dict) else {}, overrides=overrides or {})
+    split = scored_split(snapshot.path, list(snapshot.splits), split)
     out = Path(out)
     rows, runs, preds = [], {}, {}
     for c in contenders:

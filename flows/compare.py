@@ -21,6 +21,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 
+from cvcore.bakeoff import check_contenders, scored_split
 from flows.params import ComparePipelineParams, CompareResult
 from flows.train import load_data
 from tasks.artifacts import artifact_key
@@ -30,22 +31,6 @@ from tasks.registry import is_model_uri, resolve_checkpoint
 from tasks.tracking import cvflow_home, ensure_experiment, log_dataset, mlflow_client, open_run, run_closed_after, run_tags, run_url
 
 FLOW_NAME = "compare_pipeline"
-
-
-def check_contenders(task: str, names: Sequence[str], *, epochs: dict[str, int], overrides: dict[str, dict]) -> None:
-    """Fail before any training: a classification dataset, a model that is not a registered
-    detector, or epochs/overrides for a model not being compared (ValueError naming it)."""
-    from cvcore.models import model_spec
-
-    if task != "detection":
-        raise ValueError(f"the bake-off compares detectors; this is a {task} dataset")
-    for name in names:
-        if model_spec(name).task != "detection":  # model_spec: ValueError listing the models for an unknown name
-            raise ValueError(f"model {name!r} is not a detector; the bake-off compares detectors")
-    for option, given in (("epochs", epochs), ("overrides", overrides)):
-        stray = sorted(set(given) - set(names))
-        if stray:
-            raise ValueError(f"{option} given for {stray}, which are not among the compared models {list(names)}")
 
 
 @flow(name="compare-pipeline", flow_run_name="compare-{params.data.path.name}")
@@ -61,9 +46,7 @@ def compare_pipeline(params: ComparePipelineParams) -> CompareResult:
     names = [c.name for c in contenders]
     snapshot = load_data(params.data, home=home)
     check_contenders(snapshot.task, names, epochs=params.epochs, overrides=params.overrides)
-    split = params.split or ("test" if "test" in snapshot.splits else "val")
-    if split not in snapshot.splits:
-        raise ValueError(f"snapshot {snapshot.path} has no split {split!r}; splits: {list(snapshot.splits)}")
+    split = scored_split(snapshot.path, snapshot.splits, params.split)
     tags = run_tags(snapshot, model_name=",".join(names), flow_name=FLOW_NAME, flow_run_id=flow_run.get_id())
     run_id = open_run(client, experiment_id, run_name=f"bakeoff-{snapshot.name}", tags=tags)
     with run_closed_after(client, run_id):  # from here on, any failure marks the run FAILED

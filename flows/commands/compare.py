@@ -46,11 +46,11 @@ def compare(
     """
     import polars as pl
 
-    from cvcore.bakeoff import parse_contenders
+    from cvcore.bakeoff import check_contenders, parse_contenders, scored_split
     from cvcore.data.snapshot import read_snapshot
     from cvcore.engine.checkpoint import resolve_checkpoint
     from cvcore.engine.device import resolve_device
-    from flows.compare import check_contenders, compare_pipeline
+    from flows.compare import compare_pipeline
     from tasks.registry import is_model_uri
     from flows.params import ComparePipelineParams, DataSource
 
@@ -64,8 +64,7 @@ def compare(
     for c in contenders:
         if c.run_dir is not None:
             resolve_checkpoint(c.run_dir)  # CheckpointError (a ValueError) naming a missing run
-    if split is not None and split not in snapshot.splits:
-        raise ValueError(f"snapshot {snapshot.path} has no split {split!r}; splits: {list(snapshot.splits)}")
+    scored_split(snapshot.path, list(snapshot.splits), split)  # ValueError for a split the snapshot lacks
     if protocol not in PROTOCOLS:
         raise ValueError(f"--protocol {protocol!r}: expected one of {', '.join(PROTOCOLS)}")
     resolve_device(device)  # ValueError for a bad name or a GPU this machine lacks
