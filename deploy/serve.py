@@ -112,7 +112,7 @@ def main(
     timezone: Annotated[str, typer.Option(help="IANA time zone of --cron, e.g. Europe/Paris.")] = "UTC",
     epochs: Annotated[int | None, typer.Option(help="Training epochs (default: the model's).")] = None,
 ) -> None:
-    """Serve the nightly, train, evaluate and compare deployments until interrupted."""
+    """Serve the nightly, train and evaluate deployments (and compare, for a detector) until interrupted."""
     from prefect import serve
     from prefect.settings import PREFECT_API_URL
 
@@ -123,7 +123,12 @@ def main(
             "`prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api`.",
             err=True,
         )
-    serve(*deployments(data=data.resolve(), fmt=fmt, model=model, registered_model=registered_model, cron=cron, timezone=timezone, epochs=epochs), compare_deployment(data=data.resolve(), fmt=fmt))
+    from cvcore.models import model_spec
+
+    served = deployments(data=data.resolve(), fmt=fmt, model=model, registered_model=registered_model, cron=cron, timezone=timezone, epochs=epochs)
+    if model_spec(model).task == "detection":  # the bake-off compares detectors: no use on classification data
+        served.append(compare_deployment(data=data.resolve(), fmt=fmt))
+    serve(*served)
 
 
 if __name__ == "__main__":
