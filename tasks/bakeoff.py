@@ -130,7 +130,10 @@ def log_contender(contender: ContenderRun, *, run_id: str) -> None:
     log_tags(client, run_id, {TAG_RUN_DIR: str(folder)})
     if (folder / HISTORY_FILE).is_file():
         history = pl.read_parquet(folder / HISTORY_FILE)
-        for row in history.filter(~pl.col("epoch").is_in(list(contender.epochs_logged))).iter_rows(named=True):
+        # Epochs already in MLflow (logged live, or by an earlier attempt of this task) are not
+        # logged twice: the engine reports "lr" every epoch, so its steps say which are there.
+        done = set(contender.epochs_logged) | {m.step for m in client.get_metric_history(run_id, "lr")}
+        for row in history.filter(~pl.col("epoch").is_in(sorted(done))).iter_rows(named=True):
             numbers = {k: v for k, v in row.items() if k != "epoch" and isinstance(v, (int, float)) and not isinstance(v, bool)}
             log_metrics(client, run_id, numbers, step=int(row["epoch"]))
         if history.height:
