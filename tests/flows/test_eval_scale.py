@@ -2,7 +2,8 @@
 
 One YOLOv1 checkpoint (one epoch on 24 images of 64 px) is scored on the 8 val images, split
 into shards. A reference run on threads fixes the expected metrics and predictions; the other
-runs must reproduce them exactly: on a real Dask LocalCluster of two worker processes, after a
+runs must reproduce them exactly: on a real Dask LocalCluster of two worker processes (an
+existing scheduler, and the DaskLocalCluster spec that starts its own), after a
 process killed in the middle of a shard, and with the snapshot and the predictions on an S3
 server (moto, on loopback).
 """
@@ -100,6 +101,16 @@ def test_dask_local_cluster_of_two_processes_gives_the_thread_runners_metrics(ch
     assert result.shards_predicted == tuple(range(SHARDS))
     ran_on = {t["worker"] for t in stream.data}
     assert len(stream.data) >= SHARDS and ran_on <= workers  # the shards ran in the cluster's worker processes
+    _assert_same_metrics(result.metrics, reference.metrics)
+    assert _sorted_predictions(result).equals(_sorted_predictions(reference))
+
+
+def test_the_dask_local_cluster_spec_gives_the_thread_runners_metrics(checkpoint, shapes_detection, reference, tmp_path):
+    """The spec users pick (a temporary cluster the runner starts and stops), not only an existing scheduler."""
+    _needs_dask()
+    params = _params(checkpoint, str(shapes_detection.path), predictions=str(tmp_path), task_runner=DaskLocalCluster(n_workers=2))
+    result = evaluate_pipeline(params)
+    assert result.shards_predicted == tuple(range(SHARDS)) and result.shards_reused == ()
     _assert_same_metrics(result.metrics, reference.metrics)
     assert _sorted_predictions(result).equals(_sorted_predictions(reference))
 
