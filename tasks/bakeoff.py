@@ -22,7 +22,7 @@ from prefect.logging import get_run_logger
 from tasks.evaluate import HEADLINE, TAG_HEADLINE
 from tasks.refs import SnapshotRef
 from tasks.tracking import EpochLogger, log_config, log_metrics, log_tags, mlflow_client
-from tasks.train import GPU_TAG
+from tasks.infer import GPU_TAG
 
 TAG_PREDICTIONS = "cvflow.predictions"
 TAG_RUN_DIR = "cvflow.run_dir"

@@ -15,11 +15,11 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from cvcore.config import RunConfig
+from tasks.infer import GPU_TAG  # one tag, one Prefect concurrency limit, for every GPU task
 from tasks.refs import CheckpointRef, SnapshotRef
 from tasks.registry import is_model_uri, resolve_checkpoint
 from tasks.tracking import EpochLogger, log_config, mlflow_client
 
-GPU_TAG = "gpu"
 PRETRAINED_TAG = "cvflow.pretrained"  # where the starting weights came from
 
 
