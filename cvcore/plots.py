@@ -174,7 +174,7 @@ def error_breakdown(summary: pl.DataFrame) -> Figure:
 def training_curves(history: pl.DataFrame) -> Figure:
     """Per-epoch metrics (a frame with ``epoch`` and numeric columns): losses, learning rate, the rest.
 
-    Columns whose name contains ``loss`` share the first panel, ``lr`` gets its own (log scale
+    Columns whose name contains ``loss`` (and the ``train/*`` loss parts) share the first panel, ``lr`` gets its own (log scale
     when every value is positive), ``val/*`` metrics the next, other numbers (e.g.
     ``train/grad_norm``) the last; timing/throughput columns are left out.
     """
@@ -182,7 +182,9 @@ def training_curves(history: pl.DataFrame) -> Figure:
         raise ValueError(f"history needs an 'epoch' column and at least one row; it has {history.columns}")
     numeric = [c for c, t in history.schema.items() if c != "epoch" and t.is_numeric()]
     skip = ("time", "per_s", "images")
-    losses = [c for c in numeric if "loss" in c]
+    # Loss terms: any "...loss..." column, and the training loss's parts (YOLOv1's train/coord,
+    # train/noobj, ...); the gradient norm is not one.
+    losses = [c for c in numeric if ("loss" in c or c.startswith("train/")) and "grad_norm" not in c and not any(s in c for s in skip)]
     lr = [c for c in numeric if c == "lr" or c.endswith("/lr")]
     rest = [c for c in numeric if c not in losses and c not in lr and not any(s in c for s in skip)]
     # Validation scores live in [0, 1]; anything else (gradient norm, counts) gets its own panel

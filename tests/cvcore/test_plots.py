@@ -99,12 +99,15 @@ def test_training_curves_groups_losses_lr_and_metrics():
             "lr": [1e-3, 5e-4, 1e-4],
             "val/map_50": [0.1, 0.3, 0.4],
             "train/grad_norm": [12.0, 8.0, 5.0],
+            "train/noobj": [0.5, 0.3, 0.2],
             "train/time_s": [10.0, 9.0, 9.5],
         }
     )
     fig = plots.training_curves(history)
     assert [ax.get_title() for ax in fig.axes] == ["loss", "learning rate", "validation", "other"]
     assert [line.get_label() for line in fig.axes[2].get_lines()] == ["val/map_50"]  # not on the gradient norm's scale
+    assert [line.get_label() for line in fig.axes[0].get_lines()] == ["train/loss", "val/loss", "train/noobj"]  # a loss part
+    assert [line.get_label() for line in fig.axes[3].get_lines()] == ["train/grad_norm"]
     assert "train/time_s" not in _texts(fig)
     _renders(fig)
     with pytest.raises(ValueError, match="'epoch'"):
