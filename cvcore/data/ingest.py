@@ -29,7 +29,7 @@ from cvcore.data import validate
 from cvcore.data.formats import read_source
 from cvcore.data.health import HealthReport, health_report
 from cvcore.data.probe import probe_images
-from cvcore.data.snapshot import Snapshot, SnapshotError, write_snapshot
+from cvcore.data.snapshot import Snapshot, check_out, write_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -61,14 +61,14 @@ def ingest(
     XMLs. ``val_fraction``: for a source with one split, the share of its images moved to a new
     ``val`` split (the rest become ``train``), stratified by class and seeded by ``seed``; an
     error for sources that already have several splits. ``name`` defaults to the source's
-    folder (or file) name. ``replace`` allows overwriting an existing ``out``. ``workers``:
-    threads for header reads. ``on_progress(done, total)`` follows the header reads.
+    folder (or file) name. ``replace`` allows overwriting an existing ``out`` when it is a cvflow
+    snapshot that neither holds nor lies inside the source or its image root
+    (snapshot.check_replaceable). ``workers``: threads for header reads. ``on_progress(done, total)`` follows the header reads.
     """
     source, out = Path(source), Path(out)
     if val_fraction is not None and not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
-    if out.exists() and not replace:  # checked again when writing; here to fail before the work
-        raise SnapshotError(f"{out} already exists; choose another --out or pass --replace")
+    check_out(out, replace=replace, protected=[p for p in (source, images) if p is not None])  # again when writing
     clock = _Clock()
     raw = read_source(source, fmt=fmt, images=images)
     clock.lap("parse")
@@ -113,6 +113,7 @@ def ingest(
         labels=labels,
         quarantine=pl.concat(quarantine),
         replace=replace,
+        protected=[p for p in (source, images, raw.image_root) if p is not None],
     )
     clock.lap("write")
     log.info("%s: ingested into %s in %s", source, snapshot.path, clock)

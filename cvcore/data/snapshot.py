@@ -5,6 +5,11 @@ content digest over its tables and image hashes, so re-ingesting unchanged data 
 digest. Images are not copied: the manifest records the image root, and ``file_name`` is relative
 to it. A relative ``image_root`` is relative to the snapshot folder itself (snapshots that make
 new pixels keep them in their own ``images/``).
+
+Replacing a folder deletes what was in it, so it has one rule (:func:`check_replaceable`), used
+by every writer that replaces a folder it was given: only a cvflow snapshot may be replaced (its
+``manifest.json`` says so), and never one that holds, contains or lies inside a protected path
+(the source being ingested, its image root).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Iterable, Literal
 
 import polars as pl
 
@@ -106,6 +111,65 @@ def resolve_inside(root: Path, relative: str) -> Path:
     return target
 
 
+# What a manifest written by write_snapshot always has; a user's folder with some other
+# manifest.json (a web app's, a tool's) lacks them.
+_MANIFEST_KEYS = ("name", "task", "schema_version", "digest", "image_root")
+_MANIFEST_MAX_BYTES = 1 << 20  # a snapshot manifest is a few hundred bytes
+
+
+def check_replaceable(out: str | Path, *, protected: Iterable[str | Path] = ()) -> None:
+    """Raise SnapshotError unless the existing ``out`` may be deleted and replaced by a new snapshot.
+
+    ``out`` may be replaced only when it is a folder whose ``manifest.json`` is a cvflow
+    snapshot's (a JSON object with the keys write_snapshot writes: name, task, schema_version,
+    digest, image_root), and when no ``protected`` path (a source being read, an image root) is
+    ``out`` itself, inside ``out``, or holds ``out`` (symlinks resolved). The message is one
+    line naming the folder and why. Nothing is read but the manifest (at most 1 MiB).
+    """
+    out = Path(out)
+    target = out.resolve()
+    for path in protected:
+        guarded = Path(path).resolve()
+        if guarded == target:
+            raise SnapshotError(f"refusing to replace {out}: it is {path} itself, which is being read; choose another --out")
+        if guarded.is_relative_to(target):
+            raise SnapshotError(f"refusing to replace {out}: it holds {path}, which is being read; choose another --out")
+        if target.is_relative_to(guarded):
+            raise SnapshotError(f"refusing to replace {out}: it is inside {path}, which is being read; choose another --out")
+    if not out.is_dir():
+        raise SnapshotError(f"refusing to replace {out}: it is not a folder (only a cvflow snapshot folder is replaced); choose another --out")
+    why = _not_a_snapshot(out / "manifest.json")
+    if why is not None:
+        raise SnapshotError(f"refusing to replace {out}: it is not a cvflow snapshot ({why}); choose another --out or remove it yourself")
+
+
+def check_out(out: str | Path, *, replace: bool, protected: Iterable[str | Path] = ()) -> None:
+    """Raise SnapshotError unless a snapshot may be written at ``out``: it does not exist yet, or
+    ``replace`` is true and :func:`check_replaceable` allows replacing it. Writers call this
+    before their work, so a refused ``--out`` fails at once, and write_snapshot again at the end."""
+    out = Path(out)
+    if not (out.exists() or out.is_symlink()):
+        return
+    if not replace:
+        raise SnapshotError(f"{out} already exists; choose another --out or pass --replace")
+    check_replaceable(out, protected=protected)
+
+
+def _not_a_snapshot(manifest: Path) -> str | None:
+    """Why ``manifest`` does not mark a cvflow snapshot, or None when it does."""
+    if not manifest.is_file():
+        return "no manifest.json"
+    try:
+        with manifest.open("rb") as fh:
+            data = fh.read(_MANIFEST_MAX_BYTES + 1)
+        doc = json.loads(data) if len(data) <= _MANIFEST_MAX_BYTES else None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        doc = None
+    if not isinstance(doc, dict) or any(key not in doc for key in _MANIFEST_KEYS):
+        return "its manifest.json is not a snapshot manifest"
+    return None
+
+
 def content_digest(tables: dict[str, pl.DataFrame]) -> str:
     """sha256 over the canonical tables (sorted, schema-conformed), image hashes included."""
     h = hashlib.sha256()
@@ -134,16 +198,20 @@ def write_snapshot(
     quarantine: pl.DataFrame | None = None,
     extra_files: dict[str, Path] | None = None,
     replace: bool = False,
+    protected: Iterable[str | Path] = (),
 ) -> Snapshot:
     """Validate the tables and write them as a snapshot folder at ``out``, atomically.
 
     ``extra_files`` maps names inside the snapshot (e.g. ``"images"``) to existing files or
     folders that are moved in before the final rename (used by snapshots that make new pixels).
-    An existing ``out`` is an error unless ``replace`` is true. Returns the loaded Snapshot.
+    An existing ``out`` is an error unless ``replace`` is true, and even then it is replaced
+    only when :func:`check_replaceable` allows it, with ``protected`` (e.g. the source that was
+    read) and an absolute ``image_root`` as the paths it must not touch. Returns the loaded
+    Snapshot.
     """
     out = Path(out)
-    if out.exists() and not replace:
-        raise SnapshotError(f"{out} already exists; choose another --out or remove it")
+    absolute_root = [image_root] if Path(image_root).is_absolute() else []
+    check_out(out, replace=replace, protected=[*protected, *absolute_root])
     if task == "detection" and annotations is None:
         raise SnapshotError(f"{out}: a detection snapshot needs an annotations table")
     if task == "classification" and labels is None:
@@ -174,25 +242,37 @@ def write_snapshot(
         "image_root": str(image_root),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = temp_sibling(out)
     try:
         for table, df in tables.items():
             df.write_parquet(tmp / f"{table}.parquet")
         for inner, src in (extra_files or {}).items():
             shutil.move(str(src), tmp / inner)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        if out.exists():
-            trash = out.with_name(f".{out.name}.old")
-            shutil.rmtree(trash, ignore_errors=True)
-            out.rename(trash)
-            tmp.rename(out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            tmp.rename(out)
+        swap_in(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return read_snapshot(out)
+
+
+def temp_sibling(out: str | Path) -> Path:
+    """A new empty hidden folder beside ``out`` (same file system, so it can be renamed onto it)."""
+    out = Path(out)
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+
+
+def swap_in(new: Path, out: Path) -> None:
+    """Rename the folder ``new`` to ``out``. An existing ``out`` (already allowed by
+    :func:`check_replaceable`) is first renamed into a fresh hidden folder beside it, then that
+    folder is deleted: ``out`` is never half-written, and no other folder is ever deleted."""
+    if not (out.exists() or out.is_symlink()):
+        new.rename(out)
+        return
+    trash = temp_sibling(out)
+    out.rename(trash / "old")
+    new.rename(out)
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def read_snapshot(path: str | Path) -> Snapshot:

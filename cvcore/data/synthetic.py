@@ -20,7 +20,7 @@ import numpy as np
 import polars as pl
 from PIL import Image, ImageDraw
 
-from cvcore.data.snapshot import Snapshot, write_snapshot
+from cvcore.data.snapshot import Snapshot, check_out, write_snapshot
 
 SHAPES = ("circle", "square", "triangle", "cross")
 _SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
@@ -38,14 +38,17 @@ def make_shapes_detection(
     max_size: int = 56,
     seed: int = 0,
     name: str = "shapes",
+    replace: bool = False,
 ) -> Snapshot:
     """Write a detection snapshot of shapes to ``out`` and return it.
 
     Images are ``image_size`` x ``image_size`` RGB PNGs with 1..``max_objects`` non-overlapping
-    shapes whose side is in [min_size, max_size] pixels.
+    shapes whose side is in [min_size, max_size] pixels. ``replace``: an existing snapshot at
+    ``out`` is replaced (only a cvflow snapshot, see snapshot.check_replaceable).
     """
     if not 4 <= min_size <= max_size < image_size:
         raise ValueError(f"need 4 <= min_size <= max_size < image_size, got {min_size}, {max_size}, {image_size}")
+    check_out(out, replace=replace)
     images, anns = [], []
     with tempfile.TemporaryDirectory(dir=_parent(out)) as tmp:
         img_dir = Path(tmp) / "images"
@@ -76,6 +79,7 @@ def make_shapes_detection(
                 anns, schema=["ann_id", "image_id", "category_id", "x1", "y1", "x2", "y2", "area"], orient="row"
             ),
             extra_files={"images": img_dir},
+            replace=replace,
         )
 
 
@@ -88,10 +92,15 @@ def make_shapes_classification(
     image_size: int = 32,
     seed: int = 0,
     name: str = "shapes-cls",
+    replace: bool = False,
 ) -> Snapshot:
-    """Write a classification snapshot (one shape per image, label = shape) and return it."""
+    """Write a classification snapshot (one shape per image, label = shape) and return it.
+
+    ``replace``: as in :func:`make_shapes_detection`.
+    """
     if image_size < 16:
         raise ValueError(f"image_size must be at least 16, got {image_size}")
+    check_out(out, replace=replace)
     images, labels = [], []
     with tempfile.TemporaryDirectory(dir=_parent(out)) as tmp:
         img_dir = Path(tmp) / "images"
@@ -116,6 +125,7 @@ def make_shapes_classification(
             categories=_categories_frame(),
             labels=pl.DataFrame(labels, schema=["image_id", "category_id"], orient="row"),
             extra_files={"images": img_dir},
+            replace=replace,
         )
 
 

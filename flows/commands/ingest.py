@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -54,7 +53,7 @@ def ingest(
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the --val-fraction split (and of --synthetic data).")] = 0,
     name: Annotated[str | None, typer.Option("--name", help="Snapshot name. Default: the source folder's name (or the synthetic set's).", show_default=False)] = None,
-    replace: Annotated[bool, typer.Option("--replace", help="Overwrite an existing snapshot at --out.")] = False,
+    replace: Annotated[bool, typer.Option("--replace", help="Overwrite an existing snapshot at --out (only a cvflow snapshot, never a folder holding or inside SOURCE or its images).")] = False,
     workers: Annotated[int | None, typer.Option("--workers", help="Threads reading image headers. Default: 4 per CPU, at most 32.", show_default=False)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", help="Library logs at INFO.")] = False,
@@ -114,26 +113,14 @@ def _report(snapshot) -> str:
 
 
 def _synthetic(kind: str, *, out: Path | None, name: str | None, seed: int, replace: bool):
-    """The built-in data at ``out``; with ``replace``, made beside it and swapped in at the end."""
+    """The built-in data at ``out``; with ``replace``, an existing snapshot there is swapped for it
+    at the end (only a cvflow snapshot is replaced: cvcore.data.snapshot.check_replaceable)."""
     from cvcore.data import synthetic
 
     name = name or kind
     out = out or _home() / "snapshots" / name
     make = synthetic.make_shapes_detection if kind == "shapes" else synthetic.make_shapes_classification
-    if not out.exists():
-        return make(out, seed=seed, name=name)
-    if not replace:
-        raise FileExistsError(f"{out} already exists; choose another --out or pass --replace")
-    staging, trash = out.with_name(f".{out.name}.new"), out.with_name(f".{out.name}.old")
-    shutil.rmtree(staging, ignore_errors=True)
-    make(staging, seed=seed, name=name)  # its image root is relative, so the folder can move
-    shutil.rmtree(trash, ignore_errors=True)
-    out.rename(trash)
-    staging.rename(out)
-    shutil.rmtree(trash, ignore_errors=True)
-    from cvcore.data.snapshot import read_snapshot
-
-    return read_snapshot(out)
+    return make(out, seed=seed, name=name, replace=replace)
 
 
 class _progress:

@@ -97,3 +97,21 @@ def test_help_explains_every_option():
     assert result.exit_code == 0
     for option in ("--format", "--synthetic", "--out", "--images", "--val-fraction", "--seed", "--name", "--replace", "--workers"):
         assert option in result.output
+
+
+def test_replace_never_deletes_the_source_or_a_user_folder(tmp_path):
+    src = _coco(tmp_path / "W" / "mydata")
+    before = sorted(p for p in (tmp_path / "W").rglob("*"))
+    result = runner.invoke(app, ["ingest", str(src), "-f", "coco", "--out", str(src), "--replace", "--quiet"])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [f"error: refusing to replace {src}: it is {src} itself, which is being read; choose another --out"]
+    assert sorted(p for p in (tmp_path / "W").rglob("*")) == before
+
+    thesis = tmp_path / "thesis"
+    thesis.mkdir()
+    (thesis / "chapter1.tex").write_text("text")
+    for args in (["ingest", str(src), "-f", "coco"], ["ingest", "--synthetic", "shapes-cls"]):
+        refused = runner.invoke(app, [*args, "--out", str(thesis), "--replace", "--quiet"])
+        assert refused.exit_code == 2 and len(refused.output.strip().splitlines()) == 1
+        assert f"refusing to replace {thesis}: it is not a cvflow snapshot" in refused.output
+    assert [p.name for p in thesis.iterdir()] == ["chapter1.tex"]
