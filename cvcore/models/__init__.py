@@ -15,5 +15,6 @@ from cvcore.models import yolov1  # noqa: E402,F401  yolov1
 from cvcore.models import faster_rcnn  # noqa: E402,F401  faster_rcnn
 from cvcore.models import rcnn  # noqa: E402,F401  rcnn
 from cvcore.models import fast_rcnn  # noqa: E402,F401  fast_rcnn
+from cvcore.models import fcos  # noqa: E402,F401  fcos
 
 __all__ = ["ModelSpec", "apply_freeze", "build_model", "list_models", "model_spec", "param_groups", "register_model"]

@@ -1,0 +1,178 @@
+"""FCOS (Tian et al., 2019): an anchor-free one-stage detector, assembled from torchvision's parts.
+
+torchvision's ``FCOS`` class does the detection work - per-location classification with sigmoid
+focal loss, (l, t, r, b) box regression with GIoU loss, centre-ness, centre sampling, scale
+ranges per pyramid level, batched NMS - and this module only chooses the parts for small objects
+on small images, and maps our interface onto it:
+
+- backbone: a ResNet body (``resnet18`` by default) under a ``FeaturePyramidNetwork`` on its
+  stride-8/16/32 stages (P3-P5) plus one max-pooled level (P6). P3's 8-px cells give 16-48 px
+  objects 2-6 locations each; a stride-16 map (YOLOv1's) gives them 1-3.
+- head: torchvision's ``FCOSHead`` (GroupNorm conv towers shared by all levels), narrower and
+  shallower than the COCO setting (``fpn_channels=128``, ``head_convs=2`` instead of 256 and 4):
+  at 128 px the COCO head alone would cost several times the backbone.
+- labels: FCOS has no background class (a sigmoid per class), so our labels 0..K-1 go in as they
+  are and ``num_classes`` = K.
+
+Interface (DESIGN.md §4, as every detector): input a list of ``float[3, H, W]`` images in [0, 1]
+(sizes may differ) or a batch ``float[N, 3, H, W]``; torchvision's transform normalises them
+(ImageNet mean/std) and resizes so the short side is ``min_size`` (default ``img_size``). Train
+mode ``model(images, targets)`` returns ``{"classification", "bbox_regression", "bbox_ctrness"}``
+(each a mean over foreground locations; the total is their sum). Eval mode returns
+``[dict(boxes=float32[K, 4] xyxy pixels of the input image, labels=int64[K], scores=float32[K])]``.
+Nothing downloads: weights come from ``build_model(..., pretrained=...)`` after building.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torchvision import models as tvm
+from torchvision.models.detection import FCOS as TorchvisionFCOS
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.fcos import FCOSHead
+
+from cvcore.models._registry import register_model
+from cvcore.models.finetune import freeze_stages
+from cvcore.models.pretrained import TorchvisionSource, imagenet_weights
+
+BACKBONES = {"resnet18": tvm.ResNet18_Weights, "resnet34": tvm.ResNet34_Weights, "resnet50": tvm.ResNet50_Weights}
+_RESNET_BUILDERS = {"resnet18": tvm.resnet18, "resnet34": tvm.resnet34, "resnet50": tvm.resnet50}
+
+# Run settings measured on real data (digits-det-dev, 128 px, 2 CPU cores) and the built-in shapes:
+# benchmarks/RESULTS.md, "Detector recipes on real data".
+FCOS_DEFAULTS: dict[str, Any] = {
+    "img_size": 128, "epochs": 24, "batch_size": 16, "optimizer": "adamw", "lr": 2e-3,
+    "weight_decay": 5e-4, "scheduler": "cosine", "warmup_epochs": 1.0,
+}  # fmt: skip
+
+
+class FCOS(nn.Module):
+    """torchvision FCOS with our interface (see the module docstring).
+
+    Attributes for fine-tuning and transfer: ``backbone`` (the ResNet body under the FPN, keys
+    named as in torchvision's ResNet and our classifiers' trunks), ``backbone_stages``,
+    ``torchvision_sources``, ``transfer_renames``.
+    """
+
+    def __init__(self, detector: TorchvisionFCOS, *, sources: tuple[TorchvisionSource, ...]):
+        super().__init__()
+        self.detector = detector
+        self.backbone_stages = {"stem": ("conv1", "bn1"), **{f"layer{i}": (f"layer{i}",) for i in range(1, 5)}}
+        self.torchvision_sources = sources
+        # Our classifiers' and YOLOv1's ResNet trunks are this body under another prefix.
+        self.transfer_renames = (("backbone.", "detector.backbone.body."),)
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.detector.backbone.body
+
+    @property
+    def num_classes(self) -> int:
+        return self.detector.head.classification_head.num_classes
+
+    def set_postprocess(
+        self, *, score_threshold: float | None = None, nms_iou: float | None = None, max_detections: int | None = None
+    ) -> None:
+        """Change eval-mode decoding (score threshold, class-wise NMS IoU, detections per image)."""
+        if score_threshold is not None:
+            self.detector.score_thresh = float(score_threshold)
+        if nms_iou is not None:
+            self.detector.nms_thresh = float(nms_iou)
+        if max_detections is not None:
+            self.detector.detections_per_img = int(max_detections)
+
+    def forward(self, images: Tensor | list[Tensor], targets: list[dict[str, Tensor]] | None = None):
+        images = list(images)
+        if self.training:
+            if targets is None:
+                raise ValueError("FCOS in train mode needs targets (list of dict(boxes, labels))")
+            return self.detector(images, [self._target(t) for t in targets])
+        return [{"boxes": o["boxes"], "labels": o["labels"], "scores": o["scores"]} for o in self.detector(images)]
+
+    def _target(self, target: dict[str, Tensor]) -> dict[str, Tensor]:
+        labels = target["labels"].as_subclass(Tensor).long().reshape(-1)
+        if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
+            raise ValueError(f"FCOS targets: labels must be in 0..{self.num_classes - 1}, got {labels.unique().tolist()}")
+        return {"boxes": target["boxes"].as_subclass(Tensor).float().reshape(-1, 4), "labels": labels}
+
+
+@register_model("fcos", task="detection", defaults=FCOS_DEFAULTS)
+def fcos(
+    num_classes: int,
+    *,
+    backbone: str = "resnet18",
+    img_size: int | None = None,
+    min_size: int | None = None,
+    max_size: int | None = None,
+    fpn_channels: int = 128,
+    head_convs: int = 2,
+    anchor_sizes: tuple[int, ...] = (8, 16, 32, 64),
+    center_sampling_radius: float = 1.5,
+    trainable_backbone_layers: int | None = None,
+    score_threshold: float = 0.05,
+    nms_iou: float = 0.5,
+    max_detections: int = 100,
+    topk_candidates: int = 1000,
+) -> FCOS:
+    """FCOS for ``num_classes`` classes on a ResNet + FPN (P3-P6) backbone.
+
+    - ``backbone``: ``resnet18`` (default), ``resnet34`` or ``resnet50`` body, trained from
+      scratch with batch norm unless ``pretrained`` loads weights.
+    - ``min_size``/``max_size``: torchvision's resize (short side / long-side cap, px). Default:
+      ``img_size`` (no rescaling of fixed-size images), else 800; ``max_size`` defaults to
+      ``min_size * 1333 / 800``.
+    - ``fpn_channels``: width of the FPN and the head towers (a multiple of 32: GroupNorm groups);
+      ``head_convs``: conv layers in each tower (torchvision's COCO model: 256 and 4).
+    - ``anchor_sizes``: one "anchor" (a point with a scale) per level, px; FCOS sends an object to
+      the level where its largest edge distance lies in (4, 8) x this size (first level from 0,
+      last to infinity). The default is torchvision's stride-sized setting.
+    - ``center_sampling_radius``: locations within this many strides of a box centre are positive.
+    - ``trainable_backbone_layers``: body stages that train, counted from the top (0-5); the
+      others are frozen. Default: all.
+    - ``score_threshold``, ``nms_iou``, ``max_detections``, ``topk_candidates``: eval decoding.
+    """
+    if backbone not in BACKBONES:
+        raise ValueError(f"fcos: unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
+    if fpn_channels < 32 or fpn_channels % 32:
+        raise ValueError(f"fcos: fpn_channels must be a positive multiple of 32 (GroupNorm), got {fpn_channels}")
+    if head_convs < 1:
+        raise ValueError(f"fcos: head_convs must be >= 1, got {head_convs}")
+    if len(anchor_sizes) != 4:
+        raise ValueError(f"fcos: anchor_sizes needs one size per level P3-P6 (4), got {tuple(anchor_sizes)}")
+    min_size = min_size or img_size or 800
+    max_size = max_size or max(min_size, round(min_size * 1333 / 800))
+    body = _RESNET_BUILDERS[backbone](weights=None)
+    channels = [_out_channels(getattr(body, f"layer{i}")) for i in (2, 3, 4)]
+    fpn = BackboneWithFPN(body, {"layer2": "0", "layer3": "1", "layer4": "2"}, channels, fpn_channels)
+    head = FCOSHead(fpn_channels, num_anchors=1, num_classes=num_classes, num_convs=head_convs)
+    with torch.no_grad():
+        # torchvision starts the (l, t, r, b) outputs at 0 behind a ReLU: boxes of zero size, whose
+        # GIoU gradient is zero too. From scratch (no pretrained features to lift them early) the
+        # outputs then drift below 0 during warm-up and the ReLU keeps them there: measured on
+        # digits-det-dev, GIoU loss stuck at 1.000 for 12 epochs. Starting at 1 (a box one
+        # anchor size from the point on each side) gives every positive a gradient from step 1.
+        head.regression_head.bbox_reg.bias.fill_(1.0)
+    anchors = AnchorGenerator(tuple((int(s),) for s in anchor_sizes), ((1.0,),) * len(anchor_sizes))
+    detector = TorchvisionFCOS(
+        fpn, num_classes, min_size=min_size, max_size=max_size, anchor_generator=anchors, head=head,
+        center_sampling_radius=center_sampling_radius, score_thresh=score_threshold, nms_thresh=nms_iou,
+        detections_per_img=max_detections, topk_candidates=topk_candidates,
+    )  # fmt: skip
+    sources = tuple(TorchvisionSource(w, (("", "detector.backbone.body."),)) for w in imagenet_weights(BACKBONES[backbone]))
+    model = FCOS(detector, sources=sources)
+    if trainable_backbone_layers is not None:
+        names = list(model.backbone_stages)
+        if not 0 <= trainable_backbone_layers <= len(names):
+            raise ValueError(f"fcos: trainable_backbone_layers must be in 0..{len(names)}, got {trainable_backbone_layers}")
+        freeze_stages(model, names[: len(names) - trainable_backbone_layers])
+    return model
+
+
+def _out_channels(stage: nn.Sequential) -> int:
+    """Output channels of a ResNet stage (its last block's last batch norm)."""
+    last = stage[-1]
+    return (last.bn3 if hasattr(last, "bn3") else last.bn2).num_features
