@@ -28,7 +28,7 @@ from cvcore.data import split as splitting
 from cvcore.data import validate
 from cvcore.data.formats import read_source
 from cvcore.data.health import HealthReport, health_report
-from cvcore.data.probe import probe_images
+from cvcore.data.probe import MAX_PIXELS, probe_images
 from cvcore.data.snapshot import Snapshot, check_out, write_snapshot
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,7 @@ def ingest(
     name: str | None = None,
     replace: bool = False,
     workers: int | None = None,
+    max_pixels: int = MAX_PIXELS,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> IngestResult:
     """Ingest ``source`` (format ``fmt``: coco, voc, yolo, imagefolder) into a snapshot at ``out``.
@@ -63,7 +64,9 @@ def ingest(
     error for sources that already have several splits. ``name`` defaults to the source's
     folder (or file) name. ``replace`` allows overwriting an existing ``out`` when it is a cvflow
     snapshot that neither holds nor lies inside the source or its image root
-    (snapshot.check_replaceable). ``workers``: threads for header reads. ``on_progress(done, total)`` follows the header reads.
+    (snapshot.check_replaceable). ``workers``: threads for header reads. ``max_pixels``: images
+    with more pixels (width x height, default 64 megapixels) are quarantined from their header,
+    before any decode, so no later step has to hold a huge image in memory. ``on_progress(done, total)`` follows the header reads.
     """
     source, out = Path(source), Path(out)
     if val_fraction is not None and not 0.0 < val_fraction < 1.0:
@@ -78,7 +81,9 @@ def ingest(
     log.info("%s: parsed %d images, %d %ss", source, raw.images.height, sum(n_objects.values()), unit)
 
     entries = validate.check_image_entries(raw.images, n_objects=n_objects, unit=unit)
-    headers = probe_images(raw.image_root, entries.table.get_column("file_name").to_list(), workers=workers, on_progress=on_progress)
+    headers = probe_images(
+        raw.image_root, entries.table.get_column("file_name").to_list(), workers=workers, max_pixels=max_pixels, on_progress=on_progress
+    )
     clock.lap("image headers")
     checked_images = validate.apply_headers(entries.table, headers, image_root=raw.image_root, n_objects=n_objects, unit=unit)
     kept = checked_images.table

@@ -92,22 +92,62 @@ def unsafe_file_name(name: object) -> str | None:
     """Why ``name`` may not be used as a file name inside the dataset root, or None when it may.
 
     Purely lexical (nothing is opened): rejects non-strings, empty names, absolute paths
-    (POSIX or Windows drive/UNC), names whose normalised form climbs out with ``..`` and names
-    with backslashes (which snapshot.resolve_inside refuses at training time). Symlinks that
+    (POSIX or Windows drive/UNC), names whose normalised form climbs out with ``..``, names
+    with backslashes (which snapshot.resolve_inside refuses at training time), NUL bytes (no
+    file system takes them) and text that is not UTF-8 (an undecodable byte in a directory
+    listing; a snapshot's tables hold UTF-8 only). Symlinks that
     lead outside are caught by the header read (cvcore.data.probe), still before any open.
     """
-    # Fast path for the usual plain relative name (this runs once per image of large datasets).
-    if type(name) is str and ".." not in name and "\\" not in name and name[:1] not in ("", "/") and name[1:2] != ":" and not name.isspace():
+    # Fast path for the usual plain relative ASCII name (this runs once per image of large datasets).
+    if type(name) is str and name.isascii() and ".." not in name and "\\" not in name and "\0" not in name and name[:1] not in ("", "/") and name[1:2] != ":" and not name.isspace():
         return None
     if not isinstance(name, str) or not name.strip():
-        return f"file name {name!r} is empty or not a string: rejected"
+        return f"file name {shown(name)} is empty or not a string: rejected"
+    if "\0" in name:
+        return f"file name {shown(name)} contains a NUL byte: rejected, not opened"
+    if not is_utf8(name):
+        return f"file name {shown(name)} is not valid UTF-8: rejected, not opened"
     if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
-        return f"file name {name!r} is an absolute path outside the dataset root: rejected, not opened"
+        return f"file name {shown(name)} is an absolute path outside the dataset root: rejected, not opened"
     norm = posixpath.normpath(name.replace("\\", "/"))
     if norm == ".." or norm.startswith("../"):
-        return f"file name {name!r} escapes the dataset root: rejected, not opened"
+        return f"file name {shown(name)} escapes the dataset root: rejected, not opened"
     if "\\" in name:  # snapshot.resolve_inside refuses these too: one rule from ingest to training
-        return f"file name {name!r} contains a backslash (a Windows path?): rejected, not opened"
+        return f"file name {shown(name)} contains a backslash (a Windows path?): rejected, not opened"
+    return None
+
+
+def is_utf8(text: str) -> bool:
+    """Whether ``text`` encodes as UTF-8 (file names from a listing may carry undecodable bytes
+    as lone surrogates, which Parquet cannot store)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def shown(value: object, limit: int = 80) -> str:
+    """``value`` for a message: its repr, undecodable bytes escaped, cut to ``limit`` characters."""
+    text = repr(value).encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def printable(text: str) -> str:
+    """``text`` with undecodable bytes (lone surrogates) written as escapes, so a table can hold it."""
+    return text if is_utf8(text) else text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def as_int64(value: object) -> int | None:
+    """An id as a 64-bit integer: ints and integral floats (some exporters write 3.0) in range;
+    None for anything else (bool, 1.5, "3", 2**70, 1e300, inf, NaN)."""
+    if type(value) is int:
+        return value if INT64_MIN <= value <= INT64_MAX else None
+    if isinstance(value, float) and value.is_integer() and INT64_MIN <= value <= INT64_MAX:
+        return int(value)
     return None
 
 
@@ -120,6 +160,7 @@ def quarantine_frame(rows: list[tuple[str, str, str]]) -> pl.DataFrame:
     """Quarantine rows ``(source, item, reason)`` as a frame of schema.QUARANTINE."""
     if not rows:
         return schema.empty("quarantine")
+    rows = [tuple(printable(v) for v in row) for row in rows]
     return pl.DataFrame(rows, schema=schema.QUARANTINE, orient="row")
 
 
@@ -152,17 +193,23 @@ def require_dir(path: Path, what: str) -> Path:
     return path
 
 
-def list_image_files(folder: Path, root: Path) -> list[str]:
+def list_image_files(folder: Path, root: Path, quarantine: list[tuple[str, str, str]]) -> list[str]:
     """Every non-hidden file under ``folder`` (recursively), as POSIX paths relative to ``root``.
 
-    All files are returned, not only known image extensions, so that a stray non-image file is
-    quarantined by the header check rather than silently skipped. Hidden files (``.DS_Store``)
-    and files inside hidden folders are not dataset items and are skipped.
+    All entries but folders are returned, not only known image extensions and not only regular
+    files, so that a stray non-image file, a FIFO or a dangling link is quarantined by the
+    header check (cvcore.data.probe) rather than silently skipped. Hidden files (``.DS_Store``)
+    and files inside hidden folders are not dataset items and are skipped. A name that is not
+    valid UTF-8 gets a quarantine row here (a snapshot's tables cannot hold it) and is skipped.
     """
     out = []
     for path in folder.rglob("*"):
         rel = path.relative_to(root)
-        if any(part.startswith(".") for part in rel.parts) or not path.is_file():
+        if any(part.startswith(".") for part in rel.parts) or path.is_dir():
             continue
-        out.append(rel.as_posix())
+        name = rel.as_posix()
+        if not is_utf8(name):
+            quarantine.append((printable(str(path)), printable(name), "file name is not valid UTF-8: skipped, not opened"))
+            continue
+        out.append(name)
     return sorted(out)

@@ -28,13 +28,19 @@ try:
 except ImportError:  # optional speed-up; the standard library parses the same files
     orjson = None
 
+from cvcore.data import safeio
 from cvcore.data.formats._common import (
+    INT64_MAX,
+    INT64_MIN,
     RawSource,
+    as_int64,
     canonical_split,
+    is_utf8,
     join_name,
     quarantine_frame,
     raw_annotations_frame,
     raw_images_frame,
+    shown,
     unsafe_file_name,
 )
 from cvcore.data.snapshot import Snapshot
@@ -52,6 +58,8 @@ def read_coco(source: str | Path, *, images: str | Path | None = None) -> RawSou
     """
     source = Path(source)
     files = _annotation_files(source)
+    # Files found in a folder must stay inside it; a file named as SOURCE is read where it is.
+    confine = source if source.is_dir() else None
     root = Path(images) if images is not None else (source if source.is_dir() else source.parent)
     if not root.is_dir():
         raise ValueError(f"{root}: image folder does not exist")
@@ -62,7 +70,7 @@ def read_coco(source: str | Path, *, images: str | Path | None = None) -> RawSou
     image_rows: list[tuple] = []
     ann_cols: dict[str, list] = {k: [] for k in ("ann_id", "image_id", "category_id", "x1", "y1", "x2", "y2", "area", "iscrowd", "difficult", "source", "item")}
     for raw_split, path in files:  # one parsed file in memory at a time
-        doc = _load_json(path)
+        doc = _load_json(path, root=confine)
         file_cats = _merge_categories(cats, doc.get("categories"), path, quarantine)
         entries = _list_field(doc, "images", path)
         prefix = _image_prefix(root, raw_split, entries)
@@ -93,11 +101,14 @@ def read_coco(source: str | Path, *, images: str | Path | None = None) -> RawSou
 
 def _annotation_files(source: Path) -> list[tuple[str, Path]]:
     """(raw split name, file) pairs of a COCO source."""
-    if source.is_file():
+    if source.is_dir():
+        # Every entry, not only regular files: a FIFO or a link leading out is refused by name
+        # when it is read, instead of being skipped without a word.
+        files = sorted(p for p in (source / "annotations").glob("instances_*.json") if not p.is_dir())
+    elif os.path.lexists(source):
         return [(_split_of_file(source), source)]
-    if not source.is_dir():
+    else:
         raise ValueError(f"{source}: COCO source does not exist")
-    files = sorted(p for p in (source / "annotations").glob("instances_*.json") if p.is_file())
     if not files:
         found = sorted(p.name for p in (source / "annotations").glob("*.json"))
         raise ValueError(
@@ -117,14 +128,23 @@ def _split_of_file(path: Path) -> str:
     return "train"
 
 
-def _load_json(path: Path) -> dict:
+def _load_json(path: Path, *, root: Path | None = None) -> dict:
     """The parsed file. orjson (about twice as fast on large files) when it is installed and the
     file is strict JSON; the standard library otherwise, which also reads the NaN/Infinity
-    literals Python's own json.dump writes (they are then reported as bad boxes, not bad files)."""
+    literals Python's own json.dump writes (they are then reported as bad boxes, not bad files).
+
+    The read goes through cvcore.data.safeio: inside ``root`` when given (symlinks resolved),
+    a regular file, at most safeio.MAX_JSON_BYTES. Nesting too deep for the parser (orjson
+    stops at 1024 levels, the standard library at Python's recursion limit) is an error naming
+    the file, like any other unreadable file.
+    """
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ValueError(f"{path}: not a readable COCO JSON file ({exc.strerror or exc})") from None
+        data = safeio.read_bytes(path, limit=safeio.MAX_JSON_BYTES, root=root)
+    except FileNotFoundError:
+        raise ValueError(f"{path}: COCO JSON file does not exist") from None
+    except safeio.SourceFileError as exc:
+        hint = "; pass the file itself as SOURCE (with --images) to read it there" if "outside" in str(exc) else ""
+        raise ValueError(f"{path}: not a readable COCO JSON file ({exc}){hint}") from None
     doc = None
     if orjson is not None:
         try:
@@ -136,6 +156,8 @@ def _load_json(path: Path) -> dict:
             doc = json.loads(data)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ValueError(f"{path}: not a readable COCO JSON file ({exc})") from None
+        except RecursionError:
+            raise ValueError(f"{path}: not a readable COCO JSON file (nested too deeply)") from None
     if not isinstance(doc, dict):
         raise ValueError(f"{path}: expected a JSON object with 'images', 'annotations', 'categories'")
     return doc
@@ -149,14 +171,16 @@ def _list_field(doc: dict, key: str, path: Path) -> list:
 
 
 def _as_int(value: object) -> int | None:
-    """An integer id, accepting integral floats (some exporters write 3.0); None otherwise."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return None
+    """An integer id in the 64-bit range, accepting integral floats (some exporters write 3.0);
+    None otherwise (bool, 1.5, "3", 2**70, 1e300)."""
+    return as_int64(value)
+
+
+def _bad_id(value: object) -> str:
+    """Why ``value`` is not a usable id, for a quarantine reason."""
+    if type(value) is int or (isinstance(value, float) and math.isfinite(value) and value.is_integer()):
+        return f"{shown(value, 32)} is outside the 64-bit integer range"
+    return f"{shown(value, 32)} is not an integer"
 
 
 def _as_float(value: object) -> float | None:
@@ -164,7 +188,10 @@ def _as_float(value: object) -> float | None:
     if value is None:
         return math.nan
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an integer beyond float range: non-finite, dropped as such
+            return math.inf
     return None
 
 
@@ -178,8 +205,8 @@ def _merge_categories(cats: dict, entries: object, path: Path, quarantine: list)
     for i, entry in enumerate(entries):
         cid = _as_int(entry.get("id")) if isinstance(entry, dict) else None
         name = entry.get("name") if isinstance(entry, dict) else None
-        if cid is None or not isinstance(name, str):
-            quarantine.append((str(path), f"category entry {i}", "category without an integer 'id' and a 'name': dropped"))
+        if cid is None or not isinstance(name, str) or not is_utf8(name):
+            quarantine.append((str(path), f"category entry {i}", "category without an integer 'id' and a UTF-8 'name': dropped"))
             continue
         if cid in seen_here:
             quarantine.append((str(path), f"category id {cid}", f"duplicate category id {cid} ('{name}'): dropped, the first is kept"))
@@ -214,13 +241,25 @@ def _parse_images(entries: list, path: Path, split: str, prefix: str, rows: list
             continue
         image_id = _as_int(entry.get("id"))
         name = entry.get("file_name")
+        if image_id is None and "id" in entry:
+            quarantine.append((src, f"image entry {i}", f"image id {_bad_id(entry['id'])}: dropped"))
+            continue
         if image_id is None or not isinstance(name, str):
             quarantine.append((src, f"image entry {i}", "image without an integer 'id' and a 'file_name': dropped"))
             continue
-        # Unsafe names are passed on unjoined, so ingest rejects them by their own spelling.
-        file_name = name if unsafe_file_name(name) else join_name(prefix, name)
-        width, height = _as_int(entry.get("width")), _as_int(entry.get("height"))
-        rows.append((image_id, file_name, split, width, height, src, f"image id {image_id}"))
+        problem = unsafe_file_name(name)
+        if problem and (not is_utf8(name) or "\0" in name):  # no table can hold it: refused here
+            quarantine.append((src, f"image id {image_id}", f"{problem}; image dropped"))
+            continue
+        # Other unsafe names are passed on unjoined, so ingest rejects them by their own spelling.
+        file_name = name if problem else join_name(prefix, name)
+        rows.append((image_id, file_name, split, _side(entry.get("width")), _side(entry.get("height")), src, f"image id {image_id}"))
+
+
+def _side(value: object) -> int | None:
+    """A declared width or height in pixels, or None when absent or not a positive int32."""
+    side = _as_int(value)
+    return side if side is not None and 0 < side < 2**31 else None
 
 
 def _parse_annotations(entries: list, path: Path, file_cats: set[int], cols: dict, quarantine: list) -> None:
@@ -240,11 +279,13 @@ def _parse_annotations(entries: list, path: Path, file_cats: set[int], cols: dic
             quarantine.append((src, f"annotation entry {i}", "annotation entry is not an object: dropped"))
             continue
         ann_id, image_id = entry.get("id"), entry.get("image_id")
-        if type(ann_id) is not int or type(image_id) is not int:
+        if type(ann_id) is not int or type(image_id) is not int or not (INT64_MIN <= ann_id <= INT64_MAX and INT64_MIN <= image_id <= INT64_MAX):
             ann_id, image_id = _as_int(ann_id), _as_int(image_id)
         item = f"annotation id {ann_id}" if ann_id is not None else f"annotation entry {i}"
         if ann_id is None or image_id is None:
-            quarantine.append((src, item, "annotation without an integer 'id' and 'image_id': dropped"))
+            bad = [f"{k} {_bad_id(entry[k])}" for k in ("id", "image_id") if k in entry and _as_int(entry[k]) is None]
+            why = "; ".join(bad) if bad else "annotation without an integer 'id' and 'image_id'"
+            quarantine.append((src, item, f"{why}: dropped"))
             continue
         bbox = entry.get("bbox")
         if type(bbox) is list and len(bbox) == 4 and type(bbox[0]) in _NUMBER and type(bbox[1]) in _NUMBER and type(bbox[2]) in _NUMBER and type(bbox[3]) in _NUMBER:
@@ -252,13 +293,13 @@ def _parse_annotations(entries: list, path: Path, file_cats: set[int], cols: dic
         else:
             box = [_as_float(v) for v in bbox] if isinstance(bbox, list) and len(bbox) == 4 else None
             if box is None or None in box:
-                quarantine.append((src, item, f"annotation 'bbox' is not 4 numbers ({bbox!r:.60}): dropped"))
+                quarantine.append((src, item, f"annotation 'bbox' is not 4 numbers ({shown(bbox, 60)}): dropped"))
                 continue
             x, y, w, h = box
         source_cat = entry.get("category_id")
         cat = source_cat if type(source_cat) is int else _as_int(source_cat)
         if cat not in file_cats:
-            quarantine.append((src, item, f"unknown category id {source_cat!r} (not in the file's categories): dropped"))
+            quarantine.append((src, item, f"unknown category id {shown(source_cat, 32)} (not in the file's categories): dropped"))
             continue
         area = entry.get("area")  # missing or null: ingest uses the box area
         ann_ids.append(ann_id)

@@ -8,7 +8,8 @@ When the top-level folders are not all split names (train, val, test, trainval a
 spellings, see canonical_split) the source is read as ``<class>/<image>``: one split, ``train``.
 Classes are the folder names in sorted order over all splits (as torchvision does), so
 ``category_id`` is the sorted rank and ``source_id`` the same rank. Images may sit in nested
-folders below their class folder; image ids are 1..N in sorted file-name order.
+folders below their class folder; image ids are 1..N in sorted file-name order. A file or
+class folder whose name is not valid UTF-8 gets a quarantine row and is skipped.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from cvcore.data.formats._common import (
     RawSource,
     canonical_split,
     ids_by_file_name,
+    is_utf8,
     list_image_files,
     quarantine_frame,
     raw_images_frame,
@@ -50,8 +52,11 @@ def read_imagefolder(source: str | Path, *, images: str | Path | None = None) ->
         for stray in sorted(p for p in split_dir.iterdir() if p.is_file() and not p.name.startswith(".")):
             quarantine.append((str(stray), "file", "file is not inside a class folder: skipped"))
         for class_dir in _visible_dirs(split_dir):
-            listed += [(f, split, class_dir.name) for f in list_image_files(class_dir, root)]
-    classes = sorted({c for _, _, c in listed} | {d.name for s, _ in split_dirs for d in _visible_dirs(s)})
+            if not is_utf8(class_dir.name):
+                quarantine.append((str(class_dir), "folder", "class folder name is not valid UTF-8: its images skipped, not opened"))
+                continue
+            listed += [(f, split, class_dir.name) for f in list_image_files(class_dir, root, quarantine)]
+    classes = sorted({c for _, _, c in listed} | {d.name for s, _ in split_dirs for d in _visible_dirs(s) if is_utf8(d.name)})
     if not classes:
         raise ValueError(f"{root}: no class folders found; expected <split>/<class>/<image> or <class>/<image>")
 

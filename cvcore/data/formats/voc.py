@@ -19,31 +19,40 @@ order users know, aeroplane..tvmonitor); ``source_id`` is the 1-based rank, so a
 gets COCO-style ids. Image ids are 1..N in sorted file-name order; ``difficult`` is kept.
 
 XML is parsed with the standard library: it resolves no external entities, and the bundled
-expat (>= 2.4) refuses entity-expansion bombs.
+expat (>= 2.4) refuses entity-expansion bombs. Every XML and split list is read through
+cvcore.data.safeio: inside the VOC folder (symlinks resolved), regular files only, bounded; a
+refused XML takes its image out with a quarantine row, a refused split list stops ingestion.
+Reasons never quote a list line that is not a plain image id.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import polars as pl
 
+from cvcore.data import safeio
 from cvcore.data.formats._common import (
     RawSource,
     canonical_split,
+    is_utf8,
     join_name,
     quarantine_frame,
     raw_annotations_frame,
     raw_images_frame,
     require_dir,
+    shown,
     unsafe_file_name,
 )
 
 log = logging.getLogger(__name__)
 
 _IMAGE_DIRS = ("JPEGImages", "PNGImages")
+_PLAIN_ID = re.compile(r"^[\w.\-]{1,64}$")  # what an image id in ImageSets/Main looks like
 _COORDS = ("xmin", "ymin", "xmax", "ymax")
 
 
@@ -68,7 +77,7 @@ def read_voc(source: str | Path, *, images: str | Path | None = None) -> RawSour
     parsed = []  # (file_name, xml path, split, width, height, objects)
     for stem, split in listed:
         xml = xml_dir / f"{stem}.xml"
-        doc = _parse_xml(xml, quarantine)
+        doc = _parse_xml(xml, source, quarantine)
         if doc is None:
             continue
         file_name = _image_file(root, image_dirs, doc.findtext("filename"), stem)
@@ -132,8 +141,13 @@ def _year_folder(source: Path) -> Path:
 def _split_lists(source: Path, xml_dir: Path, quarantine: list) -> list[tuple[str, str]]:
     """(xml stem, split) for every image to read, in a deterministic order."""
     main = source / "ImageSets" / "Main"
-    all_stems = sorted(p.stem for p in xml_dir.glob("*.xml"))
-    files = {s: main / f"{s}.txt" for s in ("train", "val", "test", "trainval") if (main / f"{s}.txt").is_file()}
+    all_stems = []
+    for xml in sorted(xml_dir.glob("*.xml")):
+        if is_utf8(xml.name):
+            all_stems.append(xml.stem)
+        else:
+            quarantine.append((str(xml), "file", "file name is not valid UTF-8: skipped, not opened"))
+    files = {s: main / f"{s}.txt" for s in ("train", "val", "test", "trainval") if os.path.lexists(main / f"{s}.txt")}
     if not files:
         if not all_stems:
             raise ValueError(f"{xml_dir}: no .xml annotation files")
@@ -143,17 +157,21 @@ def _split_lists(source: Path, xml_dir: Path, quarantine: list) -> list[tuple[st
     out = []
     for split in chosen:
         path = files[split]
-        for line_no, line in enumerate(path.read_text().splitlines(), start=1):
+        try:
+            text = safeio.read_text(path, limit=safeio.MAX_TEXT_BYTES, root=source)
+        except (FileNotFoundError, safeio.SourceFileError) as exc:
+            raise ValueError(f"{path}: split list not read ({'missing' if isinstance(exc, FileNotFoundError) else exc})") from None
+        for line_no, line in enumerate(text.splitlines(), start=1):
             stem = line.split()[0] if line.strip() else ""
             if not stem:
+                continue
+            if not _PLAIN_ID.match(stem) or unsafe_file_name(f"{stem}.xml"):
+                quarantine.append((str(path), f"line {line_no}", "not a VOC image id (a plain file name expected): rejected, not opened"))
                 continue
             if stem in seen:
                 quarantine.append((str(path), f"line {line_no}", f"id {stem!r} is also listed in {seen[stem]}.txt: kept in {seen[stem]}"))
                 continue
-            if unsafe_file_name(f"{stem}.xml") or "/" in stem:
-                quarantine.append((str(path), f"line {line_no}", f"id {stem!r} is not a plain file name: rejected, not opened"))
-                continue
-            if not (xml_dir / f"{stem}.xml").is_file():
+            if not os.path.lexists(xml_dir / f"{stem}.xml"):
                 quarantine.append((str(path), f"line {line_no}", f"listed id {stem!r} has no Annotations/{stem}.xml: skipped"))
                 continue
             seen[stem] = split
@@ -164,12 +182,24 @@ def _split_lists(source: Path, xml_dir: Path, quarantine: list) -> list[tuple[st
     return out
 
 
-def _parse_xml(xml: Path, quarantine: list) -> ET.Element | None:
+def _parse_xml(xml: Path, root: Path, quarantine: list) -> ET.Element | None:
+    """The ``<annotation>`` element of one XML file inside ``root``, or None (quarantined)."""
+    item = f"image {xml.stem}"
     try:
-        return ET.parse(xml).getroot()
-    except (ET.ParseError, OSError, UnicodeDecodeError) as exc:
-        quarantine.append((str(xml), f"image {xml.stem}", f"malformed XML ({exc}): image dropped"))
+        doc = ET.fromstring(safeio.read_bytes(xml, limit=safeio.MAX_XML_BYTES, root=root))
+    except FileNotFoundError:
+        quarantine.append((str(xml), item, "annotation file not read (missing, a dangling link?): image dropped"))
         return None
+    except safeio.SourceFileError as exc:
+        quarantine.append((str(xml), item, f"annotation file not read ({exc}): image dropped"))
+        return None
+    except ET.ParseError as exc:  # expat's message gives a position, never the content
+        quarantine.append((str(xml), item, f"malformed XML ({exc}): image dropped"))
+        return None
+    if doc.tag != "annotation":
+        quarantine.append((str(xml), item, "not a VOC annotation (the root element is not <annotation>): image dropped"))
+        return None
+    return doc
 
 
 def _image_file(root: Path, image_dirs: list[str], filename: str | None, stem: str) -> str:
@@ -215,7 +245,7 @@ def _parse_object(obj: ET.Element, xml: str, k: int, quarantine: list) -> tuple[
         try:
             coords.append(float(text))
         except ValueError:
-            quarantine.append((xml, item, f"bndbox <{tag}> {text!r} is not a number: dropped"))
+            quarantine.append((xml, item, f"bndbox <{tag}> {shown(text, 24)} is not a number: dropped"))
             return None
     difficult = (obj.findtext("difficult") or "0").strip() in ("1", "true", "True")
     return name, difficult, tuple(coords)

@@ -7,9 +7,12 @@ Layout read: SOURCE is the folder of ``data.yaml`` (or the yaml file itself)::
     labels/<split>/   one <image stem>.txt per image: lines "class cx cy w h"
 
 The dataset root is the yaml's folder, or its ``path:`` when that names an existing folder
-(relative paths from the yaml's folder). Split folders and listed images must stay inside it.
+(relative paths from the yaml's folder). Split folders, split lists, label files and listed
+images must stay inside it, symlinks resolved (cvcore.data.safeio); every read is bounded.
 A label file sits where the image is with the last ``images`` path component replaced by
-``labels`` and the extension by ``.txt`` (Ultralytics' rule); no label file means no objects.
+``labels`` and the extension by ``.txt`` (Ultralytics' rule); no label file means no objects,
+while a label file that cannot be read (outside the root, not a regular file, not UTF-8)
+takes its image out of the dataset with a quarantine row.
 
 Coordinates are fractions of the image size: ``cx cy w h`` with ``cx = (x1 + x2) / 2 / W``. The
 reader returns ``x1 = cx - w/2`` etc. still as fractions (``box_units="normalized"``); ingest
@@ -27,10 +30,12 @@ from pathlib import Path
 import polars as pl
 import yaml
 
+from cvcore.data import safeio
 from cvcore.data.formats._common import (
     RawSource,
     canonical_split,
     ids_by_file_name,
+    is_utf8,
     list_image_files,
     quarantine_frame,
     raw_annotations_frame,
@@ -69,12 +74,13 @@ def read_yolo(source: str | Path, *, images: str | Path | None = None) -> RawSou
         raise ValueError(f"{yaml_path}: no images found for any of {list(_SPLIT_KEYS)}")
 
     ids = ids_by_file_name([f for f, _ in listed])
-    image_rows = [(ids[f], f, split, None, None, str(yaml_path), f) for f, split in listed]
-    image_rows.sort()
+    image_rows = sorted((ids[f], f, split, None, None, str(yaml_path), f) for f, split in listed)
     cols: dict[str, list] = {k: [] for k in ("ann_id", "image_id", "category_id", "x1", "y1", "x2", "y2", "source", "item")}
-    for image_id, file_name, *_ in image_rows:
-        if unsafe_file_name(file_name) is None:
-            _read_labels(root, file_name, image_id, len(names), cols, quarantine)
+    # An image whose label file cannot be read has unknown boxes: it leaves the dataset (kept, it
+    # would train as a background image), with the label file's quarantine row saying why.
+    image_rows = [
+        row for row in image_rows if unsafe_file_name(row[1]) is not None or _read_labels(root, row[1], row[0], len(names), cols, quarantine)
+    ]
     _orphan_labels(root, [f for f, _ in listed], quarantine)
     cols["ann_id"] = list(range(1, len(cols["image_id"]) + 1))
 
@@ -106,12 +112,16 @@ def label_path(file_name: str) -> str:
 
 
 def _load_yaml(path: Path) -> dict:
-    if not path.is_file():
-        raise ValueError(f"{path}: YOLO data.yaml does not exist")
     try:
-        config = yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ValueError(f"{path}: not a readable YAML file ({exc})") from None
+        text = safeio.read_text(path, limit=safeio.MAX_YAML_BYTES)
+    except FileNotFoundError:
+        raise ValueError(f"{path}: YOLO data.yaml does not exist") from None
+    except safeio.SourceFileError as exc:
+        raise ValueError(f"{path}: YOLO data.yaml not read ({exc})") from None
+    try:
+        config = yaml.safe_load(text)
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise ValueError(f"{path}: not a readable YAML file ({type(exc).__name__})") from None
     if not isinstance(config, dict):
         raise ValueError(f"{path}: expected a mapping with 'names' and split folders")
     return config
@@ -140,6 +150,8 @@ def _names(yaml_path: Path, config: dict) -> list[str]:
     if not isinstance(names, list) or not names or not all(isinstance(n, (str, int)) for n in names):
         raise ValueError(f"{yaml_path}: 'names' must be a non-empty list of class names")
     names = [str(n) for n in names]
+    if not all(is_utf8(n) for n in names):
+        raise ValueError(f"{yaml_path}: a class name in 'names' is not valid UTF-8")
     nc = config.get("nc")
     if nc is not None and nc != len(names):
         raise ValueError(f"{yaml_path}: nc is {nc} but 'names' has {len(names)} entries")
@@ -160,16 +172,20 @@ def _split_files(root: Path, yaml_path: Path, key: str, entry: object, quarantin
     if not path.is_relative_to(root):
         raise ValueError(f"{yaml_path}: {key}: {entry!r} escapes the dataset root {root}")
     if path.is_dir():
-        return list_image_files(path, root)  # every file: non-images are quarantined by the header check
-    if path.is_file() and path.suffix == ".txt":
+        return list_image_files(path, root, quarantine)  # every file: non-images are quarantined by the header check
+    if path.suffix == ".txt" and path.exists():
         return _listed_files(root, path, quarantine)
     raise ValueError(f"{yaml_path}: {key}: {entry!r} does not exist under {root}")
 
 
 def _listed_files(root: Path, txt: Path, quarantine: list) -> list[str]:
     """Image paths from a split list: ``./x`` relative to the list's folder, others to the root."""
+    try:
+        text = safeio.read_text(txt, limit=safeio.MAX_TEXT_BYTES, root=root)
+    except (FileNotFoundError, safeio.SourceFileError) as exc:
+        raise ValueError(f"{txt}: split list not read ({_why(exc)})") from None
     out = []
-    for line_no, line in enumerate(txt.read_text().splitlines(), start=1):
+    for line_no, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
         if not line:
             continue
@@ -181,15 +197,21 @@ def _listed_files(root: Path, txt: Path, quarantine: list) -> list[str]:
     return out
 
 
-def _read_labels(root: Path, file_name: str, image_id: int, k: int, cols: dict, quarantine: list) -> None:
+def _why(exc: Exception) -> str:
+    return "missing" if isinstance(exc, FileNotFoundError) else str(exc)
+
+
+def _read_labels(root: Path, file_name: str, image_id: int, k: int, cols: dict, quarantine: list) -> bool:
+    """Append the boxes of one image's label file to ``cols``; False (and a quarantine row) when
+    the file exists but cannot be read, so the image's boxes are unknown."""
     label = root / label_path(file_name)
     try:
-        text = label.read_text()
+        text = safeio.read_text(label, limit=safeio.MAX_LABEL_BYTES, root=root)
     except FileNotFoundError:
-        return  # YOLO convention: an image without a label file has no objects
-    except (OSError, UnicodeDecodeError) as exc:
-        quarantine.append((str(label), "file", f"unreadable label file ({exc}): the image's boxes are unknown, kept without boxes"))
-        return
+        return True  # YOLO convention: an image without a label file has no objects
+    except safeio.SourceFileError as exc:
+        quarantine.append((str(label), file_name, f"label file not read ({exc}): image dropped, its boxes are unknown"))
+        return False
     for line_no, line in enumerate(text.splitlines(), start=1):
         tokens = line.split()
         if not tokens:
@@ -208,17 +230,20 @@ def _read_labels(root: Path, file_name: str, image_id: int, k: int, cols: dict, 
         cols["y2"].append(y2)
         cols["source"].append(str(label))
         cols["item"].append(item)
+    return True
 
 
 def _parse_line(tokens: list[str], k: int) -> tuple[int, tuple[float, float, float, float]] | str:
     """(class, normalised xyxy) of one label line, or the reason it is rejected."""
+    # Reasons never quote the line: a file that is not a label file (a symlink to /etc/passwd
+    # inside the root, a stray text file) must not leak its content into the report.
     try:
         values = [float(t) for t in tokens]
     except ValueError:
-        return f"label line is not all numbers ({' '.join(tokens)[:60]!r}): dropped"
+        return "not a YOLO label line (class cx cy w h: 5 numbers expected): dropped"
     cls = values[0]
     if not (math.isfinite(cls) and cls.is_integer() and 0 <= cls < k):
-        return f"class index {tokens[0]} is not in data.yaml names (0..{k - 1}): dropped"
+        return f"class index {values[0]:g} is not in data.yaml names (0..{k - 1}): dropped"
     coords = values[1:]
     if len(coords) == 4:
         cx, cy, w, h = coords
@@ -226,7 +251,7 @@ def _parse_line(tokens: list[str], k: int) -> tuple[int, tuple[float, float, flo
     if len(coords) >= 6 and len(coords) % 2 == 0:  # polygon (YOLO-seg): its bounding box
         xs, ys = coords[0::2], coords[1::2]
         return int(cls), (min(xs), min(ys), max(xs), max(ys))
-    return f"label line has {len(tokens)} values, expected 'class cx cy w h': dropped"
+    return f"not a YOLO label line ({len(tokens)} numbers; class cx cy w h: 5 numbers expected): dropped"
 
 
 def _orphan_labels(root: Path, file_names: list[str], quarantine: list) -> None:
@@ -234,8 +259,18 @@ def _orphan_labels(root: Path, file_names: list[str], quarantine: list) -> None:
     expected = {label_path(f) for f in file_names if unsafe_file_name(f) is None}
     folders = {posixpath.dirname(p) for p in expected}
     for folder in sorted(folders):
+        try:
+            safeio.inside(root, folder)  # a labels folder linked elsewhere is not listed
+        except safeio.SourceFileError:
+            continue
         for label in sorted((root / folder).glob("*.txt")):
             rel = label.relative_to(root).as_posix()
-            if rel not in expected:
-                n = sum(1 for line in label.read_text(errors="replace").splitlines() if line.strip())
-                quarantine.append((str(label), "file", f"label file has no image in the dataset: its {n} boxes dropped"))
+            if rel in expected:
+                continue
+            try:
+                text = safeio.read_text(label, limit=safeio.MAX_LABEL_BYTES, root=root)
+            except (FileNotFoundError, safeio.SourceFileError) as exc:
+                quarantine.append((str(label), "file", f"label file has no image in the dataset (not read: {_why(exc)}): dropped"))
+                continue
+            n = sum(1 for line in text.splitlines() if line.strip())
+            quarantine.append((str(label), "file", f"label file has no image in the dataset: its {n} boxes dropped"))

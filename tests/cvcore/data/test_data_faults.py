@@ -140,7 +140,7 @@ def test_file_names_escaping_the_root_are_rejected_without_being_opened(tmp_path
     os.symlink(tmp_path / "secret.png", root / "images" / "train" / "link.png")
     opened = []
     real = probe.read_header
-    monkeypatch.setattr(probe, "read_header", lambda path: opened.append(Path(path)) or real(path))
+    monkeypatch.setattr(probe, "read_header", lambda path, **kw: opened.append(Path(path)) or real(path, **kw))
 
     snap = ingest(root, fmt="coco", out=tmp_path / "snap").snapshot
     assert snap.images.get_column("file_name").to_list() == ["images/train/ok.png"]
@@ -182,8 +182,8 @@ def test_yolo_label_faults(tmp_path):
     assert snap.annotations.height == 2
     q = {(Path(s).name, i): r for s, i, r in snap.quarantine.rows()}
     assert q[("a.txt", "line 2")] == "class index 5 is not in data.yaml names (0..0): dropped"
-    assert q[("a.txt", "line 3")] == "label line has 3 values, expected 'class cx cy w h': dropped"
-    assert q[("a.txt", "line 4")].startswith("label line is not all numbers")
+    assert q[("a.txt", "line 3")] == "not a YOLO label line (3 numbers; class cx cy w h: 5 numbers expected): dropped"
+    assert q[("a.txt", "line 4")] == "not a YOLO label line (class cx cy w h: 5 numbers expected): dropped"  # no content quoted
     assert q[("a.txt", "line 5")] == "box has a missing or non-finite coordinate (x1=nan, x2=nan): dropped"
     assert q[("a.txt", "line 6")] == "box beyond the image (x2=10.5 > width 10): clipped to the image"
     assert q[("ghost.txt", "file")] == "label file has no image in the dataset: its 1 boxes dropped"
@@ -285,7 +285,7 @@ def test_probe_refuses_paths_outside_the_root_before_opening(tmp_path, monkeypat
     os.symlink(root / "in" / "y.png", root / "in" / "alias.png")  # a file link staying in
     opened = []
     real = probe.read_header
-    monkeypatch.setattr(probe, "read_header", lambda path: opened.append(Path(path).name) or real(path))
+    monkeypatch.setattr(probe, "read_header", lambda path, **kw: opened.append(Path(path).name) or real(path, **kw))
     names = ["../outside/x.png", str(tmp_path / "outside" / "x.png"), "linked_dir/x.png", "in/../../outside/x.png", "in/y.png", "in/alias.png"]
     frame = probe.probe_images(root, names, workers=2)
     refused = frame.get_column("problem").str.contains("outside the dataset root").fill_null(False).to_list()

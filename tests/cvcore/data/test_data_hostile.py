@@ -1,0 +1,291 @@
+"""Hostile or careless sources: no read outside the root, no hang, no leak, one row per bad entry."""
+
+from __future__ import annotations
+
+import faulthandler
+import json
+import os
+import struct
+import tracemalloc
+import zlib
+from pathlib import Path
+
+import polars as pl
+import pytest
+from data_formats_helpers import png, tiny_coco
+
+from cvcore.data import probe, safeio
+from cvcore.data.health import format_health
+from cvcore.data.ingest import ingest
+
+SECRET = "root:x:0:0:root:/root:/bin/bash"
+
+
+@pytest.fixture(autouse=True)
+def no_hang():
+    """A read that blocks (a FIFO opened for reading) fails the run instead of hanging it."""
+    faulthandler.dump_traceback_later(120, exit=True)
+    yield
+    faulthandler.cancel_dump_traceback_later()
+
+
+def _outside(tmp_path: Path) -> Path:
+    secret = tmp_path / "outside" / "passwd"
+    secret.parent.mkdir(parents=True, exist_ok=True)
+    secret.write_text(f"{SECRET}\ndaemon:x:1:1::/usr/sbin:/usr/sbin/nologin\n")
+    return secret
+
+
+def _yolo(root: Path, names=("a.png", "b.png")) -> Path:
+    for n in names:
+        png(root / "images" / "train" / n, 10, 10)
+    (root / "labels" / "train").mkdir(parents=True, exist_ok=True)
+    (root / "data.yaml").write_text("train: images/train\nnames: [thing]\n")
+    return root
+
+
+def _everything(result) -> str:
+    """The quarantine table and the printed report as one text, to look for leaked content."""
+    q = result.snapshot.quarantine
+    return "\n".join("\t".join(r) for r in q.rows()) + format_health(result.report)
+
+
+def _reasons(snapshot) -> dict[str, str]:
+    return dict(snapshot.quarantine.select("item", "reason").iter_rows())
+
+
+# Defect 2: every annotation file is confined to the dataset root, and never echoed.
+
+
+def test_yolo_label_file_linked_outside_is_not_read_and_its_image_leaves(tmp_path):
+    secret = _outside(tmp_path)
+    root = _yolo(tmp_path / "src")
+    (root / "labels" / "train" / "a.txt").symlink_to(secret)
+    result = ingest(root, fmt="yolo", out=tmp_path / "snap")
+    assert result.snapshot.images.get_column("file_name").to_list() == ["images/train/b.png"]
+    reason = _reasons(result.snapshot)["images/train/a.png"]
+    assert reason.startswith("label file not read (it resolves outside the dataset root")
+    assert reason.endswith("image dropped, its boxes are unknown")
+    assert "root:x" not in _everything(result) and "daemon" not in _everything(result)
+
+
+def test_yolo_label_lines_are_never_quoted(tmp_path):
+    root = _yolo(tmp_path / "src")
+    (root / "labels" / "train" / "a.txt").write_text(f"{SECRET}\n0 0.5 0.5 0.2 0.2\nhunter2 secret words here\n")
+    result = ingest(root, fmt="yolo", out=tmp_path / "snap")
+    assert result.snapshot.annotations.height == 1
+    rows = {i: r for _, i, r in result.snapshot.quarantine.rows()}
+    assert rows["line 1"] == rows["line 3"] == "not a YOLO label line (class cx cy w h: 5 numbers expected): dropped"
+    assert "root:x" not in _everything(result) and "hunter2" not in _everything(result)
+
+
+def test_yolo_split_list_linked_outside_is_refused(tmp_path):
+    secret = _outside(tmp_path)
+    root = _yolo(tmp_path / "src")
+    (root / "train.txt").symlink_to(secret)
+    (root / "data.yaml").write_text("train: train.txt\nnames: [thing]\n")
+    with pytest.raises(ValueError, match=r"data.yaml: train: 'train.txt' escapes the dataset root") as info:
+        ingest(root, fmt="yolo", out=tmp_path / "snap")
+    assert "root:x" not in str(info.value)
+
+
+def test_voc_xml_and_split_list_linked_outside_are_not_read(tmp_path):
+    src = tmp_path / "voc"
+    (src / "Annotations").mkdir(parents=True)
+    png(src / "JPEGImages" / "a.png", 10, 10)
+    png(src / "JPEGImages" / "b.png", 10, 10)
+    box = "<bndbox><xmin>1</xmin><ymin>1</ymin><xmax>5</xmax><ymax>5</ymax></bndbox>"
+    (src / "Annotations" / "a.xml").write_text(f"<annotation><filename>a.png</filename><object><name>cat</name>{box}</object></annotation>")
+    evil = tmp_path / "outside" / "b.xml"
+    evil.parent.mkdir()
+    evil.write_text(f"<annotation><filename>b.png</filename><object><name>secret</name>{box}</object></annotation>")
+    (src / "Annotations" / "b.xml").symlink_to(evil)
+    result = ingest(src, fmt="voc", out=tmp_path / "snap")
+    assert result.snapshot.class_names == ["cat"] and result.snapshot.images.height == 1
+    assert _reasons(result.snapshot)["image b"].startswith("annotation file not read (it resolves outside the dataset root")
+
+    (src / "ImageSets" / "Main").mkdir(parents=True)
+    (src / "ImageSets" / "Main" / "train.txt").symlink_to(_outside(tmp_path))
+    with pytest.raises(ValueError, match=r"train.txt: split list not read \(it resolves outside") as info:
+        ingest(src, fmt="voc", out=tmp_path / "snap2")
+    assert "root:x" not in str(info.value)
+
+
+def test_voc_list_lines_that_are_not_ids_are_not_quoted(tmp_path):
+    src = tmp_path / "voc"
+    (src / "ImageSets" / "Main").mkdir(parents=True)
+    (src / "Annotations").mkdir()
+    png(src / "JPEGImages" / "a.png", 10, 10)
+    (src / "Annotations" / "a.xml").write_text("<annotation><filename>a.png</filename></annotation>")
+    (src / "ImageSets" / "Main" / "train.txt").write_text(f"a\n{SECRET}\n")
+    (src / "Annotations" / "c.xml").write_text("<html><body>not voc</body></html>")
+    (src / "ImageSets" / "Main" / "val.txt").write_text("c\n")
+    result = ingest(src, fmt="voc", out=tmp_path / "snap")
+    rows = {i: r for _, i, r in result.snapshot.quarantine.rows()}
+    assert rows["line 2"] == "not a VOC image id (a plain file name expected): rejected, not opened"
+    assert rows["image c"] == "not a VOC annotation (the root element is not <annotation>): image dropped"
+    assert "root:x" not in _everything(result)
+
+
+def test_coco_file_linked_outside_the_source_folder_is_refused(tmp_path):
+    root = tiny_coco(tmp_path / "src", images=[{"id": 1, "file_name": "a.png"}], annotations=[], sizes={"a.png": (8, 8)})
+    outside = tmp_path / "elsewhere" / "instances_val.json"
+    outside.parent.mkdir()
+    outside.write_text(json.dumps({"images": [], "annotations": [], "categories": [{"id": 1, "name": "a"}]}))
+    (root / "annotations" / "instances_val.json").symlink_to(outside)
+    with pytest.raises(ValueError, match=r"instances_val.json: not a readable COCO JSON file \(it resolves outside .*pass the file itself as SOURCE"):
+        ingest(root, fmt="coco", out=tmp_path / "snap")
+    # Named as SOURCE, the user chose it: it is read where it is.
+    assert ingest(outside, fmt="coco", out=tmp_path / "snap", images=root / "images" / "train").snapshot.images.height == 0
+
+
+# Defect 4: a FIFO (any non-regular file) is never opened for reading.
+
+
+def test_fifos_in_place_of_images_and_annotation_files_are_refused(tmp_path):
+    coco = tiny_coco(tmp_path / "coco", images=[{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "f.png"}], annotations=[], sizes={"a.png": (8, 8)})
+    os.mkfifo(coco / "images" / "train" / "f.png")
+    snap = ingest(coco, fmt="coco", out=tmp_path / "s1").snapshot
+    assert snap.images.height == 1
+    assert _reasons(snap)["image id 2"] == "not a regular file, a FIFO: not opened: image dropped with its 0 annotations"
+
+    yolo = _yolo(tmp_path / "yolo")
+    os.mkfifo(yolo / "labels" / "train" / "a.txt")
+    os.mkfifo(yolo / "images" / "train" / "c.png")  # a folder listing includes it, the header check refuses it
+    snap = ingest(yolo, fmt="yolo", out=tmp_path / "s2").snapshot
+    assert snap.images.get_column("file_name").to_list() == ["images/train/b.png"]
+    reasons = _reasons(snap)
+    assert reasons["images/train/a.png"] == "label file not read (not a regular file, a FIFO): image dropped, its boxes are unknown"
+    assert reasons["images/train/c.png"].startswith("not a regular file, a FIFO: not opened")
+
+    voc = tmp_path / "voc"
+    (voc / "Annotations").mkdir(parents=True)
+    png(voc / "JPEGImages" / "a.png", 8, 8)
+    (voc / "Annotations" / "a.xml").write_text("<annotation><filename>a.png</filename></annotation>")
+    os.mkfifo(voc / "Annotations" / "b.xml")
+    snap = ingest(voc, fmt="voc", out=tmp_path / "s3").snapshot
+    assert snap.images.height == 1 and _reasons(snap)["image b"] == "annotation file not read (not a regular file, a FIFO): image dropped"
+
+    folder = tmp_path / "folder"
+    png(folder / "cat" / "1.png", 8, 8)
+    os.mkfifo(folder / "cat" / "2.png")
+    snap = ingest(folder, fmt="imagefolder", out=tmp_path / "s4").snapshot
+    assert snap.images.height == 1 and _reasons(snap)["cat/2.png"].startswith("not a regular file, a FIFO")
+
+    fifo_json = tmp_path / "instances_train.json"
+    os.mkfifo(fifo_json)
+    with pytest.raises(ValueError, match=r"instances_train.json: not a readable COCO JSON file \(not a regular file, a FIFO\)"):
+        ingest(fifo_json, fmt="coco", out=tmp_path / "s5", images=coco)
+    os.mkfifo(tmp_path / "data.yaml")
+    with pytest.raises(ValueError, match=r"data.yaml: YOLO data.yaml not read \(not a regular file, a FIFO\)"):
+        ingest(tmp_path / "data.yaml", fmt="yolo", out=tmp_path / "s6")
+
+
+def test_reads_are_bounded(tmp_path):
+    big = tmp_path / "big.txt"
+    big.write_bytes(b"0 0.5 0.5 0.1 0.1\n" * 100)
+    with pytest.raises(safeio.SourceFileError, match="too large, 1800 bytes; at most 1000 are read"):
+        safeio.read_text(big, limit=1000)
+    assert len(safeio.read_text(big, limit=1800)) == 1800
+
+
+# Defect 5: one bad entry is one quarantine row, never an aborted ingest.
+
+
+def test_coco_ids_out_of_range_or_not_integers_and_nul_names_are_one_row_each(tmp_path):
+    images = [
+        {"id": 1, "file_name": "a.png", "width": 2**40, "height": 8},  # declared width beyond int32: ignored
+        {"id": 2**70, "file_name": "b.png"},
+        {"id": 1e300, "file_name": "c.png"},
+        {"id": "4", "file_name": "d.png"},
+        {"id": 4.5, "file_name": "e.png"},
+        {"id": 6, "file_name": "f\x00.png"},
+        {"id": 7, "file_name": "caf\udce9.png"},  # a lone surrogate: json reads it, Parquet cannot hold it
+    ]
+    anns = [
+        {"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 2, 2]},
+        {"id": 2**70, "image_id": 1, "category_id": 1, "bbox": [1, 1, 2, 2]},
+        {"id": 3, "image_id": 2**64, "category_id": 1, "bbox": [1, 1, 2, 2]},
+        {"id": 4, "image_id": 1, "category_id": 2**70, "bbox": [1, 1, 2, 2]},
+        {"id": 5, "image_id": 1, "category_id": 1, "bbox": [1, 1, 10**400, "x"]},
+    ]
+    cats = [{"id": 1, "name": "a"}, {"id": 2**70, "name": "huge"}]
+    root = tiny_coco(tmp_path / "src", images=images, annotations=anns, categories=cats, sizes={"a.png": (8, 8)})
+    snap = ingest(root, fmt="coco", out=tmp_path / "snap").snapshot
+    assert snap.images.select("image_id", "width").rows() == [(1, 8)]
+    assert snap.annotations.get_column("ann_id").to_list() == [1]
+    reasons = _reasons(snap)
+    assert reasons["image entry 1"] == "image id 1180591620717411303424 is outside the 64-bit integer range: dropped"
+    assert reasons["image entry 2"] == "image id 1e+300 is outside the 64-bit integer range: dropped"
+    assert reasons["image entry 3"] == "image id '4' is not an integer: dropped"
+    assert reasons["image entry 4"] == "image id 4.5 is not an integer: dropped"
+    assert reasons["image id 6"] == "file name 'f\\x00.png' contains a NUL byte: rejected, not opened; image dropped"
+    assert reasons["image id 7"] == "file name 'caf\\udce9.png' is not valid UTF-8: rejected, not opened; image dropped"
+    assert reasons["annotation entry 1"] == "id 1180591620717411303424 is outside the 64-bit integer range: dropped"
+    assert reasons["annotation id 3"] == "image_id 18446744073709551616 is outside the 64-bit integer range: dropped"
+    assert reasons["annotation id 4"].startswith("unknown category id 1180591620717411303424")
+    assert reasons["annotation id 5"].startswith("annotation 'bbox' is not 4 numbers")
+    assert reasons["category entry 1"].startswith("category without an integer 'id'")
+    assert snap.quarantine.height == 11
+
+
+def test_a_non_utf8_file_name_in_an_imagefolder_is_one_row(tmp_path):
+    png(tmp_path / "src" / "cat" / "1.png", 8, 8)
+    data = (tmp_path / "src" / "cat" / "1.png").read_bytes()
+    with open(os.path.join(os.fsencode(tmp_path / "src" / "cat"), b"caf\xe9.png"), "wb") as fh:
+        fh.write(data)
+    os.mkdir(os.path.join(os.fsencode(tmp_path / "src"), b"\xff\xfe"))
+    snap = ingest(tmp_path / "src", fmt="imagefolder", out=tmp_path / "snap").snapshot
+    assert snap.images.get_column("file_name").to_list() == ["cat/1.png"] and snap.class_names == ["cat"]
+    reasons = snap.quarantine.select("item", "reason").rows()
+    assert ("cat/caf\\udce9.png", "file name is not valid UTF-8: skipped, not opened") in reasons
+    assert ("folder", "class folder name is not valid UTF-8: its images skipped, not opened") in reasons
+    assert snap.quarantine.height == 2
+
+
+def test_deeply_nested_json_is_a_one_line_error_naming_the_file(tmp_path):
+    (tmp_path / "src" / "annotations").mkdir(parents=True)
+    path = tmp_path / "src" / "annotations" / "instances_train.json"
+    path.write_text('{"images": ' + "[" * 200_000 + "]" * 200_000 + "}")
+    with pytest.raises(ValueError) as info:
+        ingest(tmp_path / "src", fmt="coco", out=tmp_path / "snap")
+    assert str(info.value) == f"{path}: not a readable COCO JSON file (nested too deeply)"
+
+
+# Memory: streamed hashes, a pixel cap from the header.
+
+
+def test_header_read_streams_the_file(tmp_path):
+    padded = tmp_path / "padded.png"
+    png(padded, 16, 16)
+    with padded.open("ab") as fh:
+        fh.write(b"\0" * (48 << 20))  # 48 MiB of padding after IEND
+    tracemalloc.start()
+    try:
+        header = probe.read_header(padded)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (header.width, header.height) == (16, 16)
+    assert peak < 8 << 20, f"peak {peak / 2**20:.1f} MiB for a 48 MiB file"
+
+
+def _png_header_only(w: int, h: int) -> bytes:
+    """A PNG signature and IHDR claiming w x h, then IEND: a size without pixels."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)) + chunk(b"IEND", b"")
+
+
+def test_pixel_cap_quarantines_huge_images_from_their_header(tmp_path):
+    root = tiny_coco(tmp_path / "src", images=[{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "huge.png"}, {"id": 3, "file_name": "mid.png"}], annotations=[], sizes={"a.png": (8, 8), "mid.png": (300, 200)})
+    (root / "images" / "train" / "huge.png").write_bytes(_png_header_only(12_000, 12_000))  # 144 MP
+    snap = ingest(root, fmt="coco", out=tmp_path / "s1").snapshot
+    assert sorted(snap.images.get_column("image_id")) == [1, 3]
+    assert _reasons(snap)["image id 2"] == (
+        "image too large (12000x12000 = 144.0 megapixels, the limit is 64): image dropped with its 0 annotations"
+    )
+    capped = ingest(root, fmt="coco", out=tmp_path / "s2", max_pixels=50_000).snapshot
+    assert capped.images.get_column("image_id").to_list() == [1]
+    assert _reasons(capped)["image id 3"].startswith("image too large (300x200 = 0.1 megapixels, the limit is 0.05)")
