@@ -7,8 +7,14 @@ images in ``--images DIR`` (default: beside the file). Conventions:
 - boxes: COCO ``bbox`` is ``[x, y, w, h]`` in pixels from the top-left corner, so the canonical
   box is ``x1 = x, y1 = y, x2 = x + w, y2 = y + h`` (no ±1: COCO boxes are continuous);
 - ``area`` is the source's (segmentation) area, used for COCO's small/medium/large;
-- image and annotation ids are kept; categories become 0..K-1 sorted by their COCO id, which
-  stays in ``source_id`` (and goes back out in :func:`write_coco`).
+- image and annotation ids are kept, per file: when split files number their images (or
+  annotations) alike, as many exporters do (``instances_train.json`` and ``instances_val.json``
+  both from 1), the later file's ids (files in name order) move past all earlier ones by one
+  offset, recorded in a quarantine row of that file (``new id = source id + offset``); an
+  annotation is only ever attached to an image of its own file. Files with disjoint ids (the
+  official COCO files) keep theirs unchanged;
+- categories become 0..K-1 sorted by their COCO id, which stays in ``source_id`` (and goes back
+  out in :func:`write_coco`).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 try:
@@ -68,15 +75,21 @@ def read_coco(source: str | Path, *, images: str | Path | None = None) -> RawSou
     cats: dict[int, tuple[str, str]] = {}  # coco id -> (name, file it came from)
     quarantine: list[tuple[str, str, str]] = []
     image_rows: list[tuple] = []
-    ann_cols: dict[str, list] = {k: [] for k in ("ann_id", "image_id", "category_id", "x1", "y1", "x2", "y2", "area", "iscrowd", "difficult", "source", "item")}
+    ann_cols = _ann_columns()
+    earlier: list[_FileIds] = []
     for raw_split, path in files:  # one parsed file in memory at a time
         doc = _load_json(path, root=confine)
         file_cats = _merge_categories(cats, doc.get("categories"), path, quarantine)
         entries = _list_field(doc, "images", path)
         prefix = _image_prefix(root, raw_split, entries)
-        _parse_images(entries, path, canonical_split(raw_split), prefix, image_rows, quarantine)
-        _parse_annotations(_list_field(doc, "annotations", path), path, file_cats, ann_cols, quarantine)
+        file_images, file_anns = [], _ann_columns()
+        _parse_images(entries, path, canonical_split(raw_split), prefix, file_images, quarantine)
+        _parse_annotations(_list_field(doc, "annotations", path), path, file_cats, file_anns, quarantine)
         del doc, entries
+        file_images, file_anns = _keep_files_apart(path, file_images, file_anns, earlier, quarantine)
+        image_rows += file_images
+        for k, column in file_anns.items():
+            ann_cols[k] += column
     if not cats:
         raise ValueError(f"{files[0][1]}: no usable categories; a COCO detection file needs a 'categories' list")
     ordered = sorted(cats)
@@ -97,6 +110,84 @@ def read_coco(source: str | Path, *, images: str | Path | None = None) -> RawSou
         labels=None,
         quarantine=quarantine_frame(quarantine),
     )
+
+
+def _ann_columns() -> dict[str, list]:
+    return {k: [] for k in ("ann_id", "image_id", "category_id", "x1", "y1", "x2", "y2", "area", "iscrowd", "difficult", "source", "item")}
+
+
+@dataclass(frozen=True)
+class _FileIds:
+    """The image and annotation ids one annotation file ended up with (sorted, unique)."""
+
+    name: str
+    images: np.ndarray  # int64[N]
+    annotations: np.ndarray  # int64[M]
+
+
+def _keep_files_apart(path: Path, images: list[tuple], anns: dict[str, list], earlier: list[_FileIds], quarantine: list) -> tuple[list[tuple], dict[str, list]]:
+    """One file's image rows and annotation columns, with ids that no earlier file uses.
+
+    Ids are per file: exporters number ``instances_train.json`` and ``instances_val.json`` from
+    1 each. When this file's image (annotation) ids meet an earlier file's, all of this file's
+    image (annotation) ids move up by one offset, past every id used so far (new id = source id
+    + offset; one quarantine row per file records the offset, so the source id is recovered by
+    subtracting it). Files with disjoint ids keep them unchanged. An annotation whose image is
+    not one of this file's images is dropped here, so a box never lands on another file's image.
+    """
+    image_ids = np.array([r[0] for r in images], dtype=np.int64)
+    shift = _offset(image_ids, [f.images for f in earlier], path)
+    if shift:
+        other, shared = _first_shared(image_ids, earlier, "images")
+        quarantine.append((str(path), "image ids", f"image ids shared with {shown(other)} ({shared} ids): ids are per file, so this file's images are renumbered: new id = source id + {shift}; their annotations follow"))
+        image_ids = image_ids + shift
+        images = [(int(i), *r[1:6], f"image id {int(i)} (source id {r[0]})") for i, r in zip(image_ids, images)]
+
+    ann_image = np.array(anns["image_id"], dtype=np.int64)
+    own = np.isin(ann_image, image_ids - shift)
+    for i in np.flatnonzero(~own):
+        holder = next((f.name for f in earlier if _contains(f.images, int(ann_image[i]))), None)
+        where = f"image id {ann_image[i]} of {shown(holder)}, not of this file" if holder else f"unknown image id {ann_image[i]}"
+        quarantine.append((anns["source"][i], anns["item"][i], f"refers to {where}: dropped"))
+    if not own.all():
+        anns = {k: [v for v, keep in zip(column, own) if keep] for k, column in anns.items()}
+    anns["image_id"] = (ann_image[own] + shift).tolist()
+
+    ann_ids = np.array(anns["ann_id"], dtype=np.int64)
+    ann_shift = _offset(ann_ids, [f.annotations for f in earlier], path)
+    if ann_shift:
+        other, shared = _first_shared(ann_ids, earlier, "annotations")
+        quarantine.append((str(path), "annotation ids", f"annotation ids shared with {shown(other)} ({shared} ids): this file's annotations are renumbered: new id = source id + {ann_shift}"))
+        anns["ann_id"] = (ann_ids + ann_shift).tolist()
+        anns["item"] = [f"annotation id {i + ann_shift} (source id {i})" for i in ann_ids.tolist()]
+    earlier.append(_FileIds(path.name, np.unique(image_ids), np.unique(ann_ids + ann_shift)))
+    return images, anns
+
+
+def _offset(ids: np.ndarray, earlier: list[np.ndarray], path: Path) -> int:
+    """0 when ``ids`` meet none of the ``earlier`` id sets; else the shift that puts them all past
+    every earlier id. ValueError when that would leave the 64-bit range."""
+    if not ids.size or not any(np.isin(ids, e).any() for e in earlier if e.size):
+        return 0
+    top = max(int(e.max()) for e in earlier if e.size)
+    shift = top + 1 - int(ids.min())
+    if int(ids.max()) + shift > INT64_MAX:
+        raise ValueError(f"{path}: ids collide with an earlier file's and are too large to renumber past them (up to {int(ids.max())})")
+    return shift
+
+
+def _first_shared(ids: np.ndarray, earlier: list[_FileIds], kind: str) -> tuple[str, int]:
+    """The first earlier file sharing ids with ``ids``, and how many it shares."""
+    for f in earlier:
+        shared = int(np.isin(np.unique(ids), getattr(f, kind)).sum())
+        if shared:
+            return f.name, shared
+    return "", 0
+
+
+def _contains(sorted_ids: np.ndarray, value: int) -> bool:
+    i = np.searchsorted(sorted_ids, value)
+    return bool(i < sorted_ids.size and sorted_ids[i] == value)
 
 
 def _annotation_files(source: Path) -> list[tuple[str, Path]]:

@@ -289,3 +289,56 @@ def test_pixel_cap_quarantines_huge_images_from_their_header(tmp_path):
     capped = ingest(root, fmt="coco", out=tmp_path / "s2", max_pixels=50_000).snapshot
     assert capped.images.get_column("image_id").to_list() == [1]
     assert _reasons(capped)["image id 3"].startswith("image too large (300x200 = 0.1 megapixels, the limit is 0.05)")
+
+
+# Defect 6: COCO split files number their ids apart; they are kept apart.
+
+
+def _split_file(root: Path, split: str, names: list[str], boxes: list[tuple[int, int, list]]) -> None:
+    """instances_<split>.json with images 1..N (``names``) and annotations (ann_id, image_id, bbox)."""
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    for i, n in enumerate(names):
+        png(root / "images" / split / n, 20, 20, seed=i)
+    doc = {
+        "images": [{"id": i, "file_name": n, "width": 20, "height": 20} for i, n in enumerate(names, start=1)],
+        "annotations": [{"id": a, "image_id": im, "category_id": 1, "bbox": b, "area": 4.0} for a, im, b in boxes],
+        "categories": [{"id": 1, "name": "digit"}],
+    }
+    (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(doc))
+
+
+def test_coco_split_files_with_colliding_ids_are_kept_apart(tmp_path):
+    root = tmp_path / "src"
+    _split_file(root, "train", ["t1.png", "t2.png", "t3.png"], [(1, 1, [0, 0, 2, 2]), (2, 3, [1, 1, 3, 3])])
+    _split_file(root, "val", ["v1.png", "v2.png"], [(1, 1, [5, 5, 4, 4]), (2, 2, [6, 6, 2, 2]), (3, 9, [1, 1, 1, 1])])
+    snap = ingest(root, fmt="coco", out=tmp_path / "snap").snapshot
+    images = snap.images.sort("image_id").select("image_id", "file_name", "split").rows()
+    assert images == [
+        (1, "images/train/t1.png", "train"), (2, "images/train/t2.png", "train"), (3, "images/train/t3.png", "train"),
+        (4, "images/val/v1.png", "val"), (5, "images/val/v2.png", "val"),
+    ]
+    boxes = snap.annotations.join(snap.images, on="image_id").sort("ann_id").select("ann_id", "file_name", "x1", "x2").rows()
+    assert boxes == [
+        (1, "images/train/t1.png", 0.0, 2.0), (2, "images/train/t3.png", 1.0, 4.0),
+        (3, "images/val/v1.png", 5.0, 9.0), (4, "images/val/v2.png", 6.0, 8.0),
+    ]
+    reasons = {(Path(s).name, i): r for s, i, r in snap.quarantine.rows()}
+    assert reasons == {
+        ("instances_val.json", "image ids"): "image ids shared with 'instances_train.json' (2 ids): ids are per file, so this file's images are renumbered: new id = source id + 3; their annotations follow",
+        ("instances_val.json", "annotation ids"): "annotation ids shared with 'instances_train.json' (2 ids): this file's annotations are renumbered: new id = source id + 2",
+        ("instances_val.json", "annotation id 3"): "refers to unknown image id 9: dropped",
+    }
+
+
+def test_an_annotation_never_lands_on_another_files_image(tmp_path):
+    root = tmp_path / "src"
+    _split_file(root, "train", ["t1.png"], [(1, 1, [0, 0, 2, 2])])
+    _split_file(root, "val", ["v1.png"], [(7, 1, [1, 1, 2, 2])])
+    doc = json.loads((root / "annotations" / "instances_val.json").read_text())
+    doc["images"][0]["id"] = 2  # disjoint image ids: kept as they are
+    doc["annotations"].append({"id": 8, "image_id": 2, "category_id": 1, "bbox": [3, 3, 2, 2]})
+    (root / "annotations" / "instances_val.json").write_text(json.dumps(doc))
+    snap = ingest(root, fmt="coco", out=tmp_path / "snap").snapshot
+    assert snap.images.sort("image_id").get_column("image_id").to_list() == [1, 2]
+    assert snap.annotations.sort("ann_id").select("ann_id", "image_id").rows() == [(1, 1), (8, 2)]
+    assert _reasons(snap) == {"annotation id 7": "refers to image id 1 of 'instances_train.json', not of this file: dropped"}
