@@ -116,16 +116,39 @@ class RunConfig(_Section):
 def load_config(path: str | Path) -> RunConfig:
     """Read a ``run.yaml`` (``yaml.safe_load``) into a validated RunConfig.
 
-    Raises ValueError naming the file when it is not a mapping or does not validate.
+    Raises ValueError naming the file when it is not YAML (one line: the problem and where), uses
+    a tag that would build a Python object (refused by the safe loader), nests too deeply, is not
+    a mapping or does not validate.
     """
     path = Path(path)
-    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        raw = _read_yaml(path)
+    except RecursionError:
+        raise ValueError(f"{path}: nested too deeply to be a run config") from None
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: expected a mapping of config sections, got {type(raw).__name__}")
     try:
         return RunConfig.model_validate(raw)
+    except RecursionError:
+        raise ValueError(f"{path}: nested too deeply to be a run config") from None
     except ValueError as exc:
         raise ValueError(f"{path}: invalid config:\n{exc}") from None
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = exc.problem or exc.context or "unreadable"
+        if isinstance(exc, yaml.constructor.ConstructorError):
+            raise ValueError(f"{path}{where}: {problem}; only plain YAML values are read (tags that build Python objects are refused)") from None
+        raise ValueError(f"{path}: not valid YAML{where}: {problem}") from None
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not a UTF-8 text file (byte {exc.start})") from None
 
 
 def flatten(config: BaseModel, prefix: str = "") -> dict[str, str]:

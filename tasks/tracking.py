@@ -13,8 +13,12 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
+import ssl
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -47,15 +51,26 @@ TAG_FAILURE = "cvflow.failure"
 
 
 class TrackingUnavailable(RuntimeError):
-    """The MLflow tracking server cannot be reached; the message names the URI."""
+    """The MLflow tracking store cannot be used (no such scheme, the server does not answer);
+    the message names the URI."""
+
+
+# A tracking server answers /health in milliseconds; a mistyped or hung one must cost seconds, not
+# MLflow's minutes of retries.
+PROBE_TIMEOUT_S = 3.0
 
 
 ARTIFACT_ROOT_ENV = "CVFLOW_ARTIFACT_ROOT"
 
 
+def home_dir() -> Path:
+    """The home folder (``$CVFLOW_HOME``, default ``./.cvflow``), absolute; not created."""
+    return Path(os.environ.get("CVFLOW_HOME") or ".cvflow").expanduser().resolve()
+
+
 def cvflow_home() -> Path:
-    """The home folder (``$CVFLOW_HOME``, default ``./.cvflow``), absolute and created."""
-    home = Path(os.environ.get("CVFLOW_HOME") or ".cvflow").expanduser().resolve()
+    """The home folder (:func:`home_dir`), created."""
+    home = home_dir()
     home.mkdir(parents=True, exist_ok=True)
     return home
 
@@ -97,34 +112,61 @@ def artifact_root(home: Path | None = None) -> str | None:
 def mlflow_client(home: Path | None = None) -> MlflowClient:
     """A client on :func:`tracking_uri`; also makes it the process default for ``mlflow.*`` calls.
 
-    Raises TrackingUnavailable naming the URI when a tracking server does not answer.
+    Raises TrackingUnavailable naming the URI when its scheme is not an MLflow store or a
+    tracking server does not answer (:func:`check_tracking_uri`).
     """
     uri = tracking_uri(home)
+    check_tracking_uri(uri)
     # Creating the SQLite schema logs a few INFO lines per new store; they are noise here.
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     mlflow.set_tracking_uri(uri)  # the registry follows the tracking URI (MLflow's default)
-    client = MlflowClient(uri)
+    return MlflowClient(uri)
+
+
+def check_tracking_uri(uri: str, *, timeout: float = PROBE_TIMEOUT_S) -> None:
+    """TrackingUnavailable, in one line naming ``uri``, unless MLflow has a store for its scheme
+    and, for a server (http/https), the server answers its ``/health`` within ``timeout`` s."""
+    _check_scheme(uri)
     if uri.startswith(("http://", "https://")):
-        _check_reachable(client, uri)
-    return client
+        _probe_server(uri, timeout=timeout)
 
 
-def _check_reachable(client: MlflowClient, uri: str) -> None:
-    # One cheap call with short retries and timeout: MLflow's defaults retry for minutes, which
-    # looks like a hang to a user who mistyped the URI.
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
-    os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="1", MLFLOW_HTTP_REQUEST_TIMEOUT="10")
+def _check_scheme(uri: str) -> None:
+    # MLflow's own table of tracking stores (private, so tolerate its absence): the error it
+    # raises itself comes only when the first run is created, deep inside a flow.
+    from mlflow.tracking._tracking_service.utils import _tracking_store_registry as stores
+
     try:
-        client.search_experiments(max_results=1)
-    except (MlflowException, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TrackingUnavailable(f"MLflow tracking server {uri} is unreachable: {first}") from None
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        stores.get_store_builder(uri)
+    except MlflowException:
+        schemes = ", ".join(sorted(s for s in getattr(stores, "_registry", {}) if s)) or "see MLflow's docs"
+        raise TrackingUnavailable(f"tracking URI {uri!r}: MLflow has no store for its scheme; schemes: {schemes}, or a plain path") from None
+
+
+def _probe_server(uri: str, *, timeout: float) -> None:
+    # One GET without retries. Any answer of the server (401/403: credentials are checked by the
+    # real calls) means it is there; a refused connection, a timeout or another status is not.
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout, context=_tls_context() if url.startswith("https://") else None):
+            return
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            return
+        reason = f"GET {url} answered {exc.code} {exc.reason}"
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        cause = getattr(exc, "reason", exc)
+        reason = f"no answer within {timeout:g} s" if isinstance(cause, TimeoutError) else str(cause) or type(cause).__name__
+    raise TrackingUnavailable(f"MLflow tracking server {uri} is unreachable: {reason}")
+
+
+def _tls_context() -> ssl.SSLContext:
+    """TLS as MLflow's client would verify it (its MLFLOW_TRACKING_* certificate settings)."""
+    context = ssl.create_default_context(cafile=os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or None)
+    if re.fullmatch(r"(?i)true|1", os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "")):
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 def ensure_experiment(client: MlflowClient, name: str = DEFAULT_EXPERIMENT) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import re
 from typing import Any
 
 from torch import nn
@@ -45,7 +46,14 @@ def build_model(
         raise ValueError(f"model {name}: unknown option(s) {unknown}; its options are {allowed}")
     if img_size is not None and (takes_any or "img_size" in params):
         options["img_size"] = img_size
-    model = spec.builder(num_classes=num_classes, **options)
+    try:
+        model = spec.builder(num_classes=num_classes, **options)
+    except TypeError as exc:
+        # Builders that pass options on (e.g. to torchvision) learn of an unknown one only here.
+        unknown = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
+        if options and unknown:
+            raise ValueError(f"model {name}: unknown option {unknown.group(1)!r} ({exc})") from None
+        raise
     if pretrained is not None:
         load_pretrained(model, pretrained, model_name=name)
     return model

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 from urllib.parse import urlparse
 
 import torch
@@ -31,6 +33,10 @@ from torchvision.models import WeightsEnum
 log = logging.getLogger(__name__)
 
 Renames = tuple[tuple[str, str], ...]  # (source key prefix, target key prefix) pairs
+
+
+class WeightsFileError(ValueError):
+    """A file cannot be read as tensors and plain values; one line naming the file and why."""
 
 
 @dataclass(frozen=True)
@@ -96,8 +102,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     (``"model"``, or its ``"ema"`` weights when the run kept an EMA).
 
     Uses ``weights_only=True``: a file cannot run code when it is read.
+    Raises WeightsFileError (a ValueError) for a file that is not one (:func:`load_weights_only`).
     """
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    obj = load_weights_only(path)
     if isinstance(obj, Mapping) and isinstance(obj.get("ema"), Mapping) and obj["ema"]:
         # A run that kept an EMA: those weights are what validation scored (as engine.checkpoint.load_model
         # uses them). The EMA is torch.optim.swa_utils.AveragedModel's state: "module." + names, "n_averaged".
@@ -110,6 +117,34 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ValueError(f"{path}: not a state dict (expected a mapping of name -> tensor, or a checkpoint with 'model')")
     return dict(obj)
+
+
+def load_weights_only(path: str | os.PathLike) -> Any:
+    """``torch.load(path, weights_only=True)`` on CPU: tensors and plain values, never code.
+
+    Raises WeightsFileError naming the file, in one line, for a file holding Python objects (a
+    crafted pickle is refused, not run) or one that is not a PyTorch file at all (random bytes,
+    text, a truncated archive). torch's own message is pages long and suggests
+    ``weights_only=False``, which is exactly what must not be done with such a file.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        reason = _unpickler_reason(exc)
+        if "global" in reason.lower():
+            raise WeightsFileError(f"{path}: refused to load: it holds Python objects, not only tensors and plain values ({reason})") from None
+        raise WeightsFileError(f"{path}: not a PyTorch weights file ({reason})") from None
+    # torch's loaders fail on foreign bytes with these (KeyError: the legacy format's magic number).
+    except (RuntimeError, EOFError, KeyError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else "empty or truncated"
+        raise WeightsFileError(f"{path}: not a PyTorch weights file ({type(exc).__name__}: {first})") from None
+
+
+def _unpickler_reason(exc: pickle.UnpicklingError) -> str:
+    """The cause inside torch's long weights_only message, e.g. ``Unsupported global: GLOBAL os.system ...``."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\.\s|\n|$)", text) or re.search(r"([^\n.]*\bGLOBAL [^\n]*?)(?:\.\s|\.?\n|$)", text)
+    return found.group(1).strip()[:200] if found else "unreadable"
 
 
 def load_partial(

@@ -16,14 +16,14 @@ import typer
 from rich.table import Table
 
 from flows.commands._common import cli_errors, console, setup_logging
-from flows.commands._pipeline import prefect_settings, tracking_errors
+from flows.commands._pipeline import check_checkpoint, check_weights_file, check_writable_dir, flow_errors, prefect_settings
 
 DEFAULT_MODELS = "rcnn,fast_rcnn,faster_rcnn,yolov1"
 PROTOCOLS = ("coco", "voc07", "voc12")
 
 
 @cli_errors
-@tracking_errors
+@flow_errors
 def compare(
     data: Annotated[Path, typer.Option("--data", help="Detection snapshot folder.")],
     out: Annotated[Path, typer.Option("--out", help="Bake-off folder: runs/, predictions/, cache/, bakeoff.parquet/.md/.png.")],
@@ -48,10 +48,8 @@ def compare(
 
     from cvcore.bakeoff import check_contenders, parse_contenders, scored_split
     from cvcore.data.snapshot import read_snapshot
-    from cvcore.engine.checkpoint import resolve_checkpoint
     from cvcore.engine.device import resolve_device
     from flows.compare import compare_pipeline
-    from tasks.registry import is_model_uri
     from flows.params import ComparePipelineParams, DataSource
 
     setup_logging(verbose)
@@ -63,13 +61,13 @@ def compare(
     check_contenders(snapshot.task, names, epochs=per_model, overrides={})
     for c in contenders:
         if c.run_dir is not None:
-            resolve_checkpoint(c.run_dir)  # CheckpointError (a ValueError) naming a missing run
+            check_checkpoint(c.run_dir, what=f"{c.name}'s run")  # a missing, foreign or crafted run, in one line
     scored_split(snapshot.path, list(snapshot.splits), split)  # ValueError for a split the snapshot lacks
     if protocol not in PROTOCOLS:
         raise ValueError(f"--protocol {protocol!r}: expected one of {', '.join(PROTOCOLS)}")
     resolve_device(device)  # ValueError for a bad name or a GPU this machine lacks
-    if pretrained and not is_model_uri(pretrained) and not Path(pretrained).expanduser().is_file():
-        raise FileNotFoundError(f"--pretrained {pretrained}: no such file (give a checkpoint file or models:/NAME@ALIAS)")
+    check_weights_file(pretrained)  # a missing, random or crafted file (weights_only), in one line
+    check_writable_dir(out, "--out")
     params = ComparePipelineParams(
         data=DataSource(path=data.resolve()), models=tuple(_spec(c) for c in contenders), epochs=per_model, split=split, protocol=protocol,
         pretrained=pretrained, device=device, batch_size=batch_size, out=out.resolve(), experiment=experiment, progress=not quiet,

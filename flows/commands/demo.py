@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from flows.commands._common import cli_errors, console, setup_logging
-from flows.commands._pipeline import prefect_settings, tracking_errors, ui_commands
+from flows.commands._pipeline import flow_errors, prefect_settings, ui_commands
 
 # Shown per model in the summary (all numbers are in MLflow).
 _SHOWN = {
@@ -19,8 +19,9 @@ _SHOWN = {
     "classification": ("accuracy", "macro_f1", "macro_precision", "macro_recall"),
 }
 
+
 @cli_errors
-@tracking_errors
+@flow_errors
 def demo(
     detector: Annotated[str, typer.Option(help="Detection model (registered name).")] = "yolov1",
     classifier: Annotated[str, typer.Option(help="Classification model (registered name).")] = "resnet18",

@@ -10,11 +10,11 @@ import typer
 from rich.table import Table
 
 from flows.commands._common import cli_errors, console, setup_logging
-from flows.commands._pipeline import prefect_settings, tracking_errors
+from flows.commands._pipeline import check_dask_address, check_model_uri, check_predictions, check_splits, flow_errors, prefect_settings
 
 
 @cli_errors
-@tracking_errors
+@flow_errors
 def evaluate(
     model: Annotated[str, typer.Option("--model", help="models:/NAME@champion, models:/NAME/VERSION, runs:/ID/model or a checkpoint.")],
     data: Annotated[str, typer.Option("--data", help="Snapshot folder or object-store URI (s3://bucket/snapshots/NAME), or a source dataset with --format.")],
@@ -41,6 +41,8 @@ def evaluate(
     if dask_workers is not None and dask_address is not None:
         raise ValueError("give --dask-workers (a local cluster) or --dask-address (an existing one), not both")
     runner = DaskScheduler(address=dask_address) if dask_address else DaskLocalCluster(n_workers=dask_workers) if dask_workers else ThreadRunner()
+    # Every input error fails here, in one line, before a Prefect server starts.
+    snapshot = None
     if is_uri(data):
         if fmt != "snapshot":
             raise ValueError(f"--data {data}: only snapshots can be read from a URI; ingest {fmt} sources from a local folder first")
@@ -49,10 +51,17 @@ def evaluate(
         if fmt == "snapshot":
             from cvcore.data.snapshot import read_snapshot
 
-            read_snapshot(data)  # a missing or broken snapshot fails here, before any server starts
+            snapshot = read_snapshot(data)
+            check_splits(snapshot, [split])
         elif not Path(data).exists():
             raise FileNotFoundError(f"source {data} does not exist")
         source = DataSource(path=Path(data), format=fmt, images=images)
+    check_predictions(predictions)
+    if dask_address:
+        check_dask_address(dask_address)
+    loaded = check_model_uri(model)
+    if snapshot is not None and loaded.meta["task"] != snapshot.task:
+        raise ValueError(f"--model {model} is a {loaded.meta['task']} model, but snapshot {data} is a {snapshot.task} dataset")
     params = EvaluatePipelineParams(
         model=model, data=source, split=split, protocol=protocol, experiment=experiment, prediction_shards=shards, batch_size=batch_size,
         predictions=predictions, task_runner=runner,

@@ -30,13 +30,15 @@ def predict(
 
     from cvcore.config import EvalConfig
     from cvcore.data.snapshot import read_snapshot
-    from cvcore.engine.checkpoint import load_model
     from cvcore.engine.infer import num_batches, predict as run_predict, write_predictions
     from cvcore.engine.run import prediction_dataset
 
+    from flows.commands._pipeline import check_checkpoint, check_output_file
+
     setup_logging(verbose)
+    check_output_file(out, "--out")
     snapshot = read_snapshot(data)
-    loaded = load_model(model)
+    loaded = check_checkpoint(model)  # weights_only; a foreign or crafted file is refused in one line
     dataset = prediction_dataset(loaded.meta, snapshot, split)
     eval_config = EvalConfig.model_validate(loaded.meta["config"]["eval"])
     batches = run_predict(

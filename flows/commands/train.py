@@ -15,11 +15,11 @@ import typer
 from rich.table import Table
 
 from flows.commands._common import cli_errors, console, err_console, setup_logging
-from flows.commands._pipeline import prefect_settings, tracking_errors
+from flows.commands._pipeline import check_checkpoint, check_model_config, check_splits, check_writable_dir, flow_errors, prefect_settings
 
 
 @cli_errors
-@tracking_errors
+@flow_errors
 def train(
     out: Annotated[Path, typer.Option("--out", help="Run folder: receives last.pt, best.pt, config.yaml, metrics.json, history.parquet.")],
     data: Annotated[Path | None, typer.Option("--data", help="Snapshot folder (cvflow ingest / demo data).")] = None,
@@ -59,6 +59,8 @@ def train(
     setup_logging(verbose)
     if resume is not None and resume.is_dir():
         resume = resume / LAST
+    if resume is not None:
+        check_checkpoint(resume, what="--resume")  # a foreign or crafted file is refused in one line
     if config is not None:
         base = load_config(config).model_dump(exclude_unset=True)
     elif resume is not None and data is None and model is None:
@@ -78,8 +80,13 @@ def train(
     run_config = RunConfig.model_validate(raw)
     if resume is None and (out / LAST).exists():
         raise FileExistsError(f"{out} already holds a run ({LAST}); resume it or choose another output folder")
-    # Unknown model, wrong task or missing snapshot fail here, before any server starts.
-    resolve_run_config(run_config, snapshot=read_snapshot(run_config.data.snapshot))
+    # Unknown model, wrong task, missing snapshot or split, bad options or weights fail here, before any server starts.
+    snapshot = read_snapshot(run_config.data.snapshot)
+    resolved = resolve_run_config(run_config, snapshot=snapshot)
+    check_splits(snapshot, [resolved.data.train_split], what="data.train_split")
+    check_splits(snapshot, [resolved.data.val_split], what="data.val_split")
+    check_writable_dir(out, "--out")
+    check_model_config(resolved.model, img_size=resolved.data.img_size)
     params = TrainPipelineParams(
         data=DataSource(path=run_config.data.snapshot), config=run_config, run_dir=out, resume=resume, progress=not quiet,
         experiment=experiment, registered_model=registered_model,
