@@ -362,3 +362,8 @@ def test_only_user_errors_become_exit_code_2():
     for bug in (KeyError("model"), TypeError("f() got 2 arguments"), RecursionError()):
         with pytest.raises(type(bug)):  # a bug keeps its traceback
             raises(bug)
+
+
+def test_an_unknown_registered_model_is_one_line(shapes_classification):
+    line = one_line_error(evaluate(shapes_classification.path, model="models:/no-such-model@champion"))
+    assert "registered model 'no-such-model' has no @champion version" in line
