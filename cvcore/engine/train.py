@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader
 from cvcore.config import RunConfig
 from cvcore.engine.callbacks import notify
 from cvcore.engine.checkpoint import BEST, LAST, capture_rng, copy_atomic, load_checkpoint, restore_rng, save_checkpoint
-from cvcore.engine.device import Precision, choose_precision, make_scaler, resolve_device
+from cvcore.engine.device import Precision, choose_precision, configure_threads, make_scaler, resolve_device
 from cvcore.engine.ema import make_ema
 from cvcore.engine.infer import as_float_image
 from cvcore.engine.schedule import build_optimizer, build_scheduler
@@ -144,6 +144,7 @@ def fit(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tc = config.train
+    configure_threads()  # torch's CPU threads sized to the CPUs this process may use, once
     device = resolve_device(tc.device)
     precision = choose_precision(device, amp=tc.amp)
     generator = getattr(train_loader, "generator", None)
