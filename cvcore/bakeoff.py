@@ -311,31 +311,28 @@ def score_run(
 
     Predictions go to ``<out>/predictions/<name>/<split>/part-00000.parquet``.
     """
-    from cvcore.config import EvalConfig
     from cvcore.engine.checkpoint import load_model, resolve_checkpoint
-    from cvcore.engine.infer import predict, write_predictions
-    from cvcore.engine.run import prediction_dataset
+    from cvcore.engine.infer import predict_checkpoint, write_predictions
     from cvcore.metrics.detection import evaluate_detections
 
     loaded = load_model(run_dir)
     model, meta = loaded.model, loaded.meta
     if meta.get("task") != "detection":
         raise ValueError(f"{loaded.path}: a {meta.get('task')} model, not a detector")
-    dataset = prediction_dataset(meta, snapshot, split)
+    run = predict_checkpoint(loaded, snapshot, split, batch_size=batch_size, device=device)  # the run's own EvalConfig decoding
+    dataset = run.dataset
     empty_proposal_caches(model)
-    ev = EvalConfig.model_validate(meta["config"]["eval"]) if "eval" in meta.get("config", {}) else EvalConfig()
     count = CandidateCounter(model)
     start, cpu_start = time.perf_counter(), time.process_time()
-    batches = list(
-        predict(model, dataset, task="detection", batch_size=batch_size, device=device, score_threshold=ev.score_threshold, max_detections=ev.max_detections, nms_iou=ev.nms_iou)
-    )
+    batches = list(run.batches)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     candidates = count.per_image()
     count.close()
     recall = external_proposal_recall(model, dataset)
-    pred_path = write_predictions(batches, out / "predictions" / name / split / "part-00000.parquet", task="detection")
+    pred_path = write_predictions(batches, out / "predictions" / name / split / "part-00000.parquet", task="detection", unreadable=run.unreadable)
     predictions = pl.from_arrow(pa.Table.from_batches(batches, schema=schema.arrow_schema("detections")))
-    images = snapshot.split_images(split)
+    unreadable = pl.Series("image_id", [r.image_id for r in run.unreadable], dtype=pl.Int64).implode()
+    images = snapshot.split_images(split).filter(~pl.col("image_id").is_in(unreadable))  # as evaluation: unreadable images are left out
     annotations = snapshot.annotations.filter(pl.col("image_id").is_in(images.get_column("image_id").implode()))
     summary = evaluate_detections(annotations, predictions, images=images, protocol=protocol).summary
     found = object_recall(annotations, predictions, iou=0.5).join(crowded_objects(annotations, images, grid=grid), on="ann_id")

@@ -260,8 +260,9 @@ def _load_images(snap, image_ids: list[int]) -> dict[int, object]:
 def model_eval_config(checkpoint: Path, *, protocol: str | None = None) -> EvalConfig:
     """The eval settings a model was trained with (its checkpoint's config), ``protocol`` overriding."""
     from cvcore.engine.checkpoint import load_checkpoint
+    from cvcore.engine.infer import checkpoint_eval_config
 
-    config = EvalConfig.model_validate(load_checkpoint(checkpoint)["meta"]["config"]["eval"])
+    config = checkpoint_eval_config(load_checkpoint(checkpoint)["meta"])
     return config if protocol is None else config.model_copy(update={"protocol": protocol})
 
 

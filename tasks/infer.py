@@ -59,8 +59,9 @@ def predict_shard(
 
     ``checkpoint_sha256`` (of ``checkpoint``, computed once by the flow) goes into the file's
     metadata; a complete file of the same checkpoint, snapshot, split and sharding already in
-    ``out_dir`` is kept and the shard is not predicted again. Score threshold and detections per
-    image come from the checkpoint's eval config, so a model is scored the same way wherever it runs.
+    ``out_dir`` is kept and the shard is not predicted again. Score threshold, NMS IoU and
+    detections per image come from the checkpoint's eval config, so a model is scored the same way
+    wherever it runs. Images that cannot be read are recorded in the shard file's footer.
     """
     from cvcore.data.snapshot import read_snapshot
     from cvcore.engine.infer import shard_indices
@@ -84,11 +85,12 @@ def predict_shard(
 
 
 def _predict_into(checkpoint: Path, snap, split: str, indices: range, *, out_dir, key: ShardKey, batch_size: int, device: str) -> ShardFile:
-    """Run the model over ``indices`` of the split and stream the record batches into the shard file."""
-    from cvcore.config import EvalConfig
-    from cvcore.engine.checkpoint import load_model
-    from cvcore.engine.infer import predict
-    from cvcore.engine.run import prediction_dataset
+    """Run the model over ``indices`` of the split and stream the record batches into the shard file.
+
+    cvcore.engine.infer.predict_checkpoint decodes as the checkpoint's EvalConfig says (score
+    threshold, NMS IoU, detections per image); images that cannot be read go into the shard's footer.
+    """
+    from cvcore.engine.infer import predict_checkpoint
     from cvcore.engine.shards import write_shard
 
     found = file_sha256(checkpoint)
@@ -97,22 +99,16 @@ def _predict_into(checkpoint: Path, snap, split: str, indices: range, *, out_dir
             f"{checkpoint} on this worker is not the checkpoint the flow hashed: sha256 {found}, expected {key.checkpoint_sha256} "
             "(the checkpoint must be the same file at the same path on every worker)"
         )
-    loaded = load_model(checkpoint)
-    dataset = prediction_dataset(loaded.meta, snap, split)
-    if len(dataset) != snap.split_images(split).height:
-        raise ValueError(f"{snap.path}: the {split} dataset has {len(dataset)} images, its images table {snap.split_images(split).height}")
-    ec = EvalConfig.model_validate(loaded.meta["config"]["eval"])
-    batches = predict(
-        loaded.model,
-        dataset,
-        task=snap.task,
-        batch_size=batch_size,
-        device=device,
-        score_threshold=ec.score_threshold,
-        max_detections=ec.max_detections,
-        indices=indices,
-    )
-    return write_shard(batches, out_dir, key=key, num_images=len(indices))
+    run = predict_checkpoint(checkpoint, snap, split, batch_size=batch_size, device=device, indices=indices)
+    if len(run.dataset) != snap.split_images(split).height:
+        raise ValueError(f"{snap.path}: the {split} dataset has {len(run.dataset)} images, its images table {snap.split_images(split).height}")
+    written = write_shard(run.batches, out_dir, key=key, num_images=len(indices), unreadable=run.unreadable)
+    if run.unreadable:
+        get_run_logger().warning(
+            "%s: %d image(s) could not be read and have no prediction, e.g. %s (%s)",
+            written.uri, len(run.unreadable), run.unreadable[0].file_name, run.unreadable[0].reason,
+        )  # fmt: skip
+    return written
 
 
 def _ref(out_dir: Path | str, file: ShardFile, *, reused: bool) -> PredictionsRef:

@@ -5,17 +5,33 @@ batch in the predictions schema (DESIGN.md §3, cvcore.schema DETECTIONS / CLASS
 split of any size is scored in constant memory. Detection boxes come back in each original
 image's pixel coordinates: the eval transform resized the image, so boxes are scaled by the
 image's recorded width/height over the input's, then clipped to the image.
+
+``predict_checkpoint`` is the one path from a checkpoint to predictions (checkpoint → the
+split's eval dataset → ``predict`` decoding as the run's EvalConfig says: score threshold, NMS
+IoU, detections per image); ``cvflow predict``, the pipelines' predict task and the bake-off all
+use it, and per-epoch validation uses the same :func:`decode_options`.
+
+An image that cannot be read at prediction time has no rows; ``predict`` reports it (file and
+reason) through ``on_unreadable`` and the writers record those reports in the Parquet footer
+(``cvflow.unreadable``), where evaluation finds them (cvcore.engine.shards.read_unreadable_shards)
+and leaves the images out of the evaluated universe.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import os
+import re
 import tempfile
+import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Literal, Sequence
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
@@ -24,10 +40,132 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import functional as TF
 
 from cvcore import schema
-from cvcore.engine.device import choose_precision, resolve_device
+from cvcore.engine.device import choose_precision, configure_threads, resolve_device
+
+if TYPE_CHECKING:
+    from cvcore.config import EvalConfig
+    from cvcore.data.snapshot import Snapshot
+    from cvcore.engine.checkpoint import LoadedModel
+
+log = logging.getLogger(__name__)
 
 Task = Literal["detection", "classification"]
 TABLE = {"detection": "detections", "classification": "classifications"}
+UNREADABLE_KEY = b"cvflow.unreadable"  # Parquet key-value metadata: JSON list of Unreadable records
+UNREADABLE_SCHEMA = {"image_id": pl.Int64, "file_name": pl.String, "reason": pl.String}
+REASON_CHARS = 300  # a decoder's message is cut to this many characters
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """An image of the split that could not be read at prediction time (it has no prediction rows).
+
+    ``file_name``: the image file's path as the dataset holds it; ``reason``: the decoder's error.
+    """
+
+    image_id: int
+    file_name: str
+    reason: str
+
+
+def unreadable_frame(records: Iterable[Unreadable]) -> pl.DataFrame:
+    """``records`` as a frame: image_id int64, file_name str, reason str (sorted by image_id)."""
+    rows = [asdict(r) for r in records]
+    return pl.DataFrame(rows, schema=UNREADABLE_SCHEMA, orient="row").unique("image_id", keep="first").sort("image_id")
+
+
+def unreadable_metadata(records: Iterable[Unreadable]) -> dict[bytes, bytes]:
+    """The Parquet key-value metadata entry recording ``records`` (read back by :func:`read_unreadable`)."""
+    return {UNREADABLE_KEY: json.dumps([asdict(r) for r in records]).encode()}
+
+
+def unreadable_from_metadata(metadata: dict[bytes, bytes] | None) -> list[Unreadable]:
+    """The records of a Parquet footer's ``cvflow.unreadable`` entry (none when absent)."""
+    raw = (metadata or {}).get(UNREADABLE_KEY)
+    return [] if raw is None else [Unreadable(**r) for r in json.loads(raw)]
+
+
+def decode_options(eval_config: "EvalConfig") -> dict[str, Any]:
+    """The ``predict`` keywords that a run's EvalConfig fixes: score threshold, NMS IoU, detections per image.
+
+    The one mapping from the config to the decoding, so validation, ``cvflow predict``, the
+    pipelines and the bake-off all decode a model the same way.
+    """
+    return {"score_threshold": eval_config.score_threshold, "nms_iou": eval_config.nms_iou, "max_detections": eval_config.max_detections}
+
+
+def checkpoint_eval_config(meta: dict[str, Any]) -> "EvalConfig":
+    """The EvalConfig a checkpoint's run was configured with (``meta["config"]["eval"]``; defaults when absent)."""
+    from cvcore.config import EvalConfig
+
+    return EvalConfig.model_validate(meta.get("config", {}).get("eval", {}))
+
+
+@dataclass(frozen=True)
+class CheckpointPredictions:
+    """What :func:`predict_checkpoint` sets up: the model, the dataset, the decoding, and the lazy batches.
+
+    ``batches`` runs the model when iterated (once); ``unreadable`` fills up as it goes and is
+    complete when ``batches`` is exhausted.
+    """
+
+    model: nn.Module
+    meta: dict[str, Any]
+    path: Path | None
+    dataset: Dataset
+    eval_config: "EvalConfig"
+    batches: Iterator[pa.RecordBatch]
+    unreadable: list[Unreadable] = field(default_factory=list)
+
+    @property
+    def task(self) -> Task:
+        return self.meta["task"]
+
+
+def predict_checkpoint(
+    checkpoint: "str | Path | LoadedModel",
+    snapshot: "Snapshot",
+    split: str,
+    *,
+    eval_config: "EvalConfig | None" = None,
+    batch_size: int = 32,
+    device: str | torch.device = "auto",
+    num_workers: int = 0,
+    indices: Sequence[int] | None = None,
+    amp: bool = True,
+) -> CheckpointPredictions:
+    """Predictions of a checkpoint on ``split`` of ``snapshot``, decoded as the run's EvalConfig says.
+
+    ``checkpoint``: a checkpoint file, a run folder (its best.pt) or an already loaded model
+    (cvcore.engine.checkpoint.load_model, ``weights_only=True``). ``eval_config`` None takes the
+    checkpoint's own (:func:`checkpoint_eval_config`); pass one to change the decoding. The
+    dataset is the split with the run's eval transforms (cvcore.engine.run.prediction_dataset,
+    which raises ValueError when the snapshot's task or classes are not the model's).
+    ``indices`` restricts prediction to those dataset positions (a shard). Nothing runs until
+    ``.batches`` is iterated.
+    """
+    from cvcore.engine.checkpoint import LoadedModel, load_model
+    from cvcore.engine.run import prediction_dataset
+
+    loaded = checkpoint if isinstance(checkpoint, LoadedModel) else load_model(checkpoint)
+    dataset = prediction_dataset(loaded.meta, snapshot, split)
+    config = checkpoint_eval_config(loaded.meta) if eval_config is None else eval_config
+    unreadable: list[Unreadable] = []
+    batches = predict(
+        loaded.model,
+        dataset,
+        task=loaded.meta["task"],
+        batch_size=batch_size,
+        device=device,
+        num_workers=num_workers,
+        indices=indices,
+        amp=amp,
+        on_unreadable=unreadable.append,
+        **decode_options(config),
+    )
+    return CheckpointPredictions(
+        model=loaded.model, meta=loaded.meta, path=loaded.path, dataset=dataset, eval_config=config, batches=batches, unreadable=unreadable
+    )
 
 
 def predict(
@@ -43,6 +181,7 @@ def predict(
     num_workers: int = 0,
     indices: Sequence[int] | None = None,
     amp: bool = True,
+    on_unreadable: Callable[[Unreadable], None] | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Run ``model`` over ``dataset`` (or its ``indices``) and yield prediction record batches.
 
@@ -53,14 +192,18 @@ def predict(
     ``max_detections`` per image (highest scores), boxes xyxy in original pixels. A detector
     with ``set_postprocess`` (YOLOv1, Faster R-CNN, ...) decodes with the same score threshold,
     NMS IoU (``None`` keeps the model's) and detection cap, so its own decoding never drops
-    boxes the evaluation asked for. Undecodable images (samples that are None) are skipped. One batch is yielded per loader
-    batch, possibly with zero rows. The model is moved to ``device`` and put in eval mode.
+    boxes the evaluation asked for. Undecodable images (samples that are None) are skipped and
+    each is passed to ``on_unreadable`` as an :class:`Unreadable` (its file and the decoder's
+    error), so a caller can report them. One batch is yielded per loader batch, possibly with
+    zero rows. The model is moved to ``device`` and put in eval mode; torch's CPU threads are
+    sized once per process (cvcore.engine.device.configure_threads).
     """
     if task not in TABLE:
         raise ValueError(f"unknown task {task!r}; expected one of {sorted(TABLE)}")
     for attr in ("image_ids",) + (("sizes",) if task == "detection" else ()):
         if not hasattr(dataset, attr):
             raise ValueError(f"predict needs a dataset with .{attr} (a cvcore.data.torch_dataset dataset), got {type(dataset).__name__}")
+    configure_threads()
     device = resolve_device(device) if isinstance(device, str) else device
     precision = choose_precision(device, amp=amp)
     loader = prediction_loader(dataset, batch_size=batch_size, num_workers=num_workers, indices=indices, pin_memory=device.type == "cuda")
@@ -69,7 +212,12 @@ def predict(
     if task == "detection" and hasattr(model, "set_postprocess"):
         model.set_postprocess(score_threshold=score_threshold, nms_iou=nms_iou, max_detections=max_detections)
     with torch.inference_mode():
-        for index, images in loader:
+        for index, images, failed in loader:
+            for i, reason in failed:
+                record = Unreadable(image_id=int(image_ids[i]), file_name=_file_of(dataset, i), reason=reason)
+                log.warning("image %d (%s) cannot be read, it has no prediction: %s", record.image_id, record.file_name, reason)
+                if on_unreadable is not None:
+                    on_unreadable(record)
             if len(index) == 0:
                 yield empty_batch(task)
                 continue
@@ -92,7 +240,8 @@ def predict(
 def prediction_loader(
     dataset: Dataset, *, batch_size: int, num_workers: int = 0, indices: Sequence[int] | None = None, pin_memory: bool = False
 ) -> DataLoader:
-    """A sequential loader yielding ``(dataset indices: np.ndarray[int64], images: list[float32[3, H, W]])``."""
+    """A sequential loader yielding ``(dataset indices: np.ndarray[int64], images: list[float32[3, H, W]],
+    failed: list[(dataset index, reason)])``; ``failed`` are the samples that could not be read."""
     return DataLoader(
         _Indexed(dataset, range(len(dataset)) if indices is None else indices),
         batch_size=batch_size,
@@ -190,15 +339,26 @@ def row_groups(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.Table]:
         yield pa.Table.from_batches(pending)
 
 
-def write_predictions(batches: Iterable[pa.RecordBatch], path: str | Path, *, task: Task | None = None) -> Path:
+# A temporary file untouched this long belongs to a killed writer: a live one appends row groups
+# far more often, so removing older ones never pulls a file from under a concurrent writer.
+ORPHAN_AGE_S = 3600
+
+
+def write_predictions(
+    batches: Iterable[pa.RecordBatch], path: str | Path, *, task: Task | None = None, unreadable: Sequence[Unreadable] = ()
+) -> Path:
     """Stream ``batches`` into one Parquet file at ``path``, atomically (temp sibling, then rename).
 
     The schema is the first batch's; ``task`` gives it when ``batches`` may be empty (an empty
     iterable without ``task`` is a ValueError). Memory holds at most one row group
-    (:func:`row_groups`). A failure midway leaves no partial file.
+    (:func:`row_groups`). A failure midway leaves no partial file. ``unreadable`` (read once the
+    last batch is written, so the list ``predict_checkpoint`` fills may be passed) goes into the
+    footer's ``cvflow.unreadable`` entry. Temporaries of this file left by a killed writer over an
+    hour ago are removed first (:func:`remove_stale_temporaries`).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     writer: pq.ParquetWriter | None = None
@@ -211,6 +371,8 @@ def write_predictions(batches: Iterable[pa.RecordBatch], path: str | Path, *, ta
             if task is None:
                 raise ValueError(f"{path}: no prediction batches to write and no task to take the schema from")
             writer = pq.ParquetWriter(tmp, schema.arrow_schema(TABLE[task]))
+        if unreadable:
+            writer.add_key_value_metadata(unreadable_metadata(unreadable))
         writer.close()
         writer = None
         os.replace(tmp, path)
@@ -222,6 +384,27 @@ def write_predictions(batches: Iterable[pa.RecordBatch], path: str | Path, *, ta
     return path
 
 
+def remove_stale_temporaries(path: str | Path, *, older_than_s: float = ORPHAN_AGE_S) -> list[Path]:
+    """Delete the hidden temporaries of ``path`` (``.<name>.<random>.tmp``, as the atomic writers
+    name them) last modified over ``older_than_s`` ago; a killed writer's. Returns them."""
+    path = Path(path)
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.[A-Za-z0-9_]+\.tmp$")
+    cutoff = time.time() - older_than_s
+    removed = []
+    if not path.parent.is_dir():
+        return removed
+    for entry in os.scandir(path.parent):
+        try:
+            if pattern.match(entry.name) and entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+        except FileNotFoundError:
+            continue  # removed meanwhile by another clean-up
+    if removed:
+        log.info("removed %d temporary file(s) of killed writers: %s", len(removed), [str(p) for p in removed])
+    return removed
+
+
 def shard_indices(n: int, *, num_shards: int, shard: int) -> range:
     """The contiguous dataset indices of ``shard`` (0-based) when ``n`` items split into ``num_shards``."""
     if not 0 <= shard < num_shards:
@@ -231,7 +414,10 @@ def shard_indices(n: int, *, num_shards: int, shard: int) -> range:
 
 
 class _Indexed(Dataset):
-    """``dataset`` restricted to ``indices``, each sample paired with its index in ``dataset``."""
+    """``dataset`` restricted to ``indices``, each sample paired with its index in ``dataset``.
+
+    A sample that is None (the image could not be read) comes with the reason instead.
+    """
 
     def __init__(self, dataset: Dataset, indices: Sequence[int]):
         self.dataset, self.indices = dataset, indices
@@ -239,15 +425,40 @@ class _Indexed(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, i: int) -> tuple[int, Any]:
+    def __getitem__(self, i: int) -> tuple[int, Any, str | None]:
         index = int(self.indices[i])
-        return index, self.dataset[index]
+        sample = self.dataset[index]
+        return index, sample, (None if sample is not None else unreadable_reason(self.dataset, index))
 
 
-def _collate_indexed(batch: list[tuple[int, Any]]) -> tuple[np.ndarray, list[torch.Tensor]]:
-    kept = [(i, s) for i, s in batch if s is not None]  # undecodable images are dropped here
+def unreadable_reason(dataset: Dataset, index: int) -> str:
+    """Why sample ``index`` of a cvcore dataset is None: the decoder's error on its file, in one line.
+
+    The datasets log and swallow the error (training skips such images); reading the file once
+    more here recovers the message. Only images that already failed are read again.
+    """
+    from cvcore.data.torch_dataset import load_image
+
+    path = _file_of(dataset, index)
+    if not path:
+        return "the dataset returned no sample"
+    try:
+        load_image(path)
+    except (OSError, RuntimeError, ValueError) as exc:
+        return " ".join(f"{type(exc).__name__}: {exc}".split())[:REASON_CHARS]
+    return "the dataset returned no sample (the file decodes now: it may have changed)"
+
+
+def _file_of(dataset: Dataset, index: int) -> str:
+    paths = getattr(dataset, "paths", None)
+    return str(paths[index]) if paths is not None else ""
+
+
+def _collate_indexed(batch: list[tuple[int, Any, str | None]]) -> tuple[np.ndarray, list[torch.Tensor], list[tuple[int, str]]]:
+    kept = [(i, s) for i, s, _ in batch if s is not None]  # undecodable images are dropped here...
+    failed = [(i, reason) for i, s, reason in batch if s is None]  # ...and reported
     index = np.array([i for i, _ in kept], dtype=np.int64)
-    return index, [as_float_image(s[0]) for _, s in kept]
+    return index, [as_float_image(s[0]) for _, s in kept], failed
 
 
 def as_float_image(image: torch.Tensor) -> torch.Tensor:

@@ -25,15 +25,16 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Literal
+from typing import Iterable, Iterator, Literal, Sequence
 from urllib.parse import urlsplit
 
+import polars as pl
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from cvcore import schema
-from cvcore.engine.infer import TABLE, row_groups
+from cvcore.engine.infer import TABLE, Unreadable, row_groups, unreadable_frame, unreadable_from_metadata, unreadable_metadata
 
 log = logging.getLogger(__name__)
 
@@ -142,8 +143,14 @@ def shard_name(shard: int) -> str:
     return f"part-{shard:05d}.parquet"
 
 
-def write_shard(batches: Iterable[pa.RecordBatch], folder: str | Path | Location, *, key: ShardKey, num_images: int) -> ShardFile:
+def write_shard(
+    batches: Iterable[pa.RecordBatch], folder: str | Path | Location, *, key: ShardKey, num_images: int, unreadable: Sequence[Unreadable] = ()
+) -> ShardFile:
     """Stream ``batches`` (the task's predictions schema) into ``<folder>/part-<shard>.parquet``.
+
+    ``unreadable``: the shard's images that could not be read (read after the last batch, so the
+    list cvcore.engine.infer.predict_checkpoint fills may be passed), recorded in the footer's
+    ``cvflow.unreadable`` entry for evaluation (:func:`read_unreadable_shards`).
 
     Rows are gathered into row groups by cvcore.engine.infer.row_groups (as write_predictions
     does), so memory holds one row group, never the shard.
@@ -164,6 +171,8 @@ def write_shard(batches: Iterable[pa.RecordBatch], folder: str | Path | Location
             for table in row_groups(_checked(batches, arrow_schema, file=target.uri, table=TABLE[key.task])):
                 writer.write_table(table)
                 rows += table.num_rows
+            if unreadable:
+                writer.add_key_value_metadata(unreadable_metadata(unreadable))
         loc.fs.move(tmp.path, target.path)
     except BaseException:
         _delete_quietly(loc.fs, tmp.path)
@@ -214,6 +223,21 @@ def _shard_record(loc: Location, meta: pq.FileMetaData) -> ShardFile | None:
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         log.warning("%s holds no valid cvflow shard record (%r); it will be predicted again", loc.uri, exc)
         return None
+
+
+def read_unreadable_shards(files: Iterable[str | Path | Location]) -> pl.DataFrame:
+    """The images recorded as unreadable in prediction files' footers (local paths or URIs).
+
+    Frame of image_id int64, file_name str, reason str (cvcore.engine.infer.unreadable_frame);
+    empty when none was. Files written before cvflow recorded them have no entry (none).
+    """
+    records = []
+    for file in files:
+        loc = file if isinstance(file, Location) else resolve_location(file)
+        meta = _footer(loc)
+        if meta is not None:
+            records += unreadable_from_metadata(meta.metadata)
+    return unreadable_frame(records)
 
 
 def find_complete_shard(folder: str | Path | Location, key: ShardKey) -> ShardFile | None:

@@ -1,7 +1,9 @@
 """Validation metrics of one epoch, scored with cvcore.metrics on the engine's own predictions.
 
-Validation goes through :func:`cvcore.engine.infer.predict`, the same path as batch inference, so
-the scores an epoch reports are the scores ``cvflow predict`` + evaluation would give.
+Validation goes through :func:`cvcore.engine.infer.predict` with the run's EvalConfig decoding
+(:func:`cvcore.engine.infer.decode_options`), the same path as batch inference, so the scores an
+epoch reports are the scores ``cvflow predict`` + evaluation would give. As there, an image that
+cannot be read is left out of the evaluated images (it has no prediction).
 
 The metric that picks the best epoch (and drives early stopping) is a tuple compared in order:
 classification uses accuracy, ties broken by macro-F1; detection uses mAP@0.5.
@@ -22,7 +24,7 @@ from torch.utils.data import Dataset
 
 from cvcore import schema
 from cvcore.config import EvalConfig
-from cvcore.engine.infer import TABLE, predict
+from cvcore.engine.infer import TABLE, Unreadable, decode_options, predict
 
 Task = Literal["detection", "classification"]
 
@@ -60,7 +62,7 @@ def classification_metrics(model: nn.Module, dataset: Dataset, *, settings: Vali
     """
     from cvcore.metrics.classification import classification_report
 
-    preds = _collect(model, dataset, task="classification", settings=settings)
+    preds, _ = _collect(model, dataset, task="classification", settings=settings)
     truth = pl.DataFrame({"image_id": np.asarray(dataset.image_ids, dtype=np.int64), "label": np.asarray(dataset.labels, dtype=np.int64)})
     joined = truth.join(preds, on="image_id", how="inner")  # undecodable images have no prediction
     if joined.is_empty():
@@ -82,14 +84,16 @@ def detection_metrics(model: nn.Module, dataset: Dataset, *, settings: Validatio
     """The summary of cvcore.metrics.detection.evaluate_detections (``map_50`` always among them).
 
     Ground truth is read from the dataset's snapshot (crowd/difficult flags included) and limited
-    to the dataset's images, which also fix the universe of evaluated images.
+    to the dataset's readable images, which also fix the universe of evaluated images.
     """
     from cvcore.data.snapshot import read_snapshot
     from cvcore.metrics.detection import evaluate_detections
 
-    preds = _collect(model, dataset, task="detection", settings=settings)
+    preds, unreadable = _collect(model, dataset, task="detection", settings=settings)
     snapshot = read_snapshot(dataset.snapshot_path)
-    ids = pl.Series("image_id", np.asarray(dataset.image_ids, dtype=np.int64)).implode()
+    skipped = {r.image_id for r in unreadable}
+    readable = [i for i in np.asarray(dataset.image_ids, dtype=np.int64).tolist() if i not in skipped]
+    ids = pl.Series("image_id", readable, dtype=pl.Int64).implode()
     images = snapshot.images.filter(pl.col("image_id").is_in(ids))
     annotations = snapshot.annotations.filter(pl.col("image_id").is_in(ids))
     report = evaluate_detections(annotations, preds, images=images, protocol=settings.eval.protocol)
@@ -111,19 +115,20 @@ def proposal_metrics(model: nn.Module, dataset: Dataset) -> dict[str, float]:
     return {f"val/{k}": float(v) for k, v in recall.as_metrics().items()}
 
 
-def _collect(model: nn.Module, dataset: Dataset, *, task: Task, settings: ValidationSettings) -> pl.DataFrame:
+def _collect(model: nn.Module, dataset: Dataset, *, task: Task, settings: ValidationSettings) -> tuple[pl.DataFrame, list[Unreadable]]:
+    """The predictions on ``dataset`` (as a frame) and the images that could not be read."""
+    unreadable: list[Unreadable] = []
     batches = predict(
         model,
         dataset,
         task=task,
         batch_size=settings.batch_size,
         device=settings.device,
-        score_threshold=settings.eval.score_threshold,
-        max_detections=settings.eval.max_detections,
-        nms_iou=settings.eval.nms_iou,
         num_workers=settings.num_workers,
         amp=settings.amp,
+        on_unreadable=unreadable.append,
+        **decode_options(settings.eval),
     )
     table = pa.Table.from_batches(list(batches), schema=schema.arrow_schema(TABLE[task]))
-    return pl.from_arrow(table)
+    return pl.from_arrow(table), unreadable
 

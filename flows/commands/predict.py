@@ -30,8 +30,7 @@ def predict(
 
     from cvcore.config import EvalConfig
     from cvcore.data.snapshot import read_snapshot
-    from cvcore.engine.infer import num_batches, predict as run_predict, write_predictions
-    from cvcore.engine.run import prediction_dataset
+    from cvcore.engine.infer import checkpoint_eval_config, num_batches, predict_checkpoint, write_predictions
 
     from flows.commands._pipeline import check_checkpoint, check_output_file
 
@@ -39,22 +38,20 @@ def predict(
     check_output_file(out, "--out")
     snapshot = read_snapshot(data)
     loaded = check_checkpoint(model)  # weights_only; a foreign or crafted file is refused in one line
-    dataset = prediction_dataset(loaded.meta, snapshot, split)
-    eval_config = EvalConfig.model_validate(loaded.meta["config"]["eval"])
-    batches = run_predict(
-        loaded.model,
-        dataset,
-        task=snapshot.task,
-        batch_size=batch_size,
-        device=device,
-        score_threshold=eval_config.score_threshold if score_threshold is None else score_threshold,
-        max_detections=eval_config.max_detections if max_detections is None else max_detections,
-        nms_iou=eval_config.nms_iou,
-        num_workers=workers,
-    )
+    overrides = {k: v for k, v in {"score_threshold": score_threshold, "max_detections": max_detections}.items() if v is not None}
+    eval_config = EvalConfig.model_validate(checkpoint_eval_config(loaded.meta).model_dump() | overrides)
+    run = predict_checkpoint(loaded, snapshot, split, eval_config=eval_config, batch_size=batch_size, device=device, num_workers=workers)
+    batches = run.batches
     if not quiet:
-        total = num_batches(dataset, batch_size=batch_size)
+        total = num_batches(run.dataset, batch_size=batch_size)
         batches = track(batches, total=total, description=f"predict {split}", console=err_console, transient=True)
-    path = write_predictions(batches, out, task=snapshot.task)
+    path = write_predictions(batches, out, task=snapshot.task, unreadable=run.unreadable)
     rows = pq.ParquetFile(path).metadata.num_rows
-    console.print(f"{rows} predictions for {len(dataset)} {split} images of {snapshot.name} → {path}", highlight=False)
+    console.print(f"{rows} predictions for {len(run.dataset)} {split} images of {snapshot.name} → {path}", highlight=False)
+    if run.unreadable:
+        first = run.unreadable[0]
+        err_console.print(
+            f"warning: {len(run.unreadable)} image(s) could not be read and have no prediction (recorded in the file's "
+            f"cvflow.unreadable metadata), e.g. {first.file_name}: {first.reason}",
+            highlight=False, soft_wrap=True, markup=False, emoji=False,
+        )  # fmt: skip

@@ -117,3 +117,54 @@ def test_batches_are_gathered_into_row_groups(tmp_path, monkeypatch):
     meta = pq.ParquetFile(write_predictions(batches, tmp_path / "p.parquet")).metadata
     assert meta.num_rows == 28
     assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [12, 12, 4]
+
+
+def test_an_unreadable_image_is_reported_with_its_file_and_reason(corrupt_classification, tmp_path):
+    from cvcore.engine.infer import Unreadable
+    from cvcore.engine.shards import read_unreadable_shards
+
+    ds = dataset_for(corrupt_classification, "val", resize_transform(32))
+    found: list[Unreadable] = []
+    batches = predict(tiny_classifier(), ds, task="classification", batch_size=4, device="cpu", on_unreadable=found.append)
+    path = write_predictions(batches, tmp_path / "p.parquet", unreadable=found)
+    [bad] = found
+    assert bad.image_id == int(ds.image_ids[0]) and bad.file_name == ds.paths[0]
+    assert "cannot identify image file" in bad.reason  # PIL's own message, not a guess
+    assert pl.read_parquet(path).height == len(ds) - 1
+    table = read_unreadable_shards([path])
+    assert table.schema == {"image_id": pl.Int64, "file_name": pl.String, "reason": pl.String}
+    assert table.rows() == [(bad.image_id, bad.file_name, bad.reason)]
+
+
+def test_shard_footers_carry_the_unreadable_images_and_others_have_none(corrupt_classification, tmp_path):
+    from cvcore.engine.infer import Unreadable
+    from cvcore.engine.shards import read_shard, read_unreadable_shards
+
+    ds = dataset_for(corrupt_classification, "val", resize_transform(32))
+    files = []
+    for shard in range(2):
+        found: list[Unreadable] = []
+        idx = shard_indices(len(ds), num_shards=2, shard=shard)
+        key = ShardKey("a" * 64, "b" * 64, "val", shard, 2, "classification")
+        batches = predict(tiny_classifier(), ds, task="classification", batch_size=4, device="cpu", indices=idx, on_unreadable=found.append)
+        files.append(write_shard(batches, tmp_path, key=key, num_images=len(idx), unreadable=found).uri)
+        assert read_shard(files[-1]).key == key  # the shard record is untouched by the extra entry
+    assert read_unreadable_shards(files[1:]).is_empty()  # the bad image is the split's first: shard 0
+    assert read_unreadable_shards(files).get_column("image_id").to_list() == [int(ds.image_ids[0])]
+
+
+def test_a_killed_writers_old_temporary_is_removed_and_a_young_one_kept(tmp_path):
+    import os
+    import time
+
+    path = tmp_path / "preds.parquet"
+    old, young, other = tmp_path / ".preds.parquet.k1ll3d_x.tmp", tmp_path / ".preds.parquet.live0001.tmp", tmp_path / ".other.parquet.abcdefgh.tmp"
+    for f in (old, young, other):
+        f.write_bytes(b"partial")
+    two_hours_ago = time.time() - 7200
+    for f in (old, other):
+        os.utime(f, (two_hours_ago, two_hours_ago))
+    write_predictions([], path, task="detection")
+    assert not old.exists()  # a killed predict's, hours old
+    assert young.exists()  # maybe a concurrent writer's: kept
+    assert other.exists()  # another file's temporaries are not this writer's to judge
