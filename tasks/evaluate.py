@@ -5,6 +5,14 @@
 classification ``confusion``) under ``out_dir``; the numbers go to MLflow as ``final/<split>/...``
 and a Prefect markdown + table artifact carries the headline numbers and the MLflow run link.
 ``report_split`` draws the plots from those tables (so no frame crosses a task boundary).
+
+Images that could not be read at prediction time (recorded in the prediction files' footers,
+cvcore.engine.shards.read_unreadable_shards) are left out of the evaluated universe: they count
+neither as images without detections nor as missed classifications. They are reported, never
+silently: ``unreadable.parquet`` among the tables (image_id, file_name as in the snapshot,
+reason), and on the MLflow run the metric ``final/<split>/unreadable_images``, the tag
+``cvflow.unreadable.<split>`` (the count and the first files with their reasons) and the table
+``eval/<split>/unreadable.json``.
 """
 
 from __future__ import annotations
@@ -28,6 +36,8 @@ from tasks.tracking import log_metrics, log_tags, mlflow_client, run_url
 
 HEADLINE = {"coco": "map", "voc07": "map_50", "voc12": "map_50", "classification": "macro_f1"}
 TAG_HEADLINE = "cvflow.headline"
+TAG_UNREADABLE = "cvflow.unreadable"  # + ".<split>": how many images could not be read, and which
+UNREADABLE_SHOWN = 5  # files named in the tag (all of them are in the table)
 
 
 @dataclass(frozen=True)
@@ -36,7 +46,7 @@ class Scores:
 
     protocol: str
     metrics: dict[str, float]  # summary numbers, then "<kind>/<class name>" per class
-    tables: dict[str, pl.DataFrame]
+    tables: dict[str, pl.DataFrame]  # ... and "unreadable": the images left out (image_id, file_name, reason)
 
 
 def read_predictions(predictions: PredictionsRef) -> pl.LazyFrame:
@@ -53,16 +63,52 @@ def read_predictions(predictions: PredictionsRef) -> pl.LazyFrame:
     return pl.scan_parquet(Path(predictions.dir) / "part-*.parquet")
 
 
-def score_split(snapshot_path: Path, predictions: pl.LazyFrame | pl.DataFrame, *, split: str, protocol: str) -> Scores:
-    """Score ``predictions`` of ``split`` against the snapshot's ground truth (cvcore.metrics)."""
+def read_unreadable(predictions: PredictionsRef) -> pl.DataFrame:
+    """The images of ``predictions`` that could not be read when they were predicted (from the files' footers)."""
+    from cvcore.engine.shards import list_shards, read_unreadable_shards
+
+    files = predictions.files or tuple(loc.uri for loc in list_shards(predictions.dir))
+    return read_unreadable_shards(files)
+
+
+def score_split(
+    snapshot_path: Path,
+    predictions: pl.LazyFrame | pl.DataFrame,
+    *,
+    split: str,
+    protocol: str,
+    unreadable: pl.DataFrame | None = None,
+) -> Scores:
+    """Score ``predictions`` of ``split`` against the snapshot's ground truth (cvcore.metrics).
+
+    ``unreadable`` (image_id, ...; :func:`read_unreadable`): images that could not be read at
+    prediction time; they are left out of the evaluated images and listed in
+    ``tables["unreadable"]`` with the snapshot's file name and the reason.
+    """
     from cvcore.data.snapshot import read_snapshot
 
     snap = read_snapshot(snapshot_path)
-    images = snap.split_images(split)
+    split_images = snap.split_images(split)
+    left_out = unreadable_table(split_images, unreadable)
+    images = split_images.join(left_out.select("image_id"), on="image_id", how="anti")
     names = dict(zip(snap.categories["category_id"].to_list(), snap.categories["name"].to_list()))
     if snap.task == "detection":
-        return _detection_scores(snap.annotations, predictions, images=images, protocol=protocol, names=names)
-    return _classification_scores(snap.labels, predictions, images=images, names=names)
+        scores = _detection_scores(snap.annotations, predictions, images=images, protocol=protocol, names=names)
+    else:
+        scores = _classification_scores(snap.labels, predictions, images=images, names=names)
+    return Scores(protocol=scores.protocol, metrics=scores.metrics, tables={**scores.tables, "unreadable": left_out})
+
+
+def unreadable_table(images: pl.DataFrame, unreadable: pl.DataFrame | None) -> pl.DataFrame:
+    """The unreadable images of ``images`` (a split's images table): image_id, file_name (the
+    snapshot's, relative to its image root), reason. Empty when ``unreadable`` is None or empty."""
+    found = unreadable if unreadable is not None else pl.DataFrame(schema={"image_id": pl.Int64, "reason": pl.String})
+    return (
+        images.select(pl.col("image_id").cast(pl.Int64), "file_name")
+        .join(found.select(pl.col("image_id").cast(pl.Int64), "reason"), on="image_id", how="inner")
+        .unique("image_id", keep="first")
+        .sort("image_id")
+    )
 
 
 def _detection_scores(annotations, predictions, *, images: pl.DataFrame, protocol: str, names: dict[int, str]) -> Scores:
@@ -100,7 +146,12 @@ def _classification_scores(labels, predictions, *, images: pl.DataFrame, names: 
     joined = truth.join(preds.select("image_id", "category_id").collect(), on="image_id", how="left", suffix="_pred")
     missing = joined.filter(pl.col("category_id_pred").is_null())
     if missing.height:
-        raise ValueError(f"{missing.height} image(s) of the split have no prediction, e.g. image_id {missing['image_id'][0]}")
+        first = missing["image_id"][0]
+        file = images.filter(pl.col("image_id") == first)["file_name"]
+        raise ValueError(
+            f"{missing.height} image(s) of the split have no prediction, e.g. image_id {first}"
+            + (f" ({file[0]})" if file.len() else "") + "; the predictions are not of this split or are incomplete"
+        )  # fmt: skip
     rep = classification_report(joined["category_id"], joined["category_id_pred"], num_classes=len(names))
     metrics = {"accuracy": float(rep.accuracy)}
     for avg in ("macro", "micro", "weighted"):
@@ -162,7 +213,9 @@ def evaluate_split(
 ) -> EvalSummary:
     """Score one split, write its tables to ``out_dir``, log numbers and tables to the MLflow run."""
     split = predictions.split
-    scores = score_split(snapshot.path, read_predictions(predictions), split=split, protocol=eval_config.protocol)
+    unreadable = read_unreadable(predictions)
+    scores = score_split(snapshot.path, read_predictions(predictions), split=split, protocol=eval_config.protocol, unreadable=unreadable)
+    left_out = scores.tables["unreadable"]
     out_dir = Path(out_dir)
     metrics_table = pl.DataFrame({"metric": list(scores.metrics), "value": list(scores.metrics.values())})
     write_table(metrics_table, out_dir / "metrics.parquet")
@@ -170,26 +223,40 @@ def evaluate_split(
         write_table(table, out_dir / f"{name}.parquet")
     headline = HEADLINE[scores.protocol]
     summary = EvalSummary(
-        split=split, task=snapshot.task, protocol=scores.protocol, headline=headline, metrics=scores.metrics, tables_dir=out_dir
-    )
+        split=split, task=snapshot.task, protocol=scores.protocol, headline=headline, metrics=scores.metrics, tables_dir=out_dir,
+        unreadable=left_out.height,
+    )  # fmt: skip
     url = None
     if run_id is not None:
         client = mlflow_client()
-        log_metrics(client, run_id, {f"final/{split}/{k}": v for k, v in scores.metrics.items()})
-        log_tags(client, run_id, {TAG_HEADLINE: headline})
+        log_metrics(client, run_id, {f"final/{split}/{k}": v for k, v in scores.metrics.items()} | {f"final/{split}/unreadable_images": float(left_out.height)})
+        log_tags(client, run_id, {TAG_HEADLINE: headline} | ({f"{TAG_UNREADABLE}.{split}": unreadable_note(left_out)} if left_out.height else {}))
         client.log_artifacts(run_id, str(out_dir), f"eval/{split}")
         client.log_table(run_id, data=scores.tables["per_class"].to_pandas(), artifact_file=f"eval/{split}/per_class.json")
+        if left_out.height:
+            client.log_table(run_id, data=left_out.to_pandas(), artifact_file=f"eval/{split}/unreadable.json")
         url = run_url(client, run_id)
-    _prefect_artifacts(summary, snapshot=snapshot, per_class=scores.tables["per_class"], url=url)
-    get_run_logger().info("%s %s: %s = %s", snapshot.name, split, headline, fmt(scores.metrics.get(headline, math.nan)))
+    _prefect_artifacts(summary, snapshot=snapshot, per_class=scores.tables["per_class"], url=url, unreadable=left_out)
+    logger = get_run_logger()
+    if left_out.height:
+        logger.warning("%s %s: %s", snapshot.name, split, unreadable_note(left_out))
+    logger.info("%s %s: %s = %s", snapshot.name, split, headline, fmt(scores.metrics.get(headline, math.nan)))
     return summary
 
 
-def _prefect_artifacts(summary: EvalSummary, *, snapshot: SnapshotRef, per_class: pl.DataFrame, url: str | None) -> None:
+def unreadable_note(unreadable: pl.DataFrame) -> str:
+    """One line: how many images were left out as unreadable, and the first few files with their reasons."""
+    shown = "; ".join(f"{r['file_name']} ({r['reason']})" for r in unreadable.head(UNREADABLE_SHOWN).iter_rows(named=True))
+    more = f"; and {unreadable.height - UNREADABLE_SHOWN} more" if unreadable.height > UNREADABLE_SHOWN else ""
+    return f"{unreadable.height} image(s) could not be read and were left out of the evaluation: {shown}{more}"
+
+
+def _prefect_artifacts(summary: EvalSummary, *, snapshot: SnapshotRef, per_class: pl.DataFrame, url: str | None, unreadable: pl.DataFrame) -> None:
     headline = {k: v for k, v in summary.metrics.items() if "/" not in k}
     link = f"MLflow run: [{url}]({url})\n\n" if url else ""
+    left_out = f"**{unreadable_note(unreadable)}**\n\n" if unreadable.height else ""
     create_markdown_artifact(
-        f"# {snapshot.name} / {summary.split} ({summary.protocol})\n\n{link}"
+        f"# {snapshot.name} / {summary.split} ({summary.protocol})\n\n{link}{left_out}"
         f"**{summary.headline}: {fmt(summary.metrics.get(summary.headline, math.nan))}**\n\n{markdown_table(headline)}\n",
         key=artifact_key("eval", f"{snapshot.name}-{summary.split}"),
         description=f"{summary.headline} on {snapshot.name}/{summary.split}",
@@ -214,7 +281,10 @@ def report_split(
     tables = Path(summary.tables_dir)
     read = lambda name: pl.read_parquet(tables / f"{name}.parquet")  # noqa: E731
     snap = read_snapshot(snapshot.path)
-    sample_ids = snap.split_images(predictions.split)["image_id"].head(n_samples).to_list()
+    unreadable = tables / "unreadable.parquet"
+    left_out = pl.read_parquet(unreadable).select("image_id") if unreadable.is_file() else pl.DataFrame(schema={"image_id": pl.Int64})
+    readable = snap.split_images(predictions.split).join(left_out, on="image_id", how="anti")  # an unreadable image cannot be drawn
+    sample_ids = readable["image_id"].head(n_samples).to_list()
     preds = read_predictions(predictions).filter(pl.col("image_id").is_in(sample_ids)).collect()
     images = _load_images(snap, sample_ids)
     names = snap.class_names
@@ -279,7 +349,8 @@ def compare_models(
 ) -> ComparisonRef:
     """Paired bootstrap of candidate - baseline on the same images (cvcore.metrics.bootstrap).
 
-    Detection compares mAP (COCO ``map``, VOC ``map_50``), classification macro-F1.
+    Detection compares mAP (COCO ``map``, VOC ``map_50``), classification macro-F1. Images that
+    either model's predictions record as unreadable are left out for both.
     """
     from cvcore.data.snapshot import read_snapshot
     from cvcore.metrics.bootstrap import compare_classifications, compare_detections
@@ -287,7 +358,9 @@ def compare_models(
     if baseline.split != candidate.split:
         raise ValueError(f"compare on one split: baseline is {baseline.split!r}, candidate {candidate.split!r}")
     snap = read_snapshot(snapshot.path)
-    images = snap.split_images(candidate.split)
+    # both models on the same images: those either could not read are left out, as in evaluate_split
+    unreadable = pl.concat([read_unreadable(baseline), read_unreadable(candidate)])
+    images = snap.split_images(candidate.split).join(unreadable.select("image_id"), on="image_id", how="anti")
     if snap.task == "detection":
         cmp = compare_detections(
             snap.annotations, read_predictions(baseline), read_predictions(candidate), images=images, protocol=protocol,

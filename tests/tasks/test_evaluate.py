@@ -81,3 +81,17 @@ def test_eval_config_protocol_names_the_headline():
     from tasks.evaluate import HEADLINE
 
     assert {HEADLINE[p] for p in EvalConfig.model_fields["protocol"].annotation.__args__} == {"map", "map_50"}
+
+
+def test_an_unreadable_detection_image_is_left_out_not_counted_as_missed(shapes_detection):
+    """Perfect detections on every val image but one that could not be read: left out, the split
+    scores 1.0 and the image is listed with its snapshot file name; counted, it would cost recall."""
+    val = shapes_detection.split_images("val").sort("image_id")
+    bad = val.filter(pl.col("image_id").is_in(shapes_detection.annotations["image_id"].implode())).row(0, named=True)
+    dets = _truth_as_detections(shapes_detection, "val").filter(pl.col("image_id") != bad["image_id"])
+    unreadable = pl.DataFrame({"image_id": [bad["image_id"]], "file_name": ["/abs/path/as/the/worker/saw/it.png"], "reason": ["OSError: truncated"]})
+    scores = score_split(shapes_detection.path, dets, split="val", protocol="coco", unreadable=unreadable)
+    assert scores.metrics["map"] == pytest.approx(1.0) and scores.metrics["mar_100"] == pytest.approx(1.0)
+    assert scores.tables["unreadable"].rows() == [(bad["image_id"], bad["file_name"], "OSError: truncated")]
+    counted = score_split(shapes_detection.path, dets, split="val", protocol="coco")
+    assert counted.metrics["mar_100"] < 1.0 and counted.tables["unreadable"].is_empty()
