@@ -70,7 +70,17 @@ def _out_dir(params: dict) -> Path:
     return Path(params["home"]) / "snapshots" / name / params["fingerprint"][:12]
 
 
-@task(name="ingest", cache_key_fn=_ingest_cache_key, persist_result=True, retries=2, retry_delay_seconds=[2, 10])
+def _may_pass(task, task_run, state) -> bool:
+    """Retry what may pass on a second try (a file system hiccup), not a bad source or snapshot:
+    a ValueError (SnapshotError, an unusable source, not one usable image) fails at once instead
+    of twice more after 2 s and 10 s. (Prefect hands the exception in ``state.data``.)"""
+    return not isinstance(state.data, ValueError)
+
+
+@task(
+    name="ingest", cache_key_fn=_ingest_cache_key, persist_result=True, retries=2, retry_delay_seconds=[2, 10],
+    retry_condition_fn=_may_pass,
+)  # fmt: skip
 def ingest_source(
     source: Path,
     *,
@@ -102,7 +112,7 @@ def ingest_source(
     return snapshot_ref(snapshot)
 
 
-@task(name="open-snapshot", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
+@task(name="open-snapshot", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_may_pass)
 def open_snapshot(path: Path) -> SnapshotRef:
     """Read and validate an existing snapshot folder (cvflow ingest / demo data)."""
     snapshot = read_snapshot(path)

@@ -11,7 +11,8 @@ The steps, each a pure function elsewhere in cvcore.data:
 
 One bad item never stops ingestion: it becomes a quarantine row saying what was wrong and what
 was done. Only a source that is unusable as a whole (missing folder, unreadable annotation
-file) raises ValueError naming the path.
+file, not one usable image) raises ValueError naming the path; so does an ``out`` that may not
+be written (exists without ``replace``, not a snapshot, not writable), before any work.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from cvcore.data import validate
 from cvcore.data.formats import read_source
 from cvcore.data.health import HealthReport, health_report
 from cvcore.data.probe import MAX_PIXELS, probe_images
-from cvcore.data.snapshot import Snapshot, check_out, write_snapshot
+from cvcore.data.snapshot import Snapshot, check_out, check_writable, write_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ def ingest(
     if val_fraction is not None and not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
     check_out(out, replace=replace, protected=[p for p in (source, images) if p is not None])  # again when writing
+    check_writable(out)
     clock = _Clock()
     raw = read_source(source, fmt=fmt, images=images)
     clock.lap("parse")
@@ -87,8 +89,10 @@ def ingest(
     clock.lap("image headers")
     checked_images = validate.apply_headers(entries.table, headers, image_root=raw.image_root, n_objects=n_objects, unit=unit)
     kept = checked_images.table
-    dropped = set(raw.images.get_column("image_id").to_list()) - set(kept.get_column("image_id").to_list())
     quarantine = [raw.quarantine, entries.quarantine, checked_images.quarantine]
+    if kept.is_empty():
+        raise ValueError(_no_usable_image(source, raw.images.height, pl.concat(quarantine)))
+    dropped = set(raw.images.get_column("image_id").to_list()) - set(kept.get_column("image_id").to_list())
 
     annotations = labels = None
     if detection:
@@ -123,6 +127,15 @@ def ingest(
     clock.lap("write")
     log.info("%s: ingested into %s in %s", source, snapshot.path, clock)
     return IngestResult(snapshot=snapshot, report=health_report(snapshot))
+
+
+def _no_usable_image(source: Path, listed: int, quarantine: pl.DataFrame) -> str:
+    """The one-line error for a source without a single usable image (no snapshot is written)."""
+    if not listed:
+        return f"{source}: no images listed, nothing to ingest"
+    first = quarantine.row(0, named=True) if quarantine.height else None
+    example = f"; e.g. {first['item']}: {first['reason']}" if first else ""
+    return f"{source}: no usable image, all {listed} listed were rejected{example}"
 
 
 class _Clock:

@@ -148,6 +148,7 @@ def check_out(out: str | Path, *, replace: bool, protected: Iterable[str | Path]
     ``replace`` is true and :func:`check_replaceable` allows replacing it. Writers call this
     before their work, so a refused ``--out`` fails at once, and write_snapshot again at the end."""
     out = Path(out)
+    _check_name(out)  # before any stat: a name over the limit makes exists() raise
     if not (out.exists() or out.is_symlink()):
         return
     if not replace:
@@ -241,8 +242,11 @@ def write_snapshot(
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "image_root": str(image_root),
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_sibling(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temp_sibling(out)
+    except OSError as exc:
+        raise _write_error(out, exc) from None
     try:
         for table, df in tables.items():
             df.write_parquet(tmp / f"{table}.parquet")
@@ -250,16 +254,49 @@ def write_snapshot(
             shutil.move(str(src), tmp / inner)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         swap_in(tmp, out)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _write_error(out, exc) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return read_snapshot(out)
 
 
-def temp_sibling(out: str | Path) -> Path:
-    """A new empty hidden folder beside ``out`` (same file system, so it can be renamed onto it)."""
+def check_writable(out: str | Path) -> None:
+    """Raise SnapshotError when a snapshot could not be written at ``out``: its name is too long
+    for a file name, or the nearest existing folder above it is not writable (read-only mount,
+    no permission). Cheap (no file is created); writers call it before their work."""
     out = Path(out)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    _check_name(out)
+    folder = out.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise SnapshotError(f"{out}: cannot write there ({folder} is not a writable folder); choose another --out or CVFLOW_HOME")
+
+
+def _check_name(out: Path) -> None:
+    if len(out.name.encode("utf-8", "surrogateescape")) > _NAME_MAX:
+        raise SnapshotError(f"{out}: the folder name is longer than {_NAME_MAX} bytes; choose a shorter --out")
+
+
+def _write_error(out: Path, exc: OSError) -> SnapshotError:
+    return SnapshotError(f"{out}: cannot write the snapshot ({exc.strerror or exc}); choose another --out or CVFLOW_HOME")
+
+
+# Longest file name most file systems take (bytes); temporary names are cut to stay under it.
+_NAME_MAX = 255
+
+
+def temp_sibling(out: str | Path) -> Path:
+    """A new empty hidden folder beside ``out`` (same file system, so it can be renamed onto it).
+
+    Its name is ``.<out name>.<random>``, the out name cut so the whole stays a legal file name
+    even for an ``out`` whose own name is near the 255-byte limit."""
+    out = Path(out)
+    stem = out.name.encode("utf-8", "surrogateescape")[: _NAME_MAX - 32].decode("utf-8", "ignore")
+    return Path(tempfile.mkdtemp(prefix=f".{stem}.", dir=out.parent))
 
 
 def swap_in(new: Path, out: Path) -> None:
@@ -282,9 +319,15 @@ def read_snapshot(path: str | Path) -> Snapshot:
     if not manifest_path.is_file():
         raise SnapshotError(f"{path} is not a snapshot: {manifest_path.name} is missing")
     try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as exc:
+        manifest = json.loads(manifest_path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SnapshotError(f"{manifest_path}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise SnapshotError(f"{manifest_path}: not valid JSON (nested too deeply)") from None
+    except OSError as exc:
+        raise SnapshotError(f"{manifest_path}: unreadable ({exc.strerror or exc})") from None
+    if not isinstance(manifest, dict):
+        raise SnapshotError(f"{manifest_path}: not a snapshot manifest (a JSON object expected)")
     if manifest.get("schema_version") != schema.SCHEMA_VERSION:
         raise SnapshotError(
             f"{manifest_path}: schema version {manifest.get('schema_version')!r}, "
@@ -297,7 +340,12 @@ def read_snapshot(path: str | Path) -> Snapshot:
             if required:
                 raise SnapshotError(f"{path}: {file.name} is missing")
             return None
-        return schema.validate(pl.read_parquet(file), table, source=str(file))
+        try:
+            frame = pl.read_parquet(file)
+        except (pl.exceptions.PolarsError, OSError) as exc:  # truncated, overwritten, unreadable
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise SnapshotError(f"{file}: not a readable Parquet table ({detail}); re-create the snapshot") from None
+        return schema.validate(frame, table, source=str(file))
 
     task = manifest.get("task")
     return Snapshot(

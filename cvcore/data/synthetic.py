@@ -20,7 +20,7 @@ import numpy as np
 import polars as pl
 from PIL import Image, ImageDraw
 
-from cvcore.data.snapshot import Snapshot, check_out, write_snapshot
+from cvcore.data.snapshot import Snapshot, check_out, check_writable, write_snapshot
 
 SHAPES = ("circle", "square", "triangle", "cross")
 _SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
@@ -49,6 +49,7 @@ def make_shapes_detection(
     if not 4 <= min_size <= max_size < image_size:
         raise ValueError(f"need 4 <= min_size <= max_size < image_size, got {min_size}, {max_size}, {image_size}")
     check_out(out, replace=replace)
+    check_writable(out)
     images, anns = [], []
     with tempfile.TemporaryDirectory(dir=_parent(out)) as tmp:
         img_dir = Path(tmp) / "images"
@@ -101,6 +102,7 @@ def make_shapes_classification(
     if image_size < 16:
         raise ValueError(f"image_size must be at least 16, got {image_size}")
     check_out(out, replace=replace)
+    check_writable(out)
     images, labels = [], []
     with tempfile.TemporaryDirectory(dir=_parent(out)) as tmp:
         img_dir = Path(tmp) / "images"

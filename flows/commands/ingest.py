@@ -12,6 +12,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from flows.commands._common import cli_errors, console, err_console, setup_logging
 
+# cvcore.data.probe.MAX_PIXELS in megapixels (a test keeps them equal); not imported here, so
+# that `cvflow --help` does not load polars and PIL.
+DEFAULT_MEGAPIXELS = 64.0
+
 
 class Format(str, Enum):
     coco = "coco"
@@ -55,6 +59,9 @@ def ingest(
     name: Annotated[str | None, typer.Option("--name", help="Snapshot name. Default: the source folder's name (or the synthetic set's).", show_default=False)] = None,
     replace: Annotated[bool, typer.Option("--replace", help="Overwrite an existing snapshot at --out (only a cvflow snapshot, never a folder holding or inside SOURCE or its images).")] = False,
     workers: Annotated[int | None, typer.Option("--workers", help="Threads reading image headers. Default: 4 per CPU, at most 32.", show_default=False)] = None,
+    max_megapixels: Annotated[
+        float, typer.Option("--max-megapixels", help="Quarantine images with more pixels than this (width x height, in millions), from their header, before any decode.")
+    ] = DEFAULT_MEGAPIXELS,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", help="Library logs at INFO.")] = False,
 ) -> None:
@@ -76,6 +83,8 @@ def ingest(
     else:
         if fmt is None:
             raise ValueError(f"{source}: say which format it is with --format coco|voc|yolo|imagefolder")
+        if not max_megapixels > 0:
+            raise ValueError(f"--max-megapixels must be positive, got {max_megapixels}")
         from cvcore.data.ingest import ingest as run_ingest
 
         name = name or source.stem
@@ -90,14 +99,16 @@ def ingest(
                 name=name,
                 replace=replace,
                 workers=workers,
+                max_pixels=int(max_megapixels * 1e6),
                 on_progress=on_progress,
             )
         snapshot = result.snapshot
         from cvcore.data.health import format_health
 
         report_text = format_health(result.report)
-    console.print(report_text, markup=False, highlight=False, soft_wrap=True)
-    console.print(f"snapshot written to {snapshot.path}", markup=False, highlight=False, soft_wrap=True)
+    # The report holds user data (file, class and split names): no markup, no :emoji: codes.
+    console.print(report_text, markup=False, emoji=False, highlight=False, soft_wrap=True)
+    console.print(f"snapshot written to {snapshot.path}", markup=False, emoji=False, highlight=False, soft_wrap=True)
 
 
 def _home() -> Path:

@@ -115,3 +115,62 @@ def test_replace_never_deletes_the_source_or_a_user_folder(tmp_path):
         assert refused.exit_code == 2 and len(refused.output.strip().splitlines()) == 1
         assert f"refusing to replace {thesis}: it is not a cvflow snapshot" in refused.output
     assert [p.name for p in thesis.iterdir()] == ["chapter1.tex"]
+
+
+def test_default_pixel_cap_matches_the_library():
+    from cvcore.data.probe import MAX_PIXELS
+    from flows.commands.ingest import DEFAULT_MEGAPIXELS
+
+    assert DEFAULT_MEGAPIXELS * 1e6 == MAX_PIXELS
+
+
+def test_user_data_is_printed_literally(tmp_path):
+    from PIL import Image
+
+    for name in (":x:", "[bold]b"):
+        (tmp_path / "src" / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "src" / name / "1.png")
+    result = runner.invoke(app, ["ingest", str(tmp_path / "src"), "-f", "imagefolder", "--out", str(tmp_path / "snap"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "| 0 | :x: |" in result.output and "| 1 | [bold]b |" in result.output
+    assert "\u274c" not in result.output  # rich's :x: emoji
+
+
+def test_a_source_without_one_usable_image_is_one_line_and_no_snapshot(tmp_path):
+    src = _coco(tmp_path / "mydata")
+    (src / "images" / "a.png").write_bytes(b"not an image")
+    result = runner.invoke(app, ["ingest", str(src), "-f", "coco", "--out", str(tmp_path / "snap"), "--quiet"])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        f"error: {src}: no usable image, all 1 listed were rejected; e.g. image id 1: not an image file (no known image format): "
+        "image dropped with its 1 annotation"
+    ]
+    assert not (tmp_path / "snap").exists()
+
+
+def test_long_and_unwritable_out_names_are_one_line(tmp_path, monkeypatch):
+    import os
+
+    src = _coco(tmp_path / "mydata")
+    legal = tmp_path / ("s" * 250)  # legal; the temporary sibling's name must not overflow 255 bytes
+    result = runner.invoke(app, ["ingest", str(src), "-f", "coco", "--out", str(legal), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert read_snapshot(legal).images.height == 1
+    assert runner.invoke(app, ["ingest", str(src), "-f", "coco", "--out", str(legal), "--quiet", "--replace"]).exit_code == 0
+
+    too_long = tmp_path / ("s" * 256)
+    result = runner.invoke(app, ["ingest", str(src), "-f", "coco", "--out", str(too_long), "--quiet"])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+    assert "the folder name is longer than 255 bytes" in result.output
+
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    if os.access(read_only, os.W_OK):  # root ignores the mode: stand in for a read-only mount
+        real = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if os.fspath(p) == str(read_only) else real(p, mode, **kw))
+    for args, env in ((["--out", str(read_only / "snap")], {}), ([], {"CVFLOW_HOME": str(read_only / "home")})):
+        result = runner.invoke(app, ["ingest", str(src), "-f", "coco", "--quiet", *args], env=env)
+        assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+        assert f"({read_only} is not a writable folder)" in result.output
+    read_only.chmod(0o755)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from types import SimpleNamespace
 
-from tasks.ingest import _ingest_cache_key, source_fingerprint
+from tasks.ingest import _ingest_cache_key, _may_pass, ingest_source, open_snapshot, source_fingerprint
 
 
 def _source(root):
@@ -40,3 +41,10 @@ def test_cache_key_is_the_fingerprint_and_the_options(tmp_path):
     assert _ingest_cache_key(None, params | {"source": tmp_path / "elsewhere.json"}) == key  # location does not matter
     assert _ingest_cache_key(None, params | {"fmt": "voc"}) != key
     assert _ingest_cache_key(None, params | {"val_fraction": 0.2}) != key
+
+
+def test_a_bad_source_or_snapshot_is_not_retried():
+    # A ValueError (an unusable source, a damaged snapshot) fails at once; an OSError may pass.
+    assert not _may_pass(None, None, SimpleNamespace(data=ValueError("no usable image")))
+    assert _may_pass(None, None, SimpleNamespace(data=OSError("stale file handle")))
+    assert ingest_source.retry_condition_fn is _may_pass and open_snapshot.retry_condition_fn is _may_pass

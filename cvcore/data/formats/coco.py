@@ -5,7 +5,10 @@ images under ``images/<split>/``, ``<split>/`` or ``images/``; or one annotation
 images in ``--images DIR`` (default: beside the file). Conventions:
 
 - boxes: COCO ``bbox`` is ``[x, y, w, h]`` in pixels from the top-left corner, so the canonical
-  box is ``x1 = x, y1 = y, x2 = x + w, y2 = y + h`` (no ±1: COCO boxes are continuous);
+  box is ``x1 = x, y1 = y, x2 = x + w, y2 = y + h`` (no ±1: COCO boxes are continuous). The sum
+  is one float64 rounding step, so an IoU computed from ``x1..y2`` can differ from pycocotools'
+  (which works on ``x, y, w, h``) in the last bit, which matters only for a pair whose IoU is
+  exactly at a threshold;
 - ``area`` is the source's (segmentation) area, used for COCO's small/medium/large;
 - image and annotation ids are kept, per file: when split files number their images (or
   annotations) alike, as many exporters do (``instances_train.json`` and ``instances_val.json``
@@ -424,6 +427,12 @@ def write_coco(snapshot: Snapshot, path: str | Path, *, predictions: pl.DataFram
 
     Boxes go out as ``[x1, y1, x2 - x1, y2 - y1]``; category ids are the snapshot's
     ``source_id`` (the COCO ids it came from); ``area``, ``iscrowd`` and ``difficult`` are kept.
+    Annotation ids are numbered from 1: an annotation's id is its rank (1..M) in ``ann_id``
+    order over the whole snapshot, never 0, because pycocotools' COCOeval records a matched
+    ground truth by its id and tests that id for truth, so an annotation with ``id: 0`` would
+    silently count as unmatched in every pycocotools-based tool. Ranking over the whole
+    snapshot keeps the files of different splits disjoint; a snapshot whose ids already are
+    1..M keeps them. Image ids are the snapshot's.
     ``split`` restricts the file to one split. With ``predictions`` (a DETECTIONS frame), their
     COCO results file (``[{image_id, category_id, bbox, score}]``) is written beside it as
     ``<stem>_results.json``, ready for ``COCO.loadRes``.
@@ -432,7 +441,11 @@ def write_coco(snapshot: Snapshot, path: str | Path, *, predictions: pl.DataFram
         raise ValueError(f"{snapshot.path}: write_coco needs a detection snapshot, this one is {snapshot.task}")
     path = Path(path)
     images = snapshot.images if split is None else snapshot.split_images(split)
-    anns = snapshot.annotations.filter(pl.col("image_id").is_in(images.get_column("image_id").implode())).sort("ann_id")
+    anns = (
+        snapshot.annotations.sort("ann_id")
+        .with_row_index("coco_id", offset=1)  # 1..M over the snapshot (docstring)
+        .filter(pl.col("image_id").is_in(images.get_column("image_id").implode()))
+    )
     to_source = _source_ids(snapshot.categories)
     doc = {
         "info": {"description": f"cvflow snapshot {snapshot.name}", "version": snapshot.digest},
@@ -442,7 +455,7 @@ def write_coco(snapshot: Snapshot, path: str | Path, *, predictions: pl.DataFram
         ],
         "annotations": [
             {
-                "id": r["ann_id"],
+                "id": r["coco_id"],
                 "image_id": r["image_id"],
                 "category_id": to_source[r["category_id"]],
                 "bbox": [r["x1"], r["y1"], r["x2"] - r["x1"], r["y2"] - r["y1"]],

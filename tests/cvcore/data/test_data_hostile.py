@@ -10,7 +10,6 @@ import tracemalloc
 import zlib
 from pathlib import Path
 
-import polars as pl
 import pytest
 from data_formats_helpers import png, tiny_coco
 
@@ -67,6 +66,14 @@ def test_yolo_label_file_linked_outside_is_not_read_and_its_image_leaves(tmp_pat
     assert reason.startswith("label file not read (it resolves outside the dataset root")
     assert reason.endswith("image dropped, its boxes are unknown")
     assert "root:x" not in _everything(result) and "daemon" not in _everything(result)
+
+
+def test_an_image_whose_yolo_label_file_is_unreadable_is_dropped_not_kept_as_background(tmp_path):
+    root = _yolo(tmp_path / "src")
+    (root / "labels" / "train" / "a.txt").write_bytes(b"0 0.5 0.5 0.2 0.2\n\xff\xfe\x00binary")
+    snap = ingest(root, fmt="yolo", out=tmp_path / "snap").snapshot
+    assert snap.images.get_column("file_name").to_list() == ["images/train/b.png"]  # b: no label file, background
+    assert _reasons(snap) == {"images/train/a.png": "label file not read (not UTF-8 text, byte 18): image dropped, its boxes are unknown"}
 
 
 def test_yolo_label_lines_are_never_quoted(tmp_path):
@@ -131,12 +138,12 @@ def test_coco_file_linked_outside_the_source_folder_is_refused(tmp_path):
     root = tiny_coco(tmp_path / "src", images=[{"id": 1, "file_name": "a.png"}], annotations=[], sizes={"a.png": (8, 8)})
     outside = tmp_path / "elsewhere" / "instances_val.json"
     outside.parent.mkdir()
-    outside.write_text(json.dumps({"images": [], "annotations": [], "categories": [{"id": 1, "name": "a"}]}))
+    outside.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.png"}], "annotations": [], "categories": [{"id": 1, "name": "a"}]}))
     (root / "annotations" / "instances_val.json").symlink_to(outside)
     with pytest.raises(ValueError, match=r"instances_val.json: not a readable COCO JSON file \(it resolves outside .*pass the file itself as SOURCE"):
         ingest(root, fmt="coco", out=tmp_path / "snap")
     # Named as SOURCE, the user chose it: it is read where it is.
-    assert ingest(outside, fmt="coco", out=tmp_path / "snap", images=root / "images" / "train").snapshot.images.height == 0
+    assert ingest(outside, fmt="coco", out=tmp_path / "snap", images=root / "images" / "train").snapshot.images.height == 1
 
 
 # Defect 4: a FIFO (any non-regular file) is never opened for reading.
@@ -342,3 +349,32 @@ def test_an_annotation_never_lands_on_another_files_image(tmp_path):
     assert snap.images.sort("image_id").get_column("image_id").to_list() == [1, 2]
     assert snap.annotations.sort("ann_id").select("ann_id", "image_id").rows() == [(1, 1), (8, 2)]
     assert _reasons(snap) == {"annotation id 7": "refers to image id 1 of 'instances_train.json', not of this file: dropped"}
+
+
+def test_coco_export_numbers_annotation_ids_from_1(tmp_path):
+    root = tmp_path / "src"
+    _split_file(root, "train", ["t1.png", "t2.png"], [(0, 1, [0, 0, 2, 2]), (5, 2, [1, 1, 3, 3]), (3, 2, [4, 4, 3, 3])])
+    snap = ingest(root, fmt="coco", out=tmp_path / "snap").snapshot
+    assert snap.annotations.get_column("ann_id").to_list() == [0, 3, 5]
+    from cvcore.data.formats import write_coco
+
+    doc = json.loads(write_coco(snap, tmp_path / "gt.json").ground_truth.read_text())
+    assert [(a["id"], a["bbox"]) for a in doc["annotations"]] == [(1, [0.0, 0.0, 2.0, 2.0]), (2, [4.0, 4.0, 3.0, 3.0]), (3, [1.0, 1.0, 3.0, 3.0])]
+
+
+# A damaged snapshot is one error naming the file.
+
+
+def test_a_damaged_snapshot_is_an_error_naming_the_file(tmp_path):
+    from cvcore.data.snapshot import SnapshotError, read_snapshot
+    from cvcore.data.synthetic import make_shapes_classification
+
+    snap = make_shapes_classification(tmp_path / "snap", n_train=4, n_val=0)
+    table = snap.path / "images.parquet"
+    data = table.read_bytes()
+    table.write_bytes(data[: len(data) // 2])
+    with pytest.raises(SnapshotError, match=rf"^{table}: not a readable Parquet table \(.*\); re-create the snapshot$"):
+        read_snapshot(snap.path)
+    (snap.path / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(SnapshotError, match=r"manifest.json: not (valid JSON \(nested too deeply\)|a snapshot manifest)"):
+        read_snapshot(snap.path)

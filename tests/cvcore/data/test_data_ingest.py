@@ -59,7 +59,7 @@ def test_a_failed_write_leaves_no_snapshot_and_no_temporary_folder(coco_source, 
         return real(self, path, *args, **kwargs)
 
     monkeypatch.setattr(pl.DataFrame, "write_parquet", failing)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(SnapshotError, match=r"snap: cannot write the snapshot \(disk full\)"):
         ingest(coco_source, fmt="coco", out=tmp_path / "out" / "snap")
     assert list((tmp_path / "out").iterdir()) == []
 
