@@ -15,13 +15,15 @@ the missing ones. The snapshot may be an object-store URI too (staged locally on
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from prefect import flow
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 
-from cvcore.engine.shards import resolve_location
+from cvcore.engine.locks import folder_lock, sibling_lock_file
+from cvcore.engine.shards import is_uri, resolve_location
 from flows.params import EvaluatePipelineParams, EvaluateResult
 from flows.train import load_data, predict_split
 from tasks.evaluate import evaluate_split, model_eval_config, report_split
@@ -71,15 +73,19 @@ def evaluate_pipeline(params: EvaluatePipelineParams) -> EvaluateResult:
         default_dir = home / "predictions" / f"model-{digest[:12]}-data-{snapshot.digest[:12]}-shards-{params.prediction_shards}" / params.split
         out_dir = resolve_location(params.predictions).uri if params.predictions else default_dir
         log_tags(client, run_id, {TAG_PREDICTIONS: str(out_dir), TAG_CHECKPOINT_SHA256: digest})
-        preds = predict_split(
-            checkpoint, snapshot, params.split, out_dir=out_dir, shards=params.prediction_shards, batch_size=params.batch_size,
-            task_runner=params.task_runner, checkpoint_sha256=digest,
-        )  # fmt: skip
-        if preds.reused:
-            logger.info("kept complete shard(s) %s from an earlier run; predicted %s", list(preds.reused), list(preds.predicted))
-        log_tags(client, run_id, {TAG_SHARDS_REUSED: ",".join(map(str, preds.reused))})
-        summary = evaluate_split(snapshot, preds, eval_config=eval_config, run_id=run_id, out_dir=home / "evaluations" / run_id / params.split)
-        report_split(snapshot, preds, summary, run_id=run_id)
+        # One evaluation per predictions folder at a time: a second one fails at once instead of
+        # replacing this one's shards (local folders; object stores have no locks).
+        lock = contextlib.nullcontext() if is_uri(out_dir) else folder_lock(out_dir, what="evaluation", lock_file=sibling_lock_file(out_dir))
+        with lock:
+            preds = predict_split(
+                checkpoint, snapshot, params.split, out_dir=out_dir, shards=params.prediction_shards, batch_size=params.batch_size,
+                task_runner=params.task_runner, checkpoint_sha256=digest,
+            )  # fmt: skip
+            if preds.reused:
+                logger.info("kept complete shard(s) %s from an earlier run; predicted %s", list(preds.reused), list(preds.predicted))
+            log_tags(client, run_id, {TAG_SHARDS_REUSED: ",".join(map(str, preds.reused))})
+            summary = evaluate_split(snapshot, preds, eval_config=eval_config, run_id=run_id, out_dir=home / "evaluations" / run_id / params.split)
+            report_split(snapshot, preds, summary, run_id=run_id)
     return EvaluateResult(
         run_id=run_id,
         run_url=run_url(client, run_id),

@@ -14,6 +14,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 
+from cvcore.engine.run import claim_run_folder
 from flows.params import DataSource, PipelineResult, TaskRunnerSpec, TrainPipelineParams
 from flows.shards import predict_shards_on, submit_shards
 from tasks.artifacts import artifact_key, markdown_table
@@ -104,6 +105,7 @@ def _run(params: TrainPipelineParams, snapshot: SnapshotRef, *, run_id: str, hom
     log_dataset(client, run_id, snapshot.path, splits=logged)
     config = plan_run(snapshot, params.config, run_id=run_id)
     run_dir = params.run_dir or (params.resume.parent if params.resume else home / "checkpoints" / run_id)
+    claim_run_folder(run_dir, resume=params.resume is not None)  # before the preview writes there; training locks it
     if params.preview_images:
         augment_preview(snapshot, config, run_id=run_id, out_dir=run_dir, n_preview=params.preview_images)
     checkpoint = train_model(config, run_id=run_id, out_dir=run_dir, progress=params.progress, resume=params.resume)

@@ -3,6 +3,12 @@
 ``train_run`` is what ``cvflow train`` calls and what the Prefect train pipeline reuses; it owns
 the choices a bare ``fit`` leaves to its caller: per-model defaults, the number of classes, the
 seed before the model's initialisation, freezing, checkpoint ``meta`` and ``config.yaml``.
+
+A run folder is cvflow's: it holds the marker file ``.cvflow-run`` (written when a run first
+claims the folder; a folder with a ``last.pt`` from before markers counts too). A folder that
+holds anything else is refused rather than having a user's ``config.yaml`` or ``metrics.json``
+overwritten, and a training holds the folder's lock (cvcore.engine.locks) from start to end, so
+a second training into the same folder fails at once instead of crossing its weights.
 """
 
 from __future__ import annotations
@@ -17,13 +23,84 @@ import yaml
 
 from cvcore.config import RunConfig
 from cvcore.data.snapshot import Snapshot, read_snapshot
-from cvcore.engine.checkpoint import LAST
-from cvcore.engine.train import FitResult, fit, seed_everything
+from cvcore.engine.checkpoint import BEST, LAST
+from cvcore.engine.locks import LOCK_FILE, check_not_in_use, folder_lock
+from cvcore.engine.train import HISTORY_FILE, METRICS_FILE, FitResult, fit, seed_everything
 
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
+RUN_MARKER = ".cvflow-run"  # present in every folder cvflow trains into
 _SECTIONS = ("data", "model", "augment", "train", "eval")
+_RUN_FILES = (LAST, BEST, CONFIG_FILE, METRICS_FILE, HISTORY_FILE)  # files a run writes atomically (temp sibling + rename)
+
+
+def is_run_folder(folder: str | Path) -> bool:
+    """True when ``folder`` is a cvflow run folder: it has the marker, or a ``last.pt`` (runs from before markers)."""
+    folder = Path(folder)
+    return (folder / RUN_MARKER).is_file() or (folder / LAST).is_file()
+
+
+def check_run_folder(out_dir: str | Path, *, resume: bool) -> None:
+    """Raise unless a training may write into ``out_dir``; writes nothing.
+
+    Fine: a missing or empty folder, or a cvflow run folder (:func:`is_run_folder`) without a
+    ``last.pt`` or resumed (``resume``). Refused: a file (NotADirectoryError); a folder holding
+    files that is not a run folder, whose files a run could overwrite (FileExistsError); a run
+    folder with ``last.pt`` when not resuming (FileExistsError); a folder another training holds
+    (cvcore.engine.locks.FolderInUse).
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(f"run folder {out_dir} is a file, not a folder")
+    if not out_dir.is_dir():
+        return
+    if not is_run_folder(out_dir):
+        others = sorted(p.name for p in out_dir.iterdir() if p.name != LOCK_FILE)
+        if others:
+            shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+            raise FileExistsError(
+                f"{out_dir} holds files ({shown}) but is not a cvflow run folder (no {RUN_MARKER}); "
+                "training would overwrite them: choose a new or empty folder"
+            )
+    check_not_in_use(out_dir, what="training")
+    if not resume and (out_dir / LAST).exists():
+        raise FileExistsError(f"{out_dir} already holds a run ({LAST}); resume it or choose another output folder")
+
+
+def claim_run_folder(out_dir: str | Path, *, resume: bool) -> Path:
+    """Make ``out_dir`` a run folder (created, marker written) after :func:`check_run_folder`.
+
+    Call it before anything else writes into the folder (the pipeline's augmentation preview).
+    """
+    out_dir = Path(out_dir)
+    check_run_folder(out_dir, resume=resume)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    marker = out_dir / RUN_MARKER
+    if not marker.is_file():
+        fd, tmp = tempfile.mkstemp(prefix=f"{RUN_MARKER}.", suffix=".tmp", dir=out_dir)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write('{"cvflow": "run folder", "format": 1}\n')
+            os.replace(tmp, marker)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    return out_dir
+
+
+def remove_run_temporaries(out_dir: str | Path) -> list[Path]:
+    """Delete the hidden temporaries (``.last.pt.<random>.tmp`` ...) a killed training left in ``out_dir``.
+
+    Only while holding the folder's lock: then no other writer can be using them.
+    """
+    out_dir = Path(out_dir)
+    removed = [p for p in out_dir.iterdir() if p.name.endswith(".tmp") and any(p.name.startswith(f".{f}.") for f in _RUN_FILES)]
+    for p in removed:
+        p.unlink(missing_ok=True)
+    if removed:
+        log.info("removed %d temporary file(s) of a killed training from %s", len(removed), out_dir)
+    return removed
 
 
 def resolve_run_config(config: RunConfig, *, snapshot: Snapshot) -> RunConfig:
@@ -73,19 +150,32 @@ def train_run(
 
     ``out_dir`` receives ``config.yaml`` (the resolved config), ``last.pt``, ``best.pt``,
     ``metrics.json`` and ``history.parquet``. A folder that already holds a run is refused
-    unless ``resume`` continues it. Raises ValueError for a missing/unknown snapshot or model.
+    unless ``resume`` continues it, as is a folder holding files that is not a cvflow run folder
+    (:func:`check_run_folder`). The folder's lock is held until training ends: a second training
+    into it fails at once (cvcore.engine.locks.FolderInUse). Raises ValueError for a
+    missing/unknown snapshot or model.
     """
-    from cvcore.engine.data import make_loaders
-    from cvcore.models import build_model
-    from cvcore.models.finetune import apply_freeze
-
     out_dir = Path(out_dir)
-    if resume is None and (out_dir / LAST).exists():
-        raise FileExistsError(f"{out_dir} already holds a run ({LAST}); resume it or choose another output folder")
+    check_run_folder(out_dir, resume=resume is not None)
     if config.data.snapshot is None:
         raise ValueError("no dataset: set data.snapshot in the config (or --data on the command line)")
     snapshot = read_snapshot(config.data.snapshot)
     config = resolve_run_config(config, snapshot=snapshot)
+    claim_run_folder(out_dir, resume=resume is not None)
+    with folder_lock(out_dir, what="training"):
+        # Checked again under the lock: another training may have finished in this folder since.
+        if resume is None and (out_dir / LAST).exists():
+            raise FileExistsError(f"{out_dir} already holds a run ({LAST}); resume it or choose another output folder")
+        remove_run_temporaries(out_dir)
+        return _train_locked(config, snapshot, out_dir, callbacks=callbacks, resume=resume)
+
+
+def _train_locked(config: RunConfig, snapshot: Snapshot, out_dir: Path, *, callbacks: Iterable[Any], resume: str | Path | None) -> FitResult:
+    """The body of :func:`train_run`, with the run folder claimed and locked and ``config`` resolved."""
+    from cvcore.engine.data import make_loaders
+    from cvcore.models import build_model
+    from cvcore.models.finetune import apply_freeze
+
     mc = config.model
 
     seed_everything(config.train.seed)  # the model's random initialisation is part of the run
@@ -100,7 +190,6 @@ def train_run(
         "options": dict(mc.options),
         "snapshot": {"path": str(snapshot.path), "name": snapshot.name, "digest": snapshot.digest},
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
     write_config(config, out_dir / CONFIG_FILE)
     log.info("training %s on %s (%d classes) into %s", mc.name, snapshot.path, mc.num_classes, out_dir)
     return fit(

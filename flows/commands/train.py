@@ -51,7 +51,7 @@ def train(
     from cvcore.config import RunConfig, load_config
     from cvcore.data.snapshot import read_snapshot
     from cvcore.engine.checkpoint import LAST, load_checkpoint
-    from cvcore.engine.run import resolve_run_config
+    from cvcore.engine.run import check_run_folder, resolve_run_config
     from cvcore.engine.train import NonFiniteLossError
     from flows.params import DataSource, TrainPipelineParams
     from flows.train import train_pipeline
@@ -78,8 +78,9 @@ def train(
     if "snapshot" not in raw.get("data", {}):
         raise ValueError("no dataset: pass --data SNAPSHOT (or data.snapshot in --config)")
     run_config = RunConfig.model_validate(raw)
-    if resume is None and (out / LAST).exists():
-        raise FileExistsError(f"{out} already holds a run ({LAST}); resume it or choose another output folder")
+    # --out must be a new or empty folder or a cvflow run folder no other training holds; a folder
+    # of the user's files (their metrics.json, config.yaml) is refused, never written into.
+    check_run_folder(out, resume=resume is not None)
     # Unknown model, wrong task, missing snapshot or split, bad options or weights fail here, before any server starts.
     snapshot = read_snapshot(run_config.data.snapshot)
     resolved = resolve_run_config(run_config, snapshot=snapshot)

@@ -85,3 +85,31 @@ def test_predict_refuses_a_snapshot_of_another_task(cls_run, shapes_detection, t
     out, _ = cls_run
     result = runner.invoke(app, ["predict", "--model", str(out), "--data", str(shapes_detection.path), "--out", str(tmp_path / "p.parquet")])
     assert result.exit_code == 2 and "is a classification model" in _text(result)
+
+
+def test_train_refuses_a_folder_of_user_files_before_any_flow(shapes_classification, tmp_path, monkeypatch):
+    import flows.train
+
+    monkeypatch.setattr(flows.train, "train_pipeline", lambda *a, **k: pytest.fail("the flow must not start"))
+    folder = tmp_path / "thesis"
+    folder.mkdir()
+    (folder / "metrics.json").write_text('{"mine": 1}')
+    (folder / "config.yaml").write_text("mine: true\n")
+    result = _train("--data", str(shapes_classification.path), "--model", "resnet18", "--out", str(folder), "--epochs", "1")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "is not a cvflow run folder" in _text(result) and len(result.output.strip().splitlines()) == 1
+    assert sorted(p.name for p in folder.iterdir()) == ["config.yaml", "metrics.json"]
+    assert (folder / "metrics.json").read_text() == '{"mine": 1}'
+
+
+def test_train_into_a_folder_another_training_holds_is_one_line(shapes_classification, tmp_path, monkeypatch):
+    import flows.train
+    from cvcore.engine.locks import folder_lock
+    from cvcore.engine.run import claim_run_folder
+
+    monkeypatch.setattr(flows.train, "train_pipeline", lambda *a, **k: pytest.fail("the flow must not start"))
+    out = claim_run_folder(tmp_path / "run", resume=False)
+    with folder_lock(out, what="training"):  # as a training running now would
+        result = _train("--data", str(shapes_classification.path), "--model", "resnet18", "--out", str(out), "--epochs", "1")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert f"{out} is in use by another run" in _text(result)
