@@ -98,6 +98,11 @@ def coco_box_iou(dt: np.ndarray, gt: np.ndarray, crowd: np.ndarray) -> np.ndarra
     pycocotools works on xywh boxes and forms the right edge as ``x + w``; repeating its exact
     float operations (rather than calling torchvision's box_iou) keeps IoUs that sit on a
     threshold on the same side of it. Crowd ground truth uses intersection / detection area.
+    One limit: the ``w`` here is ``x2 - x1`` of the xyxy box, which can be one rounding step
+    away from the file's ``w`` (``x + w - x != w`` for some floats), so an IoU exactly on a
+    threshold can land on the other side of it than in pycocotools (module docstring of
+    cvcore.metrics.detection). A match at threshold ``t`` is ``IoU >= t``, as pycocotools'
+    ``if ious[dind, gind] < iou: continue``.
     """
     dw, dh = dt[:, 2] - dt[:, 0], dt[:, 3] - dt[:, 1]
     gw, gh = gt[:, 2] - gt[:, 0], gt[:, 3] - gt[:, 1]
@@ -200,13 +205,15 @@ def _greedy(
 
 
 def match_voc(inputs: DetectionInputs) -> Matches:
-    """The PASCAL VOC devkit rule at IoU > 0.5, per (image, category).
+    """The PASCAL VOC devkit rule (``VOCevaldet.m``: ``ovmax >= VOCopts.minoverlap``) at IoU >= 0.5, per (image, category).
 
     Each detection looks only at the ground truth it overlaps most (the first such box on ties,
-    difficult and crowd boxes included). If that IoU is > 0.5: an ignored (difficult or crowd)
+    difficult and crowd boxes included). If that IoU is >= 0.5: an ignored (difficult or crowd)
     box makes the detection ignored; a free box makes it a true positive and takes the box; a
     box already taken by a higher-ranked detection makes it a false positive (a duplicate).
-    IoU is in continuous coordinates (no VOC "+1" pixel), as everywhere in cvflow.
+    py-faster-rcnn's ``voc_eval.py`` and detectron2 test ``> 0.5``, which is not the devkit's
+    rule: they differ for a best IoU of exactly 0.5. IoU is in continuous coordinates (no VOC
+    "+1" pixel), as everywhere in cvflow.
     """
     regular = ~(inputs.gt_crowd | inputs.gt_difficult)
     N = inputs.dt_score.size
@@ -215,7 +222,7 @@ def match_voc(inputs: DetectionInputs) -> Matches:
     for chunk in iter_pairs(inputs.dt_img * K + inputs.dt_cat, inputs.gt_img * K + inputs.gt_cat):
         d, g = chunk.det, chunk.gt
         iou = box_iou_rows(inputs.dt_box[d], inputs.gt_box[g])
-        ok = iou > VOC_IOU_THRESHOLD
+        ok = iou >= VOC_IOU_THRESHOLD
         if not ok.any():
             continue
         d, g, iou = d[ok], g[ok], iou[ok]

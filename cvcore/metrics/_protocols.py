@@ -26,7 +26,27 @@ from cvcore.metrics._matching import COCO_MAX_DETS, COCO_RECALL_THRESHOLDS, NO_L
 
 Protocol = Literal["coco", "voc07", "voc12"]
 PROTOCOLS: tuple[str, ...] = ("coco", "voc07", "voc12")
-VOC07_RECALL_THRESHOLDS = np.arange(0.0, 1.1, 0.1)  # the devkit's 11 points
+
+
+
+def matlab_colon(start: float, step: float, stop: float) -> np.ndarray:
+    """MATLAB's ``start:step:stop`` for a whole number of steps, float for float.
+
+    MATLAB computes the first half of the elements from ``start`` (``start + k * step``) and the
+    second half from ``stop`` (``stop - k * step``), so ``0:0.1:1`` holds 0.6 and 0.7 as the
+    doubles nearest them, where ``np.arange(0, 1.1, 0.1)`` holds 0.6000000000000001 and
+    0.7000000000000001 (and misses a recall of exactly 3/5 or 7/10 at those points).
+    """
+    n = int(round((stop - start) / step))
+    out = np.empty(n + 1)
+    k = np.arange(n // 2 + 1)
+    out[k] = start + k * step
+    out[n - k] = stop - k * step
+    return out
+
+
+# The devkit's 11 points: VOCevaldet.m's ``for t=0:0.1:1, p=max(prec(rec>=t)) ...``
+VOC07_RECALL_THRESHOLDS = matlab_colon(0.0, 0.1, 1.0)
 
 
 def check_protocol(protocol: str) -> None:

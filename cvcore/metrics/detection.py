@@ -5,7 +5,16 @@
 truth's ``area`` column, crowd boxes matched by intersection over the detection's area and
 ignored, categories without ground truth left out of the means). ``difficult`` is not part of
 the COCO protocol and is not used by it. ``"voc07"`` (11-point) and ``"voc12"`` (all-point)
-score at IoU > 0.5 with ``iscrowd`` and ``difficult`` ground truth ignored.
+follow the official devkit's ``VOCevaldet.m``: a detection matches when its best IoU is >= 0.5
+(py-faster-rcnn's ``voc_eval.py`` and detectron2 use > 0.5 and differ from it exactly at 0.5),
+with ``iscrowd`` and ``difficult`` ground truth ignored; IoU is in continuous coordinates (no
+devkit "+1" pixel), as everywhere in cvflow.
+
+Boxes are xyxy inside cvflow: a COCO ``[x, y, w, h]`` becomes ``x1 = x, x2 = x + w`` when read,
+and the COCO IoU re-forms ``w = x2 - x1`` as pycocotools' C code would from ``w``. ``x + w - x``
+is not always ``w`` in floating point, so an IoU can differ from pycocotools' by one rounding
+step; where that IoU sits exactly on a threshold (0.5, 0.55, ...), the match (and so AP) can
+differ. Integer or short-decimal boxes, as in COCO's files, are exact.
 
 Inputs are polars DataFrames or LazyFrames in the cvcore.schema ANNOTATIONS / DETECTIONS /
 IMAGES layouts; nothing here prints, plots or writes.
