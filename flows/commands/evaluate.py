@@ -60,8 +60,10 @@ def evaluate(
     if dask_address:
         check_dask_address(dask_address)
     loaded = check_model_uri(model)
-    if snapshot is not None and loaded.meta["task"] != snapshot.task:
-        raise ValueError(f"--model {model} is a {loaded.meta['task']} model, but snapshot {data} is a {snapshot.task} dataset")
+    if snapshot is not None:
+        from cvcore.engine.run import prediction_dataset
+
+        prediction_dataset(loaded.meta, snapshot, split)  # ValueError: another task or other classes
     params = EvaluatePipelineParams(
         model=model, data=source, split=split, protocol=protocol, experiment=experiment, prediction_shards=shards, batch_size=batch_size,
         predictions=predictions, task_runner=runner,

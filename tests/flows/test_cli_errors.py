@@ -266,9 +266,17 @@ def test_an_empty_snapshot_is_one_line(empty_snapshot, checkpoints, tmp_path):
     assert message in one_line_error(train(empty_snapshot, tmp_path / "run"))
 
 
-def test_a_model_of_another_task_is_one_line(shapes_detection, checkpoints):
+def test_a_model_of_another_task_or_other_classes_is_one_line(shapes_detection, checkpoints, tmp_path):
     line = one_line_error(evaluate(shapes_detection.path, model=checkpoints / "good.pt"))
-    assert f"is a classification model, but snapshot {shapes_detection.path} is a detection dataset" in line
+    assert f"the model is a classification model, but snapshot {shapes_detection.path} is a detection dataset" in line
+    from cvcore.data.synthetic import make_shapes_classification
+
+    other = make_shapes_classification(tmp_path / "other", n_train=4, n_val=4, seed=1)
+    pl.DataFrame({"category_id": [0, 1, 2, 3], "name": ["w", "x", "y", "z"], "source_id": [0, 1, 2, 3]}).cast(
+        other.categories.schema
+    ).write_parquet(other.path / "categories.parquet")
+    line = one_line_error(evaluate(other.path, model=checkpoints / "good.pt"))
+    assert f"snapshot {other.path} has ['w', 'x', 'y', 'z']" in line
 
 
 # --- checkpoints and weights files --------------------------------------------------------
