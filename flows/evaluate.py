@@ -26,7 +26,7 @@ from cvcore.engine.locks import folder_lock, sibling_lock_file
 from cvcore.engine.shards import is_uri, resolve_location
 from flows.params import EvaluatePipelineParams, EvaluateResult
 from flows.train import load_data, predict_split
-from tasks.evaluate import evaluate_split, model_eval_config, report_split
+from tasks.evaluate import describe_run, evaluate_split, model_eval_config, report_split
 from tasks.registry import is_model_uri, resolve_checkpoint
 from tasks.storage import file_sha256
 from tasks.tracking import (
@@ -40,6 +40,7 @@ from tasks.tracking import (
     run_closed_after,
     run_tags,
     run_url,
+    set_description,
 )
 
 TAG_EVALUATED_MODEL = "cvflow.evaluated_model"
@@ -86,6 +87,7 @@ def evaluate_pipeline(params: EvaluatePipelineParams) -> EvaluateResult:
             log_tags(client, run_id, {TAG_SHARDS_REUSED: ",".join(map(str, preds.reused))})
             summary = evaluate_split(snapshot, preds, eval_config=eval_config, run_id=run_id, out_dir=home / "evaluations" / run_id / params.split)
             report_split(snapshot, preds, summary, run_id=run_id)
+        set_description(client, run_id, describe_run(f"{label} evaluated on {snapshot.name} / {params.split}", {params.split: summary}, lines=[f"Predictions: `{out_dir}`."]))
     return EvaluateResult(
         run_id=run_id,
         run_url=run_url(client, run_id),

@@ -19,7 +19,7 @@ from flows.params import DataSource, PipelineResult, TaskRunnerSpec, TrainPipeli
 from flows.shards import predict_shards_on, submit_shards
 from tasks.artifacts import artifact_key, markdown_table
 from tasks.augment import augment_preview
-from tasks.evaluate import evaluate_split, report_split
+from tasks.evaluate import describe_run, evaluate_split, report_split
 from tasks.ingest import ingest_source, open_snapshot, source_fingerprint
 from tasks.refs import EvalSummary, PredictionsRef, SnapshotRef
 from tasks.registry import log_model, register_model
@@ -34,6 +34,7 @@ from tasks.tracking import (
     run_closed_after,
     run_tags,
     run_url,
+    set_description,
 )
 from tasks.train import plan_run, train_model
 
@@ -123,6 +124,8 @@ def _run(params: TrainPipelineParams, snapshot: SnapshotRef, *, run_id: str, hom
     registered = params.registered_model or f"{snapshot.name}-{config.model.name}"
     version = register_model(model_uri, name=registered, run_id=run_id, tags=_version_tags(summaries))
     log_tags(client, run_id, {"cvflow.registered_model": registered, "cvflow.model_version": version.version})
+    title = f"{config.model.name} on {snapshot.name} ({snapshot.task}), {checkpoint.epochs} epoch(s)"
+    set_description(client, run_id, describe_run(title, summaries, lines=[f"Registered as `{registered}` version {version.version}."]))
     url = run_url(client, run_id)
     _summary_artifact(registered, version.version, url, summaries)
     return PipelineResult(

@@ -22,6 +22,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping, Sequence
 
 import polars as pl
 from prefect import task
@@ -242,6 +243,29 @@ def evaluate_split(
         logger.warning("%s %s: %s", snapshot.name, split, unreadable_note(left_out))
     logger.info("%s %s: %s = %s", snapshot.name, split, headline, fmt(scores.metrics.get(headline, math.nan)))
     return summary
+
+
+# The numbers a run's description shows per split, in this order (those the split has).
+DESCRIBED = {"coco": ("map", "map_50", "map_75"), "voc07": ("map_50",), "voc12": ("map_50",), "classification": ("accuracy", "macro_f1")}
+
+
+def describe_run(title: str, summaries: Mapping[str, EvalSummary], *, lines: Sequence[str] = ()) -> str:
+    """A run's description (markdown, for MLflow's ``mlflow.note.content``): ``title``, then one
+    line of headline metrics per evaluated split, then ``lines``.
+
+    Per split: the protocol's headline numbers (COCO map, map_50, map_75; VOC map_50;
+    classification accuracy, macro_f1), the ranking one in bold, and how many unreadable images
+    were left out when there were any.
+    """
+    out = [f"**{title}**", ""]
+    for split, s in summaries.items():
+        shown = [k for k in DESCRIBED.get(s.protocol, (s.headline,)) if k in s.metrics]
+        parts = [f"**{k} {fmt(s.metrics[k])}**" if k == s.headline else f"{k} {fmt(s.metrics[k])}" for k in shown]
+        left_out = f"; {s.unreadable} unreadable image(s) left out" if s.unreadable else ""
+        out.append(f"- {split} ({s.protocol}): {', '.join(parts)}{left_out}")
+    if lines:
+        out += ["", *lines]
+    return "\n".join(out)
 
 
 def unreadable_note(unreadable: pl.DataFrame) -> str:

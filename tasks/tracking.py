@@ -49,6 +49,12 @@ TAG_FLOW_RUN = "cvflow.flow_run_id"
 TAG_CODE_VERSION = "cvflow.code_version"
 TAG_FAILURE = "cvflow.failure"
 
+# MLflow 3's UI opens an experiment in the view its kind names (mlflow/server/js: ExperimentKind);
+# without the tag it guesses, and an experiment of few runs opens in the GenAI (traces) view.
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"  # the model-training view: runs, metrics, charts
+TAG_NOTE = "mlflow.note.content"  # a run's description in the MLflow UI (markdown)
+
 
 class TrackingUnavailable(RuntimeError):
     """The MLflow tracking store cannot be used (no such scheme, the server does not answer);
@@ -170,18 +176,31 @@ def _tls_context() -> ssl.SSLContext:
 
 
 def ensure_experiment(client: MlflowClient, name: str = DEFAULT_EXPERIMENT) -> str:
-    """The id of experiment ``name``, created (with the home's artifact root) when missing."""
+    """The id of experiment ``name``, created (with the home's artifact root) when missing.
+
+    It carries ``mlflow.experimentKind = custom_model_development``, so the MLflow UI opens it in
+    its model-training view; an existing experiment without a kind gets it (a kind someone chose
+    is kept).
+    """
     exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    try:
-        return client.create_experiment(name, artifact_location=artifact_root())
-    except MlflowException:
-        # Another process created it between our lookup and create.
-        exp = client.get_experiment_by_name(name)
-        if exp is None:
-            raise
-        return exp.experiment_id
+    if exp is None:
+        try:
+            experiment_id = client.create_experiment(name, artifact_location=artifact_root(), tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND})
+        except MlflowException:
+            # Another process created it between our lookup and create.
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+        else:
+            return experiment_id
+    if TAG_EXPERIMENT_KIND not in exp.tags:
+        client.set_experiment_tag(exp.experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
+    return exp.experiment_id
+
+
+def set_description(client: MlflowClient, run_id: str, text: str) -> None:
+    """The run's description in the MLflow UI (the ``mlflow.note.content`` tag, markdown)."""
+    client.set_tag(run_id, TAG_NOTE, text[:5000])
 
 
 def code_version() -> str:

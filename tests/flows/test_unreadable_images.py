@@ -66,6 +66,11 @@ def _check_reported(client: MlflowClient, run_id: str, tables_dir, bad: dict, n_
     assert table["reason"][0]  # the decoder's message
     artifacts = {a.path for a in client.list_artifacts(run_id, "eval/val")}
     assert {"eval/val/unreadable.parquet", "eval/val/unreadable.json"} <= artifacts
+    # the MLflow UI: the run's description has its headline numbers, the experiment opens in the training view
+    accuracy = run.data.metrics["final/val/accuracy"]
+    assert f"- val (classification): accuracy {accuracy:.4f}, **macro_f1" in run.data.tags["mlflow.note.content"]
+    assert "1 unreadable image(s) left out" in run.data.tags["mlflow.note.content"]
+    assert client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
     # the evaluated universe is the readable images: the confusion matrix counts one image fewer
     assert pl.read_parquet(tables_dir / "confusion.parquet")["count"].sum() == n_val - 1
 

@@ -95,3 +95,22 @@ def test_an_unreadable_detection_image_is_left_out_not_counted_as_missed(shapes_
     assert scores.tables["unreadable"].rows() == [(bad["image_id"], bad["file_name"], "OSError: truncated")]
     counted = score_split(shapes_detection.path, dets, split="val", protocol="coco")
     assert counted.metrics["mar_100"] < 1.0 and counted.tables["unreadable"].is_empty()
+
+
+def test_a_run_description_names_each_splits_headline_numbers(tmp_path):
+    from tasks.evaluate import describe_run
+    from tasks.refs import EvalSummary
+
+    val = EvalSummary(split="val", task="detection", protocol="coco", headline="map", tables_dir=tmp_path,
+                      metrics={"map": 0.51234, "map_50": 0.8, "map_75": 0.5, "mar_100": 0.6, "ap/circle": 0.4})  # fmt: skip
+    test = EvalSummary(split="test", task="detection", protocol="coco", headline="map", tables_dir=tmp_path, metrics={"map": 0.5, "map_50": 0.75}, unreadable=2)
+    text = describe_run("yolov1 on shapes (detection), 30 epoch(s)", {"val": val, "test": test}, lines=["Registered as `shapes-yolov1` version 3."])
+    assert text == (
+        "**yolov1 on shapes (detection), 30 epoch(s)**\n\n"
+        "- val (coco): **map 0.5123**, map_50 0.8000, map_75 0.5000\n"
+        "- test (coco): **map 0.5000**, map_50 0.7500; 2 unreadable image(s) left out\n\n"
+        "Registered as `shapes-yolov1` version 3."
+    )
+    cls = EvalSummary(split="val", task="classification", protocol="classification", headline="macro_f1", tables_dir=tmp_path,
+                      metrics={"accuracy": 0.99, "macro_f1": 0.98})  # fmt: skip
+    assert describe_run("resnet18", {"val": cls}).endswith("- val (classification): accuracy 0.9900, **macro_f1 0.9800**")

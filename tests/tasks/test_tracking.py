@@ -105,3 +105,23 @@ def test_run_tags_name_dataset_model_flow_and_code_version(shapes_classification
     assert tags[tracking.TAG_DATASET_DIGEST] == shapes_classification.digest
     assert tags[tracking.TAG_MODEL] == "resnet18" and tags[tracking.TAG_FLOW_RUN] == "abc"
     assert tags[tracking.TAG_CODE_VERSION] == tracking.code_version() != "unknown"
+
+
+def test_experiments_open_in_the_mlflow_ui_model_training_view(home):
+    client = tracking.mlflow_client()
+    made = client.get_experiment(tracking.ensure_experiment(client, "new"))
+    assert made.tags["mlflow.experimentKind"] == "custom_model_development"
+    old = client.create_experiment("made-before")  # an experiment from before cvflow set the kind
+    assert "mlflow.experimentKind" not in client.get_experiment(old).tags
+    assert tracking.ensure_experiment(client, "made-before") == old
+    assert client.get_experiment(old).tags["mlflow.experimentKind"] == "custom_model_development"
+    chosen = client.create_experiment("chosen", tags={"mlflow.experimentKind": "genai_development"})
+    tracking.ensure_experiment(client, "chosen")
+    assert client.get_experiment(chosen).tags["mlflow.experimentKind"] == "genai_development"  # a user's choice is kept
+
+
+def test_a_run_description_is_mlflows_note(home):
+    client = tracking.mlflow_client()
+    run_id = tracking.open_run(client, tracking.ensure_experiment(client), run_name="r", tags={})
+    tracking.set_description(client, run_id, "**resnet18 on shapes**")
+    assert client.get_run(run_id).data.tags["mlflow.note.content"] == "**resnet18 on shapes**"
