@@ -104,12 +104,28 @@ def train_one(snapshot: Path, model: str, sets: dict, out: Path) -> dict:
 
 
 @torch.no_grad()
-def inference_ms(model_name: str, num_classes: int, size: int, *, batch: int = 8, repeats: int = 3) -> float:
-    """CPU ms per image of eval-mode forward + decoding on random images at ``size`` px."""
+def inference_ms(run_dir: Path, snapshot: Path, size: int, *, batch: int = 8, repeats: int = 3) -> float:
+    """CPU ms per image of the trained model's eval forward + decoding, val images resized to ``size`` px.
+
+    The run's best weights are loaded into the model rebuilt at ``size`` (so decoding sees real
+    scores, not a random model's); CPU time counts every thread (process_time).
+    """
+    import torch.nn.functional as F
+
+    from cvcore.data.snapshot import read_snapshot
+    from cvcore.data.torch_dataset import dataset_for
+    from cvcore.engine.checkpoint import ema_weights, load_checkpoint
     from cvcore.models import build_model
 
-    model = build_model(model_name, num_classes=num_classes, img_size=size).eval()
-    images = [torch.rand(3, size, size, generator=torch.Generator().manual_seed(i)) for i in range(batch)]
+    state = load_checkpoint(run_dir / "best.pt")
+    meta = state["meta"]
+    model = build_model(meta["model_name"], num_classes=meta["num_classes"], img_size=size, **meta["options"])
+    model.load_state_dict(ema_weights(state["ema"]) if state.get("ema") else state["model"])
+    model.eval()
+    if hasattr(model, "set_postprocess"):
+        model.set_postprocess(score_threshold=0.001, max_detections=100)
+    data = dataset_for(read_snapshot(snapshot), "val", None)
+    images = [F.interpolate(data[i][0].float()[None] / (255 if data[i][0].dtype == torch.uint8 else 1), size=(size, size), mode="bilinear")[0] for i in range(batch)]
     model(images)  # warm-up
     best = float("inf")
     for _ in range(repeats):
@@ -159,13 +175,11 @@ def main(argv: list[str] | None = None) -> int:
             data_name = spec.partition("=")[0]
             snapshot = snapshot_for(spec, work)
             for model in args.models.split(","):
-                label = args.label or " ".join([model, *args.set])
+                label = " ".join([model, args.label]) if args.label else " ".join([model, *args.set])
                 print(f"{data_name} / {label}", flush=True)
                 run = train_one(snapshot, model, sets, work / f"run-{data_name}-{model}-{len(results)}")
-                from cvcore.data.snapshot import read_snapshot
-
-                k = read_snapshot(snapshot).num_classes
-                infer = {} if args.no_infer else {f"infer_ms_{s}": inference_ms(model, k, s) for s in INFER_SIZES}
+                run_dir = work / f"run-{data_name}-{model}-{len(results)}"
+                infer = {} if args.no_infer else {f"infer_ms_{s}": inference_ms(run_dir, snapshot, s) for s in INFER_SIZES}
                 best = max(run["curve"], key=lambda r: r["map_50"])
                 results.append({"data": data_name, "model": model, "label": label, "sets": args.set, **run, **infer,
                                 "best_map_50": best["map_50"], "best_map": max(r["map"] for r in run["curve"]),

@@ -245,7 +245,7 @@ class ComparePipelineParams(_Params):
 
     data: DataSource
     models: tuple[str, ...] = Field(
-        ("rcnn", "fast_rcnn", "faster_rcnn", "yolov1"), min_length=1,
+        ("rcnn", "fast_rcnn", "faster_rcnn", "yolov1", "fcos"), min_length=1,
         description="registered detectors; NAME=RUN_DIR loads that finished run (or checkpoint) instead of training",
     )  # fmt: skip
     epochs: dict[str, int] = Field(default_factory=dict, description="training epochs per model (a model left out: its own default)")

@@ -18,7 +18,7 @@ from rich.table import Table
 from flows.commands._common import cli_errors, console, setup_logging
 from flows.commands._pipeline import check_checkpoint, check_weights_file, check_writable_dir, flow_errors, prefect_settings
 
-DEFAULT_MODELS = "rcnn,fast_rcnn,faster_rcnn,yolov1"
+DEFAULT_MODELS = "rcnn,fast_rcnn,faster_rcnn,yolov1,fcos"
 PROTOCOLS = ("coco", "voc07", "voc12")
 
 

@@ -72,7 +72,8 @@ def test_backbone_transfers_from_a_resnet18_classifier(tmp_path):
     model = build_model("fcos", num_classes=2, img_size=64)
     report = load_pretrained(model, path, model_name="fcos")
     body = dict(model.backbone.named_parameters())
-    assert torch.equal(body["layer4.1.conv2.weight"], classifier.backbone.layer4[1].conv2.weight)
+    assert torch.equal(body["layer3.1.conv2.weight"], classifier.backbone.layer3[1].conv2.weight)
+    assert "layer4.0.conv1.weight" not in body  # the stride-32 stage is not built by default
     assert torch.equal(body["conv1.weight"], classifier.backbone.conv1.weight)
     assert report is not None
 
