@@ -98,3 +98,28 @@ def test_two_stage_models_report_proposal_recall(shapes_detection):
     n_boxes = sum(len(t["boxes"]) for t in _Proposing(ds).targets)
     assert metrics["val/proposal_per_image"] == pytest.approx(1 + n_boxes / len(ds))
     assert "val/proposal_recall_50" not in validate(Oracle(ds), ds, task="detection", settings=_settings())
+
+
+def test_an_unreadable_val_image_is_left_out_of_the_scored_images(shapes_detection, tmp_path):
+    """As in evaluation: a perfect detector still scores 1 when one val image (with objects) cannot be read."""
+    import shutil
+
+    import polars as pl
+
+    from cvcore.data.snapshot import read_snapshot
+
+    shutil.copytree(shapes_detection.path, tmp_path / "snap")
+    snap = read_snapshot(tmp_path / "snap")
+    val = snap.split_images("val").filter(pl.col("image_id").is_in(snap.annotations["image_id"].implode()))
+    snap.image_path(val["file_name"][0]).write_bytes(b"not an image")
+    ds = dataset_for(snap, "val", resize_transform(32))
+
+    class ReadableOracle(Oracle):
+        def __init__(self, dataset):
+            nn.Module.__init__(self)
+            self.targets = [s[1] for s in (dataset[i] for i in range(len(dataset))) if s is not None]
+            self.shift, self.calls = 0.0, 0
+
+    metrics = validate(ReadableOracle(ds), ds, task="detection", settings=_settings())
+    assert len(ReadableOracle(ds).targets) == len(ds) - 1
+    assert metrics["val/map_50"] == pytest.approx(1.0) and metrics["val/mar_100"] == pytest.approx(1.0)
