@@ -57,3 +57,23 @@ def test_the_configured_nms_iou_changes_pipeline_predictions_as_it_changes_cvflo
         frames[nms] = pipeline
     # The same weights: only the NMS IoU differs, and a looser NMS keeps more overlapping boxes.
     assert frames[0.2].height < frames[0.9].height
+
+
+def test_cvflow_predict_reports_an_unreadable_image_and_records_it_in_the_file(shapes_detection, tmp_path):
+    import shutil
+
+    from cvcore.engine.shards import read_unreadable_shards
+
+    shutil.copytree(shapes_detection.path, tmp_path / "snap")
+    snapshot = read_snapshot(tmp_path / "snap")
+    bad = snapshot.split_images("val").sort("image_id").row(0, named=True)
+    snapshot.image_path(bad["file_name"]).write_bytes(b"")  # a zero-byte file, as an interrupted copy leaves
+    ckpt = _yolo_checkpoint(tmp_path / "run" / "best.pt", snapshot, nms_iou=0.5)
+    out = tmp_path / "preds.parquet"
+    result = runner.invoke(app, ["predict", "--model", str(ckpt), "--data", str(snapshot.path), "--split", "val", "--out", str(out), "--quiet", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "warning: 1 image(s) could not be read and have no prediction" in text and bad["file_name"] in text
+    recorded = read_unreadable_shards([out])
+    assert recorded["image_id"].to_list() == [bad["image_id"]] and recorded["file_name"][0].endswith(bad["file_name"])
+    assert bad["image_id"] not in pl.read_parquet(out)["image_id"].to_list()
