@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable
@@ -23,16 +24,16 @@ import yaml
 
 from cvcore.config import RunConfig
 from cvcore.data.snapshot import Snapshot, read_snapshot
-from cvcore.engine.checkpoint import BEST, LAST
+from cvcore.engine.checkpoint import LAST
 from cvcore.engine.locks import LOCK_FILE, check_not_in_use, folder_lock
-from cvcore.engine.train import HISTORY_FILE, METRICS_FILE, FitResult, fit, seed_everything
+from cvcore.engine.train import FitResult, fit, seed_everything
 
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
 RUN_MARKER = ".cvflow-run"  # present in every folder cvflow trains into
 _SECTIONS = ("data", "model", "augment", "train", "eval")
-_RUN_FILES = (LAST, BEST, CONFIG_FILE, METRICS_FILE, HISTORY_FILE)  # files a run writes atomically (temp sibling + rename)
+_TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")  # an atomic writer's temporary sibling (last.pt, config.yaml, ...)
 
 
 def is_run_folder(folder: str | Path) -> bool:
@@ -92,10 +93,11 @@ def claim_run_folder(out_dir: str | Path, *, resume: bool) -> Path:
 def remove_run_temporaries(out_dir: str | Path) -> list[Path]:
     """Delete the hidden temporaries (``.last.pt.<random>.tmp`` ...) a killed training left in ``out_dir``.
 
-    Only while holding the folder's lock: then no other writer can be using them.
+    The names the atomic writers give them (``tempfile.mkstemp``: ``.<file>.<8 of [a-z0-9_]>.tmp``),
+    directly in the run folder. Only while holding the folder's lock: then no other run writes there.
     """
     out_dir = Path(out_dir)
-    removed = [p for p in out_dir.iterdir() if p.name.endswith(".tmp") and any(p.name.startswith(f".{f}.") for f in _RUN_FILES)]
+    removed = [p for p in out_dir.iterdir() if _TEMPORARY.match(p.name) and p.is_file()]
     for p in removed:
         p.unlink(missing_ok=True)
     if removed:
