@@ -6,6 +6,8 @@ import os
 
 # Tests run two at a time (pytest -n 2) on 2 cores: one torch thread each.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Nothing in the tests downloads: pretrained="torchvision" without a cached file fails in one line.
+os.environ["CVFLOW_OFFLINE"] = "1"
 
 import pytest
 import torch

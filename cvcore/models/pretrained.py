@@ -1,11 +1,13 @@
-"""Pretrained weights without downloads: the local torch hub cache, a weights file, our checkpoints.
+"""Pretrained weights: torchvision's (hub cache, downloaded when asked for), a weights file, our checkpoints.
 
 Sources a model can load (``build_model(..., pretrained=...)``):
 
-- ``"torchvision"``: torchvision's published weights, only when the file is already in the local
-  torch hub cache (``torch.hub.get_dir()/checkpoints``, where ``torch.hub`` / torchvision put
-  them). Which weights fit is declared by the model as ``torchvision_sources``: candidates tried
-  in order, each with key renames mapping the file's names onto the model's.
+- ``"torchvision"``: torchvision's published weights from the local torch hub cache
+  (``torch.hub.get_dir()/checkpoints``, where ``torch.hub`` / torchvision put them); when none
+  is there, the first candidate is downloaded into it (the user asked for it), unless
+  ``CVFLOW_OFFLINE=1``; offline, one line names the file to put where. Which weights fit is
+  declared by the model as ``torchvision_sources``: candidates tried in order, each with key
+  renames mapping the file's names onto the model's. Nothing else here downloads.
 - a path: a state dict file, or one of our engine checkpoints (a dict with ``"model"``, the
   state dict, and ``"meta"``). Loaded with ``torch.load(weights_only=True)``.
 
@@ -194,6 +196,13 @@ def load_partial(
 
 
 def _cached_torchvision_file(model: nn.Module, name: str) -> tuple[Path, Renames]:
+    """The first of the model's torchvision weights in the hub cache; else download the first one.
+
+    A user who asks for ``pretrained: torchvision`` asks for those weights, so an online machine
+    fetches them into the torch hub cache (torch.hub's download: a temporary file renamed into
+    place, its SHA-256 prefix checked). ``CVFLOW_OFFLINE=1`` (the test suite sets it) or a failed
+    download gives one line naming the file to put where.
+    """
     sources: tuple[TorchvisionSource, ...] = tuple(getattr(model, "torchvision_sources", ()))
     if not sources:
         raise ValueError(f"model {name} declares no torchvision weights; pass a weights file instead")
@@ -202,11 +211,38 @@ def _cached_torchvision_file(model: nn.Module, name: str) -> tuple[Path, Renames
         if path.is_file():
             log.info("%s: using cached torchvision weights %s (%s)", name, src.weights, path)
             return path, src.renames
-    wanted = "\n  ".join(f"{hub_cache_path(s.weights)}  ({s.weights}, {s.weights.url})" for s in sources)
+    first = sources[0]
+    path = hub_cache_path(first.weights)
+    if os.environ.get("CVFLOW_OFFLINE", "") not in ("", "0"):
+        why = "CVFLOW_OFFLINE is set"
+    else:
+        why = _download(first.weights.url, path)
+        if why is None:
+            log.info("%s: downloaded torchvision weights %s to %s", name, first.weights, path)
+            return path, first.renames
     raise FileNotFoundError(
-        f"no torchvision weights for {name} in the local torch hub cache, and cvflow never downloads. "
-        f"Place one of these files (first found wins):\n  {wanted}"
+        f"no torchvision weights for {name} in the local torch hub cache ({why}): put {first.weights.url} at {path}"
     )
+
+
+def _download(url: str, path: Path, *, timeout_s: float = 30.0) -> str | None:
+    """Download ``url`` to ``path`` with torch.hub (hash-checked, atomic); None, or why it failed.
+
+    The socket timeout bounds a connection that never answers (torch.hub sets none).
+    """
+    import socket
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    match = re.search(r"-([a-f0-9]{8,})\.", path.name)  # torchvision names files <arch>-<sha256 prefix>.pth
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout_s)
+    try:
+        torch.hub.download_url_to_file(url, str(path), hash_prefix=match.group(1) if match else None, progress=True)
+    except Exception as exc:  # any network, HTTP, disk or hash failure: report it in one line
+        return f"offline? download failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
+    finally:
+        socket.setdefaulttimeout(previous)
+    return None
 
 
 def _few(names: tuple[str, ...], limit: int = 6) -> str:

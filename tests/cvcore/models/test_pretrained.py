@@ -49,9 +49,42 @@ def test_torchvision_weights_come_from_the_hub_cache(hub_dir, caplog):
     assert torch.equal(frcnn.backbone.layer2[0].conv1.weight, reference.layer2[0].conv1.weight)
 
 
-def test_missing_cache_names_the_file_and_never_downloads(hub_dir):
-    with pytest.raises(FileNotFoundError, match=r"(?s)never downloads.*resnet50-11ad3fa6\.pth"):
+def test_offline_missing_cache_is_one_line_naming_the_file(hub_dir, monkeypatch):
+    monkeypatch.setenv("CVFLOW_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match=r"CVFLOW_OFFLINE is set.*resnet50-11ad3fa6\.pth at .*checkpoints") as err:
         build_model("resnet50", num_classes=2, pretrained="torchvision")
+    assert "\n" not in str(err.value)
+
+
+def test_failed_download_is_one_line_naming_the_file(hub_dir, monkeypatch):
+    import urllib.error
+
+    monkeypatch.delenv("CVFLOW_OFFLINE", raising=False)
+
+    def unreachable(url, dst, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", unreachable)
+    with pytest.raises(FileNotFoundError, match=r"download failed: URLError.*put https://download.pytorch.org/models/resnet18-f37072fd\.pth at ") as err:
+        build_model("resnet18", num_classes=2, pretrained="torchvision", small_input=False)
+    assert "\n" not in str(err.value)
+
+
+def test_online_missing_cache_downloads_into_it_hash_checked(hub_dir, monkeypatch):
+    monkeypatch.delenv("CVFLOW_OFFLINE", raising=False)
+    torch.manual_seed(2)
+    reference = tvm.resnet18(weights=None)
+    calls = []
+
+    def fake_download(url, dst, hash_prefix=None, progress=True):  # stands in for the network
+        calls.append((url, hash_prefix))
+        torch.save(reference.state_dict(), dst)
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
+    model = build_model("resnet18", num_classes=3, pretrained="torchvision", small_input=False)
+    assert calls == [("https://download.pytorch.org/models/resnet18-f37072fd.pth", "f37072fd")]
+    assert torch.equal(model.backbone.layer2[0].conv1.weight, reference.layer2[0].conv1.weight)
+    assert hub_cache_path(tvm.ResNet18_Weights.IMAGENET1K_V1).is_file()
 
 
 def test_checkpoint_transfers_backbone_and_reinitialises_head(tmp_path):
