@@ -26,9 +26,9 @@ def build_model(
 ) -> nn.Module:
     """Build the registered model ``name`` for ``num_classes`` classes (ours, 0..K-1).
 
-    - ``pretrained``: None (random init), ``"torchvision"`` (weights already in the local torch
-      hub cache; nothing downloads), or a path to a state dict / one of our checkpoints. Loading
-      is partial: matching names and shapes load, the rest (a new head) keeps its fresh init.
+    - ``pretrained``: None (random init), ``"torchvision"`` (ImageNet weights from the local torch
+      hub cache, downloaded into it when missing unless ``CVFLOW_OFFLINE=1``), or a path to a
+      state dict / one of our checkpoints. Loading is partial: matching names and shapes load, the rest (a new head) keeps its fresh init.
     - ``img_size``: the square training/inference size in pixels. Passed to builders that take
       it (small-input classifiers, YOLOv1's input size, Faster R-CNN's resize); others ignore it.
     - ``options``: the model's own keyword options (see its builder's signature).
