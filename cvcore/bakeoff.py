@@ -513,6 +513,11 @@ def bakeoff_figure(table: pl.DataFrame, *, title: str = "") -> Figure:
     speed.scatter(cost, m50)
     for name, a, b in zip(names, cost, m50):
         speed.annotate(name, (a, b), textcoords="offset points", xytext=(4, 4), fontsize=9)
+    pick = best_tradeoff(table)
+    if pick is not None and pick in names:
+        i = names.index(pick)
+        speed.scatter([cost[i]], [m50[i]], s=160, facecolors="none", edgecolors="tab:red", label=f"best trade-off: {pick}")
+        speed.legend(fontsize=8, loc="lower right")
     speed.set_xscale("log")
     speed.xaxis.set_minor_formatter(NullFormatter())  # decade labels only: no crowded minor ticks
     speed.set_xlabel("inference CPU ms / image (log; left is faster)")
@@ -524,8 +529,34 @@ def bakeoff_figure(table: pl.DataFrame, *, title: str = "") -> Figure:
     return fig
 
 
+TRADEOFF_TOLERANCE = 0.02  # mAP@0.5 points a faster model may give up and still be "the best trade-off"
+
+
+def best_tradeoff(table: pl.DataFrame, *, tolerance: float = TRADEOFF_TOLERANCE) -> str | None:
+    """The model to recommend from a bake-off table: quality first, then inference cost.
+
+    Among the models whose mAP@0.5 is within ``tolerance`` of the best one, the one with the
+    lowest ``infer_cpu_ms_per_image`` (ties: the higher mAP@0.5, then table order). None when
+    no model has a finite mAP@0.5.
+    """
+    scored = table.filter(pl.col("map_50").is_not_nan() & pl.col("map_50").is_not_null())
+    if scored.is_empty():
+        return None
+    best = float(scored.get_column("map_50").max())
+    close = scored.with_row_index("order").filter(pl.col("map_50") >= best - tolerance - 1e-12)
+    cost = pl.when(pl.col("infer_cpu_ms_per_image").is_nan()).then(None).otherwise(pl.col("infer_cpu_ms_per_image"))
+    ranked = close.with_columns(cost.alias("cost")).sort(["cost", "map_50", "order"], descending=[False, True, False], nulls_last=True)
+    return str(ranked.get_column("model")[0])
+
+
 def table_markdown(table: pl.DataFrame) -> str:
-    """The table as a Markdown pipe table (polars' own formatter), 3 decimals, NaN as is."""
+    """The table as a Markdown pipe table (polars' own formatter), 3 decimals, NaN as is; the
+    best trade-off (:func:`best_tradeoff`) is marked ``**name** (best trade-off)``."""
+    pick = best_tradeoff(table)
+    if pick is not None:
+        table = table.with_columns(
+            pl.when(pl.col("model") == pick).then(pl.format("**{}** (best trade-off)", pl.col("model"))).otherwise(pl.col("model")).alias("model")
+        )
     with pl.Config(
         tbl_formatting="MARKDOWN", tbl_hide_column_data_types=True, tbl_hide_dataframe_shape=True,
         float_precision=3, tbl_rows=-1, tbl_cols=-1, tbl_width_chars=1000, fmt_str_lengths=100,
@@ -538,6 +569,12 @@ def write_bakeoff(result: BakeoffResult, out: str | Path, *, title: str = "") ->
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     header = f"Bake-off on split `{result.split}`, protocol `{result.protocol}`.\n\n"
+    pick = best_tradeoff(result.table)
+    if pick is not None:
+        header += (
+            f"Best trade-off: **{pick}**, the fastest at inference among the models within "
+            f"{TRADEOFF_TOLERANCE} mAP@0.5 of the best.\n\n"
+        )
     fig = bakeoff_figure(result.table, title=title)
     paths = {
         "table": _atomic(out / TABLE_FILE, lambda p: result.table.write_parquet(p)),

@@ -1,0 +1,31 @@
+"""The bake-off's recommendation: quality first (within a tolerance of the best), then inference cost."""
+
+from __future__ import annotations
+
+import math
+
+import polars as pl
+
+from cvcore.bakeoff import TABLE_SCHEMA, best_tradeoff, table_markdown
+
+
+def _table(rows: list[tuple[str, float, float]]) -> pl.DataFrame:
+    full = [{**{k: None for k in TABLE_SCHEMA}, "model": m, "map_50": q, "infer_cpu_ms_per_image": c} for m, q, c in rows]
+    return pl.DataFrame(full, schema=TABLE_SCHEMA)
+
+
+def test_fastest_model_close_to_the_best_quality_wins():
+    table = _table([("fast_rcnn", 0.865, 69.0), ("yolov1", 0.86, 20.0), ("fcos", 0.92, 25.0), ("rcnn", 0.34, 188.0)])
+    assert best_tradeoff(table) == "fcos"  # yolov1 is faster but 0.06 below the best
+    assert best_tradeoff(table, tolerance=0.07) == "yolov1"
+
+
+def test_nan_scores_and_costs_are_not_chosen():
+    table = _table([("a", math.nan, 1.0), ("b", 0.5, math.nan), ("c", 0.49, 10.0)])
+    assert best_tradeoff(table) == "c"  # b has no measured cost: c, within 0.02, is measured
+    assert best_tradeoff(_table([("a", math.nan, 1.0)])) is None
+
+
+def test_markdown_marks_the_pick():
+    text = table_markdown(_table([("yolov1", 0.6, 20.0), ("fcos", 0.9, 25.0)]))
+    assert "**fcos** (best trade-off)" in text and "**yolov1**" not in text
