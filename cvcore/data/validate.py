@@ -15,7 +15,7 @@ import numpy as np
 import polars as pl
 
 from cvcore import schema
-from cvcore.data.formats._common import RAW_IMAGES, quarantine_frame, unsafe_file_name
+from cvcore.data.formats._common import quarantine_frame, unsafe_file_name
 
 # Overshoots below this many pixels are float noise (e.g. YOLO's (cx + w/2) * W), not damage:
 # they are clipped without a quarantine row.
