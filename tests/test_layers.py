@@ -1,4 +1,5 @@
-"""DESIGN.md §1: layers point one way. cvcore imports neither prefect nor mlflow; tasks never flows."""
+"""docs/ARCHITECTURE.md §1: layers point one way. cvcore imports neither prefect nor mlflow; tasks never flows;
+the tests of a layer import no layer above it."""
 
 from __future__ import annotations
 
@@ -29,6 +30,12 @@ def test_cvcore_source_imports_neither_prefect_nor_mlflow():
 def test_tasks_never_import_flows():
     bad = sorted((p, m) for p, m in _imports("tasks") if m == "flows")
     assert not bad, f"tasks must not import flows: {bad}"
+
+
+def test_tests_import_no_layer_above_the_one_they_test():
+    bad = sorted((p, m) for p, m in _imports("tests/cvcore") if m in {"prefect", "mlflow", "tasks", "flows"})
+    bad += sorted((p, m) for p, m in _imports("tests/tasks") if m == "flows")
+    assert not bad, f"tests/cvcore may import only cvcore, tests/tasks not flows: {bad}"
 
 
 def test_importing_all_of_cvcore_loads_neither_prefect_nor_mlflow():

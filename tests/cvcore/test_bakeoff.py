@@ -8,6 +8,7 @@ import polars as pl
 import pytest
 import torch
 from matplotlib.figure import Figure
+from PIL import Image
 from torch import nn
 
 from cvcore import schema
@@ -114,13 +115,41 @@ def _table():
     return pl.DataFrame(rows, schema=TABLE_SCHEMA)
 
 
+def _cells(line: str) -> list[str]:
+    return [cell.strip() for cell in line.strip().strip("|").split("|")]
+
+
 def test_table_markdown_and_figure():
     text = table_markdown(_table())
     lines = text.strip().splitlines()
     assert lines[0].startswith("| model") and "map_50" in lines[0] and len(lines) == 4
-    assert "| 0.800" in lines[2] or "0.8" in lines[2]
+    assert _cells(lines[0]) == list(TABLE_SCHEMA)  # every column, in the schema's order
+    assert set(lines[1]) == {"|", "-"}
+    assert _cells(lines[2]) == ["**a** (best trade-off)", "0.800", "0.500", "0.400", "0.600", "NaN", "0.700", "0.900", "3", "10", "50.000",
+                                "1.000", "0.900", "12.000", "20.000", "2", "5.000", "300.000", "11.200"]  # fmt: skip
+    assert _cells(lines[3]) == ["b", "0.600", "0.300", "0.100", "0.500", "NaN", "0.200", "0.800", "3", "10", "98.000",
+                                "NaN", "NaN", "30.000", "50.000", "4", "200.000", "8.000", "20.000"]  # fmt: skip
+    assert text.endswith(" |\n")  # a is the best trade-off: b is faster but 0.2 mAP@0.5 below
+
     fig = bakeoff_figure(_table(), title="t")
     assert isinstance(fig, Figure) and len(fig.axes) == 2
+    bars, speed = fig.axes
+    assert fig.get_suptitle() == "t"
+    assert (bars.get_title(), bars.get_ylabel()) == ("accuracy (one protocol)", "score")
+    assert [t.get_text() for t in bars.get_xticklabels()] == ["a", "b"]
+    legend = ["mAP@0.5", "mAP", "AP small", "AP medium", "recall crowded", "recall isolated"]
+    assert [t.get_text() for t in bars.get_legend().get_texts()] == legend
+    # six bars per model, grouped by metric: heights are the table's values (map_large is not drawn)
+    assert [round(bar.get_height(), 6) for bar in bars.patches] == [0.8, 0.6, 0.5, 0.3, 0.4, 0.1, 0.6, 0.5, 0.7, 0.2, 0.9, 0.8]
+    assert (speed.get_title(), speed.get_ylabel(), speed.get_xscale()) == ("accuracy vs speed", "mAP@0.5", "log")
+    assert speed.get_xlabel() == "inference CPU ms / image (log; left is faster)"
+    points, ring = speed.collections
+    assert points.get_offsets().tolist() == [[300.0, 0.8], [8.0, 0.6]]  # (CPU ms per image, mAP@0.5)
+    assert ring.get_offsets().tolist() == [[300.0, 0.8]]  # the best trade-off, circled
+    assert [t.get_text() for t in speed.get_legend().get_texts()] == ["best trade-off: a"]
+    assert [(t.get_text(), t.xy) for t in speed.texts] == [("a", (300.0, 0.8)), ("b", (8.0, 0.6))]
+    nan_row = bakeoff_figure(_table().with_columns(recall_crowded=pl.lit(math.nan)))
+    assert [bar.get_height() for bar in nan_row.axes[0].patches][8:10] == [0.0, 0.0]  # NaN drawn as no bar
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +181,13 @@ def test_run_bakeoff_end_to_end(shapes_detection, tiny_bakeoff, tmp_path):
     assert again.table.get_column("train_s").item() == pytest.approx(row["train_s"])
     paths = write_bakeoff(again, tmp_path / "report")
     assert pl.read_parquet(paths["table"]).equals(again.table)
-    assert paths["markdown"].read_text().count("| rcnn") == 1 and paths["figure"].stat().st_size > 1000
+    assert paths["markdown"].read_text().count("| **rcnn** (best trade-off)") == 1 and paths["figure"].stat().st_size > 1000
+    assert paths["markdown"].read_text() == (
+        "Bake-off on split `val`, protocol `coco`.\n\n"
+        "Best trade-off: **rcnn**, the fastest at inference among the models within 0.02 mAP@0.5 of the best.\n\n"
+    ) + table_markdown(again.table)
+    with Image.open(paths["figure"]) as png:
+        assert (png.format, png.size) == ("PNG", (1440, 540))  # 12 x 4.5 inches at 120 dpi
     assert not list((tmp_path / "report").glob(".*tmp")), "no temporary files left"
 
 
@@ -188,20 +223,6 @@ def test_a_finished_run_is_reused_only_for_the_same_data_and_settings(shapes_det
     with pytest.raises(ValueError, match=r"model.options = .*warp_size"):
         train_contender(shapes_detection, "rcnn", out=out, epochs=1, pretrained=None, device="cpu",
                         overrides=fast | {"model": {"options": {"warp_size": 48}}})  # fmt: skip
-
-
-def test_parse_epochs():
-    from flows.commands.compare import parse_epochs
-
-    names = ["rcnn", "yolov1"]
-    assert parse_epochs(None, names) is None
-    assert parse_epochs("5", names) == {"rcnn": 5, "yolov1": 5}
-    assert parse_epochs("yolov1=40", names) == {"yolov1": 40}
-    assert parse_epochs("yolov1=40,5", names) == {"rcnn": 5, "yolov1": 40}
-    with pytest.raises(ValueError, match="not among"):
-        parse_epochs("fast_rcnn=3", names)
-    with pytest.raises(ValueError, match="at least 1"):
-        parse_epochs("0", names)
 
 
 def test_run_bakeoff_rejects_classifiers(shapes_detection, tmp_path):
