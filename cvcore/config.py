@@ -1,4 +1,4 @@
-"""One validated configuration object per run (DESIGN.md §6).
+"""One validated configuration object per run (docs/ARCHITECTURE.md §6).
 
 ``RunConfig`` is what a user writes in ``run.yaml`` and what is logged to MLflow once, flattened.
 Each section is a frozen pydantic model with defaults that just work on the built-in data; unknown

@@ -1,4 +1,4 @@
-"""The data contracts of cvflow (DESIGN.md §3): one polars schema per table, and validation.
+"""The data contracts of cvflow (docs/ARCHITECTURE.md §3): one polars schema per table, and validation.
 
 Boxes are xyxy, absolute pixels, float64 everywhere inside cvflow (``x2 - x1`` is the width).
 COCO xywh, YOLO normalised cx/cy/w/h and VOC 1-based corners exist only at the format edges.
@@ -36,7 +36,7 @@ CATEGORIES = pl.Schema(
     }
 )
 
-# `difficult` is not in DESIGN.md §3: VOC marks hard objects that its protocol ignores (neither
+# `difficult` comes from VOC (docs/ARCHITECTURE.md §3), which marks hard objects that its protocol ignores (neither
 # true nor false positive); COCO's `iscrowd` plays that part there. Both are kept so no source
 # information is lost.
 ANNOTATIONS = pl.Schema(

@@ -1,6 +1,6 @@
 """Batch inference task: a checkpoint over one shard of a split → one Parquet file.
 
-Predictions land in ``<out_dir>/part-<shard:05d>.parquet`` (DESIGN.md §3), a local folder or an
+Predictions land in ``<out_dir>/part-<shard:05d>.parquet`` (docs/ARCHITECTURE.md §3), a local folder or an
 object-store URI, streamed batch by batch and moved into place only when complete
 (cvcore.engine.shards), so a failed, retried or killed task never leaves a file that
 ``pl.scan_parquet(out_dir / "part-*.parquet")`` would read. Each file records which checkpoint,

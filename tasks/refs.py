@@ -1,4 +1,4 @@
-"""The small values that cross task boundaries: paths, digests, run ids, names (DESIGN.md §1).
+"""The small values that cross task boundaries: paths, digests, run ids, names (docs/ARCHITECTURE.md §1).
 
 Frames, models and clients never cross a task boundary (they break Prefect's cache keys and
 memory); these frozen pydantic records do, and they show up readably in the Prefect dashboard.

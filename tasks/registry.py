@@ -59,7 +59,7 @@ def log_model(run_id: str, checkpoint: Path) -> str:
 
 def _log_pyfunc(run_id: str, checkpoint: Path, meta: dict, *, model_id: str):
     # Model.log, unlike mlflow.pyfunc.log_model, takes run_id: the fluent active run is per
-    # thread and this task runs in a Prefect worker thread (DESIGN.md §1).
+    # thread and this task runs in a Prefect worker thread (docs/ARCHITECTURE.md §1).
     return Model.log(
         artifact_path=None,  # deprecated in MLflow 3 in favour of name=, but still positional
         name="model",

@@ -2,9 +2,9 @@
 
 MLflow's active run is per thread and Prefect runs tasks in worker threads, so nothing here uses
 the fluent ``mlflow.log_*`` calls: every write goes through an :class:`mlflow.MlflowClient` with
-an explicit ``run_id`` that the flow opened (DESIGN.md §1).
+an explicit ``run_id`` that the flow opened (docs/ARCHITECTURE.md §1).
 
-Embedded default (DESIGN.md §5): without ``MLFLOW_TRACKING_URI`` the tracking and registry store
+Embedded default (docs/ARCHITECTURE.md §5): without ``MLFLOW_TRACKING_URI`` the tracking and registry store
 is ``sqlite:///<CVFLOW_HOME>/mlflow.db`` and artifacts go to ``<CVFLOW_HOME>/mlartifacts/``.
 """
 

@@ -1,6 +1,6 @@
 """Offline augmentation: N augmented copies of one split, written as a new snapshot.
 
-The new snapshot keeps its pixels in its own ``images/`` folder (its image root, DESIGN.md §3):
+The new snapshot keeps its pixels in its own ``images/`` folder (its image root, docs/ARCHITECTURE.md §3):
 ``images/<split>/c<copy>_<source image id>.png`` for the augmented copies, and
 ``images/source/<file_name>`` for the images of the other splits, which are carried over
 unchanged (hard links where the file system allows, else copies) so the snapshot trains and

@@ -1,4 +1,4 @@
-"""Dataset snapshots: a folder of canonical Parquet tables plus ``manifest.json`` (DESIGN.md §3).
+"""Dataset snapshots: a folder of canonical Parquet tables plus ``manifest.json`` (docs/ARCHITECTURE.md §3).
 
 A snapshot is written atomically (a temporary sibling folder, then one rename) and carries a
 content digest over its tables and image hashes, so re-ingesting unchanged data gives the same

@@ -1,4 +1,4 @@
-"""Device, mixed-precision and CPU-thread choices (DESIGN.md §5: cuda when present, GPU runs use AMP)."""
+"""Device, mixed-precision and CPU-thread choices (docs/ARCHITECTURE.md §5: cuda when present, GPU runs use AMP)."""
 
 from __future__ import annotations
 

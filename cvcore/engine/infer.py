@@ -1,7 +1,7 @@
 """Batched inference that streams predictions as Arrow record batches, and Parquet writers.
 
 ``predict`` walks a dataset once through a DataLoader and yields one ``pyarrow.RecordBatch`` per
-batch in the predictions schema (DESIGN.md §3, cvcore.schema DETECTIONS / CLASSIFICATIONS), so a
+batch in the predictions schema (docs/ARCHITECTURE.md §3, cvcore.schema DETECTIONS / CLASSIFICATIONS), so a
 split of any size is scored in constant memory. Detection boxes come back in each original
 image's pixel coordinates: the eval transform resized the image, so boxes are scaled by the
 image's recorded width/height over the input's, then clipped to the image.

@@ -1,6 +1,6 @@
 """Prediction shards that say what they hold, on a local disk or an object store.
 
-A split's predictions are one folder of ``part-<shard:05d>.parquet`` files (DESIGN.md §3). Each
+A split's predictions are one folder of ``part-<shard:05d>.parquet`` files (docs/ARCHITECTURE.md §3). Each
 file is streamed from record batches (at most one row group in memory), written under a hidden
 temporary name and renamed when complete, and carries a :class:`ShardKey` in its Parquet
 key-value metadata: the checkpoint's digest, the snapshot's digest, the split, the shard index and
@@ -137,7 +137,7 @@ class ShardFile:
 
 
 def shard_name(shard: int) -> str:
-    """``part-<shard:05d>.parquet``: the file name of shard ``shard`` (DESIGN.md §3)."""
+    """``part-<shard:05d>.parquet``: the file name of shard ``shard`` (docs/ARCHITECTURE.md §3)."""
     if shard < 0:
         raise ValueError(f"shard must be >= 0, got {shard}")
     return f"part-{shard:05d}.parquet"

@@ -1,4 +1,4 @@
-"""Metrics: pure functions over polars frames / arrays returning frozen dataclasses (DESIGN.md §4).
+"""Metrics: pure functions over polars frames / arrays returning frozen dataclasses (docs/ARCHITECTURE.md §4).
 
 - :func:`evaluate_detections` — COCO (exact to pycocotools), VOC07, VOC12: summary, per class,
   PR curves, F1-optimal thresholds.

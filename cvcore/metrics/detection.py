@@ -1,4 +1,4 @@
-"""Detection metrics: AP / mAP under the COCO and PASCAL VOC protocols (DESIGN.md §4).
+"""Detection metrics: AP / mAP under the COCO and PASCAL VOC protocols (docs/ARCHITECTURE.md §4).
 
 ``protocol="coco"`` reproduces pycocotools' bbox evaluation number for number (IoU 0.50:0.05:0.95,
 101 recall points, 1/10/100 detections per image and category, area ranges from the ground

@@ -1,7 +1,7 @@
 """The model registry: a name → builder map, small and strict (after torchvision's models/_api.py).
 
 Every registered builder takes ``num_classes`` and keyword options and returns an ``nn.Module``
-with the shared interface (DESIGN.md §4):
+with the shared interface (docs/ARCHITECTURE.md §4):
 
 - classifiers: ``model(images: float32[B, 3, H, W] in [0, 1]) -> logits float32[B, K]``;
 - detectors: ``model(images: list[float32[3, H, W]] in [0, 1], targets)`` in train mode returns a

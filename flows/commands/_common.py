@@ -25,7 +25,7 @@ class UserError(Exception):
 
 
 # Errors a user can cause, reported as one clear line and exit code 2. The library's convention
-# (DESIGN.md §6) is a ValueError naming the input (SnapshotError, CheckpointError, pydantic's
+# (docs/ARCHITECTURE.md §6) is a ValueError naming the input (SnapshotError, CheckpointError, pydantic's
 # ValidationError are ValueErrors); the OS errors are those of a path the user gave. Anything
 # else is a bug and keeps its traceback: KeyError, TypeError, RecursionError... are converted to
 # a ValueError where they are known to mean bad input (cvcore.config, cvcore.models), never here.

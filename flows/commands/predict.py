@@ -25,7 +25,7 @@ def predict(
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", help="Library logs at INFO.")] = False,
 ) -> None:
-    """Write predictions of MODEL on SPLIT of DATA to OUT (DESIGN.md §3 predictions schema)."""
+    """Write predictions of MODEL on SPLIT of DATA to OUT (docs/ARCHITECTURE.md §3 predictions schema)."""
     import pyarrow.parquet as pq
 
     from cvcore.config import EvalConfig

@@ -2,7 +2,7 @@
 
 Each model is built small (``img_size`` 32 for classifiers, 64 for detectors), runs forward in
 train mode (loss or logits, with a backward pass) and in eval mode on CPU, and its outputs have
-the shapes DESIGN.md §4 documents.
+the shapes docs/ARCHITECTURE.md §4 documents.
 """
 
 from __future__ import annotations
