@@ -17,7 +17,7 @@ on small images, and maps our interface onto it:
 - labels: FCOS has no background class (a sigmoid per class), so our labels 0..K-1 go in as they
   are and ``num_classes`` = K.
 
-Interface (DESIGN.md §4, as every detector): input a list of ``float[3, H, W]`` images in [0, 1]
+Interface (docs/ARCHITECTURE.md §4, as every detector): input a list of ``float[3, H, W]`` images in [0, 1]
 (sizes may differ) or a batch ``float[N, 3, H, W]``; torchvision's transform normalises them
 (ImageNet mean/std) and resizes so the short side is ``min_size`` (default ``img_size``). Train
 mode ``model(images, targets)`` returns ``{"classification", "bbox_regression", "bbox_ctrness"}``
@@ -50,7 +50,7 @@ _RESNET_BUILDERS = {"resnet18": tvm.resnet18, "resnet34": tvm.resnet34, "resnet5
 # No augmentation: at these budgets it slowed learning more than it helped generalise (YOLOv1 on
 # the same set: val mAP@0.5 0.86 without, 0.74 with photometric + affine, after 8 epochs).
 FCOS_DEFAULTS: dict[str, Any] = {
-    "img_size": 128, "epochs": 24, "batch_size": 16, "optimizer": "adamw", "lr": 2e-3,
+    "img_size": 128, "epochs": 16, "batch_size": 16, "optimizer": "adamw", "lr": 2e-3,
     "weight_decay": 5e-4, "scheduler": "cosine", "warmup_epochs": 1.0, "augment.preset": "none",
 }  # fmt: skip
 

@@ -13,7 +13,7 @@ coarsest stride that is still finer than a grid cell (stride 32 at the paper's 4
 Everything the notes and the paper fix is the same for both: the S x S x (B*5 + C) output, the
 responsible predictor, the sum-squared loss and the decoding (cvcore.models.yolov1_loss).
 
-Interface (torchvision's detection convention, DESIGN.md §4): input is a list of
+Interface (torchvision's detection convention, docs/ARCHITECTURE.md §4): input is a list of
 ``float[3, H, W]`` images in [0, 1] (sizes may differ) or a batch ``float[N, 3, H, W]``; each is
 resized to ``img_size`` x ``img_size`` inside. Train mode ``model(images, targets)`` with targets
 ``[dict(boxes=float[n, 4] xyxy pixels of that input image, labels=int64[n] in 0..C-1)]`` returns
