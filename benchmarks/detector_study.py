@@ -119,7 +119,13 @@ def inference_ms(run_dir: Path, snapshot: Path, size: int, *, batch: int = 8, re
 
     state = load_checkpoint(run_dir / "best.pt")
     meta = state["meta"]
-    model = build_model(meta["model_name"], num_classes=meta["num_classes"], img_size=size, **meta["options"])
+    options = dict(meta["options"])
+    if meta["model_name"] == "yolov1":
+        # The same network at another size: YOLOv1's cells keep their pixels (the grid grows with
+        # the image) and its trunk its stride; the conv head's weights fit any grid.
+        trained = build_model("yolov1", num_classes=meta["num_classes"], img_size=meta["img_size"], **options)
+        options |= {"grid": trained.grid * size // meta["img_size"], "feature_stride": trained.feature_stride}
+    model = build_model(meta["model_name"], num_classes=meta["num_classes"], img_size=size, **options)
     model.load_state_dict(ema_weights(state["ema"]) if state.get("ema") else state["model"])
     model.eval()
     if hasattr(model, "set_postprocess"):
@@ -164,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], help="config override key=value (repeatable)")
     ap.add_argument("--label", default=None, help="name of this recipe in the table (default: model + overrides)")
     ap.add_argument("--no-infer", action="store_true", help="skip the inference timing")
-    ap.add_argument("--json", type=Path, help="append the results to this JSON file")
+    ap.add_argument("--json", type=Path, help="append each run's results to this JSON file as it ends")
     ap.add_argument("--plot", type=Path, help="time-to-accuracy figure of everything in --json")
     args = ap.parse_args(argv)
     sets = parse_sets(args.set)
@@ -179,21 +185,26 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{data_name} / {label}", flush=True)
                 run = train_one(snapshot, model, sets, work / f"run-{data_name}-{model}-{len(results)}")
                 run_dir = work / f"run-{data_name}-{model}-{len(results)}"
-                infer = {} if args.no_infer else {f"infer_ms_{s}": inference_ms(run_dir, snapshot, s) for s in INFER_SIZES}
+                infer = {}
+                for size in () if args.no_infer else INFER_SIZES:
+                    try:
+                        infer[f"infer_ms_{size}"] = inference_ms(run_dir, snapshot, size)
+                    except (RuntimeError, ValueError) as exc:  # a model that cannot run at that size
+                        print(f"  inference at {size} px: {type(exc).__name__}: {str(exc).splitlines()[0]}", flush=True)
                 best = max(run["curve"], key=lambda r: r["map_50"])
                 results.append({"data": data_name, "model": model, "label": label, "sets": args.set, **run, **infer,
                                 "best_map_50": best["map_50"], "best_map": max(r["map"] for r in run["curve"]),
                                 "final": run["curve"][-1],
                                 "machine": f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}",
                                 "load_before": os.getloadavg()[0], "date": time.strftime("%Y-%m-%d %H:%M")})  # fmt: skip
+                if args.json:
+                    previous = json.loads(args.json.read_text()) if args.json.exists() else []
+                    args.json.write_text(json.dumps(previous + results[-1:], indent=1))
                 f = results[-1]["final"]
                 print(f"  -> final mAP@0.5 {f['map_50']:.3f} mAP {f['map']:.3f} in {f['wall_s']:.0f} s wall / {f['cpu_s']:.0f} CPU-s; "
                       f"inference {infer} ms/image", flush=True)  # fmt: skip
-    if args.json:
-        previous = json.loads(args.json.read_text()) if args.json.exists() else []
-        args.json.write_text(json.dumps(previous + results, indent=1))
-        if args.plot:
-            plot(previous + results, args.plot)
+    if args.json and args.plot:
+        plot(json.loads(args.json.read_text()), args.plot)
     elif args.plot:
         plot(results, args.plot)
     return 0

@@ -529,23 +529,24 @@ def bakeoff_figure(table: pl.DataFrame, *, title: str = "") -> Figure:
     return fig
 
 
-TRADEOFF_TOLERANCE = 0.02  # mAP@0.5 points a faster model may give up and still be "the best trade-off"
+TRADEOFF_TOLERANCE = 0.02  # score points a faster model may give up and still be "the best trade-off"
+TRADEOFF_METRIC = "map"  # COCO's primary number: a box must also be tight, not only found (map_50)
 
 
-def best_tradeoff(table: pl.DataFrame, *, tolerance: float = TRADEOFF_TOLERANCE) -> str | None:
+def best_tradeoff(table: pl.DataFrame, *, metric: str = TRADEOFF_METRIC, tolerance: float = TRADEOFF_TOLERANCE) -> str | None:
     """The model to recommend from a bake-off table: quality first, then inference cost.
 
-    Among the models whose mAP@0.5 is within ``tolerance`` of the best one, the one with the
-    lowest ``infer_cpu_ms_per_image`` (ties: the higher mAP@0.5, then table order). None when
-    no model has a finite mAP@0.5.
+    Among the models whose ``metric`` (default mAP@[.5:.95]) is within ``tolerance`` of the best
+    one, the one with the lowest ``infer_cpu_ms_per_image`` (ties: the higher score, then table
+    order). None when no model has a finite score.
     """
-    scored = table.filter(pl.col("map_50").is_not_nan() & pl.col("map_50").is_not_null())
+    scored = table.filter(pl.col(metric).is_not_nan() & pl.col(metric).is_not_null())
     if scored.is_empty():
         return None
-    best = float(scored.get_column("map_50").max())
-    close = scored.with_row_index("order").filter(pl.col("map_50") >= best - tolerance - 1e-12)
+    best = float(scored.get_column(metric).max())
+    close = scored.with_row_index("order").filter(pl.col(metric) >= best - tolerance - 1e-12)
     cost = pl.when(pl.col("infer_cpu_ms_per_image").is_nan()).then(None).otherwise(pl.col("infer_cpu_ms_per_image"))
-    ranked = close.with_columns(cost.alias("cost")).sort(["cost", "map_50", "order"], descending=[False, True, False], nulls_last=True)
+    ranked = close.with_columns(cost.alias("cost")).sort(["cost", metric, "order"], descending=[False, True, False], nulls_last=True)
     return str(ranked.get_column("model")[0])
 
 
@@ -573,7 +574,7 @@ def write_bakeoff(result: BakeoffResult, out: str | Path, *, title: str = "") ->
     if pick is not None:
         header += (
             f"Best trade-off: **{pick}**, the fastest at inference among the models within "
-            f"{TRADEOFF_TOLERANCE} mAP@0.5 of the best.\n\n"
+            f"{TRADEOFF_TOLERANCE} mAP@[.5:.95] of the best.\n\n"
         )
     fig = bakeoff_figure(result.table, title=title)
     paths = {

@@ -184,7 +184,7 @@ def test_run_bakeoff_end_to_end(shapes_detection, tiny_bakeoff, tmp_path):
     assert paths["markdown"].read_text().count("| **rcnn** (best trade-off)") == 1 and paths["figure"].stat().st_size > 1000
     assert paths["markdown"].read_text() == (
         "Bake-off on split `val`, protocol `coco`.\n\n"
-        "Best trade-off: **rcnn**, the fastest at inference among the models within 0.02 mAP@0.5 of the best.\n\n"
+        "Best trade-off: **rcnn**, the fastest at inference among the models within 0.02 mAP@[.5:.95] of the best.\n\n"
     ) + table_markdown(again.table)
     with Image.open(paths["figure"]) as png:
         assert (png.format, png.size) == ("PNG", (1440, 540))  # 12 x 4.5 inches at 120 dpi
