@@ -200,6 +200,9 @@ def test_cvflow_ui_starts_the_mlflow_ui_on_loopback_beside_a_running_dashboard(s
         assert experiments.status_code == 200 and experiments.json()["experiments"][0]["name"] == "Default"
         listening = {c.laddr.ip for c in psutil.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
         assert listening == {LOOPBACK}, listening
+        # cvflow reports the URL after its own health poll (every 0.5 s), which may come after ours.
+        ready = f"MLflow UI: http://{LOOPBACK}:{port}"
+        wait_until(lambda: ready in ui.log.read_text(), server=ui, timeout=30, what="cvflow ui reports the MLflow UI")
         os.killpg(ui.process.pid, signal.SIGINT)  # what Ctrl-C in its terminal sends
         assert ui.process.wait(timeout=60) == 0, ui.log_tail()
     log = ui.log.read_text()
