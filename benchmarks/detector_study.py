@@ -170,13 +170,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], help="config override key=value (repeatable)")
     ap.add_argument("--label", default=None, help="name of this recipe in the table (default: model + overrides)")
     ap.add_argument("--no-infer", action="store_true", help="skip the inference timing")
+    ap.add_argument("--keep", type=Path, help="keep the snapshots and run folders here (default: a temporary folder)")
     ap.add_argument("--json", type=Path, help="append each run's results to this JSON file as it ends")
     ap.add_argument("--plot", type=Path, help="time-to-accuracy figure of everything in --json")
     args = ap.parse_args(argv)
     sets = parse_sets(args.set)
     results = []
     with tempfile.TemporaryDirectory(prefix="cvflow-study-") as tmp:
-        work = Path(tmp)
+        work = args.keep or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
         for spec in args.data or ["shapes"]:
             data_name = spec.partition("=")[0]
             snapshot = snapshot_for(spec, work)
