@@ -1,0 +1,1 @@
+from cvcore import _threads_env  # noqa: F401  (before torch: see that module)
