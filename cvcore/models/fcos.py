@@ -139,8 +139,9 @@ def fcos(
       the level where its largest edge distance lies in (4, 8) x this size (first level from 0,
       last to infinity). Default: each level's stride (torchvision's setting).
     - ``center_sampling_radius``: locations within this many strides of a box centre are positive.
-    - ``trainable_backbone_layers``: body stages that train, counted from the top (0-5); the
-      others are frozen. Default: all.
+    - ``trainable_backbone_layers``: body stages that train, counted from the top (0 to the
+      number of built stages: stem, layer1 ... the last of ``stages``); the others are frozen.
+      Default: all.
     - ``score_threshold``, ``nms_iou``, ``max_detections``, ``topk_candidates``: eval decoding.
     """
     if backbone not in BACKBONES:
