@@ -20,9 +20,7 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import random
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +41,7 @@ from cvcore.engine.ema import make_ema
 from cvcore.engine.infer import as_float_image
 from cvcore.engine.schedule import build_optimizer, build_scheduler
 from cvcore.engine.validate import SELECTION, ValidationSettings, selection_key, validate
+from cvcore.io import atomic_path, atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -230,13 +229,15 @@ def train_one_epoch(
     and the mean gradient norm before clipping (``train/grad_norm``, when clipping is on).
 
     Means are weighted by batch size. Throughput (``train/images_per_s``) counts the whole
-    epoch's wall time, data loading included.
+    epoch's wall time (``train/time_s``, seconds), data loading included; ``train/cpu_time_s`` is
+    the same pass in CPU seconds of this process (``time.process_time``: every thread, validation
+    excluded).
     """
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     sums: dict[str, float] = {}
     images_seen = 0
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for step, (images, targets) in enumerate(loader, start=1):
         n = len(images)
         if n == 0:  # every sample of the batch was undecodable and dropped by the collate
@@ -267,9 +268,10 @@ def train_one_epoch(
         for name, part in parts.items():
             sums[f"train/{name}"] = sums.get(f"train/{name}", 0.0) + part.item() * n
         notify(callbacks, "on_step", epoch, step, {"loss": value, "lr": _lr(optimizer), "images": n})
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     out = {k: v / max(images_seen, 1) for k, v in sums.items()}
     out.update({"lr": _lr(optimizer), "train/images": float(images_seen), "train/time_s": elapsed, "train/images_per_s": images_seen / max(elapsed, 1e-9)})
+    out["train/cpu_time_s"] = cpu  # CPU seconds of this process (all its threads): steadier than wall time on a shared machine
     return out
 
 
@@ -398,13 +400,23 @@ def _write_reports(out_dir: Path, loop: _Loop, *, task: Task) -> None:
         "best_epoch": result.best_epoch,
         "epochs_run": result.epochs_run,
         "stopped_early": result.stopped_early,
+        # CPU seconds of every epoch's training pass; None when an epoch lacks them (a run resumed
+        # from a checkpoint written before the engine measured them)
+        "train_cpu_time_s": _total(loop.history, "train/cpu_time_s"),
         "best": result.best_metrics,
         "final": result.final_metrics,
     }
     # NaN (e.g. COCO's AP for a size range without ground truth) becomes null: strict JSON has no NaN.
     text = json.dumps(_nan_to_none(report), indent=2, allow_nan=False)
-    _atomic_write(out_dir / METRICS_FILE, lambda p: Path(p).write_text(text + "\n"))
-    _atomic_write(out_dir / HISTORY_FILE, lambda p: result.history.write_parquet(p))
+    with atomic_write(out_dir / METRICS_FILE, "w") as fh:
+        fh.write(text + "\n")
+    with atomic_path(out_dir / HISTORY_FILE) as tmp:
+        result.history.write_parquet(tmp)
+
+
+def _total(history: tuple[dict[str, float], ...], key: str) -> float | None:
+    """Sum of ``key`` over the epochs of ``history``; None when an epoch lacks it."""
+    return float(sum(row[key] for row in history)) if all(key in row for row in history) else None
 
 
 def _nan_to_none(value: Any) -> Any:
@@ -431,14 +443,3 @@ def _result(out_dir: Path, loop: _Loop, *, task: Task) -> FitResult:
         metrics_file=out_dir / METRICS_FILE,
         history_file=out_dir / HISTORY_FILE,
     )
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -69,6 +69,8 @@ def test_fit_fills_the_run_folder(shapes_classification, tmp_path):
     assert {"train/loss", "lr", "train/images_per_s", "val/accuracy", "val/macro_f1", "val/loss"} <= set(history.columns)
     report = json.loads((tmp_path / "metrics.json").read_text())
     assert report["metric"] == "val/accuracy" and report["best_epoch"] == result.best_epoch
+    cpu = history.get_column("train/cpu_time_s")  # CPU seconds of each epoch's training pass
+    assert cpu.null_count() == 0 and (cpu > 0).all() and report["train_cpu_time_s"] == pytest.approx(cpu.sum())
     assert report["final"] == result.final_metrics == {k: v for k, v in history.row(1, named=True).items() if k != "epoch"}
     state = load_checkpoint(tmp_path / "last.pt")  # weights_only=True
     assert state["epoch"] == 2 and state["meta"]["task"] == "classification" and state["meta"]["model_name"] == "tiny"
@@ -93,7 +95,7 @@ def test_kill_and_resume_gives_the_weights_of_a_straight_run(shapes_classificati
         assert a[part].keys() == b[part].keys()
         for key in a[part]:
             assert torch.equal(a[part][key], b[part][key]), f"{part}.{key} differs after resume"
-    timing = ["train/time_s", "train/images_per_s"]
+    timing = ["train/time_s", "train/images_per_s", "train/cpu_time_s"]
     assert resumed.history.drop(timing).equals(straight.history.drop(timing))
 
 
