@@ -19,36 +19,46 @@ from typing import Any, Callable, Literal
 
 from torch import nn
 
+from cvcore.models.capabilities import CAPABILITIES
+
 Task = Literal["classification", "detection"]
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What the registry knows of one model: its builder, task and per-model run defaults.
+    """What the registry knows of one model: its builder, task, per-model run defaults and capabilities.
 
     ``defaults`` holds sensible training settings for this model (e.g. ``img_size``, ``epochs``,
-    ``lr``, ``batch_size``), used where a user did not choose them.
+    ``lr``, ``batch_size``), used where a user did not choose them. ``capabilities``: the
+    protocols of cvcore.models.capabilities its models satisfy (readable without building one).
     """
 
     name: str
     task: Task
     builder: Callable[..., nn.Module]
     defaults: dict[str, Any] = field(default_factory=dict)
+    capabilities: tuple[type, ...] = ()
 
 
 _MODELS: dict[str, ModelSpec] = {}
 
 
-def register_model(name: str, *, task: Task, defaults: dict[str, Any] | None = None):
+def register_model(name: str, *, task: Task, defaults: dict[str, Any] | None = None, capabilities: tuple[type, ...] = ()):
     """Decorator registering ``builder(num_classes, **options) -> nn.Module`` under ``name``.
 
-    Raises ValueError when ``name`` is already registered.
+    ``capabilities``: the protocols of cvcore.models.capabilities the built models satisfy
+    (the registry tests check that they satisfy exactly these).
+    Raises ValueError when ``name`` is already registered or a capability is not such a protocol.
     """
+    unknown = [c for c in capabilities if c not in CAPABILITIES]
+    if unknown:
+        raise ValueError(f"model {name!r}: {unknown} are not capabilities; choose from {[c.__name__ for c in CAPABILITIES]}")
+    claimed = tuple(c for c in CAPABILITIES if c in capabilities)
 
     def wrap(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _MODELS:
             raise ValueError(f"model {name!r} is already registered (by {_MODELS[name].builder.__module__})")
-        _MODELS[name] = ModelSpec(name, task, builder, dict(defaults or {}))
+        _MODELS[name] = ModelSpec(name, task, builder, dict(defaults or {}), capabilities=claimed)
         return builder
 
     return wrap
