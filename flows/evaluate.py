@@ -23,12 +23,11 @@ from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 
 from cvcore.engine.locks import folder_lock, sibling_lock_file
-from cvcore.engine.shards import is_uri, resolve_location
+from cvcore.io import file_sha256, is_uri, resolve_location
 from flows.params import EvaluatePipelineParams, EvaluateResult
 from flows.train import load_data, predict_split
 from tasks.evaluate import describe_run, evaluate_split, model_eval_config, report_split
 from tasks.registry import is_model_uri, resolve_checkpoint
-from tasks.storage import file_sha256
 from tasks.tracking import (
     TAG_SNAPSHOT,
     cvflow_home,

@@ -15,6 +15,7 @@ from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 
 from cvcore.engine.run import claim_run_folder
+from cvcore.io import file_sha256
 from flows.params import DataSource, PipelineResult, TaskRunnerSpec, TrainPipelineParams
 from flows.shards import predict_shards_on, submit_shards
 from tasks.artifacts import artifact_key, markdown_table
@@ -23,7 +24,7 @@ from tasks.evaluate import describe_run, evaluate_split, report_split
 from tasks.ingest import ingest_source, open_snapshot, source_fingerprint
 from tasks.refs import EvalSummary, PredictionsRef, SnapshotRef
 from tasks.registry import log_model, register_model
-from tasks.storage import fetch_snapshot, file_sha256
+from tasks.storage import fetch_snapshot
 from tasks.tracking import (
     cvflow_home,
     ensure_experiment,

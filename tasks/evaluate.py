@@ -18,8 +18,6 @@ reason), and on the MLflow run the metric ``final/<split>/unreadable_images``, t
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -31,6 +29,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from cvcore.config import EvalConfig
+from cvcore.io import atomic_path
 from tasks.artifacts import artifact_key, fmt, markdown_table
 from tasks.refs import ComparisonRef, EvalSummary, PredictionsRef, SnapshotRef
 from tasks.tracking import log_metrics, log_tags, mlflow_client, run_url
@@ -196,15 +195,8 @@ def _per_class_metrics(per_class: pl.DataFrame, columns: tuple[str, ...]) -> dic
 
 def write_table(frame: pl.DataFrame, path: Path) -> Path:
     """Write ``frame`` as Parquet atomically (temp sibling, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         frame.write_parquet(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -21,15 +21,13 @@ from cvcore.engine.shards import (
     ShardFile,
     ShardKey,
     find_complete_shard,
-    is_uri,
     read_shard,
     remove_orphan_temporaries,
     remove_stale_shards,
-    resolve_location,
     shard_name,
 )
+from cvcore.io import file_sha256, is_uri, local_snapshot, resolve_location
 from tasks.refs import PredictionsRef, SnapshotRef
-from tasks.storage import file_sha256, local_snapshot
 from tasks.tracking import cvflow_home
 
 GPU_TAG = "gpu"
@@ -72,7 +70,7 @@ def predict_shard(
     if done is not None:
         logger.info("%s: complete from an earlier run (%d rows for %d %s images), kept", done.uri, done.num_rows, done.num_images, split)
         return _ref(out_dir, done, reused=True)
-    snap = read_snapshot(local_snapshot(snapshot, home=cvflow_home()))
+    snap = read_snapshot(local_snapshot(snapshot.path, uri=snapshot.uri, digest=snapshot.digest, home=cvflow_home()))
     if snap.digest != snapshot.digest:  # the shard's key names snapshot.digest: never label other data with it
         raise ValueError(
             f"the snapshot changed since the flow opened it: {snapshot.uri or snapshot.path} had digest {snapshot.digest}, "

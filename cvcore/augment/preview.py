@@ -6,7 +6,6 @@ images are enlarged (nearest neighbour) before drawing so labels stay legible.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -15,6 +14,8 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torchvision.transforms.v2 import functional as F
 from torchvision.utils import draw_bounding_boxes, make_grid
+
+from cvcore.io import atomic_path
 
 # Distinct, readable colours; class k gets PALETTE[k % len(PALETTE)].
 PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#9a6324", "#800000"]
@@ -58,13 +59,8 @@ def write_grid(tiles: Sequence[torch.Tensor], path: str | Path, *, columns: int)
     padded = [torch.nn.functional.pad(t, (0, w - t.shape[-1], 0, h - t.shape[-2]), value=255) for t in tiles]
     grid = make_grid(torch.stack(padded), nrow=columns, padding=4, pad_value=255)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         Image.fromarray(grid.permute(1, 2, 0).numpy()).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

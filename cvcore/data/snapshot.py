@@ -1,6 +1,6 @@
 """Dataset snapshots: a folder of canonical Parquet tables plus ``manifest.json`` (docs/ARCHITECTURE.md §3).
 
-A snapshot is written atomically (a temporary sibling folder, then one rename) and carries a
+A snapshot is written atomically (a temporary sibling folder, then renames: cvcore.io.atomic_folder) and carries a
 content digest over its tables and image hashes, so re-ingesting unchanged data gives the same
 digest. Images are not copied: the manifest records the image root, and ``file_name`` is relative
 to it. A relative ``image_root`` is relative to the snapshot folder itself (snapshots that make
@@ -19,7 +19,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Literal
@@ -27,6 +26,7 @@ from typing import Iterable, Literal
 import polars as pl
 
 from cvcore import schema
+from cvcore.io import NAME_MAX, atomic_folder, resolve_inside
 
 Task = Literal["detection", "classification"]
 
@@ -94,21 +94,6 @@ class Snapshot:
     def image_path(self, file_name: str) -> Path:
         """Absolute path of an image, confined to the image root (see resolve_inside)."""
         return resolve_inside(self.image_root, file_name)
-
-
-def resolve_inside(root: Path, relative: str) -> Path:
-    """``root / relative`` resolved, refusing anything that escapes ``root``.
-
-    Absolute paths, ``..`` components and symlinks leading outside are rejected with ValueError
-    before any file is opened.
-    """
-    if not relative or os.path.isabs(relative) or Path(relative).is_absolute() or "\\" in relative:
-        raise ValueError(f"file name {relative!r} is not a relative path inside {root}")
-    root_resolved = Path(root).resolve()
-    target = (root_resolved / relative).resolve()
-    if not target.is_relative_to(root_resolved):
-        raise ValueError(f"file name {relative!r} escapes the dataset root {root}")
-    return target
 
 
 # What a manifest written by write_snapshot always has; a user's folder with some other
@@ -243,23 +228,14 @@ def write_snapshot(
         "image_root": str(image_root),
     }
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temp_sibling(out)
+        with atomic_folder(out) as tmp:  # files written inside the new folder, which then replaces ``out`` whole
+            for table, df in tables.items():
+                df.write_parquet(tmp / f"{table}.parquet")
+            for inner, src in (extra_files or {}).items():
+                shutil.move(str(src), tmp / inner)
+            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     except OSError as exc:
         raise _write_error(out, exc) from None
-    try:
-        for table, df in tables.items():
-            df.write_parquet(tmp / f"{table}.parquet")
-        for inner, src in (extra_files or {}).items():
-            shutil.move(str(src), tmp / inner)
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        swap_in(tmp, out)
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise _write_error(out, exc) from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return read_snapshot(out)
 
 
@@ -277,39 +253,12 @@ def check_writable(out: str | Path) -> None:
 
 
 def _check_name(out: Path) -> None:
-    if len(out.name.encode("utf-8", "surrogateescape")) > _NAME_MAX:
-        raise SnapshotError(f"{out}: the folder name is longer than {_NAME_MAX} bytes; choose a shorter --out")
+    if len(out.name.encode("utf-8", "surrogateescape")) > NAME_MAX:
+        raise SnapshotError(f"{out}: the folder name is longer than {NAME_MAX} bytes; choose a shorter --out")
 
 
 def _write_error(out: Path, exc: OSError) -> SnapshotError:
     return SnapshotError(f"{out}: cannot write the snapshot ({exc.strerror or exc}); choose another --out or CVFLOW_HOME")
-
-
-# Longest file name most file systems take (bytes); temporary names are cut to stay under it.
-_NAME_MAX = 255
-
-
-def temp_sibling(out: str | Path) -> Path:
-    """A new empty hidden folder beside ``out`` (same file system, so it can be renamed onto it).
-
-    Its name is ``.<out name>.<random>``, the out name cut so the whole stays a legal file name
-    even for an ``out`` whose own name is near the 255-byte limit."""
-    out = Path(out)
-    stem = out.name.encode("utf-8", "surrogateescape")[: _NAME_MAX - 32].decode("utf-8", "ignore")
-    return Path(tempfile.mkdtemp(prefix=f".{stem}.", dir=out.parent))
-
-
-def swap_in(new: Path, out: Path) -> None:
-    """Rename the folder ``new`` to ``out``. An existing ``out`` (already allowed by
-    :func:`check_replaceable`) is first renamed into a fresh hidden folder beside it, then that
-    folder is deleted: ``out`` is never half-written, and no other folder is ever deleted."""
-    if not (out.exists() or out.is_symlink()):
-        new.rename(out)
-        return
-    trash = temp_sibling(out)
-    out.rename(trash / "old")
-    new.rename(out)
-    shutil.rmtree(trash, ignore_errors=True)
 
 
 def read_snapshot(path: str | Path) -> Snapshot:

@@ -20,7 +20,6 @@ import os
 import pickle
 import random
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -28,6 +27,8 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 from torch import nn
+
+from cvcore.io import atomic_path, atomic_write
 
 CHECKPOINT_FORMAT = 1
 LAST = "last.pt"
@@ -45,17 +46,8 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     A crash mid-write leaves the previous file intact (never a truncated checkpoint).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "wb") as fh:
+        torch.save(state, fh)
     return path
 
 
@@ -67,18 +59,12 @@ def copy_atomic(src: str | Path, dst: str | Path) -> Path:
     next epoch's last.pt arrives, and no 100+ MiB copy is written per improving epoch.
     """
     dst = Path(dst)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    os.close(fd)
-    try:
+    with atomic_path(dst) as tmp:
         try:
-            os.unlink(tmp)
+            tmp.unlink()
             os.link(src, tmp)
         except OSError:  # no hard links here (some network or FAT file systems): copy
             shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return dst
 
 

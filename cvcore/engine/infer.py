@@ -22,10 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import re
-import tempfile
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Literal, Sequence
@@ -41,6 +37,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from cvcore import schema
 from cvcore.engine.device import choose_precision, configure_threads, resolve_device
+from cvcore.io import atomic_path, remove_stale_temporaries
 
 if TYPE_CHECKING:
     from cvcore.config import EvalConfig
@@ -339,11 +336,6 @@ def row_groups(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.Table]:
         yield pa.Table.from_batches(pending)
 
 
-# A temporary file untouched this long belongs to a killed writer: a live one appends row groups
-# far more often, so removing older ones never pulls a file from under a concurrent writer.
-ORPHAN_AGE_S = 3600
-
-
 def write_predictions(
     batches: Iterable[pa.RecordBatch], path: str | Path, *, task: Task | None = None, unreadable: Sequence[Unreadable] = ()
 ) -> Path:
@@ -354,55 +346,28 @@ def write_predictions(
     (:func:`row_groups`). A failure midway leaves no partial file. ``unreadable`` (read once the
     last batch is written, so the list ``predict_checkpoint`` fills may be passed) goes into the
     footer's ``cvflow.unreadable`` entry. Temporaries of this file left by a killed writer over an
-    hour ago are removed first (:func:`remove_stale_temporaries`).
+    hour ago are removed first (cvcore.io.remove_stale_temporaries).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    writer: pq.ParquetWriter | None = None
-    try:
-        for table in row_groups(batches):
-            if writer is None:
-                writer = pq.ParquetWriter(tmp, table.schema)
-            writer.write_table(table)
-        if writer is None:
-            if task is None:
-                raise ValueError(f"{path}: no prediction batches to write and no task to take the schema from")
-            writer = pq.ParquetWriter(tmp, schema.arrow_schema(TABLE[task]))
-        if unreadable:
-            writer.add_key_value_metadata(unreadable_metadata(unreadable))
-        writer.close()
-        writer = None
-        os.replace(tmp, path)
-    except BaseException:
-        if writer is not None:
-            writer.close()
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def remove_stale_temporaries(path: str | Path, *, older_than_s: float = ORPHAN_AGE_S) -> list[Path]:
-    """Delete the hidden temporaries of ``path`` (``.<name>.<random>.tmp``, as the atomic writers
-    name them) last modified over ``older_than_s`` ago; a killed writer's. Returns them."""
-    path = Path(path)
-    pattern = re.compile(rf"^\.{re.escape(path.name)}\.[A-Za-z0-9_]+\.tmp$")
-    cutoff = time.time() - older_than_s
-    removed = []
-    if not path.parent.is_dir():
-        return removed
-    for entry in os.scandir(path.parent):
+    with atomic_path(path) as tmp:
+        writer: pq.ParquetWriter | None = None
         try:
-            if pattern.match(entry.name) and entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < cutoff:
-                os.unlink(entry.path)
-                removed.append(Path(entry.path))
-        except FileNotFoundError:
-            continue  # removed meanwhile by another clean-up
-    if removed:
-        log.info("removed %d temporary file(s) of killed writers: %s", len(removed), [str(p) for p in removed])
-    return removed
+            for table in row_groups(batches):
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, table.schema)
+                writer.write_table(table)
+            if writer is None:
+                if task is None:
+                    raise ValueError(f"{path}: no prediction batches to write and no task to take the schema from")
+                writer = pq.ParquetWriter(tmp, schema.arrow_schema(TABLE[task]))
+            if unreadable:
+                writer.add_key_value_metadata(unreadable_metadata(unreadable))
+        finally:
+            if writer is not None:
+                writer.close()
+    return path
 
 
 def shard_indices(n: int, *, num_shards: int, shard: int) -> range:

@@ -14,9 +14,6 @@ a second training into the same folder fails at once instead of crossing its wei
 from __future__ import annotations
 
 import logging
-import os
-import re
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -27,13 +24,13 @@ from cvcore.data.snapshot import Snapshot, read_snapshot
 from cvcore.engine.checkpoint import LAST
 from cvcore.engine.locks import LOCK_FILE, check_not_in_use, folder_lock
 from cvcore.engine.train import FitResult, fit, seed_everything
+from cvcore.io import TEMPORARY_NAME, atomic_write
 
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
 RUN_MARKER = ".cvflow-run"  # present in every folder cvflow trains into
 _SECTIONS = ("data", "model", "augment", "train", "eval")
-_TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")  # an atomic writer's temporary sibling (last.pt, config.yaml, ...)
 
 
 def is_run_folder(folder: str | Path) -> bool:
@@ -79,25 +76,19 @@ def claim_run_folder(out_dir: str | Path, *, resume: bool) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     marker = out_dir / RUN_MARKER
     if not marker.is_file():
-        fd, tmp = tempfile.mkstemp(prefix=f"{RUN_MARKER}.", suffix=".tmp", dir=out_dir)
-        try:
-            with os.fdopen(fd, "w") as fh:
-                fh.write('{"cvflow": "run folder", "format": 1}\n')
-            os.replace(tmp, marker)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_write(marker, "w") as fh:
+            fh.write('{"cvflow": "run folder", "format": 1}\n')
     return out_dir
 
 
 def remove_run_temporaries(out_dir: str | Path) -> list[Path]:
     """Delete the hidden temporaries (``.last.pt.<random>.tmp`` ...) a killed training left in ``out_dir``.
 
-    The names the atomic writers give them (``tempfile.mkstemp``: ``.<file>.<8 of [a-z0-9_]>.tmp``),
+    The names cvcore.io's atomic writers give them (:data:`cvcore.io.TEMPORARY_NAME`: ``.<file>.<8 of [a-z0-9_]>.tmp``),
     directly in the run folder. Only while holding the folder's lock: then no other run writes there.
     """
     out_dir = Path(out_dir)
-    removed = [p for p in out_dir.iterdir() if _TEMPORARY.match(p.name) and p.is_file()]
+    removed = [p for p in out_dir.iterdir() if TEMPORARY_NAME.match(p.name) and p.is_file()]
     for p in removed:
         p.unlink(missing_ok=True)
     if removed:
@@ -202,14 +193,8 @@ def _train_locked(config: RunConfig, snapshot: Snapshot, out_dir: Path, *, callb
 def write_config(config: RunConfig, path: str | Path) -> Path:
     """Write ``config`` as YAML (loadable by cvcore.config.load_config), atomically."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            yaml.safe_dump(config.model_dump(mode="json"), fh, sort_keys=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "w") as fh:
+        yaml.safe_dump(config.model_dump(mode="json"), fh, sort_keys=False)
     return path
 
 

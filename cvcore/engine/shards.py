@@ -9,11 +9,9 @@ and data (reuse it) from a stale one (another model, data or sharding: predict a
 crash mid-shard leaves only the hidden temporary file, which ``part-*.parquet`` never matches.
 That is what lets an interrupted evaluation resume with only the missing shards.
 
-Locations are local paths or URIs that ``pyarrow.fs`` resolves (``s3://bucket/prefix``,
-``gs://...``, ``file:///...``); credentials and endpoints come from the usual environment
-variables of each store (for S3: ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
-``AWS_DEFAULT_REGION``, ``AWS_ENDPOINT_URL`` for S3-compatible servers such as MinIO), which
-``pl.scan_parquet`` reads too, so the same URI works for writing and for evaluation.
+Folders are local paths or URIs of an object store (cvcore.io.Location: ``s3://``, ``gs://``,
+``file://``, configured by each store's environment variables), so the same URI works for writing
+and for evaluation (``pl.scan_parquet``).
 """
 
 from __future__ import annotations
@@ -22,11 +20,9 @@ import json
 import logging
 import re
 import time
-import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Literal, Sequence
-from urllib.parse import urlsplit
 
 import polars as pl
 import pyarrow as pa
@@ -35,6 +31,7 @@ import pyarrow.parquet as pq
 
 from cvcore import schema
 from cvcore.engine.infer import TABLE, Unreadable, row_groups, unreadable_frame, unreadable_from_metadata, unreadable_metadata
+from cvcore.io import ORPHAN_AGE_S, Location, as_location, atomic_output, delete_quietly
 
 log = logging.getLogger(__name__)
 
@@ -44,62 +41,7 @@ SHARD_GLOB = "part-*.parquet"
 # Only names write_shard makes: other tools' part files (Spark's part-00000-<uuid>.snappy.parquet)
 # are not ours to read, reuse or delete.
 SHARD_NAME = re.compile(r"^part-\d{5}\.parquet$")
-TEMP_NAME = re.compile(r"^\.part-\d{5}\.parquet\.[0-9a-f]{32}\.tmp$")  # write_shard's temporary files
-# A temporary file untouched this long belongs to a killed run: a live writer appends row groups
-# far more often, so removing older ones never pulls a file from under a concurrent writer.
-ORPHAN_AGE_S = 3600
-
-
-@dataclass(frozen=True)
-class Location:
-    """A folder on some file system: ``fs`` + ``path`` for pyarrow, ``uri`` for polars and people.
-
-    ``uri`` is an absolute local path for local folders, else the URI as given (``s3://b/p``).
-    """
-
-    fs: pafs.FileSystem
-    path: str
-    uri: str
-
-    def child(self, name: str) -> "Location":
-        """The location ``name`` inside this folder (``name`` is one path component)."""
-        if not name or "/" in name or name in (".", ".."):
-            raise ValueError(f"{name!r} is not a single file name inside {self.uri}")
-        return Location(self.fs, f"{self.path.rstrip('/')}/{name}", f"{self.uri.rstrip('/')}/{name}")
-
-    @property
-    def is_local(self) -> bool:
-        return isinstance(self.fs, pafs.LocalFileSystem)
-
-
-def is_uri(location: str | Path) -> bool:
-    """True for ``scheme://...`` locations (object stores, ``file://``), False for plain paths."""
-    return isinstance(location, str) and "://" in location
-
-
-def resolve_location(location: str | Path) -> Location:
-    """The file system and path behind a local path or a URI (``s3://``, ``gs://``, ``file://``).
-
-    Raises ValueError naming the location when pyarrow knows no file system for its scheme, or
-    when the URI has a query or fragment (``s3://b/p?region=...``): shard files are named by
-    appending to the URI, which would put them inside the query, and polars reads the options
-    differently; the region and endpoint come from ``AWS_DEFAULT_REGION`` / ``AWS_ENDPOINT_URL``.
-    """
-    if not is_uri(location):
-        path = str(Path(location).expanduser().resolve())
-        return Location(pafs.LocalFileSystem(), path, path)
-    parts = urlsplit(str(location))
-    if parts.query or parts.fragment or str(location).rstrip("/").endswith(("?", "#")):
-        raise ValueError(
-            f"{location}: a storage URI must not carry options after '?' or '#'; set the endpoint and region in "
-            "the environment instead (AWS_ENDPOINT_URL, AWS_DEFAULT_REGION; for other stores their own variables)"
-        )
-    try:
-        fs, path = pafs.FileSystem.from_uri(str(location))
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        raise ValueError(f"cannot open {location}: {exc}") from None
-    uri = path if isinstance(fs, pafs.LocalFileSystem) else str(location).rstrip("/")
-    return Location(fs, path.rstrip("/"), uri)
+TEMP_NAME = re.compile(r"^\.part-\d{5}\.parquet\.[0-9a-f]{32}\.tmp$")  # write_shard's temporaries (cvcore.io.atomic_output)
 
 
 @dataclass(frozen=True)
@@ -158,25 +100,16 @@ def write_shard(
     atomic rename locally; a server-side copy on object stores, where an object appears whole or
     not at all); an exception midway removes the temporary file and re-raises.
     """
-    loc = folder if isinstance(folder, Location) else resolve_location(folder)
-    target = loc.child(shard_name(key.shard))
-    tmp = loc.child(f".{shard_name(key.shard)}.{uuid.uuid4().hex}.tmp")
+    target = as_location(folder).child(shard_name(key.shard))
     record = {**asdict(key), "num_images": int(num_images)}
     arrow_schema = schema.arrow_schema(TABLE[key.task]).with_metadata({META_KEY: json.dumps(record).encode()})
-    if loc.is_local:  # object stores have no folders to make
-        loc.fs.create_dir(loc.path, recursive=True)
     rows = 0
-    try:
-        with loc.fs.open_output_stream(tmp.path) as stream, pq.ParquetWriter(stream, arrow_schema) as writer:
-            for table in row_groups(_checked(batches, arrow_schema, file=target.uri, table=TABLE[key.task])):
-                writer.write_table(table)
-                rows += table.num_rows
-            if unreadable:
-                writer.add_key_value_metadata(unreadable_metadata(unreadable))
-        loc.fs.move(tmp.path, target.path)
-    except BaseException:
-        _delete_quietly(loc.fs, tmp.path)
-        raise
+    with atomic_output(target) as stream, pq.ParquetWriter(stream, arrow_schema) as writer:
+        for table in row_groups(_checked(batches, arrow_schema, file=target.uri, table=TABLE[key.task])):
+            writer.write_table(table)
+            rows += table.num_rows
+        if unreadable:
+            writer.add_key_value_metadata(unreadable_metadata(unreadable))
     log.info("%s: %d rows for %d images", target.uri, rows, num_images)
     return ShardFile(uri=target.uri, key=key, num_images=int(num_images), num_rows=rows)
 
@@ -197,7 +130,7 @@ def read_shard(file: str | Path | Location) -> ShardFile | None:
     caller predicts it again. Errors reaching the file (an object store's network or permission
     error: an OSError) propagate, since a shard that cannot be read now is not known to be stale.
     """
-    loc = file if isinstance(file, Location) else resolve_location(file)
+    loc = as_location(file)
     if loc.fs.get_file_info(loc.path).type != pafs.FileType.File:
         return None
     meta = _footer(loc)
@@ -233,7 +166,7 @@ def read_unreadable_shards(files: Iterable[str | Path | Location]) -> pl.DataFra
     """
     records = []
     for file in files:
-        loc = file if isinstance(file, Location) else resolve_location(file)
+        loc = as_location(file)
         meta = _footer(loc)
         if meta is not None:
             records += unreadable_from_metadata(meta.metadata)
@@ -242,7 +175,7 @@ def read_unreadable_shards(files: Iterable[str | Path | Location]) -> pl.DataFra
 
 def find_complete_shard(folder: str | Path | Location, key: ShardKey) -> ShardFile | None:
     """The finished file of shard ``key`` in ``folder``, or None when it must be (re)computed."""
-    loc = folder if isinstance(folder, Location) else resolve_location(folder)
+    loc = as_location(folder)
     found = read_shard(loc.child(shard_name(key.shard)))
     return found if found is not None and found.key == key else None
 
@@ -252,7 +185,7 @@ def list_shards(folder: str | Path | Location) -> list[Location]:
 
     Only the names :func:`shard_name` makes; other ``part-*`` files (Spark's, say) are not listed.
     """
-    loc = folder if isinstance(folder, Location) else resolve_location(folder)
+    loc = as_location(folder)
     if loc.fs.get_file_info(loc.path).type != pafs.FileType.Directory:
         return []
     infos = loc.fs.get_file_info(pafs.FileSelector(loc.path, allow_not_found=True))
@@ -280,7 +213,7 @@ def remove_stale_shards(folder: str | Path | Location, *, key: ShardKey) -> list
             raise ValueError(f"{file.uri} is not a cvflow shard; choose an empty folder for the predictions")
         found = _shard_record(file, meta)  # None: a malformed record of ours, stale
         if found is None or not found.key.same_set(key) or file.path.rsplit("/", 1)[-1] != shard_name(found.key.shard):
-            _delete_quietly(file.fs, file.path)
+            delete_quietly(file)
             removed.append(file.uri)
     if removed:
         log.info("removed %d stale shard file(s) of other predictions: %s", len(removed), removed)
@@ -294,22 +227,16 @@ def remove_orphan_temporaries(folder: str | Path | Location, *, older_than_s: fl
     it takes space). Younger ones may be written right now by a concurrent run and are kept, as
     are files whose store reports no modification time. Returns the deleted URIs.
     """
-    loc = folder if isinstance(folder, Location) else resolve_location(folder)
+    loc = as_location(folder)
     if loc.fs.get_file_info(loc.path).type != pafs.FileType.Directory:
         return []
     cutoff_ns = time.time_ns() - int(older_than_s * 1e9)
     removed = []
     for info in loc.fs.get_file_info(pafs.FileSelector(loc.path, allow_not_found=True)):
         if info.type == pafs.FileType.File and TEMP_NAME.match(info.base_name) and info.mtime_ns is not None and info.mtime_ns < cutoff_ns:
-            _delete_quietly(loc.fs, info.path)
+            delete_quietly(loc.child(info.base_name))
             removed.append(loc.child(info.base_name).uri)
     if removed:
         log.info("removed %d temporary file(s) of killed runs: %s", len(removed), removed)
     return removed
 
-
-def _delete_quietly(fs: pafs.FileSystem, path: str) -> None:
-    try:
-        fs.delete_file(path)
-    except (FileNotFoundError, OSError):
-        pass  # already gone, or never created: nothing to clean up

@@ -18,9 +18,7 @@ import ctypes
 import hashlib
 import json
 import logging
-import os
 import pickle
-import tempfile
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,6 +28,8 @@ import cv2
 import numpy as np
 import torch
 from torchvision.ops import box_iou, clip_boxes_to_image, remove_small_boxes
+
+from cvcore.io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -336,16 +336,8 @@ class TensorCache:
     def _write(self, key: str, entry: dict[str, torch.Tensor]) -> None:
         if self.root is None:
             return
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{key}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                torch.save(entry, fh)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_write(self._path(key), "wb") as fh:
+            torch.save(entry, fh)
 
 
 def _nbytes(entry: dict[str, torch.Tensor]) -> int:

@@ -120,7 +120,7 @@ def check_output_file(path: str | os.PathLike, what: str) -> None:
 
 def check_predictions(location: str | None) -> None:
     """``--predictions``: a local folder must be writable (object-store URIs are not probed)."""
-    from cvcore.engine.shards import is_uri
+    from cvcore.io import is_uri
 
     if location and not is_uri(location):
         check_writable_dir(location, "--predictions")

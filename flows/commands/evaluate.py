@@ -33,7 +33,7 @@ def evaluate(
     verbose: Annotated[bool, typer.Option("--verbose", help="Library logs at INFO.")] = False,
 ) -> None:
     """Predict SPLIT of DATA with MODEL, write the predictions as Parquet and score them in MLflow."""
-    from cvcore.engine.shards import is_uri
+    from cvcore.io import is_uri
     from flows.evaluate import evaluate_pipeline
     from flows.params import DaskLocalCluster, DaskScheduler, DataSource, EvaluatePipelineParams, ThreadRunner
 

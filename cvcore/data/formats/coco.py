@@ -26,7 +26,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +53,7 @@ from cvcore.data.formats._common import (
     unsafe_file_name,
 )
 from cvcore.data.snapshot import Snapshot
+from cvcore.io import atomic_write
 
 _INSTANCES = re.compile(r"^instances_(.+)\.json$")
 _KNOWN_SPLITS = {"train", "val", "test", "trainval"}
@@ -469,7 +469,8 @@ def write_coco(snapshot: Snapshot, path: str | Path, *, predictions: pl.DataFram
             {"id": to_source[r["category_id"]], "name": r["name"]} for r in snapshot.categories.sort("category_id").iter_rows(named=True)
         ],
     }
-    _write_json_atomic(path, doc)
+    with atomic_write(path, "w") as fh:
+        json.dump(doc, fh)
     results = None
     if predictions is not None:
         results = path.with_name(f"{path.stem}_results.json")
@@ -490,7 +491,8 @@ def write_coco_results(predictions: pl.DataFrame | pl.LazyFrame, path: str | Pat
         }
         for r in preds.iter_rows(named=True)
     ]
-    _write_json_atomic(Path(path), doc)
+    with atomic_write(path, "w") as fh:
+        json.dump(doc, fh)
     return Path(path)
 
 
@@ -500,15 +502,3 @@ def _source_ids(categories: pl.DataFrame) -> dict[int, int]:
     source = cats.get_column("source_id")
     ids = source if source.n_unique() == cats.height else cats.get_column("category_id") + 1
     return dict(zip(cats.get_column("category_id").to_list(), ids.to_list()))
-
-
-def _write_json_atomic(path: Path, doc: object) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(doc, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -17,10 +17,10 @@ from cvcore.engine.shards import (
     read_shard,
     remove_orphan_temporaries,
     remove_stale_shards,
-    resolve_location,
     shard_name,
     write_shard,
 )
+from cvcore.io import resolve_location
 
 
 def _key(shard: int = 0, *, num_shards: int = 2, checkpoint: str = "a" * 64, split: str = "val") -> ShardKey:
