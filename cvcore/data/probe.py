@@ -212,7 +212,7 @@ def probe_images(
 class _Confined:
     """Paths under a root with symlinks resolved, refusing any that land outside it.
 
-    The same rule as cvcore.data.snapshot.resolve_inside, but each folder is resolved once and
+    The same rule as cvcore.io.resolve_inside, but each folder is resolved once and
     cached (a full ``Path.resolve()`` per file costs an lstat per path component, which is more
     than the header read of a small image). A file is only resolved itself when it is a link.
     """

@@ -11,11 +11,11 @@ from typer.testing import CliRunner
 from cvcore.config import RunConfig
 from cvcore.data.snapshot import read_snapshot
 from cvcore.engine.checkpoint import save_checkpoint
+from cvcore.io import file_sha256
 from cvcore.models import build_model
 from flows.cli import app
 from tasks.infer import predict_shard
 from tasks.ingest import snapshot_ref
-from tasks.storage import file_sha256
 
 runner = CliRunner()
 SORT = ["image_id", "category_id", "score", "x1", "y1", "x2", "y2"]

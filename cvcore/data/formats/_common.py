@@ -93,7 +93,7 @@ def unsafe_file_name(name: object) -> str | None:
 
     Purely lexical (nothing is opened): rejects non-strings, empty names, absolute paths
     (POSIX or Windows drive/UNC), names whose normalised form climbs out with ``..``, names
-    with backslashes (which snapshot.resolve_inside refuses at training time), NUL bytes (no
+    with backslashes (which cvcore.io.resolve_inside refuses at training time), NUL bytes (no
     file system takes them) and text that is not UTF-8 (an undecodable byte in a directory
     listing; a snapshot's tables hold UTF-8 only). Symlinks that
     lead outside are caught by the header read (cvcore.data.probe), still before any open.
@@ -112,7 +112,7 @@ def unsafe_file_name(name: object) -> str | None:
     norm = posixpath.normpath(name.replace("\\", "/"))
     if norm == ".." or norm.startswith("../"):
         return f"file name {shown(name)} escapes the dataset root: rejected, not opened"
-    if "\\" in name:  # snapshot.resolve_inside refuses these too: one rule from ingest to training
+    if "\\" in name:  # cvcore.io.resolve_inside refuses these too: one rule from ingest to training
         return f"file name {shown(name)} contains a backslash (a Windows path?): rejected, not opened"
     return None
 
