@@ -17,8 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 from torchvision import models as tvm
 from torchvision.models.detection import (
     FasterRCNN_MobileNet_V3_Large_FPN_Weights,
@@ -31,8 +30,9 @@ from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.models.detection.faster_rcnn import FasterRCNN as TorchvisionFasterRCNN
 
 from cvcore.models._registry import register_model
-from cvcore.models.finetune import freeze_stages
-from cvcore.models.pretrained import TorchvisionSource, imagenet_weights
+from cvcore.models._tv_detector import RESNET_STAGES, RESNET_WEIGHTS, TorchvisionDetector, body_sources, resize_limits
+from cvcore.models.capabilities import Finetunable, Postprocessable, Transferable
+from cvcore.models.pretrained import TorchvisionSource
 
 BACKBONES = ("resnet18_fpn", "resnet34_fpn", "resnet50_fpn", "mobilenet_v3_large_fpn")
 
@@ -58,60 +58,24 @@ SMALL_IMAGE_SAMPLING = {
 }  # fmt: skip
 
 
-class FasterRCNN(nn.Module):
-    """torchvision Faster R-CNN with labels 0..K-1 (see module docstring).
+class FasterRCNN(TorchvisionDetector):
+    """torchvision Faster R-CNN with labels 0..K-1 (see the module docstring); the plumbing
+    (interface, fine-tuning, transfer, decoding) is cvcore.models._tv_detector's. Decoding
+    settings live on the RoI heads."""
 
-    Attributes for fine-tuning and transfer: ``backbone`` (the CNN body under the FPN),
-    ``backbone_stages``, ``torchvision_sources``, ``transfer_renames``.
-    """
-
-    def __init__(self, detector: TorchvisionFasterRCNN, *, backbone_stages: dict[str, tuple[str, ...]], sources: tuple[TorchvisionSource, ...]):
-        super().__init__()
-        self.detector = detector
-        self.backbone_stages = backbone_stages
-        self.torchvision_sources = sources
-        # Our classifiers' and YOLOv1's ResNet trunks are this body under another prefix.
-        self.transfer_renames = (("backbone.", "detector.backbone.body."),)
-
-    @property
-    def backbone(self) -> nn.Module:
-        return self.detector.backbone.body
+    label_offset = 1  # torchvision's class 0 is the background
+    decoding_module = "roi_heads"
+    display_name = "Faster R-CNN"
+    registry_name = "faster_rcnn"
 
     @property
     def num_classes(self) -> int:
         return self.detector.roi_heads.box_predictor.cls_score.out_features - 1
 
-    def set_postprocess(
-        self, *, score_threshold: float | None = None, nms_iou: float | None = None, max_detections: int | None = None
-    ) -> None:
-        """Change eval-mode decoding (box score threshold, per-class NMS IoU, detections per image)."""
-        heads = self.detector.roi_heads
-        if score_threshold is not None:
-            heads.score_thresh = float(score_threshold)
-        if nms_iou is not None:
-            heads.nms_thresh = float(nms_iou)
-        if max_detections is not None:
-            heads.detections_per_img = int(max_detections)
 
-    def forward(self, images: Tensor | list[Tensor], targets: list[dict[str, Tensor]] | None = None):
-        images = list(images)
-        if self.training:
-            if targets is None:
-                raise ValueError("Faster R-CNN in train mode needs targets (list of dict(boxes, labels))")
-            return self.detector(images, [self._shift_in(t) for t in targets])
-        return [
-            {"boxes": o["boxes"], "labels": o["labels"] - 1, "scores": o["scores"]} for o in self.detector(images)
-        ]
-
-    def _shift_in(self, target: dict[str, Tensor]) -> dict[str, Tensor]:
-        labels = torch.as_tensor(target["labels"]).long()
-        if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
-            raise ValueError(f"Faster R-CNN targets: labels must be in 0..{self.num_classes - 1}, got {labels.unique().tolist()}")
-        boxes = torch.as_tensor(target["boxes"]).as_subclass(Tensor).float().reshape(-1, 4)
-        return {"boxes": boxes, "labels": labels + 1}
-
-
-@register_model("faster_rcnn", task="detection", defaults=FASTER_RCNN_DEFAULTS)
+@register_model(
+    "faster_rcnn", task="detection", defaults=FASTER_RCNN_DEFAULTS, capabilities=(Finetunable, Transferable, Postprocessable)
+)
 def faster_rcnn(
     num_classes: int,
     *,
@@ -144,8 +108,7 @@ def faster_rcnn(
     """
     if backbone not in BACKBONES:
         raise ValueError(f"faster_rcnn: unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
-    min_size = min_size or img_size or 800
-    max_size = max_size or max(min_size, round(min_size * 1333 / 800))
+    min_size, max_size = resize_limits(min_size, max_size, img_size)
     kwargs = {
         "min_size": min_size, "max_size": max_size, "box_score_thresh": score_threshold, "box_nms_thresh": nms_iou,
         "box_detections_per_img": max_detections, **(SMALL_IMAGE_SAMPLING if min_size < 512 else {}), **detector_options,
@@ -155,28 +118,19 @@ def faster_rcnn(
         stages = _mobilenet_stages(detector.backbone.body)
         sources = (
             TorchvisionSource(FasterRCNN_MobileNet_V3_Large_FPN_Weights.COCO_V1, (("", "detector."),)),
-            *(TorchvisionSource(w, (("features.", "detector.backbone.body."),)) for w in imagenet_weights(tvm.MobileNet_V3_Large_Weights)),
+            *body_sources(tvm.MobileNet_V3_Large_Weights, "features."),
         )
         default_anchors = SMALL_IMAGE_ANCHORS_MOBILENET if min_size < 512 else ((32, 64, 128, 256, 512),) * 3
     else:
         detector = _resnet_fpn_detector(backbone.removesuffix("_fpn"), num_classes + 1, kwargs)
-        stages = {"stem": ("conv1", "bn1"), **{f"layer{i}": (f"layer{i}",) for i in range(1, 5)}}
+        stages = RESNET_STAGES
         sources = (
             *((TorchvisionSource(FasterRCNN_ResNet50_FPN_Weights.COCO_V1, (("", "detector."),)),) if backbone == "resnet50_fpn" else ()),
-            *(TorchvisionSource(w, (("", "detector.backbone.body."),)) for w in imagenet_weights(_RESNET_WEIGHTS[backbone])),
+            *body_sources(RESNET_WEIGHTS[backbone.removesuffix("_fpn")]),
         )
         default_anchors = SMALL_IMAGE_ANCHORS_FPN if min_size < 512 else ((32,), (64,), (128,), (256,), (512,))
     _set_anchors(detector, anchor_sizes or default_anchors, aspect_ratios)
-    model = FasterRCNN(detector, backbone_stages=stages, sources=sources)
-    if trainable_backbone_layers is not None:
-        names = list(stages)
-        if not 0 <= trainable_backbone_layers <= len(names):
-            raise ValueError(f"faster_rcnn {backbone}: trainable_backbone_layers must be in 0..{len(names)}, got {trainable_backbone_layers}")
-        freeze_stages(model, names[: len(names) - trainable_backbone_layers])
-    return model
-
-
-_RESNET_WEIGHTS = {"resnet18_fpn": tvm.ResNet18_Weights, "resnet34_fpn": tvm.ResNet34_Weights, "resnet50_fpn": tvm.ResNet50_Weights}
+    return FasterRCNN(detector, backbone_stages=stages, sources=sources, trainable_backbone_layers=trainable_backbone_layers)
 
 
 def _resnet_fpn_detector(arch: str, num_classes: int, kwargs: dict[str, Any]) -> TorchvisionFasterRCNN:

@@ -31,7 +31,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torchvision import models as tvm
 from torchvision.models.detection import FCOS as TorchvisionFCOS
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -39,10 +39,10 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.fcos import FCOSHead
 
 from cvcore.models._registry import register_model
-from cvcore.models.finetune import freeze_stages
-from cvcore.models.pretrained import TorchvisionSource, imagenet_weights
+from cvcore.models._tv_detector import RESNET_STAGES, RESNET_WEIGHTS, TorchvisionDetector, body_sources, resize_limits
+from cvcore.models.capabilities import Finetunable, Postprocessable, Transferable
 
-BACKBONES = {"resnet18": tvm.ResNet18_Weights, "resnet34": tvm.ResNet34_Weights, "resnet50": tvm.ResNet50_Weights}
+BACKBONES = tuple(RESNET_WEIGHTS)
 _RESNET_BUILDERS = {"resnet18": tvm.resnet18, "resnet34": tvm.resnet34, "resnet50": tvm.resnet50}
 
 # Run settings measured on real data (digits-det-dev, 128 px, 2 CPU cores) and the built-in shapes:
@@ -55,57 +55,23 @@ FCOS_DEFAULTS: dict[str, Any] = {
 }  # fmt: skip
 
 
-class FCOS(nn.Module):
-    """torchvision FCOS with our interface (see the module docstring).
+class FCOS(TorchvisionDetector):
+    """torchvision FCOS with our interface (see the module docstring); the plumbing (interface,
+    fine-tuning, transfer, decoding) is cvcore.models._tv_detector's. ``backbone`` is the ResNet
+    body under the FPN, keys named as in torchvision's ResNet and our classifiers' trunks; its
+    stages are those built (``layer4`` only when ``stages`` asks for it)."""
 
-    Attributes for fine-tuning and transfer: ``backbone`` (the ResNet body under the FPN, keys
-    named as in torchvision's ResNet and our classifiers' trunks), ``backbone_stages``,
-    ``torchvision_sources``, ``transfer_renames``.
-    """
-
-    def __init__(self, detector: TorchvisionFCOS, *, sources: tuple[TorchvisionSource, ...]):
-        super().__init__()
-        self.detector = detector
-        self.backbone_stages = {"stem": ("conv1", "bn1"), **{f"layer{i}": (f"layer{i}",) for i in range(1, 5)}}
-        self.torchvision_sources = sources
-        # Our classifiers' and YOLOv1's ResNet trunks are this body under another prefix.
-        self.transfer_renames = (("backbone.", "detector.backbone.body."),)
-
-    @property
-    def backbone(self) -> nn.Module:
-        return self.detector.backbone.body
+    label_offset = 0  # one sigmoid per class, no background class
+    decoding_module = ""  # torchvision's FCOS holds its decoding settings itself
+    display_name = "FCOS"
+    registry_name = "fcos"
 
     @property
     def num_classes(self) -> int:
         return self.detector.head.classification_head.num_classes
 
-    def set_postprocess(
-        self, *, score_threshold: float | None = None, nms_iou: float | None = None, max_detections: int | None = None
-    ) -> None:
-        """Change eval-mode decoding (score threshold, class-wise NMS IoU, detections per image)."""
-        if score_threshold is not None:
-            self.detector.score_thresh = float(score_threshold)
-        if nms_iou is not None:
-            self.detector.nms_thresh = float(nms_iou)
-        if max_detections is not None:
-            self.detector.detections_per_img = int(max_detections)
 
-    def forward(self, images: Tensor | list[Tensor], targets: list[dict[str, Tensor]] | None = None):
-        images = list(images)
-        if self.training:
-            if targets is None:
-                raise ValueError("FCOS in train mode needs targets (list of dict(boxes, labels))")
-            return self.detector(images, [self._target(t) for t in targets])
-        return [{"boxes": o["boxes"], "labels": o["labels"], "scores": o["scores"]} for o in self.detector(images)]
-
-    def _target(self, target: dict[str, Tensor]) -> dict[str, Tensor]:
-        labels = target["labels"].as_subclass(Tensor).long().reshape(-1)
-        if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
-            raise ValueError(f"FCOS targets: labels must be in 0..{self.num_classes - 1}, got {labels.unique().tolist()}")
-        return {"boxes": target["boxes"].as_subclass(Tensor).float().reshape(-1, 4), "labels": labels}
-
-
-@register_model("fcos", task="detection", defaults=FCOS_DEFAULTS)
+@register_model("fcos", task="detection", defaults=FCOS_DEFAULTS, capabilities=(Finetunable, Transferable, Postprocessable))
 def fcos(
     num_classes: int,
     *,
@@ -157,8 +123,7 @@ def fcos(
     anchor_sizes = tuple(anchor_sizes) if anchor_sizes is not None else (*strides, strides[-1] * 2)
     if len(anchor_sizes) != len(stages) + 1:
         raise ValueError(f"fcos: anchor_sizes needs one size per level ({len(stages)} stages + the pooled level), got {anchor_sizes}")
-    min_size = min_size or img_size or 800
-    max_size = max_size or max(min_size, round(min_size * 1333 / 800))
+    min_size, max_size = resize_limits(min_size, max_size, img_size)
     body = _RESNET_BUILDERS[backbone](weights=None)
     channels = [_out_channels(getattr(body, st)) for st in stages]
     fpn = BackboneWithFPN(body, {st: str(i) for i, st in enumerate(stages)}, channels, fpn_channels)
@@ -176,16 +141,8 @@ def fcos(
         center_sampling_radius=center_sampling_radius, score_thresh=score_threshold, nms_thresh=nms_iou,
         detections_per_img=max_detections, topk_candidates=topk_candidates,
     )  # fmt: skip
-    sources = tuple(TorchvisionSource(w, (("", "detector.backbone.body."),)) for w in imagenet_weights(BACKBONES[backbone]))
-    model = FCOS(detector, sources=sources)
-    kept = {name for name, _ in model.backbone.named_children()}
-    model.backbone_stages = {k: v for k, v in model.backbone_stages.items() if all(p in kept for p in v)}
-    if trainable_backbone_layers is not None:
-        names = list(model.backbone_stages)
-        if not 0 <= trainable_backbone_layers <= len(names):
-            raise ValueError(f"fcos: trainable_backbone_layers must be in 0..{len(names)}, got {trainable_backbone_layers}")
-        freeze_stages(model, names[: len(names) - trainable_backbone_layers])
-    return model
+    sources = body_sources(RESNET_WEIGHTS[backbone])
+    return FCOS(detector, backbone_stages=RESNET_STAGES, sources=sources, trainable_backbone_layers=trainable_backbone_layers)
 
 
 def _out_channels(stage: nn.Sequential) -> int:
