@@ -9,8 +9,9 @@
 2. Supervised pre-training, as the notes' transfer learning: one ResNet-18 classifier trained by
    the engine on the built-in shapes classification data (64 px), the backbone every detector
    starts from (R-CNN uses it frozen as its feature extractor).
-3. ``cvcore.bakeoff.run_bakeoff`` on each snapshot: each detector trained with its own run
-   defaults (``--epochs`` overrides), scored on the test split with the COCO protocol.
+3. The ``compare_pipeline`` flow (what ``cvflow compare`` runs) on each snapshot: each detector
+   trained with its own run defaults (``--epochs`` overrides), scored on the test split with the
+   COCO protocol, the runs in MLflow under CVFLOW_HOME (Prefect's temporary server).
 
 Prints each table in Markdown (and writes ``bakeoff.md`` / ``.parquet`` / ``.png`` under
 ``<workdir>/<dataset>``). Everything is reused when the workdir already holds it, so an
@@ -28,16 +29,21 @@ import sys
 import time
 from pathlib import Path
 
+import polars as pl
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cvcore.bakeoff import parse_contenders, run_bakeoff, run_state, table_markdown, write_bakeoff  # noqa: E402
 from cvcore.config import RunConfig, load_config  # noqa: E402
 from cvcore.data.snapshot import read_snapshot  # noqa: E402
 from cvcore.data.synthetic import make_shapes_classification, make_shapes_detection  # noqa: E402
 from cvcore.engine.callbacks import ProgressBar  # noqa: E402
 from cvcore.engine.run import train_run  # noqa: E402
+from flows.commands._pipeline import prefect_settings  # noqa: E402
+from flows.commands.compare import parse_epochs  # noqa: E402
+from flows.compare import compare_pipeline, parse_contenders  # noqa: E402
+from flows.params import ComparePipelineParams, DataSource  # noqa: E402
+from tasks.bakeoff import run_state, table_markdown  # noqa: E402
 
 DATASETS = {
     "shapes": {},
@@ -86,8 +92,6 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from flows.commands.compare import parse_epochs
-
     contenders = parse_contenders(args.models)
     epochs = parse_epochs(args.epochs, [c.name for c in contenders])
     t = time.perf_counter()
@@ -97,14 +101,15 @@ def main() -> None:
     machine = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
     for name in args.datasets.split(","):
         snap = snapshot(args.workdir, name)
-        out = args.workdir / name
-        result = run_bakeoff(
-            snap, contenders=contenders, out=out, epochs=epochs, pretrained=str(backbone), device=args.device,
-            callbacks=lambda model: [ProgressBar()],
+        params = ComparePipelineParams(
+            data=DataSource(path=Path(snap.path).resolve()), epochs=epochs or {}, pretrained=str(backbone), device=args.device,
+            models=tuple(c.name if c.run_dir is None else f"{c.name}={c.run_dir.resolve()}" for c in contenders),
+            out=(args.workdir / name).resolve(), progress=True,
         )  # fmt: skip
-        write_bakeoff(result, out, title=f"{name}: {result.split} split, {result.protocol}")
-        print(f"\n### {name} ({dt.date.today()}, {machine})\n")
-        print(table_markdown(result.table))
+        with prefect_settings():
+            result = compare_pipeline(params)
+        print(f"\n### {name} ({dt.date.today()}, {machine}; MLflow run {result.run_url})\n")
+        print(table_markdown(pl.read_parquet(result.table)))
 
 
 if __name__ == "__main__":

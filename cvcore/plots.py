@@ -1,5 +1,5 @@
 """Figures for reports: PR curves, F1 vs threshold, confusion matrix, AP by object size, training
-curves, error breakdown, and predictions drawn on images.
+curves, error breakdown, predictions drawn on images, and a bake-off's accuracy and speed.
 
 Every function takes the *tables* the metrics produce (polars frames, so the tasks layer can
 draw from Parquet without passing reports around) and returns a matplotlib ``Figure``; nothing
@@ -20,10 +20,14 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import NullFormatter
+
+from cvcore.metrics.tradeoff import best_tradeoff
 
 ClassNames = Mapping[int, str] | Sequence[str] | None
 
 __all__ = [
+    "bakeoff",
     "classification_samples",
     "confusion_matrix",
     "detection_samples",
@@ -207,6 +211,49 @@ def training_curves(history: pl.DataFrame) -> Figure:
         ax.set(xlabel="epoch", title=title)
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
+    return fig
+
+
+def bakeoff(table: pl.DataFrame, *, title: str = "") -> Figure:
+    """Two panels of a bake-off table (one row per ``model``): accuracy by model (``map_50``,
+    ``map``, ``map_small``, ``map_medium``, ``recall_crowded``, ``recall_isolated``; NaN drawn as
+    no bar), and mAP@0.5 against inference cost (``infer_cpu_ms_per_image``, CPU milliseconds per
+    image, log scale), the best trade-off (:func:`cvcore.metrics.tradeoff.best_tradeoff`) circled.
+    12 x 4.5 inches.
+    """
+    fig = _figure(figsize=(12, 4.5), layout="constrained")
+    bars, speed = fig.subplots(1, 2, width_ratios=(3, 2))
+    columns = ["map_50", "map", "map_small", "map_medium", "recall_crowded", "recall_isolated"]
+    labels = ["mAP@0.5", "mAP", "AP small", "AP medium", "recall crowded", "recall isolated"]
+    names = table.get_column("model").to_list()
+    width = 0.8 / len(columns)
+    x = np.arange(len(names))
+    for i, (col, label) in enumerate(zip(columns, labels)):
+        values = np.nan_to_num(table.get_column(col).to_numpy().astype(float), nan=0.0)
+        bars.bar(x + (i - (len(columns) - 1) / 2) * width, values, width, label=label)
+    bars.set_xticks(x, names)
+    bars.set_ylim(0, 1.2)  # headroom: the legend sits above the bars
+    bars.set_yticks(np.linspace(0, 1, 6))
+    bars.set_ylabel("score")
+    bars.legend(fontsize=8, ncols=3, loc="upper center")
+    bars.set_title("accuracy (one protocol)")
+    cost, m50 = table.get_column("infer_cpu_ms_per_image").to_numpy(), table.get_column("map_50").to_numpy()
+    speed.scatter(cost, m50)
+    for name, a, b in zip(names, cost, m50):
+        speed.annotate(name, (a, b), textcoords="offset points", xytext=(4, 4), fontsize=9)
+    pick = best_tradeoff(table)
+    if pick is not None and pick in names:
+        i = names.index(pick)
+        speed.scatter([cost[i]], [m50[i]], s=160, facecolors="none", edgecolors="tab:red", label=f"best trade-off: {pick}")
+        speed.legend(fontsize=8, loc="lower right")
+    speed.set_xscale("log")
+    speed.xaxis.set_minor_formatter(NullFormatter())  # decade labels only: no crowded minor ticks
+    speed.set_xlabel("inference CPU ms / image (log; left is faster)")
+    speed.set_ylabel("mAP@0.5")
+    speed.set_ylim(0, 1)
+    speed.set_title("accuracy vs speed")
+    if title:
+        fig.suptitle(title)
     return fig
 
 

@@ -3,14 +3,18 @@
 ingest/open the dataset → for each contender: train (or load) → log its run → predict and score
 the split → the table (Parquet + Markdown) and figure. One MLflow run for the bake-off holds
 the settings, the dataset, the table and the figure; each contender has a nested child run with
-its config, per-epoch metrics, training curves and its row of the table (cvcore.bakeoff's
+its config, per-epoch metrics, training curves and its row of the table (tasks.bakeoff's
 columns: mAP@0.5, mAP, AP by size, crowded-cell recall, candidates per image, proposal recall of
 the two-stage models, training and inference time). Like train_pipeline, the flow opens every
 run, hands ``run_id`` to the tasks and closes each run FINISHED, or FAILED with the cause.
+
+The flow's inputs are checked here (:func:`parse_contenders`, :func:`check_contenders`,
+:func:`scored_split`), by the flow and, before any server starts, by ``cvflow compare``.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -21,7 +25,6 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 
-from cvcore.bakeoff import check_contenders, scored_split
 from flows.params import ComparePipelineParams, CompareResult
 from flows.train import load_data
 from tasks.artifacts import artifact_key
@@ -33,11 +36,61 @@ from tasks.tracking import cvflow_home, ensure_experiment, log_dataset, mlflow_c
 FLOW_NAME = "compare_pipeline"
 
 
+@dataclass(frozen=True)
+class Contender:
+    """One model of the bake-off: a registered detector ``name``, trained afresh into
+    ``<out>/runs/<name>`` unless ``run_dir`` names an existing run (or checkpoint) to load."""
+
+    name: str
+    run_dir: Path | None = None
+
+
+def parse_contenders(spec: str | Sequence[str]) -> list[Contender]:
+    """``"rcnn,fast_rcnn=runs/frcnn"`` (or its items) → contenders; ``name=PATH`` loads an existing run.
+
+    Raises ValueError for an empty list or a name given twice.
+    """
+    items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
+    if not items:
+        raise ValueError("no models to compare: give a comma-separated list, e.g. rcnn,fast_rcnn,faster_rcnn,yolov1")
+    out = []
+    for item in items:
+        name, _, path = item.partition("=")
+        out.append(Contender(name.strip(), Path(path.strip()) if path.strip() else None))
+    names = [c.name for c in out]
+    if len(set(names)) != len(names):
+        raise ValueError(f"a model is listed twice in {names}")
+    return out
+
+
+def check_contenders(task: str, names: Sequence[str], *, epochs: dict[str, int], overrides: dict[str, dict]) -> None:
+    """Fail before any training: a classification dataset, a model that is not a registered
+    detector, or epochs/overrides for a model not being compared (ValueError naming it)."""
+    from cvcore.models import model_spec
+
+    if task != "detection":
+        raise ValueError(f"the bake-off compares detectors; this is a {task} dataset")
+    for name in names:
+        if model_spec(name).task != "detection":  # model_spec: ValueError listing the models for an unknown name
+            raise ValueError(f"model {name!r} is not a detector; the bake-off compares detectors")
+    for option, given in (("epochs", epochs), ("overrides", overrides)):
+        stray = sorted(set(given) - set(names))
+        if stray:
+            raise ValueError(f"{option} given for {stray}, which are not among the compared models {list(names)}")
+
+
+def scored_split(path: str | Path, splits: Sequence[str], split: str | None) -> str:
+    """The split a bake-off scores: ``split``, else ``test`` when there is one, else ``val``
+    (ValueError naming the snapshot ``path`` and its splits when it has no such split)."""
+    chosen = split or ("test" if "test" in splits else "val")
+    if chosen not in splits:
+        raise ValueError(f"snapshot {path} has no split {chosen!r}; splits: {list(splits)}")
+    return chosen
+
+
 @flow(name="compare-pipeline", flow_run_name="compare-{params.data.path.name}")
 def compare_pipeline(params: ComparePipelineParams) -> CompareResult:
     """Train or load every model of ``params.models`` on ``params.data`` and score them with one protocol."""
-    from cvcore.bakeoff import parse_contenders
-
     logger = get_run_logger()
     home = cvflow_home()
     client = mlflow_client(home)
@@ -54,7 +107,7 @@ def compare_pipeline(params: ComparePipelineParams) -> CompareResult:
         return _run(params, snapshot, contenders, split=split, run_id=run_id, experiment_id=experiment_id, home=home)
 
 
-def _run(params: ComparePipelineParams, snapshot: SnapshotRef, contenders, *, split: str, run_id: str, experiment_id: str, home: Path) -> CompareResult:
+def _run(params: ComparePipelineParams, snapshot: SnapshotRef, contenders: Sequence[Contender], *, split: str, run_id: str, experiment_id: str, home: Path) -> CompareResult:
     client = mlflow_client(home)
     out = (params.out or home / "bakeoffs" / run_id).resolve()
     settings = {

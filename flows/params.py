@@ -272,7 +272,7 @@ class CompareResult(_Params):
     split: str
     protocol: str
     out: Path
-    table: Path  # bakeoff.parquet (cvcore.bakeoff.TABLE_SCHEMA, one row per model)
+    table: Path  # bakeoff.parquet (tasks.bakeoff.TABLE_SCHEMA, one row per model)
     markdown: Path  # bakeoff.md
     figure: Path  # bakeoff.png
     child_runs: dict[str, str]  # model → its nested MLflow run id

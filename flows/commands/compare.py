@@ -41,15 +41,14 @@ def compare(
     """Train (or load) each of MODELS on DATA, evaluate all with one protocol, write a table and a plot.
 
     The table has mAP@0.5, mAP, AP small/medium/large, recall of objects sharing a grid cell,
-    candidates per image, training time and inference images/s (see cvcore.bakeoff). It runs
+    candidates per image, training time and inference images/s (see tasks.bakeoff). It runs
     as the compare_pipeline flow: the MLflow run of the bake-off is reported at the end.
     """
     import polars as pl
 
-    from cvcore.bakeoff import check_contenders, parse_contenders, scored_split
     from cvcore.data.snapshot import read_snapshot
     from cvcore.engine.device import resolve_device
-    from flows.compare import compare_pipeline
+    from flows.compare import check_contenders, compare_pipeline, parse_contenders, scored_split
     from flows.params import ComparePipelineParams, DataSource
 
     setup_logging(verbose)

@@ -16,12 +16,10 @@ import pytest
 from typer.testing import CliRunner
 
 from cvcore import schema
-from cvcore.bakeoff import TABLE_SCHEMA
 from flows.cli import app
-from cvcore.bakeoff import check_contenders
-from flows.compare import compare_pipeline
+from flows.compare import check_contenders, compare_pipeline
 from flows.params import ComparePipelineParams, DataSource
-from tasks.bakeoff import TAG_LOADED
+from tasks.bakeoff import TABLE_SCHEMA, TAG_LOADED
 from tasks.tracking import TAG_DATASET, TAG_DATASET_DIGEST, TAG_FAILURE, TAG_FLOW_RUN, TAG_CODE_VERSION, mlflow_client
 
 ROOT = Path(__file__).resolve().parents[2]

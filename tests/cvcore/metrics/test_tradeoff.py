@@ -1,4 +1,6 @@
-"""The bake-off's recommendation: quality first (within a tolerance of the best), then inference cost."""
+"""The bake-off's recommendation (cvcore.metrics.tradeoff): quality first (within a tolerance of the best), then inference cost.
+
+The Markdown that marks the pick is tests/tasks/test_bakeoff.py's."""
 
 from __future__ import annotations
 
@@ -6,13 +8,15 @@ import math
 
 import polars as pl
 
-from cvcore.bakeoff import TABLE_SCHEMA, best_tradeoff, table_markdown
+from cvcore.metrics.tradeoff import best_tradeoff
+
+COLUMNS = {"model": pl.String, "map_50": pl.Float64, "map": pl.Float64, "infer_cpu_ms_per_image": pl.Float64}  # what best_tradeoff reads
 
 
 def _table(rows: list[tuple[str, float, float]]) -> pl.DataFrame:
     """(model, mAP, CPU ms/image) rows; mAP@0.5 set 0.2 above mAP."""
-    full = [{**{k: None for k in TABLE_SCHEMA}, "model": m, "map": q, "map_50": q + 0.2, "infer_cpu_ms_per_image": c} for m, q, c in rows]
-    return pl.DataFrame(full, schema=TABLE_SCHEMA)
+    full = [{"model": m, "map": q, "map_50": q + 0.2, "infer_cpu_ms_per_image": c} for m, q, c in rows]
+    return pl.DataFrame(full, schema=COLUMNS)
 
 
 def test_fastest_model_close_to_the_best_quality_wins():
@@ -29,7 +33,3 @@ def test_nan_scores_and_costs_are_not_chosen():
     assert best_tradeoff(table) == "c"  # b has no measured cost: c, within 0.02, is measured
     assert best_tradeoff(_table([("a", math.nan, 1.0)])) is None
 
-
-def test_markdown_marks_the_pick():
-    text = table_markdown(_table([("yolov1", 0.6, 20.0), ("fcos", 0.9, 25.0)]))
-    assert "**fcos** (best trade-off)" in text and "**yolov1**" not in text
