@@ -1,17 +1,26 @@
-"""One validated configuration object per run (docs/ARCHITECTURE.md §6).
+"""One validated configuration object per run (docs/ARCHITECTURE.md §6), and its precedence.
 
-``RunConfig`` is what a user writes in ``run.yaml`` and what is logged to MLflow once, flattened.
-Each section is a frozen pydantic model with defaults that just work on the built-in data; unknown
-keys are errors (a typo must not silently fall back to a default).
+Two types of the same shape:
+
+- ``RunConfig``: a full config, every field a value; what a run uses and what is logged to MLflow
+  once (flattened) and written to the run folder's ``config.yaml``. Its field defaults are
+  cvflow's own defaults, :data:`CVFLOW_DEFAULTS` (``RunConfig()``).
+- ``PartialRunConfig``: the same fields, each ``None`` (= unset) unless given, with the same types
+  and bounds; what a user writes in ``run.yaml`` (:func:`load_config`) or a form, and what a model
+  registers as its defaults (cvcore.models.register_model).
+
+One pure function decides: :func:`resolve` ``(user, model_defaults, base)`` takes each field from
+the first of the three that sets it: the user's value, else the model's default, else cvflow's.
+Unknown keys are errors everywhere (a typo must not silently fall back to a default).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Mapping, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
 
 class _Section(BaseModel):
@@ -84,12 +93,31 @@ class TrainConfig(_Section):
     warmup_epochs: float = Field(1.0, ge=0.0)
     step_size: int = Field(10, ge=1, description="epochs between LR drops (step schedule)")
     gamma: float = Field(0.1, gt=0.0, le=1.0)
-    grad_clip: float | None = Field(10.0, gt=0.0)
+    grad_clip: float | None = Field(10.0, ge=0.0, description="max gradient L2 norm; 0: no clipping (resolved to None)")
     ema_decay: float | None = Field(None, gt=0.0, lt=1.0, description="None: no EMA")
     amp: bool = True  # mixed precision on CUDA (bf16 where supported); ignored on CPU
     early_stopping_patience: int | None = Field(None, ge=1)
     seed: int = 0
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:1" ...
+    # Data-parallel training (cvcore.engine.distributed): batch_size is the global batch, split evenly.
+    devices: int | Literal["auto"] = Field(1, description="processes per machine (one per GPU, or CPU processes); auto: every visible GPU")
+    sync_bn: bool = False  # batch-norm statistics over all GPUs' images (SyncBatchNorm, CUDA only)
+    dist_timeout_s: float = Field(900.0, gt=0.0, description="seconds a rank waits in a collective before the run fails")
+    channels_last: bool = True  # classification on CUDA: model and batches in channels-last layout
+    compile: bool = False  # torch.compile the training forward pass
+
+    @field_validator("devices")
+    @classmethod
+    def _devices(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError(f"devices must be a positive number or 'auto', got {value}")
+        return value
+
+    @field_validator("grad_clip")
+    @classmethod
+    def _no_clip(cls, value: float | None) -> float | None:
+        # 0 is how a partial config says "no clipping" (its None means unset); the engine reads None.
+        return None if value == 0 else value
 
 
 class EvalConfig(_Section):
@@ -113,12 +141,118 @@ class RunConfig(_Section):
     eval: EvalConfig = EvalConfig()
 
 
-def load_config(path: str | Path) -> RunConfig:
-    """Read a ``run.yaml`` (``yaml.safe_load``) into a validated RunConfig.
+CVFLOW_DEFAULTS = RunConfig()  # cvflow's own defaults: the last layer of every resolution
 
-    Raises ValueError naming the file when it is not YAML (one line: the problem and where), uses
-    a tag that would build a Python object (refused by the safe loader), nests too deeply, is not
-    a mapping or does not validate.
+
+def _no_default_in_schema(schema: dict[str, Any]) -> None:
+    # None is "unset", not a value: a form (Prefect's run form) shows the field blank, not "null".
+    schema.pop("default", None)
+
+
+def _partial(section: type[_Section]) -> type[_Section]:
+    """``section`` with every field optional and ``None`` (= unset) by default.
+
+    A set value is checked with the field's own type and bounds; checks across fields (e.g.
+    ``cutmix_p + mixup_p <= 1``) run on the resolved :class:`RunConfig`. Each description ends
+    with what an unset field becomes.
+    """
+    fields: dict[str, Any] = {}
+    for name, info in section.model_fields.items():
+        fallback = info.get_default(call_default_factory=True)
+        note = f"(blank: the model's default, else {fallback!r})"
+        description = f"{info.description} {note}" if info.description else note
+        annotation = Annotated[Optional[info.annotation], *info.metadata] if info.metadata else Optional[info.annotation]
+        fields[name] = (annotation, Field(None, description=description, json_schema_extra=_no_default_in_schema))
+    doc = f"{section.__name__} with every field optional: None means unset (see cvcore.config.resolve)."
+    return create_model(f"Partial{section.__name__}", __base__=_Section, __doc__=doc, **fields)
+
+
+class _PartialRun(_Section):
+    @model_validator(mode="before")
+    @classmethod
+    def _from_run_config(cls, data: Any) -> Any:
+        # A RunConfig handed over as a user's config (Python callers, tests) counts the fields it
+        # was built with, as before partial configs existed; every other field stays unset. A
+        # resolved RunConfig (every field set) gives itself back from resolve.
+        if isinstance(data, RunConfig):
+            return _null_means_off(data.model_dump(exclude_unset=True))
+        return data
+
+    @property
+    def chosen_model(self) -> str:
+        """The model this config trains: ``model.name``, else cvflow's default model."""
+        return self.model.name or CVFLOW_DEFAULTS.model.name
+
+
+_PARTIAL_SECTIONS = {name: _partial(info.annotation) for name, info in RunConfig.model_fields.items()}
+PartialRunConfig = create_model(
+    "PartialRunConfig",
+    __base__=_PartialRun,
+    __doc__="A RunConfig whose unset fields are None: a user's config or a model's defaults (cvcore.config.resolve).",
+    **{name: (section, section()) for name, section in _PARTIAL_SECTIONS.items()},
+)
+NO_SETTINGS = PartialRunConfig()  # every field unset
+
+# Before unset was None, a file's explicit null set a field to None; for a field cvflow defaults
+# to a value that null meant "none of it". It keeps that meaning: the value here says it.
+_NULL_IN_FILES = {("train", "grad_clip"): 0.0}
+
+
+def _null_means_off(raw: Mapping[str, Any]) -> dict[str, Any]:
+    data = {k: dict(v) if isinstance(v, Mapping) else v for k, v in raw.items()}
+    for (section, name), off in _NULL_IN_FILES.items():
+        if isinstance(data.get(section), dict) and name in data[section] and data[section][name] is None:
+            data[section][name] = off
+    return data
+
+
+def overlay(*layers: BaseModel) -> PartialRunConfig:
+    """Field by field, the value of the first layer that sets it (is not None).
+
+    ``layers`` are PartialRunConfigs or RunConfigs (whose every field is set), highest precedence
+    first. ``model.options`` dicts merge key by key instead, a higher layer's keys winning. Pure.
+    """
+    merged: dict[str, dict[str, Any]] = {}
+    for section in RunConfig.model_fields:
+        values: dict[str, Any] = {}
+        for layer in reversed(layers):
+            for name, value in getattr(layer, section):
+                if value is None:
+                    continue
+                if (section, name) == ("model", "options"):
+                    value = {**values.get(name, {}), **value}
+                values[name] = value
+        merged[section] = values
+    return PartialRunConfig.model_validate(merged)
+
+
+def resolve(user: PartialRunConfig, model_defaults: PartialRunConfig | None = None, base: RunConfig = CVFLOW_DEFAULTS) -> RunConfig:
+    """The config a run uses: each field from ``user`` if set, else ``model_defaults``, else ``base``.
+
+    ``model.options`` merge (the user's keys over the model's). Pure: nothing is read or logged.
+    Raises ValueError (pydantic's ValidationError) when the result breaks a check across fields.
+    """
+    merged = overlay(user, model_defaults or NO_SETTINGS, base)
+    return RunConfig.model_validate(merged.model_dump())
+
+
+def partial_config(raw: Mapping[str, Any]) -> PartialRunConfig:
+    """A config mapping as files hold it (``run.yaml``, a run folder's ``config.yaml``, a checkpoint's
+    ``meta["config"]``) as a PartialRunConfig: absent keys are unset, and so is an explicit null,
+    except where a null always meant "none of it" (``train.grad_clip: null``: no clipping).
+
+    Raises ValueError (pydantic's ValidationError) for unknown keys or bad values.
+    """
+    return PartialRunConfig.model_validate(_null_means_off(raw))
+
+
+def load_config(path: str | Path) -> PartialRunConfig:
+    """Read a ``run.yaml`` (``yaml.safe_load``) into a validated PartialRunConfig (:func:`partial_config`).
+
+    Checks across fields run on the file's values over cvflow's defaults, as a run would see them
+    before its model's defaults. Raises ValueError naming the file when it is not YAML (one line:
+    the problem and where), uses a tag that would build a Python object (refused by the safe
+    loader), nests too deeply, is not a mapping or does not validate.
     """
     path = Path(path)
     try:
@@ -128,7 +262,9 @@ def load_config(path: str | Path) -> RunConfig:
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: expected a mapping of config sections, got {type(raw).__name__}")
     try:
-        return RunConfig.model_validate(raw)
+        config = partial_config(raw)
+        resolve(config)
+        return config
     except RecursionError:
         raise ValueError(f"{path}: nested too deeply to be a run config") from None
     except ValueError as exc:

@@ -45,18 +45,19 @@ def registered_name(data: Path, *, fmt: str, model: str) -> str:
 def deployments(*, data: Path, fmt: str, model: str, registered_model: str | None, cron: str, timezone: str, epochs: int | None):
     """The three deployments served: nightly (scheduled), train and evaluate (on demand).
 
-    Parameters hold only what was chosen here (``exclude_unset``): the rest of the run config
-    stays unset, so each run takes the model's registry defaults (image size, epochs, optimizer)
-    as the command line does, and the dashboard's form shows exactly these values as defaults.
+    Parameters hold only what was chosen here: the rest of the run config stays unset (None), so
+    each run resolves it as the command line does (cvcore.config.resolve: the model's registry
+    defaults, then cvflow's), and the dashboard's form shows exactly these values, the other
+    fields blank with what they resolve to in their descriptions.
     """
     from prefect.schedules import Cron
 
-    from cvcore.config import RunConfig
+    from cvcore.config import PartialRunConfig
 
     name = registered_model or registered_name(data, fmt=fmt, model=model)
     config = {"model": {"name": model}} | ({"train": {"epochs": epochs}} if epochs else {})
     source = DataSource(path=data, format=fmt)
-    train = TrainPipelineParams(data=source, config=RunConfig.model_validate(config), registered_model=name)
+    train = TrainPipelineParams(data=source, config=PartialRunConfig.model_validate(config), registered_model=name)
     nightly = NightlyParams(train=train)
     evaluate = EvaluatePipelineParams(model=f"models:/{name}@champion", data=source)
     return [
@@ -84,8 +85,8 @@ def deployments(*, data: Path, fmt: str, model: str, registered_model: str | Non
 
 
 def _dump(params) -> dict:
-    # exclude_unset: a full dump would pin every RunConfig default (e.g. 128 px for a 32 px
-    # classifier) and hide the model's own defaults, which only apply to fields left unset.
+    # exclude_unset: only the parameters chosen here, so the form's other fields keep following
+    # the code's defaults (the run config's unset fields are None and resolve at run time).
     return params.model_dump(mode="json", exclude_unset=True)
 
 

@@ -18,7 +18,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 
-from cvcore.config import RunConfig
+from cvcore.config import PartialRunConfig
 from flows.params import DataSource, DemoParams, DemoResult, PipelineResult, TrainPipelineParams
 from flows.train import train_pipeline
 from tasks.artifacts import artifact_key, fmt
@@ -106,7 +106,7 @@ def check_transfer(detector: str, classifier: str, *, classifier_img_size: int) 
 
 def _pipeline_params(path: Path, config: dict, params: DemoParams) -> TrainPipelineParams:
     return TrainPipelineParams(
-        data=DataSource(path=path), config=RunConfig.model_validate(config), experiment=params.experiment, progress=params.progress
+        data=DataSource(path=path), config=PartialRunConfig.model_validate(config), experiment=params.experiment, progress=params.progress
     )
 
 

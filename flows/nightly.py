@@ -27,13 +27,13 @@ TAG_DECISION = "cvflow.nightly.decision"
 TAG_REASON = "cvflow.nightly.reason"
 
 
-@flow(name="nightly-retrain", flow_run_name="nightly-{params.train.config.model.name}")
+@flow(name="nightly-retrain", flow_run_name="nightly-{params.train.config.chosen_model}")
 def nightly_retrain(params: NightlyParams) -> NightlyDecision:
     """Train a challenger on ``params.train.data`` and promote it only on evidence."""
     logger = get_run_logger()
     home = cvflow_home()
     snapshot = load_data(params.train.data, home=home)
-    name = params.train.registered_model or f"{snapshot.name}-{params.train.config.model.name}"
+    name = params.train.registered_model or f"{snapshot.name}-{params.train.config.chosen_model}"
     champion = champion_version(name)
     split = params.compare_split or ("test" if "test" in snapshot.splits else "val")
     if split not in snapshot.splits:

@@ -11,9 +11,9 @@ import copy
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
-from cvcore.config import RunConfig
+from cvcore.config import PartialRunConfig
 from tasks.refs import ModelVersionRef, PredictionsRef, SnapshotRef
 from tasks.tracking import DEFAULT_EXPERIMENT
 
@@ -25,38 +25,28 @@ class _Params(BaseModel):
 SourceFormat = Literal["snapshot", "coco", "voc", "yolo", "imagefolder"]
 
 
-def _without_nulls(value: Any) -> Any:
-    """A run config as a form sends it: fields left blank (null) are dropped, i.e. left unset."""
-    if isinstance(value, dict):
-        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
-    return value
-
-
 def _form_schema() -> dict[str, Any]:
-    """RunConfig's JSON schema for the dashboard's run form: every field blank by default.
+    """PartialRunConfig's JSON schema with its sections written in place, for the dashboard's run form.
 
-    A form pre-filled with RunConfig's generic defaults would send all of them, and every sent
-    field counts as the user's choice, pinning e.g. 128-px images over a model's registry
-    defaults (cvcore.engine.run.resolve_run_config fills only unset fields). So the sections
-    are inlined without their ``default`` values, and each field also accepts null (= unset).
+    Every field is blank (None: unset) unless set, and its description says what a blank field
+    becomes: the model's default, else cvflow's (cvcore.config.resolve). The form sends blanks as
+    null, which is unset, so a form never pins a generic default over a model's own.
     """
-    schema = RunConfig.model_json_schema()
+    schema = PartialRunConfig.model_json_schema()
     defs = schema.pop("$defs", {})
-    for name, prop in schema["properties"].items():
-        section = copy.deepcopy(defs[prop["$ref"].rsplit("/", 1)[-1]])
-        section.pop("required", None)
-        for field, spec in section["properties"].items():
-            default = spec.pop("default", None)
-            label = {k: spec.pop(k) for k in ("title", "description") if k in spec}
-            label["description"] = f"{label.get('description', '')} (blank: the model's default, else {default!r})".lstrip()
-            nullable = {"type": "null"} in spec.get("anyOf", [])
-            section["properties"][field] = {**(spec if nullable else {"anyOf": [spec, {"type": "null"}]}), **label}
-        schema["properties"][name] = section
-    return schema
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return inline(copy.deepcopy(defs[node["$ref"].rsplit("/", 1)[-1]]))
+            return {key: inline(value) for key, value in node.items()}
+        return [inline(value) for value in node] if isinstance(node, list) else node
+
+    return inline(schema)
 
 
-# The run config of a flow's parameters: RunConfig itself, shown blank in the dashboard's form.
-FormRunConfig = Annotated[RunConfig, BeforeValidator(_without_nulls), WithJsonSchema(_form_schema())]
+# The run config of a flow's parameters: the user's PartialRunConfig, sections drawn in the form.
+FormRunConfig = Annotated[PartialRunConfig, WithJsonSchema(_form_schema())]
 
 
 class DataSource(_Params):
@@ -77,7 +67,8 @@ class TrainPipelineParams(_Params):
         description="a snapshot folder or object-store URI (s3://bucket/snapshots/name), or a source to ingest (DataSource)"
     )
     config: FormRunConfig = Field(
-        default_factory=RunConfig, description="the run config (run.yaml): only what you set; the rest comes from the model's defaults"
+        default_factory=PartialRunConfig,
+        description="the run config (run.yaml): what you set; a blank field takes the model's default, else cvflow's",
     )
     experiment: str = Field(DEFAULT_EXPERIMENT, description="MLflow experiment")
     registered_model: str | None = Field(None, description="MLflow registered model name (default: <dataset>-<model>)")

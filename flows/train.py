@@ -84,7 +84,7 @@ def predict_split(
     return predict_shards_on(task_runner, checkpoint, snapshot, split, **kwargs)
 
 
-@flow(name="train-pipeline", flow_run_name="train-{params.config.model.name}")
+@flow(name="train-pipeline", flow_run_name="train-{params.config.chosen_model}")
 def train_pipeline(params: TrainPipelineParams) -> PipelineResult:
     """Train ``params.config.model`` on ``params.data``, evaluate it, register it in MLflow."""
     logger = get_run_logger()
@@ -92,7 +92,7 @@ def train_pipeline(params: TrainPipelineParams) -> PipelineResult:
     client = mlflow_client(home)
     experiment_id = ensure_experiment(client, params.experiment)
     snapshot = load_data(params.data, home=home)
-    model_name = params.config.model.name
+    model_name = params.config.chosen_model
     tags = run_tags(snapshot, model_name=model_name, flow_name="train_pipeline", flow_run_id=flow_run.get_id())
     run_id = open_run(client, experiment_id, run_name=f"{model_name}-{snapshot.name}", tags=tags)
     with run_closed_after(client, run_id):  # from here on, any failure marks the run FAILED
@@ -103,9 +103,9 @@ def train_pipeline(params: TrainPipelineParams) -> PipelineResult:
 def _run(params: TrainPipelineParams, snapshot: SnapshotRef, *, run_id: str, home: Path) -> PipelineResult:
     client = mlflow_client(home)
     splits = [s for s in params.eval_splits if s in snapshot.splits]
-    logged = sorted({params.config.data.train_split, *splits} & set(snapshot.splits))
+    config = plan_run(snapshot, params.config, run_id=run_id)  # the resolved config, from here on
+    logged = sorted({config.data.train_split, *splits} & set(snapshot.splits))
     log_dataset(client, run_id, snapshot.path, splits=logged)
-    config = plan_run(snapshot, params.config, run_id=run_id)
     run_dir = params.run_dir or (params.resume.parent if params.resume else home / "checkpoints" / run_id)
     claim_run_folder(run_dir, resume=params.resume is not None)  # before the preview writes there; training locks it
     if params.preview_images:

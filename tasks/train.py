@@ -14,7 +14,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
-from cvcore.config import RunConfig
+from cvcore.config import PartialRunConfig, RunConfig
 from tasks.infer import GPU_TAG  # one tag, one Prefect concurrency limit, for every GPU task
 from tasks.refs import CheckpointRef, SnapshotRef
 from tasks.registry import is_model_uri, resolve_checkpoint
@@ -24,8 +24,9 @@ PRETRAINED_TAG = "cvflow.pretrained"  # where the starting weights came from
 
 
 @task(name="plan-run", cache_policy=NO_CACHE)
-def plan_run(snapshot: SnapshotRef, config: RunConfig, *, run_id: str) -> RunConfig:
-    """The run's resolved config (cvcore.engine.run.resolve_run_config), logged as MLflow params.
+def plan_run(snapshot: SnapshotRef, config: PartialRunConfig, *, run_id: str) -> RunConfig:
+    """The run's resolved config (cvcore.engine.run.resolve_run_config: the user's ``config``, else
+    the model's defaults, else cvflow's), logged as MLflow params; the tasks after it use it.
 
     ``model.pretrained`` given as an MLflow model URI is downloaded and replaced by the local
     checkpoint path (cvcore never talks to MLflow); the URI itself is kept as the run's

@@ -1,7 +1,7 @@
 """A whole training run from one RunConfig: snapshot → model → loaders → ``fit`` → run folder.
 
 ``train_run`` is what ``cvflow train`` calls and what the Prefect train pipeline reuses; it owns
-the choices a bare ``fit`` leaves to its caller: per-model defaults, the number of classes, the
+the choices a bare ``fit`` leaves to its caller: the resolved config (:func:`resolve_run_config`), the number of classes, the
 seed before the model's initialisation, freezing, checkpoint ``meta`` and ``config.yaml``.
 
 A run folder is cvflow's: it holds the marker file ``.cvflow-run`` (written when a run first
@@ -19,7 +19,7 @@ from typing import Any, Iterable
 
 import yaml
 
-from cvcore.config import RunConfig
+from cvcore.config import CVFLOW_DEFAULTS, PartialRunConfig, RunConfig, overlay, resolve
 from cvcore.data.snapshot import Snapshot, read_snapshot
 from cvcore.engine.checkpoint import LAST
 from cvcore.engine.locks import LOCK_FILE, check_not_in_use, folder_lock
@@ -30,7 +30,6 @@ log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
 RUN_MARKER = ".cvflow-run"  # present in every folder cvflow trains into
-_SECTIONS = ("data", "model", "augment", "train", "eval")
 
 
 def is_run_folder(folder: str | Path) -> bool:
@@ -96,44 +95,34 @@ def remove_run_temporaries(out_dir: str | Path) -> list[Path]:
     return removed
 
 
-def resolve_run_config(config: RunConfig, *, snapshot: Snapshot) -> RunConfig:
-    """The config a run really uses: per-model defaults filled in, ``num_classes`` from the data.
+def resolve_run_config(config: PartialRunConfig | RunConfig, *, snapshot: Snapshot) -> RunConfig:
+    """The config a run really uses: cvcore.config.resolve of the user's ``config``, the model's
+    registered defaults and cvflow's, with ``num_classes`` and ``data.snapshot`` from the data.
 
-    ``model_spec(name).defaults`` fill only the fields the user did not set (pydantic's
-    ``model_fields_set``: keys present in run.yaml or given on the command line). Keys are
-    ``"section.field"`` or a bare field name that exists in one section only; ``options`` merge
-    under the user's own model options.
-
-    Raises ValueError for an unknown model (listing the known ones), a model whose task differs
-    from the snapshot's, or a ``num_classes`` that contradicts the snapshot.
+    ``config`` is the user's PartialRunConfig (unset fields None); a RunConfig counts the fields
+    it was built with (PartialRunConfig.model_validate). Raises ValueError for an unknown model
+    (listing the known ones), a model whose task differs from the snapshot's, or a
+    ``num_classes`` that contradicts the snapshot.
     """
     from cvcore.models import model_spec
 
-    spec = model_spec(config.model.name)
+    user = PartialRunConfig.model_validate(config)
+    spec = model_spec(user.model.name or CVFLOW_DEFAULTS.model.name)
     if spec.task != snapshot.task:
         raise ValueError(
             f"model {spec.name!r} is a {spec.task} model, but snapshot {snapshot.path} is a {snapshot.task} dataset; "
             f"choose a {snapshot.task} model"
         )
-    if config.model.num_classes is not None and config.model.num_classes != snapshot.num_classes:
+    if user.model.num_classes is not None and user.model.num_classes != snapshot.num_classes:
         raise ValueError(
-            f"model.num_classes is {config.model.num_classes}, but snapshot {snapshot.path} has {snapshot.num_classes} classes"
+            f"model.num_classes is {user.model.num_classes}, but snapshot {snapshot.path} has {snapshot.num_classes} classes"
         )
-    raw = config.model_dump(exclude_unset=True)
-    for key, value in spec.defaults.items():
-        section, name = _locate(key, model=spec.name)
-        user = raw.setdefault(section, {})
-        if name == "options" and section == "model":
-            user["options"] = {**dict(value), **user.get("options", {})}
-        elif name not in user:
-            user[name] = value
-    raw.setdefault("model", {})["num_classes"] = snapshot.num_classes
-    raw.setdefault("data", {})["snapshot"] = str(snapshot.path)
-    return RunConfig.model_validate(raw)
+    data = PartialRunConfig(model={"num_classes": snapshot.num_classes}, data={"snapshot": snapshot.path})
+    return resolve(overlay(data, user), spec.defaults)
 
 
 def train_run(
-    config: RunConfig,
+    config: PartialRunConfig | RunConfig,
     out_dir: str | Path,
     *,
     callbacks: Iterable[Any] = (),
@@ -141,7 +130,8 @@ def train_run(
 ) -> FitResult:
     """Train the configured model on the configured snapshot into the run folder ``out_dir``.
 
-    ``out_dir`` receives ``config.yaml`` (the resolved config), ``last.pt``, ``best.pt``,
+    ``config``: the user's settings, resolved here (:func:`resolve_run_config`; a resolved
+    RunConfig resolves to itself). ``out_dir`` receives ``config.yaml`` (the resolved config), ``last.pt``, ``best.pt``,
     ``metrics.json`` and ``history.parquet``. A folder that already holds a run is refused
     unless ``resume`` continues it, as is a folder holding files that is not a cvflow run folder
     (:func:`check_run_folder`). The folder's lock is held until training ends: a second training
@@ -196,21 +186,6 @@ def write_config(config: RunConfig, path: str | Path) -> Path:
     with atomic_write(path, "w") as fh:
         yaml.safe_dump(config.model_dump(mode="json"), fh, sort_keys=False)
     return path
-
-
-def _locate(key: str, *, model: str) -> tuple[str, str]:
-    """``"train.lr"`` → (train, lr); ``"lr"`` → the one section that has a field ``lr``."""
-    fields = {s: set(RunConfig.model_fields[s].annotation.model_fields) for s in _SECTIONS}
-    if "." in key:
-        section, name = key.split(".", 1)
-        if section in fields and name in fields[section]:
-            return section, name
-        raise ValueError(f"model {model!r} has a default for unknown config field {key!r}")
-    owners = [s for s in _SECTIONS if key in fields[s]]
-    if len(owners) != 1:
-        where = "no section" if not owners else f"several sections ({', '.join(owners)}); write section.{key}"
-        raise ValueError(f"model {model!r} has a default {key!r} found in {where}")
-    return owners[0], key
 
 
 def prediction_dataset(meta: dict[str, Any], snapshot: Snapshot, split: str):

@@ -14,11 +14,12 @@ Models normalise their inputs themselves (ImageNet mean/std), so data pipelines 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from dataclasses import dataclass
+from typing import Any, Callable, Literal, Mapping
 
 from torch import nn
 
+from cvcore.config import NO_SETTINGS, PartialRunConfig, resolve
 from cvcore.models.capabilities import CAPABILITIES
 
 Task = Literal["classification", "detection"]
@@ -28,23 +29,30 @@ Task = Literal["classification", "detection"]
 class ModelSpec:
     """What the registry knows of one model: its builder, task, per-model run defaults and capabilities.
 
-    ``defaults`` holds sensible training settings for this model (e.g. ``img_size``, ``epochs``,
-    ``lr``, ``batch_size``), used where a user did not choose them. ``capabilities``: the
+    ``defaults``: this model's run settings (e.g. ``data.img_size``, ``train.epochs``, ``train.lr``),
+    a PartialRunConfig whose unset fields (None) are cvflow's defaults; they apply where a user
+    did not choose (cvcore.config.resolve). ``capabilities``: the
     protocols of cvcore.models.capabilities its models satisfy (readable without building one).
     """
 
     name: str
     task: Task
     builder: Callable[..., nn.Module]
-    defaults: dict[str, Any] = field(default_factory=dict)
+    defaults: PartialRunConfig = NO_SETTINGS
     capabilities: tuple[type, ...] = ()
 
 
 _MODELS: dict[str, ModelSpec] = {}
 
 
-def register_model(name: str, *, task: Task, defaults: dict[str, Any] | None = None, capabilities: tuple[type, ...] = ()):
+def register_model(
+    name: str, *, task: Task, defaults: PartialRunConfig | Mapping[str, Any] | None = None, capabilities: tuple[type, ...] = ()
+):
     """Decorator registering ``builder(num_classes, **options) -> nn.Module`` under ``name``.
+
+    ``defaults``: the model's run settings, a PartialRunConfig or its mapping by section
+    (``{"data": {"img_size": 128}, "train": {"lr": 2e-3}}``); checked here, with cvflow's
+    defaults under them, so a bad default fails the import that registers it.
 
     ``capabilities``: the protocols of cvcore.models.capabilities the built models satisfy
     (the registry tests check that they satisfy exactly these).
@@ -54,11 +62,16 @@ def register_model(name: str, *, task: Task, defaults: dict[str, Any] | None = N
     if unknown:
         raise ValueError(f"model {name!r}: {unknown} are not capabilities; choose from {[c.__name__ for c in CAPABILITIES]}")
     claimed = tuple(c for c in CAPABILITIES if c in capabilities)
+    try:
+        settings = PartialRunConfig.model_validate(defaults or {})
+        resolve(NO_SETTINGS, settings)
+    except ValueError as exc:
+        raise ValueError(f"model {name!r}: invalid run defaults (a PartialRunConfig, by section):\n{exc}") from None
 
     def wrap(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _MODELS:
             raise ValueError(f"model {name!r} is already registered (by {_MODELS[name].builder.__module__})")
-        _MODELS[name] = ModelSpec(name, task, builder, dict(defaults or {}), capabilities=claimed)
+        _MODELS[name] = ModelSpec(name, task, builder, settings, capabilities=claimed)
         return builder
 
     return wrap

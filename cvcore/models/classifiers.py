@@ -26,24 +26,29 @@ from torch import nn
 from torchvision import models as tvm
 from torchvision.models._utils import IntermediateLayerGetter
 
+from cvcore.config import PartialRunConfig, overlay
 from cvcore.models._registry import register_model
 from cvcore.models.normalize import ImageNetNormalize
 from cvcore.models.pretrained import TorchvisionSource, imagenet_weights
 
 SMALL_INPUT_BELOW = 64  # px: below this the stride-32 trunks end on maps of 1-2 pixels
 
-# Run settings (cvcore.engine.run fills the ones a user leaves unset) that train well on the
+# Run settings (cvcore.config.resolve uses them where a user left a field unset) that train well on the
 # built-in 32-px shapes data on 2 CPU cores. Measured with a bare loop (benchmarks/RESULTS.md,
 # "Models"): small-input ResNet-18, AdamW 1e-3, batch 32: 0.985 val accuracy after 125 steps.
-RESNET_DEFAULTS: dict[str, Any] = {
-    "img_size": 32, "epochs": 8, "batch_size": 32, "optimizer": "adamw", "lr": 1e-3,
-    "weight_decay": 5e-4, "scheduler": "cosine", "warmup_epochs": 0.5, "augment.preset": "light",
-}  # fmt: skip
+RESNET_DEFAULTS = PartialRunConfig(
+    data={"img_size": 32},
+    augment={"preset": "light"},
+    train={
+        "epochs": 8, "batch_size": 32, "optimizer": "adamw", "lr": 1e-3, "weight_decay": 5e-4, "scheduler": "cosine",
+        "warmup_epochs": 0.5,
+    },
+)  # fmt: skip
 # VGG learns more slowly per step than a small-input ResNet here (same bare loop, AdamW 1e-3):
 # vgg11_bn 0.94 after 200 steps and 0.975 after 300; vgg11 (no batch norm) 0.91 after 300 and
 # 0.96 after 350, and 0.865 after 400 at 5e-4. Deeper VGGs without batch norm were not measured.
-VGG_BN_DEFAULTS: dict[str, Any] = {**RESNET_DEFAULTS, "epochs": 12}
-VGG_DEFAULTS: dict[str, Any] = {**RESNET_DEFAULTS, "epochs": 16, "warmup_epochs": 2.0}
+VGG_BN_DEFAULTS = overlay(PartialRunConfig(train={"epochs": 12}), RESNET_DEFAULTS)
+VGG_DEFAULTS = overlay(PartialRunConfig(train={"epochs": 16, "warmup_epochs": 2.0}), RESNET_DEFAULTS)
 
 
 class Classifier(nn.Module):

@@ -24,8 +24,6 @@ internal (labels are shifted on the way in and out).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
 import torch
 from torch import nn
 from torchvision.models._utils import IntermediateLayerGetter
@@ -34,6 +32,7 @@ from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 
+from cvcore.config import PartialRunConfig
 from cvcore.models._registry import register_model
 from cvcore.models.build import build_model
 from cvcore.models.pretrained import TorchvisionSource
@@ -170,10 +169,14 @@ def classifier_trunk(classifier: nn.Module, *, stage: str | None = None) -> tupl
 
 
 # Run settings for the built-in 128-px shapes data on 2 CPU cores.
-FAST_RCNN_DEFAULTS: dict[str, Any] = {
-    "img_size": 128, "epochs": 6, "batch_size": 8, "optimizer": "adamw", "lr": 5e-4, "weight_decay": 1e-4,
-    "scheduler": "cosine", "warmup_epochs": 1.0, "augment.preset": "none",
-}  # fmt: skip
+FAST_RCNN_DEFAULTS = PartialRunConfig(
+    data={"img_size": 128},
+    augment={"preset": "none"},
+    train={
+        "epochs": 6, "batch_size": 8, "optimizer": "adamw", "lr": 5e-4, "weight_decay": 1e-4, "scheduler": "cosine",
+        "warmup_epochs": 1.0,
+    },
+)  # fmt: skip
 
 
 @register_model("fast_rcnn", task="detection", defaults=FAST_RCNN_DEFAULTS)

@@ -29,6 +29,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.models.detection.faster_rcnn import FasterRCNN as TorchvisionFasterRCNN
 
+from cvcore.config import PartialRunConfig
 from cvcore.models._registry import register_model
 from cvcore.models._tv_detector import RESNET_STAGES, RESNET_WEIGHTS, TorchvisionDetector, body_sources, resize_limits
 from cvcore.models.capabilities import Finetunable, Postprocessable, Transferable
@@ -39,10 +40,13 @@ BACKBONES = ("resnet18_fpn", "resnet34_fpn", "resnet50_fpn", "mobilenet_v3_large
 # Run settings for the built-in 128-px shapes data on 2 CPU cores. Measured with a bare loop
 # (benchmarks/RESULTS.md, "Models"): ResNet-18 FPN from scratch, SGD 0.02, batch 8: mAP@0.5
 # 0.73 after 180 steps (6 epochs of 240 images), 0.80 (mAP 0.58) after 240.
-FASTER_RCNN_DEFAULTS: dict[str, Any] = {
-    "img_size": 128, "epochs": 8, "batch_size": 8, "optimizer": "sgd", "lr": 0.02, "momentum": 0.9,
-    "weight_decay": 1e-4, "scheduler": "cosine", "warmup_epochs": 1.0,
-}  # fmt: skip
+FASTER_RCNN_DEFAULTS = PartialRunConfig(
+    data={"img_size": 128},
+    train={
+        "epochs": 8, "batch_size": 8, "optimizer": "sgd", "lr": 0.02, "momentum": 0.9, "weight_decay": 1e-4,
+        "scheduler": "cosine", "warmup_epochs": 1.0,
+    },
+)  # fmt: skip
 
 # Settings for images whose short side is below 512 px. Anchors one octave smaller than
 # torchvision's 800-px COCO setting, so 10-60 px objects on 128-256 px images have anchors of

@@ -28,8 +28,6 @@ Nothing downloads: weights come from ``build_model(..., pretrained=...)`` after 
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 from torchvision import models as tvm
@@ -38,6 +36,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.fcos import FCOSHead
 
+from cvcore.config import PartialRunConfig
 from cvcore.models._registry import register_model
 from cvcore.models._tv_detector import RESNET_STAGES, RESNET_WEIGHTS, TorchvisionDetector, body_sources, resize_limits
 from cvcore.models.capabilities import Finetunable, Postprocessable, Transferable
@@ -49,10 +48,14 @@ _RESNET_BUILDERS = {"resnet18": tvm.resnet18, "resnet34": tvm.resnet34, "resnet5
 # benchmarks/RESULTS.md, "Detector recipes on real data".
 # No augmentation: at these budgets it slowed learning more than it helped generalise (YOLOv1 on
 # the same set: val mAP@0.5 0.86 without, 0.74 with photometric + affine, after 8 epochs).
-FCOS_DEFAULTS: dict[str, Any] = {
-    "img_size": 128, "epochs": 16, "batch_size": 16, "optimizer": "adamw", "lr": 2e-3,
-    "weight_decay": 5e-4, "scheduler": "cosine", "warmup_epochs": 1.0, "augment.preset": "none",
-}  # fmt: skip
+FCOS_DEFAULTS = PartialRunConfig(
+    data={"img_size": 128},
+    augment={"preset": "none"},
+    train={
+        "epochs": 16, "batch_size": 16, "optimizer": "adamw", "lr": 2e-3, "weight_decay": 5e-4, "scheduler": "cosine",
+        "warmup_epochs": 1.0,
+    },
+)  # fmt: skip
 
 
 class FCOS(TorchvisionDetector):

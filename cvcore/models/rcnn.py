@@ -33,14 +33,13 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection._utils import BoxCoder
 from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes, roi_align
 
+from cvcore.config import PartialRunConfig
 from cvcore.models._registry import register_model
 from cvcore.models.build import build_model
 from cvcore.models.pretrained import TorchvisionSource
@@ -417,10 +416,14 @@ def _empty_detections(device: torch.device) -> dict[str, torch.Tensor]:
 # Run settings for the built-in 128-px shapes data on 2 CPU cores. No augmentation: features are
 # cached by pixel content, so random transforms would re-run the CNN every epoch; the SVMs
 # converge in a few epochs on fixed features.
-RCNN_DEFAULTS: dict[str, Any] = {
-    "img_size": 128, "epochs": 6, "batch_size": 16, "optimizer": "adamw", "lr": 1e-2, "weight_decay": 0.0,
-    "scheduler": "cosine", "warmup_epochs": 0.0, "augment.preset": "none",
-}  # fmt: skip
+RCNN_DEFAULTS = PartialRunConfig(
+    data={"img_size": 128},
+    augment={"preset": "none"},
+    train={
+        "epochs": 6, "batch_size": 16, "optimizer": "adamw", "lr": 1e-2, "weight_decay": 0.0, "scheduler": "cosine",
+        "warmup_epochs": 0.0,
+    },
+)  # fmt: skip
 
 
 @register_model("rcnn", task="detection", defaults=RCNN_DEFAULTS)

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cvcore.config import PartialRunConfig
 from cvcore.models._registry import model_spec, register_model
 from cvcore.models.normalize import ImageNetNormalize
 from cvcore.models.yolov1_loss import decode, encode_targets, split_output, yolo_loss
@@ -41,11 +42,15 @@ from cvcore.models.yolov1_loss import decode, encode_targets, split_output, yolo
 # paper's 7 x 7: val mAP@0.5 0.86 after 8 epochs against 0.31 after 30 with 7 x 7 on stride 16,
 # where one 18-px cell had to hold several digits and a 16-px digit had barely a pixel of its own
 # in the map. No augmentation: it slowed learning at this budget (0.74 with photometric + affine).
-YOLOV1_DEFAULTS: dict[str, Any] = {
-    "img_size": 128, "epochs": 12, "batch_size": 16, "optimizer": "adamw", "lr": 2e-3,
-    "weight_decay": 5e-4, "scheduler": "cosine", "warmup_epochs": 1.0, "augment.preset": "none",
-    "model.options": {"grid": 16},
-}  # fmt: skip
+YOLOV1_DEFAULTS = PartialRunConfig(
+    data={"img_size": 128},
+    model={"options": {"grid": 16}},
+    augment={"preset": "none"},
+    train={
+        "epochs": 12, "batch_size": 16, "optimizer": "adamw", "lr": 2e-3, "weight_decay": 5e-4, "scheduler": "cosine",
+        "warmup_epochs": 1.0,
+    },
+)  # fmt: skip
 
 
 class YOLOv1(nn.Module):

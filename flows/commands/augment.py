@@ -31,7 +31,8 @@ def augment(
     setup_logging(verbose)
     from cvcore.augment.presets import PRESETS  # heavy imports after option parsing
     from cvcore.augment.stage import run_augment_stage
-    from cvcore.config import AugmentConfig, RunConfig, load_config
+    from cvcore.config import AugmentConfig, RunConfig, load_config, resolve
+    from cvcore.models import model_spec
 
     if preset is not None and config is not None:
         raise ValueError("give --preset or --config, not both")
@@ -39,7 +40,10 @@ def augment(
         raise ValueError(f"unknown preset {preset!r}; presets are {', '.join(PRESETS)}")
     if (materialize > 0) != (out is not None):
         raise ValueError("--materialize N and --out NEW_SNAPSHOT go together")
-    run = load_config(config) if config is not None else RunConfig()
+    run = RunConfig()
+    if config is not None:  # what a training with this file would use: its values, else its model's defaults, else cvflow's
+        user = load_config(config)
+        run = resolve(user, model_spec(user.model.name).defaults if user.model.name else None)
     aug = run.augment if preset is None else AugmentConfig(preset=preset)
     if seed is not None:
         aug = aug.model_copy(update={"seed": seed})

@@ -9,7 +9,7 @@ predictions Parquet of val/test, and a registered model version.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -48,7 +48,7 @@ def train(
     """
     import json
 
-    from cvcore.config import RunConfig, load_config
+    from cvcore.config import NO_SETTINGS, PartialRunConfig, load_config, overlay, partial_config
     from cvcore.data.snapshot import read_snapshot
     from cvcore.engine.checkpoint import LAST, load_checkpoint
     from cvcore.engine.run import check_run_folder, resolve_run_config
@@ -62,22 +62,21 @@ def train(
     if resume is not None:
         check_checkpoint(resume, what="--resume")  # a foreign or crafted file is refused in one line
     if config is not None:
-        base = load_config(config).model_dump(exclude_unset=True)
+        base = load_config(config)
     elif resume is not None and data is None and model is None:
-        base = load_checkpoint(resume)["meta"]["config"]
+        base = partial_config(load_checkpoint(resume)["meta"]["config"])
     else:
-        base = {}
-    flags = {
+        base = NO_SETTINGS
+    flags = PartialRunConfig.model_validate({  # a flag not given is None: unset
         "data": {"snapshot": data, "img_size": img_size, "num_workers": workers},
         "model": {"name": model, "freeze": freeze, "pretrained": pretrained},
         "train": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "device": device, "seed": seed},
-    }
-    raw = _merge(base, flags)
-    if "name" not in raw.get("model", {}):
+    })  # fmt: skip
+    run_config = overlay(flags, base)  # the user's settings: flags over --config; the model's defaults come in plan_run
+    if run_config.model.name is None:
         raise ValueError("no model: pass --model NAME (or model.name in --config)")
-    if "snapshot" not in raw.get("data", {}):
+    if run_config.data.snapshot is None:
         raise ValueError("no dataset: pass --data SNAPSHOT (or data.snapshot in --config)")
-    run_config = RunConfig.model_validate(raw)
     # --out must be a new or empty folder or a cvflow run folder no other training holds; a folder
     # of the user's files (their metrics.json, config.yaml) is refused, never written into.
     check_run_folder(out, resume=resume is not None)
@@ -116,13 +115,3 @@ def train(
 
 def _fmt(value: float | None) -> str:
     return "—" if value is None else f"{value:.4f}"
-
-
-def _merge(base: dict[str, Any], flags: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """``base`` (a config as nested dicts) with the flags that were given laid over it."""
-    merged = {section: dict(values) for section, values in base.items()}
-    for section, values in flags.items():
-        given = {k: (str(v) if isinstance(v, Path) else v) for k, v in values.items() if v is not None}
-        if given:
-            merged.setdefault(section, {}).update(given)
-    return merged

@@ -33,7 +33,7 @@ def test_a_form_with_blank_fields_leaves_them_to_the_model(shapes_classification
     resolved = resolve_run_config(params.config, snapshot=shapes_classification)
     defaults = model_spec("resnet18").defaults
     assert resolved.train.epochs == 3  # the one value the user gave
-    assert resolved.data.img_size == defaults["img_size"] and resolved.train.lr == defaults["lr"]
+    assert resolved.data.img_size == defaults.data.img_size and resolved.train.lr == defaults.train.lr
 
 
 def test_the_form_schema_still_rejects_bad_values():

@@ -21,14 +21,14 @@ def test_model_defaults_fill_only_what_the_user_left_unset(shapes_classification
     resolved = resolve_run_config(user, snapshot=shapes_classification)
     defaults = model_spec("resnet18").defaults
     assert resolved.train.epochs == 2  # the user's choice wins
-    assert resolved.train.lr == defaults["lr"] and resolved.data.img_size == defaults["img_size"]
+    assert resolved.train.lr == defaults.train.lr and resolved.data.img_size == defaults.data.img_size
     assert resolved.model.num_classes == shapes_classification.num_classes
     assert resolve_run_config(resolved, snapshot=shapes_classification) == resolved  # idempotent
 
 
-def test_dotted_defaults_reach_their_section(shapes_detection):
+def test_model_defaults_reach_every_section(shapes_detection):
     resolved = resolve_run_config(RunConfig.model_validate({"model": {"name": "rcnn"}}), snapshot=shapes_detection)
-    assert resolved.augment.preset == model_spec("rcnn").defaults["augment.preset"]
+    assert resolved.augment.preset == model_spec("rcnn").defaults.augment.preset
 
 
 @pytest.mark.parametrize(
@@ -57,7 +57,7 @@ def test_yolov1_run_folder_round_trips_through_load_model(shapes_detection, tmp_
     result = train_run(config, tmp_path)
     assert {"config.yaml", "last.pt", "best.pt", "metrics.json", "history.parquet"} <= {p.name for p in tmp_path.iterdir()}
     saved = load_config(tmp_path / "config.yaml")  # the resolved config, loadable as a run.yaml
-    assert saved.model.name == "yolov1" and saved.train.epochs == 1 and saved.train.lr == model_spec("yolov1").defaults["lr"]
+    assert saved.model.name == "yolov1" and saved.train.epochs == 1 and saved.train.lr == model_spec("yolov1").defaults.train.lr
     assert "val/map_50" in result.final_metrics
 
     model, meta = load_model(tmp_path)

@@ -30,7 +30,7 @@ def test_stable_names_are_registered():
 def test_every_model_declares_run_defaults():
     for name in list_models():
         defaults = model_spec(name).defaults
-        assert defaults.get("data.img_size", defaults.get("img_size", 0)) >= 16, name
+        assert (defaults.data.img_size or 0) >= 16, name
 
 
 @pytest.mark.parametrize("name", list_models("classification"))
