@@ -1,7 +1,8 @@
 """The data contracts of cvflow (docs/ARCHITECTURE.md §3): one polars schema per table, and validation.
 
 Boxes are xyxy, absolute pixels, float64 everywhere inside cvflow (``x2 - x1`` is the width).
-COCO xywh, YOLO normalised cx/cy/w/h and VOC 1-based corners exist only at the format edges.
+COCO xywh, YOLO normalised cx/cy/w/h and VOC 1-based corners exist only at the format edges,
+where cvcore.boxes converts them.
 
 Every table has a name in :data:`TABLES`; :func:`validate` checks a frame against one and either
 returns it conformed (columns in schema order, exact dtypes) or raises :class:`SchemaError` naming

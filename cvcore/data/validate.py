@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from cvcore import schema
+from cvcore import boxes, schema
 from cvcore.data.formats._common import quarantine_frame, unsafe_file_name
 
 # Overshoots below this many pixels are float noise (e.g. YOLO's (cx + w/2) * W), not damage:
@@ -109,9 +109,7 @@ def normalized_to_pixels(annotations: pl.DataFrame, images: pl.DataFrame) -> pl.
     sizes = images.select("image_id", pl.col("width").cast(pl.Float64).alias("_w"), pl.col("height").cast(pl.Float64).alias("_h"))
     return (
         annotations.join(sizes, on="image_id", how="left", maintain_order="left")
-        .with_columns(
-            pl.col("x1") * pl.col("_w"), pl.col("x2") * pl.col("_w"), pl.col("y1") * pl.col("_h"), pl.col("y2") * pl.col("_h")
-        )
+        .with_columns(boxes.scale_xyxy("_w", "_h"))
         .drop("_w", "_h")
     )
 

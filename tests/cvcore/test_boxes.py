@@ -80,3 +80,32 @@ def test_batched_nms_only_suppresses_within_a_class():
 def test_clip():
     clipped = boxes.clip_boxes(np.array([[-5.0, 3.0, 120.0, 90.0]]), width=100, height=80)
     np.testing.assert_allclose(clipped, [[0, 3, 100, 80]])
+
+
+def test_polars_expressions_convert_the_formats_at_the_edges():
+    import polars as pl
+
+    coco = pl.DataFrame({"x": [10, 0.1], "y": [20, 0.2], "w": [30, 0.2], "h": [40, 0.7]}, strict=False)
+    xyxy = coco.select(boxes.xyxy_from_xywh())
+    assert xyxy.columns == list(boxes.XYXY) and xyxy.schema["x2"] == pl.Float64
+    assert xyxy.rows() == [(10.0, 20.0, 40.0, 60.0), (0.1, 0.2, 0.1 + 0.2, 0.2 + 0.7)]  # x + w exactly, as the COCO reader forms it
+    back = xyxy.select(boxes.xywh_from_xyxy())
+    assert back.columns == ["x", "y", "w", "h"] and back.row(0) == (10.0, 20.0, 30.0, 40.0)
+    assert back.row(1) == (0.1, 0.2, (0.1 + 0.2) - 0.1, (0.2 + 0.7) - 0.2)  # x2 - x1, as the COCO writer forms w
+
+    voc = pl.DataFrame({"xmin": [1.0], "ymin": [1.0], "xmax": [64.0], "ymax": [48.0]})
+    assert voc.select(boxes.xyxy_from_voc()).row(0) == (0.0, 0.0, 64.0, 48.0)  # 1-based inclusive -> continuous
+
+    yolo = pl.DataFrame({"cx": [0.5], "cy": [0.25], "w": [0.2], "h": [0.1]})
+    norm = yolo.select(boxes.xyxy_from_cxcywh())
+    assert norm.row(0) == (0.5 - 0.2 / 2, 0.25 - 0.1 / 2, 0.5 + 0.2 / 2, 0.25 + 0.1 / 2)
+    pixels = norm.with_columns(W=pl.lit(640.0), H=pl.lit(480.0)).select(boxes.scale_xyxy("W", "H"))
+    np.testing.assert_allclose(pixels.row(0), boxes.cxcywh_norm_to_xyxy(yolo.to_numpy(), width=640, height=480)[0])
+
+
+def test_the_expressions_import_no_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, cvcore.boxes, cvcore.data.formats.coco, cvcore.data.ingest; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)

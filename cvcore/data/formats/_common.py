@@ -13,11 +13,12 @@ import posixpath
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Sequence
 
 import polars as pl
 
 from cvcore import schema
+from cvcore.boxes import XYXY
 
 # Images as a reader sees them: declared width/height may be null (YOLO, ImageFolder declare none);
 # `source`/`item` say where the entry came from, for quarantine rows.
@@ -169,11 +170,21 @@ def raw_images_frame(rows: list[tuple]) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=RAW_IMAGES, orient="row")
 
 
-def raw_annotations_frame(columns: dict[str, list]) -> pl.DataFrame:
-    """RAW_ANNOTATIONS from column lists (``area`` may hold None; iscrowd/difficult default False)."""
+def raw_annotations_frame(columns: dict[str, list], *, to_xyxy: Sequence[pl.Expr] | None = None) -> pl.DataFrame:
+    """RAW_ANNOTATIONS from column lists (``area`` may hold None; iscrowd/difficult default False).
+
+    Boxes come as ``x1, y1, x2, y2`` lists, or in the source's own format: its coordinate lists
+    (every column not in RAW_ANNOTATIONS, read as float64: COCO's ``x, y, w, h``, VOC's
+    ``xmin..ymax``) with ``to_xyxy``, the cvcore.boxes expressions that make ``x1..y2`` of them.
+    """
     n = len(columns["ann_id"])
     columns = {"iscrowd": [False] * n, "difficult": [False] * n, "area": [None] * n} | columns
-    return pl.DataFrame({k: columns[k] for k in RAW_ANNOTATIONS}, schema=RAW_ANNOTATIONS, strict=False)
+    if to_xyxy is None:
+        return pl.DataFrame({k: columns[k] for k in RAW_ANNOTATIONS}, schema=RAW_ANNOTATIONS, strict=False)
+    source = {k: pl.Float64 for k in columns if k not in RAW_ANNOTATIONS}
+    frame_schema = {k: t for k, t in RAW_ANNOTATIONS.items() if k not in XYXY} | source
+    frame = pl.DataFrame({k: columns[k] for k in frame_schema}, schema=frame_schema, strict=False)
+    return frame.with_columns(to_xyxy).select(RAW_ANNOTATIONS.names())
 
 
 def ids_by_file_name(file_names: list[str]) -> dict[str, int]:

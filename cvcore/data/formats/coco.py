@@ -37,6 +37,7 @@ try:
 except ImportError:  # optional speed-up; the standard library parses the same files
     orjson = None
 
+from cvcore import boxes
 from cvcore.data import safeio
 from cvcore.data.formats._common import (
     INT64_MAX,
@@ -109,14 +110,14 @@ def read_coco(source: str | Path, *, images: str | Path | None = None) -> RawSou
         image_root=root,
         images=raw_images_frame(image_rows),
         categories=categories,
-        annotations=raw_annotations_frame(ann_cols),
+        annotations=raw_annotations_frame(ann_cols, to_xyxy=boxes.xyxy_from_xywh()),
         labels=None,
         quarantine=quarantine_frame(quarantine),
     )
 
 
 def _ann_columns() -> dict[str, list]:
-    return {k: [] for k in ("ann_id", "image_id", "category_id", "x1", "y1", "x2", "y2", "area", "iscrowd", "difficult", "source", "item")}
+    return {k: [] for k in ("ann_id", "image_id", "category_id", "x", "y", "w", "h", "area", "iscrowd", "difficult", "source", "item")}
 
 
 @dataclass(frozen=True)
@@ -366,7 +367,7 @@ def _parse_annotations(entries: list, path: Path, file_cats: set[int], cols: dic
     """
     src = str(path)
     ann_ids, image_ids, cats = cols["ann_id"], cols["image_id"], cols["category_id"]
-    x1s, y1s, x2s, y2s, areas = cols["x1"], cols["y1"], cols["x2"], cols["y2"], cols["area"]
+    xs, ys, ws, hs, areas = cols["x"], cols["y"], cols["w"], cols["h"], cols["area"]  # the bbox as given: cvcore.boxes converts
     crowd, difficult, sources, items = cols["iscrowd"], cols["difficult"], cols["source"], cols["item"]
     for i, entry in enumerate(entries):
         if type(entry) is not dict:
@@ -399,10 +400,10 @@ def _parse_annotations(entries: list, path: Path, file_cats: set[int], cols: dic
         ann_ids.append(ann_id)
         image_ids.append(image_id)
         cats.append(cat)
-        x1s.append(x)
-        y1s.append(y)
-        x2s.append(x + w)
-        y2s.append(y + h)
+        xs.append(x)
+        ys.append(y)
+        ws.append(w)
+        hs.append(h)
         areas.append(area if type(area) in _NUMBER else (None if area is None else _as_float(area)))
         crowd.append(bool(entry.get("iscrowd", 0)))
         difficult.append(bool(entry.get("difficult", False)))
@@ -425,7 +426,7 @@ class CocoFiles:
 def write_coco(snapshot: Snapshot, path: str | Path, *, predictions: pl.DataFrame | pl.LazyFrame | None = None, split: str | None = None) -> CocoFiles:
     """Write a detection snapshot as COCO ground-truth JSON at ``path`` (atomically).
 
-    Boxes go out as ``[x1, y1, x2 - x1, y2 - y1]``; category ids are the snapshot's
+    Boxes go out as ``[x1, y1, x2 - x1, y2 - y1]`` (cvcore.boxes.xywh_from_xyxy); category ids are the snapshot's
     ``source_id`` (the COCO ids it came from); ``area``, ``iscrowd`` and ``difficult`` are kept.
     Annotation ids are numbered from 1: an annotation's id is its rank (1..M) in ``ann_id``
     order over the whole snapshot, never 0, because pycocotools' COCOeval records a matched
@@ -445,6 +446,7 @@ def write_coco(snapshot: Snapshot, path: str | Path, *, predictions: pl.DataFram
         snapshot.annotations.sort("ann_id")
         .with_row_index("coco_id", offset=1)  # 1..M over the snapshot (docstring)
         .filter(pl.col("image_id").is_in(images.get_column("image_id").implode()))
+        .with_columns(boxes.xywh_from_xyxy())
     )
     to_source = _source_ids(snapshot.categories)
     doc = {
@@ -458,7 +460,7 @@ def write_coco(snapshot: Snapshot, path: str | Path, *, predictions: pl.DataFram
                 "id": r["coco_id"],
                 "image_id": r["image_id"],
                 "category_id": to_source[r["category_id"]],
-                "bbox": [r["x1"], r["y1"], r["x2"] - r["x1"], r["y2"] - r["y1"]],
+                "bbox": [r["x"], r["y"], r["w"], r["h"]],
                 "area": r["area"],
                 "iscrowd": int(r["iscrowd"]),
                 **({"difficult": True} if r["difficult"] else {}),
@@ -480,13 +482,13 @@ def write_coco(snapshot: Snapshot, path: str | Path, *, predictions: pl.DataFram
 
 def write_coco_results(predictions: pl.DataFrame | pl.LazyFrame, path: str | Path, *, categories: pl.DataFrame) -> Path:
     """Write DETECTIONS rows as a COCO results JSON list (atomically); category ids as source ids."""
-    preds = predictions.collect() if isinstance(predictions, pl.LazyFrame) else predictions
+    preds = (predictions.collect() if isinstance(predictions, pl.LazyFrame) else predictions).with_columns(boxes.xywh_from_xyxy())
     to_source = _source_ids(categories)
     doc = [
         {
             "image_id": r["image_id"],
             "category_id": to_source[r["category_id"]],
-            "bbox": [r["x1"], r["y1"], r["x2"] - r["x1"], r["y2"] - r["y1"]],
+            "bbox": [r["x"], r["y"], r["w"], r["h"]],
             "score": r["score"],
         }
         for r in preds.iter_rows(named=True)

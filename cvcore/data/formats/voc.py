@@ -35,6 +35,7 @@ from pathlib import Path
 
 import polars as pl
 
+from cvcore import boxes
 from cvcore.data import safeio
 from cvcore.data.formats._common import (
     RawSource,
@@ -104,11 +105,8 @@ def read_voc(source: str | Path, *, images: str | Path | None = None) -> RawSour
         "ann_id": list(range(1, len(objects) + 1)),
         "image_id": [o[0] for o in objects],
         "category_id": [index[o[3]] for o in objects],
-        # 1-based inclusive corners -> continuous xyxy (module docstring).
-        "x1": [o[5][0] - 1.0 for o in objects],
-        "y1": [o[5][1] - 1.0 for o in objects],
-        "x2": [o[5][2] for o in objects],
-        "y2": [o[5][3] for o in objects],
+        # 1-based inclusive corners, converted to continuous xyxy by cvcore.boxes.xyxy_from_voc
+        **{tag: [o[5][j] for o in objects] for j, tag in enumerate(_COORDS)},
         "difficult": [o[4] for o in objects],
         "source": [o[1] for o in objects],
         "item": [f"object {o[2]} ({o[3]})" for o in objects],
@@ -119,7 +117,7 @@ def read_voc(source: str | Path, *, images: str | Path | None = None) -> RawSour
         image_root=root,
         images=raw_images_frame(image_rows),
         categories=categories,
-        annotations=raw_annotations_frame(cols),
+        annotations=raw_annotations_frame(cols, to_xyxy=boxes.xyxy_from_voc()),
         labels=None,
         quarantine=quarantine_frame(quarantine),
     )

@@ -15,9 +15,10 @@ while a label file that cannot be read (outside the root, not a regular file, no
 takes its image out of the dataset with a quarantine row.
 
 Coordinates are fractions of the image size: ``cx cy w h`` with ``cx = (x1 + x2) / 2 / W``. The
-reader returns ``x1 = cx - w/2`` etc. still as fractions (``box_units="normalized"``); ingest
-multiplies by the width/height read from each image's header. Polygon lines (YOLO-seg,
-``class x1 y1 x2 y2 ...``) become the polygon's bounding box. Category ids are the ``names``
+reader returns ``x1 = cx - w/2`` etc. still as fractions (cvcore.boxes.xyxy_from_cxcywh;
+``box_units="normalized"``); ingest multiplies by the width/height read from each image's header
+(cvcore.boxes.scale_xyxy). Polygon lines (YOLO-seg, ``class x1 y1 x2 y2 ...``) become the
+polygon's bounding box. Category ids are the ``names``
 order (``source_id`` = the class index); image ids are 1..N in sorted file-name order.
 """
 
@@ -30,6 +31,7 @@ from pathlib import Path
 import polars as pl
 import yaml
 
+from cvcore import boxes
 from cvcore.data import safeio
 from cvcore.data.formats._common import (
     RawSource,
@@ -75,7 +77,8 @@ def read_yolo(source: str | Path, *, images: str | Path | None = None) -> RawSou
 
     ids = ids_by_file_name([f for f, _ in listed])
     image_rows = sorted((ids[f], f, split, None, None, str(yaml_path), f) for f, split in listed)
-    cols: dict[str, list] = {k: [] for k in ("ann_id", "image_id", "category_id", "x1", "y1", "x2", "y2", "source", "item")}
+    # A box line's cx cy w h, or (a polygon line) its bounds px1 py1 px2 py2, the other four None.
+    cols: dict[str, list] = {k: [] for k in ("ann_id", "image_id", "category_id", *_BOX, *_POLYGON, "source", "item")}
     # An image whose label file cannot be read has unknown boxes: it leaves the dataset (kept, it
     # would train as a background image), with the label file's quarantine row saying why.
     image_rows = [
@@ -94,11 +97,17 @@ def read_yolo(source: str | Path, *, images: str | Path | None = None) -> RawSou
         image_root=root,
         images=raw_images_frame(image_rows),
         categories=categories,
-        annotations=raw_annotations_frame(cols),
+        annotations=raw_annotations_frame(cols, to_xyxy=_TO_XYXY),
         labels=None,
         quarantine=quarantine_frame(quarantine),
         box_units="normalized",
     )
+
+
+_BOX = ("cx", "cy", "w", "h")
+_POLYGON = ("px1", "py1", "px2", "py2")
+# x1..y2 (fractions of the image size): a box line's from its centre and size, a polygon's bounds as they are.
+_TO_XYXY = [pl.coalesce(expr, pl.col(bound)).alias(expr.meta.output_name()) for expr, bound in zip(boxes.xyxy_from_cxcywh(*_BOX), _POLYGON)]
 
 
 def label_path(file_name: str) -> str:
@@ -221,20 +230,20 @@ def _read_labels(root: Path, file_name: str, image_id: int, k: int, cols: dict, 
         if isinstance(parsed, str):
             quarantine.append((str(label), item, parsed))
             continue
-        cls, (x1, y1, x2, y2) = parsed
+        cls, box, polygon = parsed
         cols["image_id"].append(image_id)
         cols["category_id"].append(cls)
-        cols["x1"].append(x1)
-        cols["y1"].append(y1)
-        cols["x2"].append(x2)
-        cols["y2"].append(y2)
+        for names, values in ((_BOX, box), (_POLYGON, polygon)):
+            for name, value in zip(names, values or (None,) * 4):
+                cols[name].append(value)
         cols["source"].append(str(label))
         cols["item"].append(item)
     return True
 
 
-def _parse_line(tokens: list[str], k: int) -> tuple[int, tuple[float, float, float, float]] | str:
-    """(class, normalised xyxy) of one label line, or the reason it is rejected."""
+def _parse_line(tokens: list[str], k: int) -> tuple[int, list[float] | None, tuple[float, ...] | None] | str:
+    """(class, normalised cx cy w h of a box line or None, normalised bounds x1 y1 x2 y2 of a
+    polygon line or None) of one label line, or the reason it is rejected."""
     # Reasons never quote the line: a file that is not a label file (a symlink to /etc/passwd
     # inside the root, a stray text file) must not leak its content into the report.
     try:
@@ -246,11 +255,10 @@ def _parse_line(tokens: list[str], k: int) -> tuple[int, tuple[float, float, flo
         return f"class index {values[0]:g} is not in data.yaml names (0..{k - 1}): dropped"
     coords = values[1:]
     if len(coords) == 4:
-        cx, cy, w, h = coords
-        return int(cls), (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
+        return int(cls), coords, None
     if len(coords) >= 6 and len(coords) % 2 == 0:  # polygon (YOLO-seg): its bounding box
         xs, ys = coords[0::2], coords[1::2]
-        return int(cls), (min(xs), min(ys), max(xs), max(ys))
+        return int(cls), None, (min(xs), min(ys), max(xs), max(ys))
     return f"not a YOLO label line ({len(tokens)} numbers; class cx cy w h: 5 numbers expected): dropped"
 
 
