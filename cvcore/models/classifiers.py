@@ -28,6 +28,7 @@ from torchvision.models._utils import IntermediateLayerGetter
 
 from cvcore.config import PartialRunConfig, overlay
 from cvcore.models._registry import register_model
+from cvcore.models.capabilities import Finetunable, Transferable, TrunkSource
 from cvcore.models.normalize import ImageNetNormalize
 from cvcore.models.pretrained import TorchvisionSource, imagenet_weights
 
@@ -51,14 +52,14 @@ VGG_BN_DEFAULTS = overlay(PartialRunConfig(train={"epochs": 12}), RESNET_DEFAULT
 VGG_DEFAULTS = overlay(PartialRunConfig(train={"epochs": 16, "warmup_epochs": 2.0}), RESNET_DEFAULTS)
 
 
-class Classifier(nn.Module):
+class Classifier(nn.Module, Finetunable, Transferable, TrunkSource):
     """``float[B, 3, H, W]`` in [0, 1] -> logits ``float[B, num_classes]``.
 
-    Attributes used by fine-tuning and transfer (see cvcore.models.finetune / pretrained):
-    ``backbone``, ``head``, ``backbone_stages``, ``torchvision_sources``, ``transfer_renames``,
-    ``feature_layer`` (the backbone child whose output is the last feature map),
+    Capabilities (cvcore.models.capabilities): Finetunable (``backbone``, ``backbone_stages``),
+    Transferable (``torchvision_sources``, ``transfer_renames``), TrunkSource (``feature_layer`` (the backbone child whose output is the last feature map),
     ``feature_channels`` (its channels) and ``feature_cuts`` (``{stride: (cut, channels)}``: the
-    trunk's feature maps, where ``cut`` names the last layer kept; see ``feature_extractor``).
+    trunk's feature maps, where ``cut`` names the last layer kept; see ``feature_extractor``)).
+    ``head`` is the new linear layer.
     """
 
     def __init__(
@@ -205,7 +206,7 @@ def _register(name: str, make: Callable[..., Classifier], defaults: dict[str, An
     options = list(inspect.signature(make).parameters.values())[2:]
     builder.__signature__ = inspect.Signature([inspect.Parameter("num_classes", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=int), *options])
     builder.__doc__ = f"{name} classifier from torchvision's builder. Options: see {make.__name__}."
-    register_model(name, task="classification", defaults=defaults)(builder)
+    register_model(name, task="classification", defaults=defaults, capabilities=(Finetunable, Transferable, TrunkSource))(builder)
 
 
 for _arch in ("resnet18", "resnet34", "resnet50"):

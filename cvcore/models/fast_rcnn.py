@@ -35,11 +35,12 @@ from torchvision.ops import MultiScaleRoIAlign
 from cvcore.config import PartialRunConfig
 from cvcore.models._registry import register_model
 from cvcore.models.build import build_model
-from cvcore.models.pretrained import TorchvisionSource
+from cvcore.models.capabilities import CachesProposals, Finetunable, ProposesRegions, Transferable
+from cvcore.models.pretrained import Renames, TorchvisionSource
 from cvcore.models.proposals import ProposalSettings, TensorCache, image_key
 
 
-class FastRCNN(nn.Module):
+class FastRCNN(nn.Module, Finetunable, Transferable, ProposesRegions, CachesProposals):
     """Fast R-CNN over a CNN trunk and external proposals; see the module docstring.
 
     Args:
@@ -54,6 +55,9 @@ class FastRCNN(nn.Module):
         roi_size: RoIAlign output (the paper's 7 x 7); representation: width of fc6/fc7.
         fg_iou / bg_iou / batch_size_per_image / positive_fraction: region sampling.
         score_thresh / nms_thresh / detections_per_img: inference.
+        backbone_stages: the trunk's freezable stages, ``{name: (path under backbone, ...)}``.
+        torchvision_sources / transfer_renames: how weights files map onto the trunk
+            (cvcore.models.pretrained; :func:`classifier_trunk` and the builder give them).
     """
 
     def __init__(
@@ -75,6 +79,9 @@ class FastRCNN(nn.Module):
         score_thresh: float = 0.01,
         nms_thresh: float = 0.3,
         detections_per_img: int = 100,
+        backbone_stages: dict[str, tuple[str, ...]] | None = None,
+        torchvision_sources: tuple[TorchvisionSource, ...] = (),
+        transfer_renames: Renames = (),
     ):
         super().__init__()
         self.num_classes = num_classes
@@ -97,6 +104,9 @@ class FastRCNN(nn.Module):
         self.proposal_settings = proposals
         self.proposal_cache = TensorCache(Path(cache_dir) / "proposals" / proposals.key() if cache_dir is not None else None)
         self.proposals_seen: list[int] = []  # proposals per image of the eval-mode calls (bake-off)
+        self.backbone_stages = dict(backbone_stages or {})
+        self.torchvision_sources = torchvision_sources
+        self.transfer_renames = transfer_renames
 
     def forward(self, images: list[torch.Tensor], targets: list[dict] | None = None):
         if self.training and targets is None:
@@ -179,7 +189,9 @@ FAST_RCNN_DEFAULTS = PartialRunConfig(
 )  # fmt: skip
 
 
-@register_model("fast_rcnn", task="detection", defaults=FAST_RCNN_DEFAULTS)
+@register_model(
+    "fast_rcnn", task="detection", defaults=FAST_RCNN_DEFAULTS, capabilities=(Finetunable, Transferable, ProposesRegions, CachesProposals)
+)
 def build_fast_rcnn(
     num_classes: int,
     *,
@@ -221,7 +233,7 @@ def build_fast_rcnn(
     min_size = min_size or img_size or 600
     max_size = max_size or max(min_size, 1000 if img_size is None else img_size)
     classifier = build_model(backbone, num_classes=1, small_input=small_input)
-    if stage is None and hasattr(classifier.backbone, "layer3"):
+    if stage is None and "layer3" in classifier.backbone_stages:  # a ResNet
         stage = "layer3" if min_size >= 400 else "layer2"
     trunk, stages = classifier_trunk(classifier, stage=stage)
     with torch.no_grad():
@@ -231,17 +243,12 @@ def build_fast_rcnn(
         method=proposal_method, strategy=strategy, max_proposals=max_proposals,
         window_sizes=tuple(window_sizes), aspect_ratios=tuple(aspect_ratios), stride=stride,
     )  # fmt: skip
-    model = FastRCNN(
+    return FastRCNN(
         num_classes, backbone=trunk, out_channels=out_channels, proposals=settings, cache_dir=cache_dir,
         min_size=min_size, max_size=max_size, roi_size=roi_size, representation=representation,
         batch_size_per_image=batch_size_per_image, positive_fraction=positive_fraction,
-        score_thresh=score_thresh, nms_thresh=nms_thresh, detections_per_img=detections_per_img,
+        score_thresh=score_thresh, nms_thresh=nms_thresh, detections_per_img=detections_per_img, backbone_stages=stages,
+        # A classifier's ``backbone.<layer>`` is this model's ``backbone.body.<layer>``.
+        transfer_renames=(("backbone.", "backbone.body."),),
+        torchvision_sources=tuple(s.moved("backbone.body.", strip="backbone.") for s in classifier.torchvision_sources),
     )  # fmt: skip
-    model.backbone_stages = stages
-    # A classifier's ``backbone.<layer>`` is this model's ``backbone.body.<layer>``.
-    model.transfer_renames = (("backbone.", "backbone.body."),)
-    model.torchvision_sources = tuple(
-        TorchvisionSource(s.weights, tuple((old, "backbone.body." + new.removeprefix("backbone.")) for old, new in s.renames))
-        for s in getattr(classifier, "torchvision_sources", ())
-    )
-    return model

@@ -1,6 +1,7 @@
 """Fine-tuning: which weights train (freeze policies, frozen batch norm) and their learning rates.
 
-Models opt in through two attributes (all registered models here have them):
+Models opt in by being ``Finetunable`` (cvcore.models.capabilities; every registered model but
+R-CNN, whose CNN is frozen):
 
 - ``backbone``: the transferable part (a ResNet/VGG trunk, Faster R-CNN's FPN body);
 - ``backbone_stages``: ``{stage name: (submodule path relative to backbone, ...)}`` in forward
@@ -25,6 +26,8 @@ from typing import Any
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
+from cvcore.models.capabilities import Finetunable
+
 log = logging.getLogger(__name__)
 
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm, FrozenBatchNorm2d)
@@ -42,8 +45,8 @@ class FreezeReport:
 
 
 def stage_names(model: nn.Module) -> list[str]:
-    """The model's backbone stages in forward order (``[]`` when it declares none)."""
-    return list(getattr(model, "backbone_stages", {}))
+    """The model's backbone stages in forward order (``[]`` when it is not Finetunable)."""
+    return list(model.backbone_stages) if isinstance(model, Finetunable) else []
 
 
 def apply_freeze(model: nn.Module, policy: str = "none", *, freeze_bn: bool = False) -> FreezeReport:
@@ -66,7 +69,7 @@ def apply_freeze(model: nn.Module, policy: str = "none", *, freeze_bn: bool = Fa
     else:
         n_bn = freeze_stages(model, stages)
     if freeze_bn:
-        n_bn += freeze_batchnorm(getattr(model, "backbone", model))
+        n_bn += freeze_batchnorm(model.backbone if isinstance(model, Finetunable) else model)
     report = FreezeReport(
         policy=policy,
         frozen_stages=tuple(stages),
@@ -81,12 +84,11 @@ def apply_freeze(model: nn.Module, policy: str = "none", *, freeze_bn: bool = Fa
     return report
 
 
-def freeze_stages(model: nn.Module, names: list[str] | tuple[str, ...]) -> int:
+def freeze_stages(model: Finetunable, names: list[str] | tuple[str, ...]) -> int:
     """Freeze the named backbone stages of ``model``; returns the number of batch norms frozen."""
-    declared = getattr(model, "backbone_stages", {})
     count = 0
     for name in names:
-        for path in declared[name]:
+        for path in model.backbone_stages[name]:
             parent_path, _, attr = path.rpartition(".")
             parent = model.backbone.get_submodule(parent_path) if parent_path else model.backbone
             module = getattr(parent, attr)
@@ -126,12 +128,12 @@ def param_groups(
 ) -> list[dict[str, Any]]:
     """Optimiser parameter groups: backbone at ``lr * backbone_lr_factor``, the rest at ``lr``.
 
-    Biases and normalisation weights get no weight decay (decaying them only shrinks the scale
-    the next layer has to undo). Frozen parameters are left out. Each group has a ``"name"``
-    (``backbone``, ``backbone_no_decay``, ``head``, ``head_no_decay``); empty groups are dropped.
+    The backbone is a ``Finetunable`` model's; other models are all head. Biases and normalisation
+    weights get no weight decay (decaying them only shrinks the scale the next layer has to undo).
+    Frozen parameters are left out. Each group has a ``"name"`` (``backbone``,
+    ``backbone_no_decay``, ``head``, ``head_no_decay``); empty groups are dropped.
     """
-    backbone = getattr(model, "backbone", None)
-    backbone_ids = {id(p) for p in backbone.parameters()} if isinstance(backbone, nn.Module) else set()
+    backbone_ids = {id(p) for p in model.backbone.parameters()} if isinstance(model, Finetunable) else set()
     no_decay_ids = {
         id(p)
         for module in model.modules()
@@ -163,8 +165,8 @@ def _stages_to_freeze(model: nn.Module, policy: str) -> list[str]:
     if policy == "none":
         return []
     stages = stage_names(model)
-    if not isinstance(getattr(model, "backbone", None), nn.Module) or not stages:
-        raise ValueError(f"freeze policy {policy!r} needs a model with .backbone and .backbone_stages; {type(model).__name__} has none")
+    if not stages:
+        raise ValueError(f"freeze policy {policy!r} needs a model with .backbone and .backbone_stages (Finetunable); {type(model).__name__} has none")
     if policy == "backbone":
         return stages
     if policy.startswith("from:"):

@@ -6,7 +6,7 @@ Sources a model can load (``build_model(..., pretrained=...)``):
   (``torch.hub.get_dir()/checkpoints``, where ``torch.hub`` / torchvision put them); when none
   is there, the first candidate is downloaded into it (the user asked for it), unless
   ``CVFLOW_OFFLINE=1``; offline, one line names the file to put where. Which weights fit is
-  declared by the model as ``torchvision_sources``: candidates tried in order, each with key
+  declared by the model (``Transferable``, cvcore.models.capabilities) as ``torchvision_sources``: candidates tried in order, each with key
   renames mapping the file's names onto the model's. Nothing else here downloads.
 - a path: a state dict file, or one of our engine checkpoints (a dict with ``"model"``, the
   state dict, and ``"meta"``). Loaded with ``torch.load(weights_only=True)``.
@@ -32,6 +32,8 @@ import torch
 from torch import nn
 from torchvision.models import WeightsEnum
 
+from cvcore.models.capabilities import Transferable
+
 log = logging.getLogger(__name__)
 
 Renames = tuple[tuple[str, str], ...]  # (source key prefix, target key prefix) pairs
@@ -52,6 +54,12 @@ class TorchvisionSource:
 
     weights: WeightsEnum
     renames: Renames = ()
+
+    def moved(self, prefix: str, *, strip: str = "") -> TorchvisionSource:
+        """The same weights for a model that holds this source's model under ``prefix``: each
+        rename's target loses ``strip`` and gains ``prefix`` (R-CNN holds a classifier as
+        ``features.``; Fast R-CNN its ``backbone.`` children as ``backbone.body.``)."""
+        return TorchvisionSource(self.weights, tuple((old, prefix + new.removeprefix(strip)) for old, new in self.renames))
 
 
 @dataclass(frozen=True)
@@ -92,7 +100,7 @@ def load_pretrained(model: nn.Module, pretrained: str | os.PathLike, *, model_na
     elif "://" in text or text.startswith(("runs:/", "models:/")):
         raise ValueError(f"{text}: MLflow/remote URIs are resolved to a local file by the tasks layer, not by cvcore")
     else:
-        path, renames = Path(text), tuple(getattr(model, "transfer_renames", ()))
+        path, renames = Path(text), (model.transfer_renames if isinstance(model, Transferable) else ())
         if not path.is_file():
             raise FileNotFoundError(f"pretrained weights file not found: {path}")
     state = read_state_dict(path)
@@ -203,7 +211,7 @@ def _cached_torchvision_file(model: nn.Module, name: str) -> tuple[Path, Renames
     place, its SHA-256 prefix checked). ``CVFLOW_OFFLINE=1`` (the test suite sets it) or a failed
     download gives one line naming the file to put where.
     """
-    sources: tuple[TorchvisionSource, ...] = tuple(getattr(model, "torchvision_sources", ()))
+    sources = model.torchvision_sources if isinstance(model, Transferable) else ()
     if not sources:
         raise ValueError(f"model {name} declares no torchvision weights; pass a weights file instead")
     for src in sources:

@@ -42,7 +42,7 @@ from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, remove_sm
 from cvcore.config import PartialRunConfig
 from cvcore.models._registry import register_model
 from cvcore.models.build import build_model
-from cvcore.models.pretrained import TorchvisionSource
+from cvcore.models.capabilities import CachesProposals, ProposesRegions, Transferable
 from cvcore.models.proposals import ProposalSettings, TensorCache, image_key
 
 log = logging.getLogger(__name__)
@@ -222,7 +222,7 @@ def weights_digest(module: nn.Module) -> str:
     return h.hexdigest()
 
 
-class RCNN(nn.Module):
+class RCNN(nn.Module, Transferable, ProposesRegions, CachesProposals):
     """R-CNN over a frozen CNN feature extractor; see the module docstring for how it trains.
 
     Args:
@@ -286,6 +286,9 @@ class RCNN(nn.Module):
         self.proposal_cache = TensorCache(self.cache_dir / "proposals" / proposals.key() if self.cache_dir else None)
         self._feature_cache: TensorCache | None = None
         self.proposals_seen: list[int] = []  # proposals per image of the eval-mode calls (bake-off)
+        # How cvcore.models.pretrained maps a classifier's weights (``backbone.*``) onto ``features.*``.
+        self.transfer_renames = (("", "features."),)
+        self.torchvision_sources = tuple(s.moved("features.") for s in features.torchvision_sources) if isinstance(features, Transferable) else ()
         # Loading other weights changes the features, hence the cache they are filed under.
         self.register_load_state_dict_post_hook(lambda module, _: module._reset_feature_cache())
 
@@ -426,7 +429,7 @@ RCNN_DEFAULTS = PartialRunConfig(
 )  # fmt: skip
 
 
-@register_model("rcnn", task="detection", defaults=RCNN_DEFAULTS)
+@register_model("rcnn", task="detection", defaults=RCNN_DEFAULTS, capabilities=(Transferable, ProposesRegions, CachesProposals))
 def build_rcnn(
     num_classes: int,
     *,
@@ -472,10 +475,4 @@ def build_rcnn(
         negatives_per_positive=negatives_per_positive, min_negatives=min_negatives, l2=l2,
         score_thresh=score_thresh, nms_thresh=nms_thresh, detections_per_img=detections_per_img,
     )  # fmt: skip
-    # How cvcore.models.pretrained maps a classifier's weights (``backbone.*``) onto ``features.*``.
-    model.transfer_renames = (("", "features."),)
-    model.torchvision_sources = tuple(
-        TorchvisionSource(s.weights, tuple((old, "features." + new) for old, new in s.renames))
-        for s in getattr(classifier, "torchvision_sources", ())
-    )
     return model

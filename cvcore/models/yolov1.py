@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from cvcore.config import PartialRunConfig
 from cvcore.models._registry import model_spec, register_model
+from cvcore.models.capabilities import Finetunable, GridDetector, Postprocessable, Transferable, TrunkSource
 from cvcore.models.normalize import ImageNetNormalize
 from cvcore.models.yolov1_loss import decode, encode_targets, split_output, yolo_loss
 
@@ -53,13 +54,14 @@ YOLOV1_DEFAULTS = PartialRunConfig(
 )  # fmt: skip
 
 
-class YOLOv1(nn.Module):
+class YOLOv1(nn.Module, Finetunable, Transferable, Postprocessable, GridDetector):
     """YOLOv1 detector; see the module docstring for inputs and outputs.
 
-    Attributes: ``backbone`` (the trunk, keys named as in the source classifier, so a
-    classifier checkpoint's backbone transfers by name), ``head``, ``backbone_stages``,
-    ``torchvision_sources``, ``transfer_renames``, and the decoding settings ``score_threshold``,
-    ``nms_iou``, ``max_detections`` (change them with ``set_postprocess``).
+    Capabilities (cvcore.models.capabilities): Finetunable (``backbone``: the trunk, keys named
+    as in the source classifier, so a classifier checkpoint's backbone transfers by name;
+    ``backbone_stages``), Transferable (``torchvision_sources``, ``transfer_renames``),
+    Postprocessable (the decoding settings ``score_threshold``, ``nms_iou``, ``max_detections``,
+    changed with ``set_postprocess``), GridDetector (``grid``, ``boxes_per_cell``). Also ``head``.
 
     Options: ``backbone`` (a registered classifier), ``img_size`` (square input, px; 448 in the
     paper), ``grid`` (S), ``boxes_per_cell`` (B), ``head`` ("conv" or the paper's "fc"; ``hidden``
@@ -223,7 +225,9 @@ class ConvGridHead(nn.Module):
         return self.out(self.convs(x)).permute(0, 2, 3, 1)
 
 
-@register_model("yolov1", task="detection", defaults=YOLOV1_DEFAULTS)
+@register_model(
+    "yolov1", task="detection", defaults=YOLOV1_DEFAULTS, capabilities=(Finetunable, Transferable, Postprocessable, GridDetector)
+)
 def yolov1(num_classes: int, **options: Any) -> YOLOv1:
     """YOLOv1 with a registered classifier's trunk as backbone. Options: see ``YOLOv1``."""
     return YOLOv1(num_classes, **options)
@@ -236,11 +240,10 @@ def _classifier_trunk_source(name: str) -> nn.Module:
     spec = model_spec(name)
     if spec.task != "classification":
         raise ValueError(f"YOLOv1 backbone must be a registered classifier, {name!r} is a {spec.task} model")
+    if TrunkSource not in spec.capabilities:
+        raise ValueError(f"YOLOv1 backbone {name!r} offers no convolutional trunk (its registry entry does not claim TrunkSource)")
     # small_input=False: the stride-32 trunk is what makes a 448-px image a 14x14 map.
-    model = spec.builder(num_classes=1, small_input=False)
-    if not hasattr(model, "feature_extractor"):
-        raise ValueError(f"YOLOv1 backbone {name!r} offers no feature_extractor()")
-    return model
+    return spec.builder(num_classes=1, small_input=False)
 
 
 def _grid_stride(cuts: dict[int, tuple[str, int]], cell: float) -> int:
