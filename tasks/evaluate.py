@@ -327,7 +327,8 @@ def report_split(
     paths = []
     for name, fig in figures.items():
         path = out / f"{name}.png"
-        fig.savefig(path, dpi=110)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=110)
         paths.append(path)
     if run_id is not None:
         mlflow_client().log_artifacts(run_id, str(out), f"plots/{predictions.split}")
