@@ -236,6 +236,21 @@ def resolve(user: PartialRunConfig, model_defaults: PartialRunConfig | None = No
     return RunConfig.model_validate(merged.model_dump())
 
 
+def sources(user: PartialRunConfig, model_defaults: PartialRunConfig | None = None) -> dict[str, str]:
+    """Where :func:`resolve` takes each field from: ``{"data.img_size": "model", "train.epochs": "user", ...}``.
+
+    Each value is ``"user"``, ``"model"`` or ``"cvflow"`` (the first layer that sets the field);
+    ``model.options`` is ``"user"`` when the user set any option (the model's keys merge under).
+    """
+    layers = (("user", user), ("model", model_defaults or NO_SETTINGS))
+    out: dict[str, str] = {}
+    for section in RunConfig.model_fields:
+        for name in getattr(CVFLOW_DEFAULTS, section).model_fields:
+            given = [who for who, layer in layers if getattr(getattr(layer, section), name) is not None]
+            out[f"{section}.{name}"] = given[0] if given else "cvflow"
+    return out
+
+
 def partial_config(raw: Mapping[str, Any]) -> PartialRunConfig:
     """A config mapping as files hold it (``run.yaml``, a run folder's ``config.yaml``, a checkpoint's
     ``meta["config"]``) as a PartialRunConfig: absent keys are unset, and so is an explicit null,

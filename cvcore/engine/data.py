@@ -7,8 +7,12 @@ Reproducibility, in three parts:
   number of DataLoader workers or on the order they are asked for;
 - CutMix/MixUp (in the collate) reseed their mixer from ``(augment.seed, epoch, batch number)``
   for every batch, so mixing too is independent of the workers and repeats exactly on resume;
-- the shuffling order and the workers' base seeds come from the loader's own
-  ``torch.Generator`` (seeded with ``train.seed``, saved and restored by checkpoints).
+- the shuffling order is ``torch.utils.data.DistributedSampler``'s: a permutation drawn from
+  ``train.seed + epoch``, of which rank ``r`` of ``W`` takes positions ``r, r + W, ...`` (one
+  process: ``W = 1``, the whole permutation), so a run on ``W`` processes with the same global
+  batch sees the same batches as a run on one (cvcore.engine.distributed);
+- the workers' base seeds come from the loader's own ``torch.Generator`` (seeded with
+  ``train.seed``, saved and restored by checkpoints).
 
 Workers are not persistent: each epoch starts them afresh, so the ``set_epoch`` calls the
 engine makes in the main process reach them.
@@ -22,7 +26,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, get_worker_info
 
 from cvcore.config import AugmentConfig, RunConfig
 from cvcore.data.snapshot import Snapshot
@@ -41,16 +45,23 @@ class Loaders:
         return iter((self.train, self.val))
 
 
-def make_loaders(snapshot: Snapshot, config: RunConfig) -> Loaders:
+def make_loaders(snapshot: Snapshot, config: RunConfig, *, rank: int = 0, world_size: int = 1) -> Loaders:
     """Train loader (augmented, shuffled, seeded) and val loader (eval transforms, in order).
 
     Detection with ``augment.mosaic_p > 0`` wraps the train set in Mosaic; classification with
     ``cutmix_p``/``mixup_p > 0`` mixes each train batch in the collate (labels become
     probabilities float32[B, K]). Memory is pinned when the run's device is CUDA.
+
+    ``rank`` of ``world_size`` (a data-parallel run): the train loader yields this rank's share,
+    ``train.batch_size / world_size`` images per batch (``batch_size`` is the global batch; it
+    must divide evenly), and the val loader's batches are that size too. ValueError otherwise.
     """
     from cvcore.augment.pipelines import build_transforms  # deferred: augment imports are heavy-ish
 
     task, aug, tc = snapshot.task, config.augment, config.train
+    if tc.batch_size % world_size:
+        raise ValueError(f"train.batch_size {tc.batch_size} is the global batch and must split evenly over {world_size} devices")
+    per_device = tc.batch_size // world_size
     img_size = config.data.img_size
     train_tf = build_transforms(aug, task=task, img_size=img_size, train=True)
     eval_tf = build_transforms(aug, task=task, img_size=img_size, train=False)
@@ -67,16 +78,18 @@ def make_loaders(snapshot: Snapshot, config: RunConfig) -> Loaders:
 
         train_set = SeededDataset(train_set, seed=aug.seed)
     if task == "classification" and (aug.cutmix_p > 0 or aug.mixup_p > 0):
-        train_collate = MixingCollate(aug, num_classes=snapshot.num_classes)
+        train_collate = MixingCollate(aug, num_classes=snapshot.num_classes, rank=rank, world_size=world_size)
 
     pin = resolve_device(tc.device).type == "cuda"
     workers = config.data.num_workers
+    # Every process uses the sampler (one process: world_size 1), so 1 and W processes shuffle alike.
+    sampler = DistributedSampler(train_set, num_replicas=world_size, rank=rank, shuffle=True, seed=tc.seed, drop_last=True)
     train = DataLoader(
         train_set,
-        batch_size=tc.batch_size,
-        shuffle=True,
+        batch_size=per_device,
+        sampler=sampler,
         # A last batch of one image breaks batch-norm in train mode; drop the ragged tail.
-        drop_last=len(train_set) > tc.batch_size,
+        drop_last=len(sampler) > per_device,
         num_workers=workers,
         collate_fn=train_collate,
         generator=torch.Generator().manual_seed(tc.seed),
@@ -84,7 +97,7 @@ def make_loaders(snapshot: Snapshot, config: RunConfig) -> Loaders:
         pin_memory=pin,
         persistent_workers=False,  # see the module docstring: resume needs fresh workers per epoch
     )
-    val = DataLoader(val_set, batch_size=tc.batch_size, shuffle=False, num_workers=workers, collate_fn=collate, pin_memory=pin)
+    val = DataLoader(val_set, batch_size=per_device, shuffle=False, num_workers=workers, collate_fn=collate, pin_memory=pin)
     return Loaders(train=train, val=val)
 
 
@@ -102,13 +115,16 @@ class MixingCollate:
     number)``, so mixing is the same with any number of workers and after a resume. The batch
     number is reconstructed from the worker's id and its count of batches, since a DataLoader
     hands the batches of an epoch to its workers in turn (worker ``k`` gets ``k, k + W, ...``).
+    In a data-parallel run the number is made global, ``number * world_size + rank``, so ranks
+    draw different mixes (each mixes within its own share of the global batch).
     A class, not a closure, so it pickles into DataLoader worker processes.
     """
 
-    def __init__(self, config: AugmentConfig, *, num_classes: int):
+    def __init__(self, config: AugmentConfig, *, num_classes: int, rank: int = 0, world_size: int = 1):
         from cvcore.augment.mixing import BatchMixer
 
         self.seed = config.seed
+        self.rank, self.world_size = rank, world_size
         self.mixer = BatchMixer(config, num_classes)
         self.epoch = 0
         self._counted: tuple[int, int] = (-1, 0)  # (epoch, batches collated in this process)
@@ -124,7 +140,7 @@ class MixingCollate:
         images, labels = collate_classification(batch)
         if len(images) == 0:
             return images, labels
-        number = worker + workers * done
+        number = (worker + workers * done) * self.world_size + self.rank
         seed = int(np.random.SeedSequence([self.seed & 0xFFFFFFFF, self.epoch, number]).generate_state(1, np.uint64)[0] >> 1)
         self.mixer.load_state_dict({"generator": torch.Generator().manual_seed(seed).get_state()})
         return self.mixer(images, labels)

@@ -12,6 +12,16 @@ seeded from ``config.train.seed`` at the start and captured in each checkpoint a
 epoch, and DataLoader workers are not persistent (they are re-seeded from the generator every
 epoch), so a run resumed from epoch k's ``last.pt`` finishes with exactly the weights of a run that
 was never interrupted (on CPU; GPU kernels are not all deterministic).
+
+Data-parallel (``dist``, cvcore.engine.distributed): every rank runs ``fit`` on its share of each
+global batch, the model wrapped in DistributedDataParallel; losses and counts are summed over the
+ranks, validation is gathered (cvcore.engine.validate), and rank 0 alone writes the run folder and
+calls the callbacks. Checkpoints hold the plain model's weights (no ``module.`` prefix) and every
+rank's RNG states (``rng_ranks``), so a resume at the same world size repeats the run exactly.
+
+GPU throughput: on CUDA, classifiers train in channels-last layout (``train.channels_last``),
+``cudnn.benchmark`` picks the fastest convolution kernels, batches come from pinned memory with
+non-blocking copies, and ``train.compile`` runs the training forward through ``torch.compile``.
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ from cvcore.config import RunConfig
 from cvcore.engine.callbacks import notify
 from cvcore.engine.checkpoint import BEST, LAST, capture_rng, copy_atomic, load_checkpoint, restore_rng, save_checkpoint
 from cvcore.engine.device import Precision, choose_precision, configure_threads, make_scaler, resolve_device
+from cvcore.engine.distributed import Dist, prepare_model, single_process, unwrap, wrap_ddp
 from cvcore.engine.ema import make_ema
 from cvcore.engine.infer import as_float_image
 from cvcore.engine.schedule import build_optimizer, build_scheduler
@@ -76,6 +87,7 @@ class FitResult:
     best_checkpoint: Path
     metrics_file: Path
     history_file: Path
+    world_size: int = 1  # processes that trained it (data-parallel ranks)
 
 
 @dataclass(frozen=True)
@@ -123,6 +135,7 @@ def fit(
     callbacks: Iterable[Any] = (),
     resume: str | Path | None = None,
     meta: dict[str, Any] | None = None,
+    dist: Dist | None = None,
 ) -> FitResult:
     """Train ``model`` for ``config.train.epochs`` epochs, validating and checkpointing each one.
 
@@ -133,25 +146,35 @@ def fit(
     ``out_dir`` receives ``last.pt``, ``best.pt``, ``metrics.json`` and ``history.parquet``.
     ``meta`` (model_name, class_names, img_size, options ...) is stored in every checkpoint with
     ``task`` and the config added. ``resume``: a ``last.pt`` of the same run to continue from.
+    ``dist``: this process's rank of a launched data-parallel run (cvcore.engine.distributed.init_rank;
+    the loaders made for that rank); None for a one-process run. Only rank 0 reads ``resume``
+    (the others receive its contents) and writes ``out_dir``.
 
     Raises NonFiniteLossError (naming epoch and step) when the loss is NaN/inf; the previous
     epoch's checkpoint stays on disk.
     """
     if task not in SELECTION:
         raise ValueError(f"unknown task {task!r}; expected one of {sorted(SELECTION)}")
-    callbacks = tuple(callbacks)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     tc = config.train
+    dist = dist if dist is not None else single_process(resolve_device(tc.device))
+    callbacks = tuple(callbacks) if dist.is_main else ()  # rank 0 alone reports
+    out_dir = Path(out_dir)
+    if dist.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
     configure_threads()  # torch's CPU threads sized to the CPUs this process may use, once
-    device = resolve_device(tc.device)
+    device = dist.device
     precision = choose_precision(device, amp=tc.amp)
     generator = getattr(train_loader, "generator", None)
     steps_per_epoch = len(train_loader)
     if steps_per_epoch == 0:
         raise ValueError("the train loader yields no batches: the train split is empty or smaller than one batch")
 
-    model.to(device)
+    channels_last = tc.channels_last and device.type == "cuda" and task == "classification"
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: time the conv algorithms once, keep the fastest
+    model = prepare_model(model, dist, sync_bn=tc.sync_bn)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(_param_groups(model, config), tc)
     scheduler = build_scheduler(optimizer, tc, steps_per_epoch=steps_per_epoch)
     scaler = make_scaler(device, precision)
@@ -162,8 +185,13 @@ def fit(
         seed_everything(tc.seed, generator=generator)
         loop = _Loop()
     else:
-        loop = _restore(resume, meta=meta, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, ema=ema, generator=generator)
+        loop = _restore(
+            resume, meta=meta, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, ema=ema, generator=generator, dist=dist
+        )
         log.info("resuming from %s after epoch %d", resume, loop.epoch)
+    net = wrap_ddp(model, dist)  # after the restore: DDP starts every rank from rank 0's weights
+    if tc.compile:
+        net = torch.compile(net)
 
     settings = ValidationSettings(
         batch_size=val_loader.batch_size or 1, num_workers=val_loader.num_workers, device=device, amp=tc.amp, eval=config.eval
@@ -176,10 +204,11 @@ def fit(
             _set_epoch(train_loader, epoch, config)
             notify(callbacks, "on_epoch_start", epoch, steps_per_epoch)
             train_metrics = train_one_epoch(
-                model, train_loader, task=task, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                net, train_loader, task=task, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
                 ema=ema, device=device, precision=precision, grad_clip=tc.grad_clip, epoch=epoch, callbacks=callbacks,
+                dist=dist, channels_last=channels_last,
             )  # fmt: skip
-            val_metrics = validate(ema.module if ema is not None else model, val_loader.dataset, task=task, settings=settings)
+            val_metrics = validate(ema.module if ema is not None else model, val_loader.dataset, task=task, settings=settings, dist=dist)
             metrics = {**train_metrics, **val_metrics}
             loop = _after_epoch(loop, epoch, metrics, task=task, patience=tc.early_stopping_patience, epochs=tc.epochs)
             state = {
@@ -190,14 +219,20 @@ def fit(
                 "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(),
                 "epoch": epoch,
-                "rng": capture_rng(generator),
+                "rng": None,
                 "loop": loop.to_state(),
                 "meta": meta,
+                "world_size": dist.world_size,
             }
-            save_checkpoint(state, out_dir / LAST)
-            if loop.best_epoch == epoch:
-                copy_atomic(out_dir / LAST, out_dir / BEST)
-            _write_reports(out_dir, loop, task=task)
+            rngs = dist.gather(capture_rng(generator))  # every rank's random state, on rank 0
+            if dist.is_main:
+                state["rng"] = rngs[0]
+                if dist.distributed:
+                    state["rng_ranks"] = rngs
+                save_checkpoint(state, out_dir / LAST)
+                if loop.best_epoch == epoch:
+                    copy_atomic(out_dir / LAST, out_dir / BEST)
+                _write_reports(out_dir, loop, task=task, world_size=dist.world_size)
             log.info("epoch %d/%d: %s", epoch, tc.epochs, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
             notify(callbacks, "on_epoch_end", epoch, metrics)
             if loop.stopped_early:
@@ -205,7 +240,7 @@ def fit(
     except BaseException as exc:
         notify(callbacks, "on_exception", exc)
         raise
-    result = _result(out_dir, loop, task=task)
+    result = _result(out_dir, loop, task=task, world_size=dist.world_size)
     notify(callbacks, "on_fit_end", result)
     return result
 
@@ -224,15 +259,23 @@ def train_one_epoch(
     grad_clip: float | None,
     epoch: int,
     callbacks: tuple[Any, ...] = (),
+    dist: Dist | None = None,
+    channels_last: bool = False,
 ) -> dict[str, float]:
     """One pass over ``loader``; mean losses (``train/loss``, ``train/<part>``), ``lr``, throughput,
     and the mean gradient norm before clipping (``train/grad_norm``, when clipping is on).
+
+    ``dist`` (several ranks, ``model`` in DDP): losses, counts and CPU seconds are summed over the
+    ranks, so the means and ``train/images`` are those of the global batches (``train/time_s`` is
+    this rank's); the NaN check reads the ranks' mean loss, so every rank stops at the same step.
+    ``channels_last``: classification batches are made channels-last (the model is already).
 
     Means are weighted by batch size. Throughput (``train/images_per_s``) counts the whole
     epoch's wall time (``train/time_s``, seconds), data loading included; ``train/cpu_time_s`` is
     the same pass in CPU seconds of this process (``time.process_time``: every thread, validation
     excluded).
     """
+    dist = dist if dist is not None else single_process(device)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     sums: dict[str, float] = {}
@@ -243,9 +286,11 @@ def train_one_epoch(
         if n == 0:  # every sample of the batch was undecodable and dropped by the collate
             continue
         images, targets = _to_device(images, targets, task=task, device=device)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         with precision.autocast(device):
             loss, parts = compute_loss(model, images, targets, task=task)
-        value = loss.item()
+        value = dist.mean(loss)  # one process: loss.item()
         if not math.isfinite(value):
             detail = ", ".join(f"{k}={v.item():.4g}" for k, v in parts.items())
             raise NonFiniteLossError(
@@ -262,13 +307,16 @@ def train_one_epoch(
         scaler.update()
         scheduler.step()
         if ema is not None:
-            ema.update_parameters(model)
+            ema.update_parameters(unwrap(model))
         images_seen += n
-        sums["train/loss"] = sums.get("train/loss", 0.0) + value * n
+        sums["train/loss"] = sums.get("train/loss", 0.0) + (loss.item() if dist.distributed else value) * n
         for name, part in parts.items():
             sums[f"train/{name}"] = sums.get(f"train/{name}", 0.0) + part.item() * n
-        notify(callbacks, "on_step", epoch, step, {"loss": value, "lr": _lr(optimizer), "images": n})
+        notify(callbacks, "on_step", epoch, step, {"loss": value, "lr": _lr(optimizer), "images": n * dist.world_size})
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    if dist.distributed:  # the global batches' sums; CPU seconds of every rank together
+        sums = dist.sum({**sums, "_images": float(images_seen), "_cpu": cpu})
+        images_seen, cpu = int(sums.pop("_images")), sums.pop("_cpu")
     out = {k: v / max(images_seen, 1) for k, v in sums.items()}
     out.update({"lr": _lr(optimizer), "train/images": float(images_seen), "train/time_s": elapsed, "train/images_per_s": images_seen / max(elapsed, 1e-9)})
     out["train/cpu_time_s"] = cpu  # CPU seconds of this process (all its threads): steadier than wall time on a shared machine
@@ -365,8 +413,9 @@ def _after_epoch(loop: _Loop, epoch: int, metrics: dict[str, float], *, task: Ta
     )
 
 
-def _restore(resume, *, meta, model, optimizer, scheduler, scaler, ema, generator) -> _Loop:
-    state = load_checkpoint(resume)
+def _restore(resume, *, meta, model, optimizer, scheduler, scaler, ema, generator, dist: Dist) -> _Loop:
+    # Rank 0 reads the file and hands its contents to the other ranks (other machines need no copy).
+    state = dist.broadcast(load_checkpoint(resume) if dist.is_main else None)
     saved = state["meta"]
     if meta.get("model_name") and saved.get("model_name") and meta["model_name"] != saved["model_name"]:
         raise ValueError(f"{resume}: checkpoint of model {saved['model_name']!r}, cannot resume training {meta['model_name']!r}")
@@ -383,7 +432,13 @@ def _restore(resume, *, meta, model, optimizer, scheduler, scaler, ema, generato
         if state.get("ema") is None:
             raise ValueError(f"{resume}: the run had no EMA, but this config sets train.ema_decay")
         ema.load_state_dict(state["ema"])
-    restore_rng(state["rng"], generator=generator)
+    ranks = state.get("rng_ranks") or [state["rng"]]
+    if len(ranks) != dist.world_size:
+        log.warning(
+            "%s was written by %d process(es), this run has %d: it continues, but does not repeat an uninterrupted run exactly",
+            resume, len(ranks), dist.world_size,
+        )  # fmt: skip
+    restore_rng(ranks[dist.rank] if dist.rank < len(ranks) else ranks[0], generator=generator)
     return _Loop.from_state(state["loop"])
 
 
@@ -392,9 +447,10 @@ def _lr(optimizer: torch.optim.Optimizer) -> float:
     return max(float(g["lr"]) for g in optimizer.param_groups)
 
 
-def _write_reports(out_dir: Path, loop: _Loop, *, task: Task) -> None:
-    result = _result(out_dir, loop, task=task)
+def _write_reports(out_dir: Path, loop: _Loop, *, task: Task, world_size: int = 1) -> None:
+    result = _result(out_dir, loop, task=task, world_size=world_size)
     report = {
+        "world_size": world_size,  # processes that trained (cvcore.engine.distributed)
         "metric": result.metric,
         "best_metric": result.best_metric,
         "best_epoch": result.best_epoch,
@@ -425,7 +481,7 @@ def _nan_to_none(value: Any) -> Any:
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
-def _result(out_dir: Path, loop: _Loop, *, task: Task) -> FitResult:
+def _result(out_dir: Path, loop: _Loop, *, task: Task, world_size: int = 1) -> FitResult:
     history = pl.DataFrame(list(loop.history)).with_columns(pl.col("epoch").cast(pl.Int64)) if loop.history else pl.DataFrame({"epoch": []}, schema={"epoch": pl.Int64})
     by_epoch = {int(row["epoch"]): {k: v for k, v in row.items() if k != "epoch"} for row in loop.history}
     return FitResult(
@@ -442,4 +498,5 @@ def _result(out_dir: Path, loop: _Loop, *, task: Task) -> FitResult:
         best_checkpoint=out_dir / BEST,
         metrics_file=out_dir / METRICS_FILE,
         history_file=out_dir / HISTORY_FILE,
+        world_size=world_size,
     )
