@@ -5,7 +5,8 @@ tables, plots, JSON reports) appears whole or not at all: it is written to a hid
 sibling ``.<name>.<8 random chars>.tmp`` (``tempfile.mkstemp``; :data:`TEMPORARY_NAME`, the name
 run-folder clean-up looks for), then renamed over ``path`` (``os.replace``, atomic on POSIX). An
 error or a kill mid-write leaves the previous file, if any, untouched, and the temporary is
-removed on an error (:func:`atomic_path`, :func:`atomic_write`). A folder written as a whole (a
+removed on an error (:func:`atomic_path`, :func:`atomic_write`); a killed writer's is removed
+later (:func:`remove_temporaries`). A folder written as a whole (a
 snapshot) is built in a hidden sibling folder and swapped in with renames (:func:`atomic_folder`).
 
 **Locations.** Where predictions and snapshots may live: a local path or a URI that ``pyarrow.fs``
@@ -137,24 +138,31 @@ def _cut(name: str, reserve: int) -> str:
     return name.encode("utf-8", "surrogateescape")[: NAME_MAX - reserve].decode("utf-8", "ignore")
 
 
-def remove_stale_temporaries(path: str | Path, *, older_than_s: float = ORPHAN_AGE_S) -> list[Path]:
-    """Delete the hidden temporaries of ``path`` (``.<name>.<random>.tmp``, as :func:`atomic_path`
-    names them) last modified over ``older_than_s`` seconds ago: a killed writer's. Returns them."""
-    path = Path(path)
-    pattern = re.compile(rf"^\.{re.escape(_cut(path.name, 40))}\.[A-Za-z0-9_]+\.tmp$")
+def remove_temporaries(folder: str | Path, *, of: str | None = None, older_than_s: float = 0.0) -> list[Path]:
+    """Delete the hidden temporaries killed writers left directly in ``folder``; the deleted paths.
+
+    Temporaries are :func:`atomic_path`'s ``.<name>.<8 chars>.tmp`` (:data:`TEMPORARY_NAME`): those
+    of the file named ``of``, or all of them. With ``older_than_s`` > 0 only those last modified
+    over that many seconds ago go (a live writer's are younger; :data:`ORPHAN_AGE_S`); 0 deletes
+    them all, for a caller that holds the folder's lock (no other writer there).
+    """
+    folder = Path(folder)
+    pattern = TEMPORARY_NAME if of is None else re.compile(rf"^\.{re.escape(_cut(of, 40))}\.[a-z0-9_]{{8}}\.tmp$")
     cutoff = time.time() - older_than_s
     removed: list[Path] = []
-    if not path.parent.is_dir():
+    if not folder.is_dir():
         return removed
-    for entry in os.scandir(path.parent):
+    for entry in os.scandir(folder):
         try:
-            if pattern.match(entry.name) and entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < cutoff:
+            if not (pattern.match(entry.name) and entry.is_file(follow_symlinks=False)):
+                continue
+            if older_than_s <= 0 or entry.stat(follow_symlinks=False).st_mtime < cutoff:
                 os.unlink(entry.path)
                 removed.append(Path(entry.path))
         except FileNotFoundError:
             continue  # removed meanwhile by another clean-up
     if removed:
-        log.info("removed %d temporary file(s) of killed writers: %s", len(removed), [str(p) for p in removed])
+        log.info("removed %d temporary file(s) of killed writers from %s: %s", len(removed), folder, [p.name for p in removed])
     return removed
 
 

@@ -37,7 +37,8 @@ from torchvision.transforms.v2 import functional as TF
 
 from cvcore import schema
 from cvcore.engine.device import choose_precision, configure_threads, resolve_device
-from cvcore.io import atomic_path, remove_stale_temporaries
+from cvcore.io import ORPHAN_AGE_S, atomic_path, remove_temporaries
+from cvcore.models.capabilities import Postprocessable
 
 if TYPE_CHECKING:
     from cvcore.config import EvalConfig
@@ -186,10 +187,10 @@ def predict(
     ``image_ids``, and for detection ``sizes`` = [(height, width)] of the original images).
     Classification rows: image_id, top-1 category_id and score, and ``scores`` float32[K]
     (softmax). Detection rows: one per kept box, score >= ``score_threshold``, at most
-    ``max_detections`` per image (highest scores), boxes xyxy in original pixels. A detector
-    with ``set_postprocess`` (YOLOv1, Faster R-CNN, ...) decodes with the same score threshold,
-    NMS IoU (``None`` keeps the model's) and detection cap, so its own decoding never drops
-    boxes the evaluation asked for. Undecodable images (samples that are None) are skipped and
+    ``max_detections`` per image (highest scores), boxes xyxy in original pixels. A
+    ``Postprocessable`` detector (cvcore.models.capabilities: YOLOv1, Faster R-CNN, FCOS) decodes
+    with the same score threshold, NMS IoU (``None`` keeps the model's) and detection cap, so its
+    own decoding never drops boxes the evaluation asked for. Undecodable images (samples that are None) are skipped and
     each is passed to ``on_unreadable`` as an :class:`Unreadable` (its file and the decoder's
     error), so a caller can report them. One batch is yielded per loader batch, possibly with
     zero rows. The model is moved to ``device`` and put in eval mode; torch's CPU threads are
@@ -206,7 +207,7 @@ def predict(
     loader = prediction_loader(dataset, batch_size=batch_size, num_workers=num_workers, indices=indices, pin_memory=device.type == "cuda")
     image_ids = np.asarray(dataset.image_ids, dtype=np.int64)
     model.to(device).eval()
-    if task == "detection" and hasattr(model, "set_postprocess"):
+    if task == "detection" and isinstance(model, Postprocessable):
         model.set_postprocess(score_threshold=score_threshold, nms_iou=nms_iou, max_detections=max_detections)
     with torch.inference_mode():
         for index, images, failed in loader:
@@ -346,11 +347,11 @@ def write_predictions(
     (:func:`row_groups`). A failure midway leaves no partial file. ``unreadable`` (read once the
     last batch is written, so the list ``predict_checkpoint`` fills may be passed) goes into the
     footer's ``cvflow.unreadable`` entry. Temporaries of this file left by a killed writer over an
-    hour ago are removed first (cvcore.io.remove_stale_temporaries).
+    hour ago are removed first (cvcore.io.remove_temporaries).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path)
+    remove_temporaries(path.parent, of=path.name, older_than_s=ORPHAN_AGE_S)
     with atomic_path(path) as tmp:
         writer: pq.ParquetWriter | None = None
         try:

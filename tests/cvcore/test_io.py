@@ -23,7 +23,7 @@ from cvcore.io import (
     file_sha256,
     local_snapshot,
     remove_orphan_stagings,
-    remove_stale_temporaries,
+    remove_temporaries,
     resolve_inside,
     resolve_location,
     stage_snapshot,
@@ -106,9 +106,11 @@ def test_stale_temporaries_of_a_killed_writer_are_removed_once_an_hour_old(tmp_p
     two_hours_ago = time.time() - 7200
     for f in (old, other):
         os.utime(f, (two_hours_ago, two_hours_ago))
-    assert remove_stale_temporaries(target) == [old]
+    assert remove_temporaries(tmp_path, of=target.name, older_than_s=3600) == [old]
     assert not old.exists() and young.exists() and other.exists()
-    assert remove_stale_temporaries(tmp_path / "missing" / "x.parquet") == []
+    assert remove_temporaries(tmp_path / "missing", of="x.parquet", older_than_s=3600) == []
+    assert sorted(p.name for p in remove_temporaries(tmp_path)) == [other.name, young.name]  # all, at any age (under a lock)
+    assert os.listdir(tmp_path) == []
 
 
 def test_atomic_folder_swaps_a_whole_folder_in_and_keeps_the_old_one_on_an_error(tmp_path):
