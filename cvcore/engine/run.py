@@ -9,6 +9,11 @@ claims the folder; a folder with a ``last.pt`` from before markers counts too). 
 holds anything else is refused rather than having a user's ``config.yaml`` or ``metrics.json``
 overwritten, and a training holds the folder's lock (cvcore.engine.locks) from start to end, so
 a second training into the same folder fails at once instead of crossing its weights.
+
+With ``train.devices`` > 1 (or several machines, :class:`cvcore.engine.distributed.Nodes`) the
+run is data-parallel: this process keeps the folder's lock and launches the ranks through
+torchrun's launcher (cvcore.engine.distributed.launch); each rank builds the model and its share
+of the loaders and runs ``fit``; rank 0 writes the folder. Other machines join with :func:`join_run`.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ import yaml
 from cvcore.config import CVFLOW_DEFAULTS, PartialRunConfig, RunConfig, overlay, resolve
 from cvcore.data.snapshot import Snapshot, read_snapshot
 from cvcore.engine.checkpoint import LAST
+from cvcore.engine.device import resolve_device
+from cvcore.engine.distributed import Dist, Nodes, devices_per_node, launch, run_rank
 from cvcore.engine.locks import LOCK_FILE, check_not_in_use, folder_lock
 from cvcore.engine.train import FitResult, fit, seed_everything
 from cvcore.io import atomic_write, remove_temporaries
@@ -112,6 +119,7 @@ def train_run(
     *,
     callbacks: Iterable[Any] = (),
     resume: str | Path | None = None,
+    nodes: Nodes | None = None,
 ) -> FitResult:
     """Train the configured model on the configured snapshot into the run folder ``out_dir``.
 
@@ -122,7 +130,15 @@ def train_run(
     (:func:`check_run_folder`). The folder's lock is held until training ends: a second training
     into it fails at once (cvcore.engine.locks.FolderInUse). Raises ValueError for a
     missing/unknown snapshot or model.
+
+    Data-parallel when ``train.devices`` resolves to more than one process here or ``nodes`` has
+    several machines (this one must be node 0): the ranks are launched, ``callbacks`` (picklable)
+    run in rank 0's process, and cvcore.engine.distributed.RankFailed names the first rank that
+    failed. ``metrics.json`` and the returned result record ``world_size``.
     """
+    nodes = nodes or Nodes()
+    if nodes.node_rank != 0:
+        raise ValueError(f"node {nodes.node_rank} does not write the run: only node 0 calls train_run, the others join_run")
     out_dir = Path(out_dir)
     check_run_folder(out_dir, resume=resume is not None)
     if config.data.snapshot is None:
@@ -135,11 +151,55 @@ def train_run(
         if resume is None and (out_dir / LAST).exists():
             raise FileExistsError(f"{out_dir} already holds a run ({LAST}); resume it or choose another output folder")
         remove_temporaries(out_dir)  # a killed training's .last.pt.<8 chars>.tmp ...: no other writer while we hold the lock
-        return _train_locked(config, snapshot, out_dir, callbacks=callbacks, resume=resume)
+        nproc = devices_per_node(config.train.devices, config.train.device)
+        if nproc * nodes.nnodes == 1:
+            return _train_locked(config, snapshot, out_dir, callbacks=callbacks, resume=resume)
+        log.info("training on %d process(es) x %d node(s)", nproc, nodes.nnodes)
+        on_cuda = resolve_device(config.train.device).type == "cuda"
+        results = launch(_rank_main, (config, str(out_dir), tuple(callbacks), resume), nproc=nproc, nodes=nodes, on_cuda=on_cuda)
+        return results[0]
 
 
-def _train_locked(config: RunConfig, snapshot: Snapshot, out_dir: Path, *, callbacks: Iterable[Any], resume: str | Path | None) -> FitResult:
-    """The body of :func:`train_run`, with the run folder claimed and locked and ``config`` resolved."""
+def join_run(config: RunConfig, *, nodes: Nodes, resume: bool = False) -> None:
+    """Node ``nodes.node_rank`` (> 0) of a several-machine run: start this machine's ranks.
+
+    They train with node 0's ranks and write nothing (node 0's rank 0 writes the run folder and
+    reports). ``config`` must be the run's config (same model, data, batch); the snapshot and any
+    ``model.pretrained`` file must exist on this machine at the configured paths. ``resume``:
+    node 0 resumes its run (its rank 0 sends the checkpoint; this machine needs no copy).
+    Returns when the run ends; RankFailed when a rank fails.
+    """
+    if nodes.node_rank == 0:
+        raise ValueError("node 0 runs the training (train_run); join_run is for the other nodes")
+    if config.data.snapshot is None:
+        raise ValueError("no dataset: set data.snapshot in the config (or --data on the command line)")
+    config = resolve_run_config(config, snapshot=read_snapshot(config.data.snapshot))
+    nproc = devices_per_node(config.train.devices, config.train.device)
+    on_cuda = resolve_device(config.train.device).type == "cuda"
+    launch(_rank_main, (config, None, (), "node 0's last.pt" if resume else None), nproc=nproc, nodes=nodes, on_cuda=on_cuda)
+
+
+def _rank_main(config: RunConfig, out_dir: str | None, callbacks: tuple[Any, ...], resume: str | Path | None) -> FitResult | None:
+    """One launched rank: join the process group, train its share; rank 0 returns the result.
+
+    ``out_dir`` None on nodes other than 0 (their ranks write nothing).
+    """
+
+    def work(d: Dist) -> FitResult | None:
+        snapshot = read_snapshot(config.data.snapshot)
+        result = _train_locked(config, snapshot, Path(out_dir or "."), callbacks=callbacks, resume=resume, dist=d)
+        return result if d.is_main else None
+
+    return run_rank(work, device=config.train.device, timeout_s=config.train.dist_timeout_s)
+
+
+def _train_locked(
+    config: RunConfig, snapshot: Snapshot, out_dir: Path, *, callbacks: Iterable[Any], resume: str | Path | None, dist: Dist | None = None
+) -> FitResult:
+    """The body of :func:`train_run`, with the run folder claimed and locked and ``config`` resolved.
+
+    ``dist``: this process's rank of a data-parallel run (None: the only process).
+    """
     from cvcore.engine.data import make_loaders
     from cvcore.models import build_model
     from cvcore.models.finetune import apply_freeze
@@ -149,7 +209,7 @@ def _train_locked(config: RunConfig, snapshot: Snapshot, out_dir: Path, *, callb
     seed_everything(config.train.seed)  # the model's random initialisation is part of the run
     model = build_model(mc.name, num_classes=mc.num_classes, pretrained=mc.pretrained, img_size=config.data.img_size, **mc.options)
     apply_freeze(model, mc.freeze, freeze_bn=mc.freeze_bn)
-    loaders = make_loaders(snapshot, config)
+    loaders = make_loaders(snapshot, config, rank=dist.rank, world_size=dist.world_size) if dist else make_loaders(snapshot, config)
     meta = {
         "model_name": mc.name,
         "num_classes": mc.num_classes,
@@ -158,11 +218,13 @@ def _train_locked(config: RunConfig, snapshot: Snapshot, out_dir: Path, *, callb
         "options": dict(mc.options),
         "snapshot": {"path": str(snapshot.path), "name": snapshot.name, "digest": snapshot.digest},
     }
-    write_config(config, out_dir / CONFIG_FILE)
-    log.info("training %s on %s (%d classes) into %s", mc.name, snapshot.path, mc.num_classes, out_dir)
+    if dist is None or dist.is_main:
+        write_config(config, out_dir / CONFIG_FILE)
+        log.info("training %s on %s (%d classes) into %s", mc.name, snapshot.path, mc.num_classes, out_dir)
     return fit(
-        model, loaders.train, loaders.val, config=config, task=snapshot.task, out_dir=out_dir, callbacks=callbacks, resume=resume, meta=meta
-    )
+        model, loaders.train, loaders.val, config=config, task=snapshot.task, out_dir=out_dir, callbacks=callbacks, resume=resume, meta=meta,
+        dist=dist,
+    )  # fmt: skip
 
 
 def write_config(config: RunConfig, path: str | Path) -> Path:
