@@ -172,7 +172,7 @@ def train_or_reuse(
     sections laid over them) and return that folder. A finished run there is reused; an
     interrupted one is resumed from its ``last.pt`` with its own config; one trained on other
     data or with other requested settings is refused (ValueError naming the folder)."""
-    from cvcore.config import RunConfig, load_config
+    from cvcore.config import PartialRunConfig, load_config, overlay
     from cvcore.engine.checkpoint import LAST
     from cvcore.engine.run import CONFIG_FILE, train_run
     from cvcore.models import model_spec
@@ -194,17 +194,13 @@ def train_or_reuse(
     if "cache_dir" in inspect.signature(model_spec(name).builder).parameters:
         # Proposals and CNN features are per snapshot; the entries inside are keyed by content.
         options["cache_dir"] = str(Path(out) / "cache" / snapshot.digest[:16])
-    raw: dict[str, Any] = {
-        "data": {"snapshot": str(snapshot.path)},
-        "model": {"name": name, "options": options, **({"pretrained": pretrained} if pretrained else {})},
-        "train": {"device": device, **({"epochs": epochs} if epochs else {})},
-    }
-    for section, values in (overrides or {}).items():
-        merged = {**raw.get(section, {}), **values}
-        if section == "model" and "options" in values:
-            merged["options"] = {**options, **values["options"]}
-        raw[section] = merged
-    train_run(RunConfig.model_validate(raw), run_dir, callbacks=callbacks)
+    asked = PartialRunConfig(
+        data={"snapshot": snapshot.path},
+        model={"name": name, "options": options, "pretrained": pretrained or None},
+        train={"device": device, "epochs": epochs or None},
+    )
+    # The overrides over what the bake-off asks (options merge); train_run resolves it over the model's defaults.
+    train_run(overlay(PartialRunConfig.model_validate(overrides or {}), asked), run_dir, callbacks=callbacks)
     return run_dir
 
 
@@ -400,7 +396,7 @@ def log_contender(contender: ContenderRun, *, run_id: str) -> None:
     """The contender's run folder to its MLflow run: config as params, the epochs not logged
     live (replayed from ``history.parquet``), ``training/`` files and the training curves."""
     from cvcore import plots
-    from cvcore.config import load_config
+    from cvcore.config import load_config, resolve
     from cvcore.engine.checkpoint import resolve_checkpoint
     from cvcore.engine.run import CONFIG_FILE
     from cvcore.engine.train import HISTORY_FILE
@@ -408,7 +404,7 @@ def log_contender(contender: ContenderRun, *, run_id: str) -> None:
     client = mlflow_client()
     folder = resolve_checkpoint(contender.run).parent
     if (folder / CONFIG_FILE).is_file():
-        log_config(client, run_id, load_config(folder / CONFIG_FILE))
+        log_config(client, run_id, resolve(load_config(folder / CONFIG_FILE)))  # the run's resolved config: every field set
     log_tags(client, run_id, {TAG_RUN_DIR: str(folder)})
     if (folder / HISTORY_FILE).is_file():
         history = pl.read_parquet(folder / HISTORY_FILE)

@@ -15,6 +15,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from cvcore.config import PartialRunConfig, RunConfig
+from tasks.artifacts import artifact_key
 from tasks.infer import GPU_TAG  # one tag, one Prefect concurrency limit, for every GPU task
 from tasks.refs import CheckpointRef, SnapshotRef
 from tasks.registry import is_model_uri, resolve_checkpoint
@@ -44,12 +45,31 @@ def plan_run(snapshot: SnapshotRef, config: PartialRunConfig, *, run_id: str) ->
     resolved = resolve_run_config(config, snapshot=read_snapshot(snapshot.path))
     client = mlflow_client()
     log_config(client, run_id, resolved)
+    _show_sources(config, resolved, client=client, run_id=run_id, snapshot=snapshot)
     if pretrained:  # the lineage as the user gave it (models:/..., runs:/..., a file), not the download's path
         client.set_tag(run_id, PRETRAINED_TAG, str(pretrained))
     get_run_logger().info(
         "%s on %s: %d epochs, batch %d, %d px", resolved.model.name, snapshot.name, resolved.train.epochs, resolved.train.batch_size, resolved.data.img_size
     )
     return resolved
+
+
+def _show_sources(user: PartialRunConfig, resolved: RunConfig, *, client, run_id: str, snapshot: SnapshotRef) -> None:
+    """Each resolved value and where it came from (the user, the model's defaults, cvflow's, the
+    data): a table artifact on the flow run's dashboard page, ``config_sources.json`` in MLflow."""
+    from prefect.artifacts import create_table_artifact
+
+    from cvcore.config import flatten, sources
+    from cvcore.models import model_spec
+
+    origin = sources(user, model_spec(resolved.model.name).defaults)
+    origin.update({"data.snapshot": "data", "model.num_classes": "data"})  # resolve_run_config takes them from the snapshot
+    client.log_dict(run_id, origin, "config_sources.json")
+    rows = [{"field": k, "value": v, "from": origin[k]} for k, v in flatten(resolved).items()]
+    create_table_artifact(
+        rows, key=artifact_key("run-config", f"{snapshot.name}-{resolved.model.name}"),
+        description=f"{resolved.model.name} on {snapshot.name}: the resolved run config (user > model defaults > cvflow)",
+    )  # fmt: skip
 
 
 @task(name="train", tags=[GPU_TAG], cache_policy=NO_CACHE)

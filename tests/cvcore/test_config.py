@@ -115,3 +115,13 @@ def test_register_model_refuses_defaults_that_are_not_a_partial_config():
         register_model("bad_defaults", task="detection", defaults={"img_size": 128})  # a bare (old, dotted-style) key
     with pytest.raises(ValueError, match=r"(?s)model 'bad_defaults': invalid run defaults.*cutmix_p \+ mixup_p"):
         register_model("bad_defaults", task="detection", defaults={"augment": {"cutmix_p": 0.9, "mixup_p": 0.9}})
+
+
+def test_sources_name_the_layer_each_resolved_value_comes_from():
+    from cvcore.config import flatten, sources
+
+    origin = sources(USER, MODEL)
+    assert set(origin) == set(flatten(resolve(USER, MODEL)))
+    assert (origin["train.epochs"], origin["train.lr"], origin["train.momentum"]) == ("user", "model", "cvflow")
+    assert (origin["model.options"], origin["data.img_size"], origin["eval.protocol"]) == ("user", "model", "cvflow")
+    assert set(sources(NO_SETTINGS).values()) == {"cvflow"}

@@ -94,6 +94,12 @@ def test_detection_pipeline_writes_predictions_and_fills_mlflow(detector_run, sh
     run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["model.name"] == "yolov1" and run.data.params["train.epochs"] == "1"
+    # the logged config is the resolved one, and says where each value came from
+    from cvcore.models import model_spec
+
+    assert run.data.params["train.lr"] == str(model_spec("yolov1").defaults.train.lr) and run.data.params["train.momentum"] == "0.9"
+    origin = mlflow.artifacts.load_dict(f"runs:/{result.run_id}/config_sources.json")
+    assert (origin["train.epochs"], origin["train.lr"], origin["train.momentum"], origin["model.num_classes"]) == ("user", "model", "cvflow", "data")
     assert run.data.tags["cvflow.dataset_digest"] == shapes_detection.digest
     assert run.data.tags["cvflow.flow_run_id"] == str(state.state_details.flow_run_id)
     assert run.data.tags["cvflow.code_version"]
