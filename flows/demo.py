@@ -84,13 +84,14 @@ def check_transfer(detector: str, classifier: str, *, classifier_img_size: int) 
     differs (e.g. a small-input stem) are only logged.
     """
     from cvcore.models import build_model
+    from cvcore.models.capabilities import Transferable
     from cvcore.models.pretrained import load_partial
 
     det = build_model(detector, num_classes=2, img_size=DETECTION_IMAGE_SIZE)
     cls = build_model(classifier, num_classes=2, img_size=classifier_img_size)
     source = f"{classifier} ({classifier_img_size} px)"
     try:
-        renames = tuple(getattr(det, "transfer_renames", ()))
+        renames = det.transfer_renames if isinstance(det, Transferable) else ()
         report = load_partial(det, cls.state_dict(), renames=renames, source=source, model_name=detector)
     except ValueError:
         raise ValueError(

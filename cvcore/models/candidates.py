@@ -14,21 +14,22 @@ import math
 import numpy as np
 from torch import nn
 
+from cvcore.models.capabilities import CachesProposals, GridDetector, ProposesRegions
 from cvcore.models.proposals import ProposalRecall, TensorCache, dataset_proposal_recall
 
 
 class CandidateCounter:
     """Counts the boxes a detector scores per image before NMS while it runs in eval mode.
 
-    Two-stage models of cvcore record their proposals (``proposals_seen``); torchvision's RPN is
-    hooked (its output proposals per image); a grid detector declares ``grid`` and
-    ``boxes_per_cell`` (S*S*B). Other models: NaN. Call :meth:`close` to remove the hooks.
+    Two-stage models of cvcore record their proposals (``CachesProposals.proposals_seen``, in
+    any submodule); torchvision's RPN is hooked (its output proposals per image); a
+    ``GridDetector`` has ``grid`` x ``grid`` cells of ``boxes_per_cell`` boxes (S*S*B). Other models: NaN. Call :meth:`close` to remove the hooks.
     """
 
     def __init__(self, model: nn.Module):
         from torchvision.models.detection.rpn import RegionProposalNetwork
 
-        self._recorders = [m for m in model.modules() if isinstance(getattr(m, "proposals_seen", None), list)]
+        self._recorders = [m for m in model.modules() if isinstance(m, CachesProposals)]
         for m in self._recorders:
             m.proposals_seen.clear()
         self._rpn_counts: list[int] = []
@@ -37,8 +38,7 @@ class CandidateCounter:
             for m in model.modules()
             if isinstance(m, RegionProposalNetwork)
         ]
-        grid, per_cell = getattr(model, "grid", None), getattr(model, "boxes_per_cell", None)
-        self._fixed = float(grid * grid * per_cell) if isinstance(grid, int) and isinstance(per_cell, int) else None
+        self._fixed = float(model.grid**2 * model.boxes_per_cell) if isinstance(model, GridDetector) else None
 
     def per_image(self) -> float:
         """Mean candidate boxes per image seen since construction (NaN when unknown)."""
@@ -56,12 +56,11 @@ def empty_proposal_caches(model: nn.Module) -> None:
     """Give every proposal cache of ``model`` a fresh, memory-only store, so timed inference
     computes proposals as a new image would (the training run may have cached them on disk)."""
     for module in model.modules():
-        if isinstance(getattr(module, "proposal_cache", None), TensorCache):
+        if isinstance(module, CachesProposals):
             module.proposal_cache = TensorCache(None)
 
 
 def external_proposal_recall(model: nn.Module, dataset) -> ProposalRecall | None:
-    """Recall at IoU 0.5 / 0.7 of a model's own proposals (``model.proposals(image)``, R-CNN and
-    Fast R-CNN) on ``dataset``'s images, in the model's input pixels; None for other models."""
-    propose = getattr(model, "proposals", None)
-    return dataset_proposal_recall(propose, dataset) if callable(propose) else None
+    """Recall at IoU 0.5 / 0.7 of a model's own proposals (``ProposesRegions.proposals(image)``,
+    R-CNN and Fast R-CNN) on ``dataset``'s images, in the model's input pixels; None for other models."""
+    return dataset_proposal_recall(model.proposals, dataset) if isinstance(model, ProposesRegions) else None

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from cvcore.models.candidates import CandidateCounter
+from cvcore.models.proposals import TensorCache
 
 
 def test_candidate_counter():
@@ -15,6 +16,7 @@ def test_candidate_counter():
         def __init__(self):
             super().__init__()
             self.proposals_seen = [99]
+            self.proposal_cache = TensorCache(None)  # with proposals_seen: CachesProposals (cvcore.models.capabilities)
 
     rec = Recording()
     counter = CandidateCounter(rec)

@@ -2,7 +2,8 @@
 
 Each model is built small (``img_size`` 32 for classifiers, 64 for detectors), runs forward in
 train mode (loss or logits, with a backward pass) and in eval mode on CPU, and its outputs have
-the shapes docs/ARCHITECTURE.md §4 documents.
+the shapes docs/ARCHITECTURE.md §4 documents. Each satisfies exactly the capability protocols
+(cvcore.models.capabilities) its registry entry claims, and their members work.
 """
 
 from __future__ import annotations
@@ -13,6 +14,12 @@ import pytest
 import torch
 
 from cvcore.models import build_model, list_models, model_spec
+from cvcore.models.capabilities import (
+    CAPABILITIES, CachesProposals, Finetunable, GridDetector, Postprocessable, ProposesRegions, Transferable, TrunkSource,
+    capabilities_of,
+)  # fmt: skip
+from cvcore.models.pretrained import TorchvisionSource
+from cvcore.models.proposals import TensorCache
 
 K = 3
 STABLE_NAMES = [
@@ -95,3 +102,87 @@ def test_duplicate_registration_is_an_error():
 
     with pytest.raises(ValueError, match="already registered"):
         register_model("resnet18", task="classification")(lambda num_classes: None)
+
+
+def _check_finetunable(model, image):
+    params = {id(p) for p in model.parameters()}
+    assert isinstance(model.backbone, torch.nn.Module) and {id(p) for p in model.backbone.parameters()} <= params
+    assert model.backbone_stages
+    for paths in model.backbone_stages.values():
+        for path in paths:
+            model.backbone.get_submodule(path)  # AttributeError when a stage names a missing module
+
+
+def _check_transferable(model, image):
+    keys = list(model.state_dict())
+    assert all(isinstance(s, TorchvisionSource) for s in model.torchvision_sources)
+    renames = list(model.transfer_renames) + [r for s in model.torchvision_sources for r in s.renames]
+    for old, new in renames:
+        assert isinstance(old, str) and any(k.startswith(new) for k in keys), (old, new)
+
+
+def _check_postprocessable(model, image):
+    model.eval()
+    with torch.no_grad():
+        model.set_postprocess(score_threshold=0.0, max_detections=5)
+        assert 0 < len(model([image])[0]["scores"]) <= 5  # a random start scores above 0 somewhere
+        model.set_postprocess(score_threshold=1.0)
+        assert len(model([image])[0]["scores"]) == 0
+
+
+def _check_proposes_regions(model, image):
+    boxes = model.proposals(image)
+    assert boxes.dtype == torch.float32 and boxes.dim() == 2 and boxes.shape[1] == 4 and len(boxes)
+    assert boxes.min() >= 0 and boxes[:, 0::2].max() <= image.shape[-1] and boxes[:, 1::2].max() <= image.shape[-2]
+
+
+def _check_caches_proposals(model, image):
+    assert isinstance(model.proposal_cache, TensorCache) and model.proposals_seen == []
+    model.eval()
+    with torch.no_grad():
+        model([image])
+    assert model.proposals_seen == [len(model.proposals(image))]
+    assert model.proposal_cache.hits >= 1  # the second look-up of the same image
+
+
+def _check_trunk_source(model, image):
+    assert model.feature_layer in dict(model.backbone.named_children()) and model.feature_channels > 0
+    stride = max(model.feature_cuts)
+    trunk = model.feature_extractor(stride=stride).eval()
+    with torch.no_grad():
+        assert trunk(image[None])["out"].shape[1] == model.feature_cuts[stride][1]
+
+
+def _check_grid_detector(model, image):
+    assert isinstance(model.grid, int) and model.grid >= 1 and isinstance(model.boxes_per_cell, int) and model.boxes_per_cell >= 1
+
+
+CHECKS = {
+    Finetunable: _check_finetunable, Transferable: _check_transferable, Postprocessable: _check_postprocessable,
+    ProposesRegions: _check_proposes_regions, CachesProposals: _check_caches_proposals, TrunkSource: _check_trunk_source,
+    GridDetector: _check_grid_detector,
+}  # fmt: skip
+
+
+def test_every_capability_has_a_check():
+    assert set(CHECKS) == set(CAPABILITIES)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_model_has_exactly_the_capabilities_its_entry_claims(name):
+    spec = model_spec(name)
+    size = 32 if spec.task == "classification" else 64
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=K, img_size=size)
+    assert capabilities_of(model) == spec.capabilities, name
+    image = torch.rand(3, size, size)
+    for capability in spec.capabilities:
+        CHECKS[capability](model, image)
+
+
+def test_capabilities_must_be_protocols_of_cvcore_models_capabilities():
+    from cvcore.models import register_model
+
+    with pytest.raises(ValueError, match="not capabilities"):
+        register_model("not_registered", task="detection", capabilities=(int,))
+    assert "not_registered" not in list_models()
