@@ -5,14 +5,26 @@
 (c) one linear SVM per class scores the features; (d) class-specific bounding-box regression
 on the same features refines the box; then class-wise NMS.
 
-How it trains with the one engine (``cvcore.engine.train.fit``): the CNN is a *frozen* feature
-extractor (a registry classifier with its last linear layer removed; a classifier trained
-earlier can be passed as ``pretrained``, transfer learning as in the paper's supervised
-pre-training). Only the SVMs and the box regressors are parameters. In train mode
-``model(images, targets)`` looks each image up in a feature cache (content digest of pixels +
-ground truth; on disk under ``cache_dir`` keyed by the backbone's weights digest and the proposal
-and warp settings), so the CNN runs once per training image, on the first epoch; every later
-step is linear algebra. It returns
+How it trains with the one engine (``cvcore.engine.train.fit``): the CNN is a registry classifier
+with its last linear layer removed (a classifier trained earlier can be passed as ``pretrained``,
+the paper's supervised pre-training). Two modes:
+
+- ``finetune=True`` (the registered builder's default): the paper's domain-specific fine-tuning
+  of the CNN on warped proposals, run *alongside* the SVMs instead of before them. Each step
+  samples ``finetune_regions`` regions per image (ground-truth boxes and proposals; a quarter
+  foreground, IoU >= ``finetune_fg_iou`` with an object, the rest background, torchvision's
+  ``BalancedPositiveNegativeSampler`` as in the paper's 32 + 96 windows), warps them, and trains
+  the CNN with a (K+1)-way softmax head (``loss_finetune``, cross-entropy). The SVMs and box
+  regressors learn on the same regions' features *detached* from the CNN (the CNN learns only
+  from the softmax, as in the paper); as the learning rate decays the features settle and the
+  SVMs settle on them. The softmax head is used only in training: detection scores are the SVMs'.
+- ``finetune=False``: the CNN is a *frozen* feature extractor. In train mode
+  ``model(images, targets)`` looks each image up in a feature cache (content digest of pixels +
+  ground truth; on disk under ``cache_dir`` keyed by the backbone's weights digest and the
+  proposal and warp settings), so the CNN runs once per training image, on the first epoch;
+  every later step is linear algebra.
+
+Train mode returns (plus ``loss_finetune`` when fine-tuning)
 
 - ``loss_svm``: the hinge loss of the K one-vs-rest linear SVMs with hard-negative mining (per
   class: every positive and the highest-scoring negatives of the batch, under the current
@@ -36,7 +48,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models.detection._utils import BoxCoder
+from torchvision.models.detection._utils import BalancedPositiveNegativeSampler, BoxCoder
 from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes, roi_align
 
 from cvcore.config import PartialRunConfig
@@ -238,6 +250,11 @@ class RCNN(nn.Module, Transferable, ProposesRegions, CachesProposals):
         l2: L2 regularisation of the SVMs and regressors.
         feature_norm: features are scaled to this L2 norm (the paper scales to a mean norm of 20),
             so one learning rate suits every backbone.
+        finetune: train the CNN on warped proposals (see the module docstring) instead of
+            keeping it frozen.
+        finetune_regions / finetune_fg_iou / finetune_fg_fraction: regions sampled per image
+            and step for fine-tuning, the IoU with an object from which a region is that
+            object's class (background below), and the foreground fraction of the sample.
         score_thresh / nms_thresh / detections_per_img: inference.
         chunk_size: regions per CNN batch.
     """
@@ -259,6 +276,10 @@ class RCNN(nn.Module, Transferable, ProposesRegions, CachesProposals):
         min_negatives: int = 16,
         l2: float = 1e-4,
         feature_norm: float = 20.0,
+        finetune: bool = False,
+        finetune_regions: int = 32,
+        finetune_fg_iou: float = 0.5,
+        finetune_fg_fraction: float = 0.25,
         score_thresh: float = 0.01,
         nms_thresh: float = 0.3,
         detections_per_img: int = 100,
@@ -266,7 +287,8 @@ class RCNN(nn.Module, Transferable, ProposesRegions, CachesProposals):
     ):
         super().__init__()
         self.num_classes = num_classes
-        self.features = features.eval().requires_grad_(False)
+        self.finetune = finetune
+        self.features = features.eval().requires_grad_(finetune)
         self.svm = nn.Linear(feature_dim, num_classes)
         self.bbox_reg = nn.Linear(feature_dim, num_classes * 4)
         nn.init.normal_(self.svm.weight, std=0.01)
@@ -282,6 +304,11 @@ class RCNN(nn.Module, Transferable, ProposesRegions, CachesProposals):
         self.l2, self.feature_norm = l2, feature_norm
         self.score_thresh, self.nms_thresh, self.detections_per_img = score_thresh, nms_thresh, detections_per_img
         self.chunk_size = chunk_size
+        if finetune:
+            # The fine-tuning softmax over K objects + background (index 0); training only.
+            self.finetune_cls = nn.Linear(feature_dim, num_classes + 1)
+            self.finetune_fg_iou = finetune_fg_iou
+            self.finetune_sampler = BalancedPositiveNegativeSampler(finetune_regions, finetune_fg_fraction)
         self.box_coder = BoxCoder(RCNN_BOX_WEIGHTS)
         self.proposal_cache = TensorCache(self.cache_dir / "proposals" / proposals.key() if self.cache_dir else None)
         self._feature_cache: TensorCache | None = None
@@ -298,12 +325,13 @@ class RCNN(nn.Module, Transferable, ProposesRegions, CachesProposals):
         if self.training:
             if targets is None:
                 raise ValueError("R-CNN in train mode needs targets (boxes, labels) for every image")
-            return self._losses(images, targets)
+            return self._finetune_losses(images, targets) if self.finetune else self._losses(images, targets)
         return [self._detect(image) for image in images]
 
     def train(self, mode: bool = True) -> "RCNN":
         super().train(mode)
-        self.features.eval()  # frozen: batch-norm statistics must not move either
+        if not self.finetune:
+            self.features.eval()  # frozen: batch-norm statistics must not move either
         return self
 
     # -- training ----------------------------------------------------------------------------
@@ -329,12 +357,51 @@ class RCNN(nn.Module, Transferable, ProposesRegions, CachesProposals):
             reg_feats.append(f_prop[reg.index])
             reg_labels.append(reg.labels)
             reg_targets.append(reg.targets)
-        scores = self.svm(torch.cat(feats))
-        loss_svm = svm_hinge_loss(
-            scores, torch.cat(labels), negatives_per_positive=self.negatives_per_positive, min_negatives=self.min_negatives
-        )
-        loss_svm = loss_svm + 0.5 * self.l2 * self.svm.weight.pow(2).sum()
-        return {"loss_svm": loss_svm, "loss_box_reg": self._box_loss(torch.cat(reg_feats), torch.cat(reg_labels), torch.cat(reg_targets))}
+        return {
+            "loss_svm": self._svm_loss(torch.cat(feats), torch.cat(labels)),
+            "loss_box_reg": self._box_loss(torch.cat(reg_feats), torch.cat(reg_labels), torch.cat(reg_targets)),
+        }
+
+    def _finetune_losses(self, images: list[torch.Tensor], targets: list[dict]) -> dict[str, torch.Tensor]:
+        """One step of fine-tuning (the CNN, by softmax) with the SVMs and regressors beside it."""
+        crops, classes, svm_targets, reg_index, reg_labels, reg_targets = [], [], [], [], [], []
+        offset = 0
+        for image, target in zip(images, targets):
+            gt_boxes = torch.as_tensor(target["boxes"]).as_subclass(torch.Tensor).to(image.device, torch.float32).reshape(-1, 4)
+            gt_labels = torch.as_tensor(target["labels"]).to(image.device).long()
+            boxes = torch.cat([gt_boxes, self.proposals(image)])
+            if len(gt_boxes):
+                best, match = box_iou(boxes, gt_boxes).max(dim=1)
+                cls = torch.where(best >= self.finetune_fg_iou, gt_labels[match] + 1, 0)
+            else:
+                cls = torch.zeros(len(boxes), dtype=torch.int64, device=image.device)
+            (fg,), (bg,) = self.finetune_sampler([torch.where(cls > 0, 1, 0)])
+            keep = (fg | bg).bool()
+            boxes, cls = boxes[keep], cls[keep]
+            crops.append(warp_regions(image, boxes, size=self.warp_size, context_pad=self.context_pad))
+            classes.append(cls)
+            svm_targets.append(
+                svm_labels(boxes, gt_boxes, gt_labels, num_classes=self.num_classes, pos_iou=self.svm_pos_iou, neg_iou=self.svm_neg_iou)
+            )
+            reg = regression_targets(boxes, gt_boxes, gt_labels, min_iou=self.reg_min_iou, box_coder=self.box_coder)
+            reg_index.append(reg.index + offset)
+            reg_labels.append(reg.labels)
+            reg_targets.append(reg.targets)
+            offset += len(boxes)
+        raw = self.features(torch.cat(crops)).flatten(1)  # [N, D], gradients reach the CNN
+        loss_finetune = F.cross_entropy(self.finetune_cls(raw), torch.cat(classes))
+        f = self._normalise(raw.detach())
+        return {
+            "loss_finetune": loss_finetune,
+            "loss_svm": self._svm_loss(f, torch.cat(svm_targets)),
+            "loss_box_reg": self._box_loss(f[torch.cat(reg_index)], torch.cat(reg_labels), torch.cat(reg_targets)),
+        }
+
+    def _svm_loss(self, feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Hinge loss with hard negatives of the K SVMs on normalised ``feats [N, D]`` plus their L2."""
+        scores = self.svm(feats)
+        loss = svm_hinge_loss(scores, labels, negatives_per_positive=self.negatives_per_positive, min_negatives=self.min_negatives)
+        return loss + 0.5 * self.l2 * self.svm.weight.pow(2).sum()
 
     def _box_loss(self, feats: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         reg = 0.5 * self.l2 * self.bbox_reg.weight.pow(2).sum()
@@ -450,6 +517,10 @@ def build_rcnn(
     negatives_per_positive: int = 3,
     min_negatives: int = 16,
     l2: float = 1e-4,
+    finetune: bool = False,
+    finetune_regions: int = 32,
+    finetune_fg_iou: float = 0.5,
+    finetune_fg_fraction: float = 0.25,
     score_thresh: float = 0.01,
     nms_thresh: float = 0.3,
     detections_per_img: int = 100,
@@ -472,7 +543,8 @@ def build_rcnn(
     model = RCNN(
         num_classes, features=features, feature_dim=dim, proposals=settings, warp_size=warp_size, context_pad=context_pad,
         cache_dir=cache_dir, svm_pos_iou=svm_pos_iou, svm_neg_iou=svm_neg_iou, reg_min_iou=reg_min_iou,
-        negatives_per_positive=negatives_per_positive, min_negatives=min_negatives, l2=l2,
+        negatives_per_positive=negatives_per_positive, min_negatives=min_negatives, l2=l2, finetune=finetune,
+        finetune_regions=finetune_regions, finetune_fg_iou=finetune_fg_iou, finetune_fg_fraction=finetune_fg_fraction,
         score_thresh=score_thresh, nms_thresh=nms_thresh, detections_per_img=detections_per_img,
     )  # fmt: skip
     return model

@@ -15,7 +15,7 @@ from torchvision.ops import box_iou
 from cvcore import schema
 from cvcore.data.torch_dataset import DetectionDataset
 from cvcore.models import build_model
-from cvcore.models.proposals import ProposalSettings
+from cvcore.models.proposals import ProposalSettings, image_key
 from cvcore.models.rcnn import (
     RCNN,
     RCNN_BOX_WEIGHTS,
@@ -192,6 +192,45 @@ def test_rcnn_trains_a_step_only_its_svms_and_regressors(shapes_detection):
     assert torch.equal(model.features.bn.running_mean, bn_before), "frozen batch-norm statistics"
     with pytest.raises(ValueError, match="targets"):
         model(images)
+
+
+def test_rcnn_finetune_trains_the_cnn_by_softmax_and_the_svms_on_detached_features(shapes_detection):
+    model = _model(finetune=True, finetune_regions=8).train()
+    assert model.features.training and all(p.requires_grad for p in model.features.parameters())
+    images, targets = _batch(shapes_detection)
+    bn_before = model.features.bn.running_mean.clone()
+    losses = model(images, targets)
+    assert set(losses) == {"loss_finetune", "loss_svm", "loss_box_reg"} and all(torch.isfinite(v) for v in losses.values())
+    assert model.features.seen == 2 * 8, "8 sampled regions per image through the CNN, no feature cache"
+    assert not torch.equal(model.features.bn.running_mean, bn_before), "the CNN's batch-norm statistics move"
+    (losses["loss_svm"] + losses["loss_box_reg"]).backward()
+    assert model.svm.weight.grad is not None and model.svm.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.features.parameters()), "SVMs and regressors learn on detached features"
+    losses["loss_finetune"].backward()
+    assert model.features.conv.weight.grad is not None and model.features.conv.weight.grad.abs().sum() > 0
+    assert model.finetune_cls.out_features == 4 + 1  # K objects + background
+    out = model.eval()(images[:1])[0]  # detection is the SVMs' and regressors', as without fine-tuning
+    assert not model.features.training and out["boxes"].shape[1] == 4 and (out["scores"] <= 1).all()
+
+
+def test_rcnn_finetune_samples_foreground_by_iou_with_an_object(monkeypatch):
+    """Regions at IoU >= 0.5 with an object are its class (1..K), the rest background (0); a quarter foreground."""
+    model = _model(finetune=True, finetune_regions=8)
+    image = torch.zeros(3, 64, 64)
+    on_object = [[0.0, 0.0, 20.0, 20.0], [1.0, 1.0, 21.0, 21.0]] * 4  # IoU 1 and 0.82 with the object
+    elsewhere = [[40.0, 40.0, 60.0, 60.0], [30.0, 0.0, 50.0, 20.0]] * 4  # IoU 0
+    model.proposal_cache.get_or_compute(image_key(image), lambda: {"boxes": torch.tensor(on_object + elsewhere)})
+    seen = []
+    cross_entropy = torch.nn.functional.cross_entropy
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", lambda logits, classes: seen.append(classes) or cross_entropy(logits, classes))
+    target = {"boxes": torch.tensor([[0.0, 0.0, 20.0, 20.0]]), "labels": torch.tensor([2])}
+    losses = model.train()([image], [target])
+    assert torch.isfinite(losses["loss_finetune"])
+    (classes,) = seen
+    assert len(classes) == 8 and sorted(classes.tolist()) == [0] * 6 + [3] * 2  # label 2 is class 3 after background
+    seen.clear()
+    model([image], [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}])  # no object: all background
+    assert seen[0].tolist() == [0] * 8
 
 
 def test_rcnn_runs_the_cnn_once_per_training_image(shapes_detection, tmp_path):
