@@ -116,6 +116,7 @@ def inference_ms(run_dir: Path, snapshot: Path, size: int, *, batch: int = 8, re
     from cvcore.data.torch_dataset import dataset_for
     from cvcore.engine.checkpoint import ema_weights, load_checkpoint
     from cvcore.models import build_model
+    from cvcore.models.capabilities import Postprocessable
 
     state = load_checkpoint(run_dir / "best.pt")
     meta = state["meta"]
@@ -128,7 +129,7 @@ def inference_ms(run_dir: Path, snapshot: Path, size: int, *, batch: int = 8, re
     model = build_model(meta["model_name"], num_classes=meta["num_classes"], img_size=size, **options)
     model.load_state_dict(ema_weights(state["ema"]) if state.get("ema") else state["model"])
     model.eval()
-    if hasattr(model, "set_postprocess"):
+    if isinstance(model, Postprocessable):
         model.set_postprocess(score_threshold=0.001, max_detections=100)
     data = dataset_for(read_snapshot(snapshot), "val", None)
     images = [F.interpolate(data[i][0].float()[None] / (255 if data[i][0].dtype == torch.uint8 else 1), size=(size, size), mode="bilinear")[0] for i in range(batch)]
