@@ -34,7 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cvcore.config import RunConfig, load_config  # noqa: E402
+from cvcore.config import PartialRunConfig, load_config  # noqa: E402
 from cvcore.data.snapshot import read_snapshot  # noqa: E402
 from cvcore.data.synthetic import make_shapes_classification, make_shapes_detection  # noqa: E402
 from cvcore.engine.callbacks import ProgressBar  # noqa: E402
@@ -69,7 +69,7 @@ def pretrain_backbone(workdir: Path, device: str) -> tuple[Path, dict]:
         data = read_snapshot(cls_path) if (cls_path / "manifest.json").is_file() else make_shapes_classification(
             cls_path, n_train=800, n_val=200, image_size=64, seed=0
         )
-        config = RunConfig.model_validate(
+        config = PartialRunConfig.model_validate(
             {
                 "data": {"snapshot": str(data.path), "img_size": 64},
                 "model": {"name": "resnet18", "options": {"small_input": False}},

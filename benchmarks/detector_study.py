@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from cvcore.config import RunConfig  # noqa: E402
+from cvcore.config import PartialRunConfig  # noqa: E402
 from cvcore.engine.run import train_run  # noqa: E402
 
 INFER_SIZES = (128, 512)
@@ -99,7 +99,7 @@ def train_one(snapshot: Path, model: str, sets: dict, out: Path) -> dict:
     raw.setdefault("data", {})["snapshot"] = str(snapshot)
     raw.setdefault("model", {})["name"] = model
     clock = EpochClock()
-    result = train_run(RunConfig.model_validate(raw), out, callbacks=[clock])
+    result = train_run(PartialRunConfig.model_validate(raw), out, callbacks=[clock])
     return {"curve": clock.rows, "best_epoch": result.best_epoch, "config": (out / "config.yaml").read_text()}
 
 

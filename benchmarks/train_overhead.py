@@ -48,7 +48,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from cvcore import schema  # noqa: E402
-from cvcore.config import RunConfig  # noqa: E402
+from cvcore.config import PartialRunConfig  # noqa: E402
 from cvcore.data.synthetic import make_shapes_classification  # noqa: E402
 from cvcore.data.torch_dataset import collate_classification  # noqa: E402
 from cvcore.engine.data import make_loaders  # noqa: E402
@@ -176,7 +176,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="cvflow-overhead-") as tmp:
         tmp = Path(tmp)
         snap = make_shapes_classification(tmp / "data", n_train=args.n_train, n_val=args.n_val, seed=0)
-        user = RunConfig.model_validate(
+        user = PartialRunConfig.model_validate(
             {"data": {"snapshot": str(snap.path), "num_workers": args.workers}, "model": {"name": args.model, "options": options},
              "train": {"device": str(device)}}  # fmt: skip
         )

@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-from cvcore.config import RunConfig  # noqa: E402
+from cvcore.config import PartialRunConfig  # noqa: E402
 from cvcore.data.synthetic import make_shapes_classification, make_shapes_detection  # noqa: E402
 from cvcore.engine.callbacks import ProgressBar  # noqa: E402
 from cvcore.engine.run import train_run  # noqa: E402
@@ -54,7 +54,7 @@ def run_one(name: str, work: Path, *, quiet: bool) -> dict:
     raw = {section: dict(values) for section, values in overrides.items()}
     raw.setdefault("data", {})["snapshot"] = str(snapshot.path)
     raw.setdefault("model", {})["name"] = name
-    config = RunConfig.model_validate(raw)
+    config = PartialRunConfig.model_validate(raw)
     start, cpu_start = time.perf_counter(), time.process_time()
     result = train_run(config, work / f"run-{name}", callbacks=[] if quiet else [ProgressBar()])
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start

@@ -183,6 +183,11 @@ class _PartialRun(_Section):
         """The model this config trains: ``model.name``, else cvflow's default model."""
         return self.model.name or CVFLOW_DEFAULTS.model.name
 
+    def settings(self) -> dict[str, dict[str, Any]]:
+        """``{section: {field: value}}`` of the fields that are set (not None), sections without any left out."""
+        dumped = self.model_dump(exclude_none=True)
+        return {section: values for section, values in dumped.items() if values}
+
 
 _PARTIAL_SECTIONS = {name: _partial(info.annotation) for name, info in RunConfig.model_fields.items()}
 PartialRunConfig = create_model(

@@ -113,7 +113,7 @@ def _run(params: ComparePipelineParams, snapshot: SnapshotRef, contenders: Seque
     settings = {
         "contenders": ",".join(params.models), "epochs": _epochs_param(params.epochs, [c.name for c in contenders]), "protocol": params.protocol, "split": split,
         "pretrained": params.pretrained or "", "device": params.device, "batch_size": params.batch_size, "grid": params.grid,
-        "overrides": repr(params.overrides) if params.overrides else "", "out": str(out),
+        "overrides": repr({name: given.settings() for name, given in params.overrides.items()}) if params.overrides else "", "out": str(out),
     }  # fmt: skip
     client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in settings.items()])
     log_dataset(client, run_id, snapshot.path, splits=sorted({"train", split} & set(snapshot.splits)))

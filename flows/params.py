@@ -246,8 +246,8 @@ class ComparePipelineParams(_Params):
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     batch_size: int = Field(8, ge=1, description="images per inference batch (the speed columns are measured with it)")
     grid: int = Field(7, ge=1, description="grid of the crowded-cell recall (YOLOv1's S)")
-    overrides: dict[str, dict[str, Any]] = Field(
-        default_factory=dict, description="per model, RunConfig sections over its defaults, e.g. {rcnn: {train: {lr: 0.01}}}"
+    overrides: dict[str, PartialRunConfig] = Field(
+        default_factory=dict, description="per model, a run config over its defaults (what is set wins), e.g. {rcnn: {train: {lr: 0.01}}}"
     )
     out: Path | None = Field(None, description="bake-off folder: runs/, predictions/, cache/, the table (default: <CVFLOW_HOME>/bakeoffs/<MLflow run id>)")
     experiment: str = Field(DEFAULT_EXPERIMENT, description="MLflow experiment of the bake-off run and its child runs")

@@ -50,6 +50,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
+from cvcore.config import PartialRunConfig
 from cvcore.data.snapshot import Snapshot
 from cvcore.metrics.tradeoff import TRADEOFF_TOLERANCE, best_tradeoff
 from tasks.evaluate import HEADLINE, TAG_HEADLINE
@@ -165,18 +166,19 @@ def train_or_reuse(
     epochs: int | None,
     pretrained: str | None,
     device: str,
-    overrides: dict[str, Any] | None = None,
+    overrides: PartialRunConfig | dict[str, Any] | None = None,
     callbacks: Iterable[Any] = (),
 ) -> Path:
-    """Train ``name`` into ``<out>/runs/<name>`` with its run defaults (``overrides``: RunConfig
-    sections laid over them) and return that folder. A finished run there is reused; an
+    """Train ``name`` into ``<out>/runs/<name>`` with its run defaults (``overrides``: a
+    PartialRunConfig, or its mapping by section, laid over them) and return that folder. A finished run there is reused; an
     interrupted one is resumed from its ``last.pt`` with its own config; one trained on other
     data or with other requested settings is refused (ValueError naming the folder)."""
-    from cvcore.config import PartialRunConfig, load_config, overlay
+    from cvcore.config import load_config, overlay
     from cvcore.engine.checkpoint import LAST
     from cvcore.engine.run import CONFIG_FILE, train_run
     from cvcore.models import model_spec
 
+    overrides = PartialRunConfig.model_validate(overrides or {})
     run_dir = Path(out) / "runs" / name
     state = run_state(run_dir)
     if state != "absent":
@@ -200,12 +202,12 @@ def train_or_reuse(
         train={"device": device, "epochs": epochs or None},
     )
     # The overrides over what the bake-off asks (options merge); train_run resolves it over the model's defaults.
-    train_run(overlay(PartialRunConfig.model_validate(overrides or {}), asked), run_dir, callbacks=callbacks)
+    train_run(overlay(overrides, asked), run_dir, callbacks=callbacks)
     return run_dir
 
 
 def _check_same_run(
-    saved, run_dir: Path, *, snapshot: Snapshot, epochs: int | None, pretrained: str | None, overrides: dict[str, Any] | None
+    saved, run_dir: Path, *, snapshot: Snapshot, epochs: int | None, pretrained: str | None, overrides: PartialRunConfig
 ) -> None:
     """Raise ValueError when the run in ``run_dir`` (its saved RunConfig ``saved``) was trained on
     other data or with other requested settings than this bake-off asks for: reusing or resuming
@@ -217,7 +219,7 @@ def _check_same_run(
         differs.append(f"{saved.train.epochs} epochs (asked: {epochs})")
     if pretrained and saved.model.pretrained != pretrained:
         differs.append(f"pretrained {saved.model.pretrained} (asked: {pretrained})")
-    for section, values in (overrides or {}).items():
+    for section, values in overrides.settings().items():
         for key, value in values.items():
             have = getattr(getattr(saved, section), key)
             if key == "options" and isinstance(value, dict):
@@ -362,7 +364,7 @@ def train_contender(
     epochs: int | None,
     pretrained: str | None,
     device: str,
-    overrides: dict[str, Any] | None,
+    overrides: PartialRunConfig | None,
     run_id: str,
     progress: bool = False,
 ) -> ContenderRun:

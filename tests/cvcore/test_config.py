@@ -125,3 +125,8 @@ def test_sources_name_the_layer_each_resolved_value_comes_from():
     assert (origin["train.epochs"], origin["train.lr"], origin["train.momentum"]) == ("user", "model", "cvflow")
     assert (origin["model.options"], origin["data.img_size"], origin["eval.protocol"]) == ("user", "model", "cvflow")
     assert set(sources(NO_SETTINGS).values()) == {"cvflow"}
+
+
+def test_settings_are_the_fields_set_by_section():
+    assert USER.settings() == {"model": {"name": "yolov1", "options": {"grid": 8}}, "train": {"epochs": 3}}
+    assert NO_SETTINGS.settings() == {}

@@ -48,6 +48,15 @@ def test_a_run_config_object_keeps_what_was_set():
     assert params.config.model_dump(exclude_unset=True) == {"model": {"name": "yolov1"}, "train": {"epochs": 2}}
 
 
+def test_bakeoff_overrides_are_partial_run_configs():
+    from flows.params import ComparePipelineParams
+
+    params = ComparePipelineParams.model_validate({"data": {"path": "x"}, "overrides": {"rcnn": {"train": {"lr": 0.01}}}})
+    assert params.overrides["rcnn"].settings() == {"train": {"lr": 0.01}}
+    with pytest.raises(ValueError, match="rcnn.train.learning_rate"):
+        ComparePipelineParams.model_validate({"data": {"path": "x"}, "overrides": {"rcnn": {"train": {"learning_rate": 0.01}}}})
+
+
 def test_train_data_may_be_a_snapshot_uri_kept_as_given(shapes_classification, tmp_path):
     from flows.train import load_data
 
