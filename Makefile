@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench clean stack stack-down stack-status
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,19 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadfile --timeout 900 -q
+
+# The team stack without Docker (deploy/stack/stack.py): PostgreSQL, a Prefect server and an MLflow
+# server on it, the deployments of deploy/prefect.yaml and a worker, all on 127.0.0.1. Settings
+# (ports, passwords) from the environment or deploy/.env; files in .cvflow/stack. Needs Debian's
+# postgresql package (apt-get install postgresql).
+stack: $(STAMP)
+	$(BIN)/python deploy/stack/stack.py up
+
+stack-status: $(STAMP)
+	$(BIN)/python deploy/stack/stack.py status
+
+stack-down:
+	$(BIN)/python deploy/stack/stack.py down
 
 clean:
 	rm -rf $(VENV) .cvflow .pytest_cache

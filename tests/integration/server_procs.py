@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -133,3 +134,38 @@ def stop(process: subprocess.Popen, *, grace: float = 15) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, signal.SIGKILL)
     process.wait(timeout=grace)
+
+
+def deployment(api: str, name: str) -> dict[str, Any]:
+    """The Prefect deployment ``<flow>/<deployment>`` as the API returns it (fails when absent)."""
+    response = httpx.get(f"{api}/deployments/name/{name}", timeout=10)
+    assert response.status_code == 200, f"deployment {name}: {response.status_code} {response.text}"
+    return response.json()
+
+
+def flow_run_logs(api: str, flow_run_id: str) -> str:
+    """The first 200 log lines of a Prefect flow run (for failure messages)."""
+    body = {"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "sort": "TIMESTAMP_ASC", "limit": 200}
+    logs = httpx.post(f"{api}/logs/filter", json=body, timeout=10).json()
+    return "\n".join(f"{log['level']:>3} {log['message']}" for log in logs)
+
+
+class MlflowRest:
+    """The MLflow tracking server's REST API (``/api/2.0/mlflow/...``), as the MLflow UI reads it."""
+
+    def __init__(self, url: str):
+        self.url = url
+
+    def get(self, endpoint: str, **params: Any) -> dict[str, Any]:
+        response = httpx.get(f"{self.url}/api/2.0/mlflow/{endpoint}", params=params, timeout=30)
+        assert response.status_code == 200, f"GET {endpoint} {params}: {response.status_code} {response.text}"
+        return response.json()
+
+    def post(self, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
+        response = httpx.post(f"{self.url}/api/2.0/mlflow/{endpoint}", json=body, timeout=30)
+        assert response.status_code == 200, f"POST {endpoint} {body}: {response.status_code} {response.text}"
+        return response.json()
+
+    def artifact_paths(self, run_id: str, path: str = "") -> set[str]:
+        files = self.get("artifacts/list", run_id=run_id, path=path).get("files", [])
+        return {f["path"] for f in files}

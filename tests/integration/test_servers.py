@@ -28,7 +28,9 @@ from urllib.parse import urlsplit
 import httpx
 import psutil
 import pytest
-from server_procs import BIN, LOOPBACK, Servers, answers, clean_env, free_port, started, wait_until
+from server_procs import BIN, LOOPBACK, MlflowRest, Servers, answers, clean_env, free_port, started, wait_until
+from server_procs import deployment as _deployment
+from server_procs import flow_run_logs as _flow_run_logs
 
 pytestmark = pytest.mark.integration
 
@@ -42,39 +44,6 @@ def _merge(base: dict[str, Any], edits: dict[str, Any]) -> dict[str, Any]:
     for key, value in edits.items():
         out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
-
-
-def _deployment(api: str, name: str) -> dict[str, Any]:
-    response = httpx.get(f"{api}/deployments/name/{name}", timeout=10)
-    assert response.status_code == 200, f"deployment {name}: {response.status_code} {response.text}"
-    return response.json()
-
-
-def _flow_run_logs(api: str, flow_run_id: str) -> str:
-    body = {"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "sort": "TIMESTAMP_ASC", "limit": 200}
-    logs = httpx.post(f"{api}/logs/filter", json=body, timeout=10).json()
-    return "\n".join(f"{log['level']:>3} {log['message']}" for log in logs)
-
-
-class MlflowRest:
-    """The MLflow tracking server's REST API (``/api/2.0/mlflow/...``), as the MLflow UI reads it."""
-
-    def __init__(self, url: str):
-        self.url = url
-
-    def get(self, endpoint: str, **params: Any) -> dict[str, Any]:
-        response = httpx.get(f"{self.url}/api/2.0/mlflow/{endpoint}", params=params, timeout=30)
-        assert response.status_code == 200, f"GET {endpoint} {params}: {response.status_code} {response.text}"
-        return response.json()
-
-    def post(self, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
-        response = httpx.post(f"{self.url}/api/2.0/mlflow/{endpoint}", json=body, timeout=30)
-        assert response.status_code == 200, f"POST {endpoint} {body}: {response.status_code} {response.text}"
-        return response.json()
-
-    def artifact_paths(self, run_id: str, path: str = "") -> set[str]:
-        files = self.get("artifacts/list", run_id=run_id, path=path).get("files", [])
-        return {f["path"] for f in files}
 
 
 def test_a_dashboard_run_of_the_served_train_pipeline_lands_in_mlflow(servers: Servers, shapes_classification, tmp_path):
