@@ -17,7 +17,7 @@ Unknown keys are errors everywhere (a typo must not silently fall back to a defa
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping, Optional
+from typing import Annotated, Any, Callable, Literal, Mapping, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
@@ -144,12 +144,28 @@ class RunConfig(_Section):
 CVFLOW_DEFAULTS = RunConfig()  # cvflow's own defaults: the last layer of every resolution
 
 
-def _no_default_in_schema(schema: dict[str, Any]) -> None:
-    # None is "unset", not a value: a form (Prefect's run form) shows the field blank, not "null".
-    schema.pop("default", None)
+def _blank_means(section: str, name: str) -> Callable[[dict[str, Any]], None]:
+    """The JSON schema of one partial field, completed when a schema is made (a form's): no
+    ``default`` (None is unset: a form shows the field blank, not "null"), and the registered
+    models' defaults for it in the description, so a form says what a blank field becomes."""
+
+    def complete(schema: dict[str, Any]) -> None:
+        from cvcore.models import list_models, model_spec  # the registry imports this module
+
+        schema.pop("default", None)
+        by_value: dict[str, list[str]] = {}
+        for model in list_models():
+            value = getattr(getattr(model_spec(model).defaults, section), name)
+            if value is not None:
+                by_value.setdefault(repr(value), []).append(model)
+        if by_value:
+            listed = "; ".join(f"{value} for {', '.join(models)}" for value, models in by_value.items())
+            schema["description"] = f"{schema.get('description', '')} [models' defaults: {listed}]"
+
+    return complete
 
 
-def _partial(section: type[_Section]) -> type[_Section]:
+def _partial(section: type[_Section], section_name: str) -> type[_Section]:
     """``section`` with every field optional and ``None`` (= unset) by default.
 
     A set value is checked with the field's own type and bounds; checks across fields (e.g.
@@ -162,7 +178,7 @@ def _partial(section: type[_Section]) -> type[_Section]:
         note = f"(blank: the model's default, else {fallback!r})"
         description = f"{info.description} {note}" if info.description else note
         annotation = Annotated[Optional[info.annotation], *info.metadata] if info.metadata else Optional[info.annotation]
-        fields[name] = (annotation, Field(None, description=description, json_schema_extra=_no_default_in_schema))
+        fields[name] = (annotation, Field(None, description=description, json_schema_extra=_blank_means(section_name, name)))
     doc = f"{section.__name__} with every field optional: None means unset (see cvcore.config.resolve)."
     return create_model(f"Partial{section.__name__}", __base__=_Section, __doc__=doc, **fields)
 
@@ -189,7 +205,7 @@ class _PartialRun(_Section):
         return {section: values for section, values in dumped.items() if values}
 
 
-_PARTIAL_SECTIONS = {name: _partial(info.annotation) for name, info in RunConfig.model_fields.items()}
+_PARTIAL_SECTIONS = {name: _partial(info.annotation, name) for name, info in RunConfig.model_fields.items()}
 PartialRunConfig = create_model(
     "PartialRunConfig",
     __base__=_PartialRun,

@@ -11,7 +11,7 @@ import copy
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field
 
 from cvcore.config import PartialRunConfig
 from tasks.refs import ModelVersionRef, PredictionsRef, SnapshotRef
@@ -29,7 +29,8 @@ def _form_schema() -> dict[str, Any]:
     """PartialRunConfig's JSON schema with its sections written in place, for the dashboard's run form.
 
     Every field is blank (None: unset) unless set, and its description says what a blank field
-    becomes: the model's default, else cvflow's (cvcore.config.resolve). The form sends blanks as
+    becomes: the model's default (each registered model's value listed), else cvflow's
+    (cvcore.config.resolve). The form sends blanks as
     null, which is unset, so a form never pins a generic default over a model's own.
     """
     schema = PartialRunConfig.model_json_schema()
@@ -46,7 +47,15 @@ def _form_schema() -> dict[str, Any]:
 
 
 # The run config of a flow's parameters: the user's PartialRunConfig, sections drawn in the form.
-FormRunConfig = Annotated[PartialRunConfig, WithJsonSchema(_form_schema())]
+class _FormSchema:
+    """Gives :func:`_form_schema` when a JSON schema is asked for (not at import: the models'
+    defaults it lists import the model registry, torch included)."""
+
+    def __get_pydantic_json_schema__(self, core_schema: Any, handler: Any) -> dict[str, Any]:
+        return _form_schema()
+
+
+FormRunConfig = Annotated[PartialRunConfig, _FormSchema()]
 
 
 class DataSource(_Params):

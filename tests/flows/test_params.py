@@ -26,6 +26,13 @@ def test_the_run_form_starts_blank_so_model_defaults_apply():
     assert "else 128" in img_size["description"] and {"type": "null"} in img_size["anyOf"]
 
 
+def test_the_form_says_what_each_model_puts_in_a_blank_field():
+    described = _config_schema()["properties"]["data"]["properties"]["img_size"]["description"]
+    detectors = f"{model_spec('yolov1').defaults.data.img_size} for "
+    assert detectors in described and "yolov1" in described.split(detectors, 1)[1].split(";")[0]
+    assert f"{model_spec('resnet18').defaults.data.img_size} for resnet18" in described
+
+
 def test_a_form_with_blank_fields_leaves_them_to_the_model(shapes_classification):
     sent = {"data": {"path": "x"}, "config": {"model": {"name": "resnet18", "pretrained": None}, "data": {"img_size": None}, "train": {"epochs": 3, "lr": None}}}
     jsonschema.validate({"params": sent}, parameter_schema(train_pipeline.fn).model_dump())  # what Prefect's server checks
