@@ -87,6 +87,8 @@ class TrainPipelineParams(_Params):
     progress: bool = Field(False, description="show training progress bars on the console")
     run_dir: Path | None = Field(None, description="training run folder (default: <CVFLOW_HOME>/checkpoints/<MLflow run id>)")
     resume: Path | None = Field(None, description="continue the training run of this last.pt (its run folder is reused)")
+    nnodes: int = Field(1, ge=1, description="machines training together (train.devices processes each); this one is node 0")
+    rdzv_endpoint: str | None = Field(None, description="HOST:PORT on this machine (node 0) where the other nodes join; needed when nnodes > 1")
     task_runner: "ThreadRunner | DaskLocalCluster | DaskScheduler | None" = Field(
         None,
         discriminator="kind",

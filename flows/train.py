@@ -110,7 +110,10 @@ def _run(params: TrainPipelineParams, snapshot: SnapshotRef, *, run_id: str, hom
     claim_run_folder(run_dir, resume=params.resume is not None)  # before the preview writes there; training locks it
     if params.preview_images:
         augment_preview(snapshot, config, run_id=run_id, out_dir=run_dir, n_preview=params.preview_images)
-    checkpoint = train_model(config, run_id=run_id, out_dir=run_dir, progress=params.progress, resume=params.resume)
+    checkpoint = train_model(
+        config, run_id=run_id, out_dir=run_dir, progress=params.progress, resume=params.resume,
+        nnodes=params.nnodes, rdzv_endpoint=params.rdzv_endpoint,
+    )  # fmt: skip
 
     predictions: dict[str, PredictionsRef] = {}
     summaries: dict[str, EvalSummary] = {}

@@ -73,20 +73,37 @@ def _show_sources(user: PartialRunConfig, resolved: RunConfig, *, client, run_id
 
 
 @task(name="train", tags=[GPU_TAG], cache_policy=NO_CACHE)
-def train_model(config: RunConfig, *, run_id: str, out_dir: Path, progress: bool = False, resume: Path | None = None) -> CheckpointRef:
+def train_model(
+    config: RunConfig,
+    *,
+    run_id: str,
+    out_dir: Path,
+    progress: bool = False,
+    resume: Path | None = None,
+    nnodes: int = 1,
+    rdzv_endpoint: str | None = None,
+) -> CheckpointRef:
     """Train ``config`` (already resolved by plan_run) into ``out_dir``; epochs go to MLflow.
 
     The run folder's ``metrics.json``, ``history.parquet`` and ``config.yaml`` are logged under
     ``training/``. ``progress`` shows the engine's progress bar on stderr (interactive runs).
     ``resume``: a ``last.pt`` to continue (the engine restores weights, optimizer and RNG).
+
+    ``train.devices`` > 1, or ``nnodes`` > 1 (this machine is node 0, the others join at
+    ``rdzv_endpoint``): data-parallel, launched by the engine through torchrun's launcher; rank 0
+    logs the epochs to MLflow; the task fails with the first failing rank's error
+    (cvcore.engine.distributed.RankFailed). The MLflow param ``world_size`` records the processes.
     """
     from cvcore import plots
     from cvcore.engine.callbacks import ProgressBar
+    from cvcore.engine.distributed import Nodes, devices_per_node
     from cvcore.engine.run import train_run
 
+    nodes = Nodes(nnodes=nnodes, node_rank=0, rdzv_endpoint=rdzv_endpoint)
     client = mlflow_client()
+    client.log_param(run_id, "world_size", devices_per_node(config.train.devices, config.train.device) * nodes.nnodes)
     callbacks = [EpochLogger(client, run_id)] + ([ProgressBar()] if progress else [])
-    result = train_run(config, out_dir, callbacks=callbacks, resume=resume)
+    result = train_run(config, out_dir, callbacks=callbacks, resume=resume, nodes=nodes)
     for file in (result.metrics_file, result.history_file, out_dir / "config.yaml"):
         if file.is_file():
             client.log_artifact(run_id, str(file), "training")

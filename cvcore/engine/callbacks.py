@@ -1,6 +1,7 @@
 """Callbacks: how code outside the engine follows a run (MLflow logging, progress, tests).
 
-A callback is any object with some of these methods; missing ones are skipped:
+A callback is any object with some of these methods; missing ones are skipped. In a data-parallel
+run the callbacks are pickled into rank 0's process and called there (only there):
 
 - ``on_fit_start(info: dict)``: ``{"epochs", "start_epoch", "steps_per_epoch", "device"}``
 - ``on_epoch_start(epoch: int, steps: int)``
@@ -41,6 +42,15 @@ class ProgressBar:
         self.console = console or Console(stderr=True)
         self._progress: Progress | None = None
         self._epochs = 0
+
+    def __getstate__(self) -> dict:
+        # A data-parallel run calls the callbacks in its rank 0 process (cvcore.engine.distributed):
+        # the bar travels there without its console (a lock and a file) and opens one on stderr.
+        return {"_epochs": self._epochs}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
+        self._epochs = state["_epochs"]
 
     def on_fit_start(self, info: dict) -> None:
         self._epochs = info["epochs"]

@@ -35,6 +35,12 @@ def train(
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N.")] = None,
     workers: Annotated[int | None, typer.Option(help="DataLoader worker processes.")] = None,
     seed: Annotated[int | None, typer.Option(help="Training seed.")] = None,
+    devices: Annotated[
+        str | None, typer.Option(help="Processes on this machine: N GPUs (or N CPU processes), auto = every GPU. --batch-size is global.")
+    ] = None,
+    nnodes: Annotated[int, typer.Option(help="Machines training together (each runs this command).")] = 1,
+    node_rank: Annotated[int, typer.Option(help="This machine's number, 0..nnodes-1; node 0 writes --out and reports to MLflow.")] = 0,
+    rdzv_endpoint: Annotated[str | None, typer.Option(help="HOST:PORT of node 0, where the nodes meet (--nnodes > 1).")] = None,
     experiment: Annotated[str, typer.Option(help="MLflow experiment.")] = "cvflow",
     registered_model: Annotated[str | None, typer.Option(help="MLflow registered model (default: <dataset>-<model>).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
@@ -45,12 +51,17 @@ def train(
     Settings come from --config, then the flags; what neither sets comes from the model's
     defaults. With --resume and nothing else, the run's own config is reused. The run folder is
     --out; the MLflow run, predictions and registered version are reported at the end.
+
+    --devices N trains on N processes (DistributedDataParallel, launched through torchrun's
+    launcher); with --nnodes > 1 every machine runs the command with its --node-rank and node 0's
+    --rdzv-endpoint: node 0 runs the pipeline, the others only train (README "Scaling out").
     """
     import json
 
     from cvcore.config import NO_SETTINGS, PartialRunConfig, load_config, overlay, partial_config
     from cvcore.data.snapshot import read_snapshot
     from cvcore.engine.checkpoint import LAST, load_checkpoint
+    from cvcore.engine.distributed import Nodes
     from cvcore.engine.run import check_run_folder, resolve_run_config
     from cvcore.engine.train import NonFiniteLossError
     from flows.params import DataSource, TrainPipelineParams
@@ -70,13 +81,20 @@ def train(
     flags = PartialRunConfig.model_validate({  # a flag not given is None: unset
         "data": {"snapshot": data, "img_size": img_size, "num_workers": workers},
         "model": {"name": model, "freeze": freeze, "pretrained": pretrained},
-        "train": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "device": device, "seed": seed},
+        "train": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "device": device, "seed": seed, "devices": _devices(devices)},
     })  # fmt: skip
     run_config = overlay(flags, base)  # the user's settings: flags over --config; the model's defaults come in plan_run
     if run_config.model.name is None:
         raise ValueError("no model: pass --model NAME (or model.name in --config)")
     if run_config.data.snapshot is None:
         raise ValueError("no dataset: pass --data SNAPSHOT (or data.snapshot in --config)")
+    nodes = Nodes(nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint)
+    if nodes.node_rank > 0:  # another machine of node 0's run: train with it, write nothing here
+        from cvcore.engine.run import join_run
+
+        join_run(run_config, nodes=nodes, resume=resume is not None)
+        console.print(f"node {nodes.node_rank} of {nodes.nnodes}: training finished (node 0 holds the run)", highlight=False)
+        return
     # --out must be a new or empty folder or a cvflow run folder no other training holds; a folder
     # of the user's files (their metrics.json, config.yaml) is refused, never written into.
     check_run_folder(out, resume=resume is not None)
@@ -89,7 +107,7 @@ def train(
     check_model_config(resolved.model, img_size=resolved.data.img_size)
     params = TrainPipelineParams(
         data=DataSource(path=run_config.data.snapshot), config=run_config, run_dir=out, resume=resume, progress=not quiet,
-        experiment=experiment, registered_model=registered_model,
+        experiment=experiment, registered_model=registered_model, nnodes=nodes.nnodes, rdzv_endpoint=nodes.rdzv_endpoint,
     )
     try:
         with prefect_settings():
@@ -111,6 +129,16 @@ def train(
     for split, preds in result.predictions.items():
         console.print(f"predictions ({split}): {preds.dir}", highlight=False, soft_wrap=True)
     console.print(f"MLflow run: {result.run_url}\nregistered: models:/{result.model.name}/{result.model.version} (@{', @'.join(result.model.aliases)})", highlight=False, soft_wrap=True)
+
+
+def _devices(value: str | None) -> int | str | None:
+    """--devices as the config holds it: a positive integer or ``"auto"`` (None: not given)."""
+    if value is None or value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"--devices must be a number of devices or auto, got {value!r}") from None
 
 
 def _fmt(value: float | None) -> str:
