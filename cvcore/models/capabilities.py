@@ -32,9 +32,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from torch import Tensor, nn
+if TYPE_CHECKING:  # annotations only: the protocols check member names, this module imports nothing
+    from torch import Tensor, nn
 
-if TYPE_CHECKING:
     from cvcore.models.pretrained import Renames, TorchvisionSource
     from cvcore.models.proposals import TensorCache
 
