@@ -266,7 +266,7 @@ def sources(user: PartialRunConfig, model_defaults: PartialRunConfig | None = No
     layers = (("user", user), ("model", model_defaults or NO_SETTINGS))
     out: dict[str, str] = {}
     for section in RunConfig.model_fields:
-        for name in getattr(CVFLOW_DEFAULTS, section).model_fields:
+        for name in RunConfig.model_fields[section].annotation.model_fields:
             given = [who for who, layer in layers if getattr(getattr(layer, section), name) is not None]
             out[f"{section}.{name}"] = given[0] if given else "cvflow"
     return out
