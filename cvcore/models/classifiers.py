@@ -132,7 +132,7 @@ def resnet_classifier(
     features = net.fc.in_features
     net.fc = nn.Identity()
     first = 1 if _small(small_input, img_size) else 4  # stride of layer1's output: after the stem (and max-pool)
-    cuts = {first * 2**i: (f"layer{i + 1}", _out_channels(getattr(net, f"layer{i + 1}"))) for i in range(4)}
+    cuts = {first * 2**i: (f"layer{i + 1}", out_channels(getattr(net, f"layer{i + 1}"))) for i in range(4)}
     stages = {"stem": ("conv1", "bn1"), **{f"layer{i}": (f"layer{i}",) for i in range(1, 5)}}
     weights = {"resnet18": tvm.ResNet18_Weights, "resnet34": tvm.ResNet34_Weights, "resnet50": tvm.ResNet50_Weights}[arch]
     return Classifier(
@@ -167,15 +167,15 @@ def vgg_classifier(
     nn.init.zeros_(head.bias)
     weights = getattr(tvm, f"{arch.upper()}_Weights")  # VGG11_Weights ... VGG19_BN_Weights
     pools = [i for i, layer in enumerate(net.features) if isinstance(layer, nn.MaxPool2d)]
-    cuts = {2 ** (k + 1): (f"features.{i}", _out_channels(net.features[:i])) for k, i in enumerate(pools)}
+    cuts = {2 ** (k + 1): (f"features.{i}", out_channels(net.features[:i])) for k, i in enumerate(pools)}
     return Classifier(
         net, head, backbone_stages=_vgg_stages(net), torchvision_weights=weights, feature_layer="features",
         feature_channels=512, feature_cuts=cuts,
     )  # fmt: skip
 
 
-def _out_channels(module: nn.Module) -> int:
-    """Output channels of a conv stack: those of its last convolution."""
+def out_channels(module: nn.Module) -> int:
+    """Output channels of a conv stack (a ResNet stage, VGG's first layers): those of its last convolution."""
     return [m for m in module.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
 
 

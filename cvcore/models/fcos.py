@@ -29,7 +29,6 @@ Nothing downloads: weights come from ``build_model(..., pretrained=...)`` after 
 from __future__ import annotations
 
 import torch
-from torch import nn
 from torchvision import models as tvm
 from torchvision.models.detection import FCOS as TorchvisionFCOS
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -40,6 +39,7 @@ from cvcore.config import PartialRunConfig
 from cvcore.models._registry import register_model
 from cvcore.models._tv_detector import RESNET_STAGES, RESNET_WEIGHTS, TorchvisionDetector, body_sources, resize_limits
 from cvcore.models.capabilities import Finetunable, Postprocessable, Transferable
+from cvcore.models.classifiers import out_channels
 
 BACKBONES = tuple(RESNET_WEIGHTS)
 _RESNET_BUILDERS = {"resnet18": tvm.resnet18, "resnet34": tvm.resnet34, "resnet50": tvm.resnet50}
@@ -128,7 +128,7 @@ def fcos(
         raise ValueError(f"fcos: anchor_sizes needs one size per level ({len(stages)} stages + the pooled level), got {anchor_sizes}")
     min_size, max_size = resize_limits(min_size, max_size, img_size)
     body = _RESNET_BUILDERS[backbone](weights=None)
-    channels = [_out_channels(getattr(body, st)) for st in stages]
+    channels = [out_channels(getattr(body, st)) for st in stages]
     fpn = BackboneWithFPN(body, {st: str(i) for i, st in enumerate(stages)}, channels, fpn_channels)
     head = FCOSHead(fpn_channels, num_anchors=1, num_classes=num_classes, num_convs=head_convs)
     with torch.no_grad():
@@ -146,9 +146,3 @@ def fcos(
     )  # fmt: skip
     sources = body_sources(RESNET_WEIGHTS[backbone])
     return FCOS(detector, backbone_stages=RESNET_STAGES, sources=sources, trainable_backbone_layers=trainable_backbone_layers)
-
-
-def _out_channels(stage: nn.Sequential) -> int:
-    """Output channels of a ResNet stage (its last block's last batch norm)."""
-    last = stage[-1]
-    return (last.bn3 if hasattr(last, "bn3") else last.bn2).num_features
