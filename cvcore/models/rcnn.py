@@ -326,7 +326,7 @@ class RCNN(nn.Module, Transferable, ProposesRegions, CachesProposals):
             if targets is None:
                 raise ValueError("R-CNN in train mode needs targets (boxes, labels) for every image")
             return self._finetune_losses(images, targets) if self.finetune else self._losses(images, targets)
-        return [self._detect(image) for image in images]
+        return self._detect(images)
 
     def train(self, mode: bool = True) -> "RCNN":
         super().train(mode)
@@ -421,14 +421,22 @@ class RCNN(nn.Module, Transferable, ProposesRegions, CachesProposals):
 
     # -- inference -------------------------------------------------------------------------
 
-    def _detect(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _detect(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        proposals = [self.proposals(image) for image in images]
+        self.proposals_seen.extend(len(p) for p in proposals)
+        # One CNN pass over the regions of the whole batch: many small per-image batches cost
+        # several times more on CPU (per-layer overhead).
+        feats = self._extract_many(images, proposals)
+        return [self._detections(image, p, f) for image, p, f in zip(images, proposals, feats)]
+
+    def _detections(self, image: torch.Tensor, proposals: torch.Tensor, feats: torch.Tensor) -> dict[str, torch.Tensor]:
+        """SVM scores, class-specific boxes and class-wise NMS of one image's ``proposals [P, 4]``
+        and their CNN features ``feats [P, D]``."""
         h, w = image.shape[-2:]
-        proposals = self.proposals(image)
-        self.proposals_seen.append(len(proposals))
         k = self.num_classes
         if len(proposals) == 0:
             return _empty_detections(image.device)
-        f = self._normalise(self._extract(image, proposals))
+        f = self._normalise(feats)
         scores = torch.sigmoid(self.svm(f))  # [P, K]
         boxes = clip_boxes_to_image(decode_class_boxes(self.bbox_reg(f), proposals, box_coder=self.box_coder), (h, w))
         labels = torch.arange(k, device=image.device).expand(len(proposals), k)
@@ -446,16 +454,27 @@ class RCNN(nn.Module, Transferable, ProposesRegions, CachesProposals):
         entry = self.proposal_cache.get_or_compute(image_key(image), lambda: {"boxes": self.proposal_settings.propose(image)})
         return entry["boxes"].to(image.device)
 
-    @torch.no_grad()
     def _extract(self, image: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-        """CNN features of the warped regions: ``float[P, D]``."""
-        if len(boxes) == 0:
-            return image.new_zeros((0, self.svm.in_features))
-        out = []
-        for chunk in boxes.split(self.chunk_size):
-            crops = warp_regions(image, chunk, size=self.warp_size, context_pad=self.context_pad)
-            out.append(self.features(crops).flatten(1).float())
-        return torch.cat(out)
+        """CNN features of the warped regions of one image: ``float[P, D]``."""
+        return self._extract_many([image], [boxes])[0]
+
+    @torch.no_grad()
+    def _extract_many(self, images: list[torch.Tensor], boxes: list[torch.Tensor]) -> list[torch.Tensor]:
+        """CNN features of the warped regions of several images, ``chunk_size`` regions per CNN
+        batch whatever image they come from: per image ``float[P_i, D]``."""
+        counts = [len(b) for b in boxes]
+        if sum(counts) == 0:
+            return [im.new_zeros((0, self.svm.in_features)) for im in images]
+        regions = [(im, b) for im, b in zip(images, boxes) for b in b.split(self.chunk_size)]
+        out, pending, size = [], [], 0
+        for i, (image, chunk) in enumerate(regions):
+            pending.append(warp_regions(image, chunk, size=self.warp_size, context_pad=self.context_pad))
+            size += len(chunk)
+            if size >= self.chunk_size or i == len(regions) - 1:
+                crops = torch.cat(pending)
+                out.extend(self.features(c).flatten(1).float() for c in crops.split(self.chunk_size))
+                pending, size = [], 0
+        return list(torch.cat(out).split(counts))
 
     def _normalise(self, feats: torch.Tensor) -> torch.Tensor:
         return F.normalize(feats.float(), dim=1) * self.feature_norm

@@ -315,3 +315,15 @@ def test_rcnn_with_sliding_windows(shapes_detection):
     out = model.eval()(images[:1])[0]
     assert model.proposals_seen == [len(windows.propose(images[0]))] == [49 + 36]  # (64 - 16) / 8 + 1 = 7 and (64 - 24) / 8 + 1 = 6 positions a side
     assert out["boxes"].shape[1] == 4 and (out["boxes"] >= 0).all() and (out["boxes"] <= 64).all()
+
+
+def test_rcnn_detects_a_batch_as_it_detects_each_image(shapes_detection):
+    """The regions of a whole batch share CNN passes (chunk_size regions each): same detections as one image at a time."""
+    model = _model(chunk_size=7).eval()
+    images, _ = _batch(shapes_detection, n=3)
+    together = model(images)
+    for image, out in zip(images, together):
+        alone = model([image])[0]
+        assert len(alone["boxes"]) > 0
+        for key in ("boxes", "labels", "scores"):
+            torch.testing.assert_close(out[key], alone[key])
