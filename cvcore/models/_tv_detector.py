@@ -21,18 +21,11 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torchvision import models as tvm
 from torchvision.models import WeightsEnum
 
 from cvcore.models.capabilities import Finetunable, Postprocessable, Transferable
 from cvcore.models.finetune import freeze_stages
 from cvcore.models.pretrained import TorchvisionSource, imagenet_weights
-
-RESNET_WEIGHTS: dict[str, type[WeightsEnum]] = {
-    "resnet18": tvm.ResNet18_Weights, "resnet34": tvm.ResNet34_Weights, "resnet50": tvm.ResNet50_Weights,
-}  # fmt: skip
-# A torchvision ResNet's stages in forward order (its stem's max-pool and ReLU have no weights).
-RESNET_STAGES: dict[str, tuple[str, ...]] = {"stem": ("conv1", "bn1"), **{f"layer{i}": (f"layer{i}",) for i in range(1, 5)}}
 
 
 def resize_limits(min_size: int | None, max_size: int | None, img_size: int | None) -> tuple[int, int]:

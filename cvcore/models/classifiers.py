@@ -34,6 +34,13 @@ from cvcore.models.pretrained import TorchvisionSource, imagenet_weights
 
 SMALL_INPUT_BELOW = 64  # px: below this the stride-32 trunks end on maps of 1-2 pixels
 
+# torchvision's ResNets (also the bodies of the FCOS and Faster R-CNN detectors): their ImageNet
+# weights, and their stages in forward order (the stem's max-pool and ReLU have no weights).
+RESNET_WEIGHTS: dict[str, type[tvm.WeightsEnum]] = {
+    "resnet18": tvm.ResNet18_Weights, "resnet34": tvm.ResNet34_Weights, "resnet50": tvm.ResNet50_Weights,
+}  # fmt: skip
+RESNET_STAGES: dict[str, tuple[str, ...]] = {"stem": ("conv1", "bn1"), **{f"layer{i}": (f"layer{i}",) for i in range(1, 5)}}
+
 # Run settings (cvcore.config.resolve uses them where a user left a field unset) that train well on the
 # built-in 32-px shapes data on 2 CPU cores. Measured with a bare loop (benchmarks/RESULTS.md,
 # "Models"): small-input ResNet-18, AdamW 1e-3, batch 32: 0.985 val accuracy after 125 steps.
@@ -133,10 +140,8 @@ def resnet_classifier(
     net.fc = nn.Identity()
     first = 1 if _small(small_input, img_size) else 4  # stride of layer1's output: after the stem (and max-pool)
     cuts = {first * 2**i: (f"layer{i + 1}", out_channels(getattr(net, f"layer{i + 1}"))) for i in range(4)}
-    stages = {"stem": ("conv1", "bn1"), **{f"layer{i}": (f"layer{i}",) for i in range(1, 5)}}
-    weights = {"resnet18": tvm.ResNet18_Weights, "resnet34": tvm.ResNet34_Weights, "resnet50": tvm.ResNet50_Weights}[arch]
     return Classifier(
-        net, nn.Linear(features, num_classes), backbone_stages=stages, torchvision_weights=weights,
+        net, nn.Linear(features, num_classes), backbone_stages=dict(RESNET_STAGES), torchvision_weights=RESNET_WEIGHTS[arch],
         feature_layer="layer4", feature_channels=features, feature_cuts=cuts,
     )  # fmt: skip
 

@@ -31,8 +31,9 @@ from torchvision.models.detection.faster_rcnn import FasterRCNN as TorchvisionFa
 
 from cvcore.config import PartialRunConfig
 from cvcore.models._registry import register_model
-from cvcore.models._tv_detector import RESNET_STAGES, RESNET_WEIGHTS, TorchvisionDetector, body_sources, resize_limits
+from cvcore.models._tv_detector import TorchvisionDetector, body_sources, resize_limits
 from cvcore.models.capabilities import Finetunable, Postprocessable, Transferable
+from cvcore.models.classifiers import RESNET_STAGES, RESNET_WEIGHTS
 from cvcore.models.pretrained import TorchvisionSource
 
 BACKBONES = ("resnet18_fpn", "resnet34_fpn", "resnet50_fpn", "mobilenet_v3_large_fpn")

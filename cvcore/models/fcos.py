@@ -37,9 +37,9 @@ from torchvision.models.detection.fcos import FCOSHead
 
 from cvcore.config import PartialRunConfig
 from cvcore.models._registry import register_model
-from cvcore.models._tv_detector import RESNET_STAGES, RESNET_WEIGHTS, TorchvisionDetector, body_sources, resize_limits
+from cvcore.models._tv_detector import TorchvisionDetector, body_sources, resize_limits
 from cvcore.models.capabilities import Finetunable, Postprocessable, Transferable
-from cvcore.models.classifiers import out_channels
+from cvcore.models.classifiers import RESNET_STAGES, RESNET_WEIGHTS, out_channels
 
 BACKBONES = tuple(RESNET_WEIGHTS)
 _RESNET_BUILDERS = {"resnet18": tvm.resnet18, "resnet34": tvm.resnet34, "resnet50": tvm.resnet50}
