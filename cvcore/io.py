@@ -170,6 +170,23 @@ def remove_temporaries(folder: str | Path, *, of: str | None = None, older_than_
 # Local paths
 
 
+def existing_output(path: str | Path, *, kind: str) -> bool:
+    """Whether an output ``path`` (a ``kind`` of file, e.g. "PNG file") already holds a regular file.
+
+    False when nothing is there; True for a regular file (links followed), which the caller
+    replaces only after checking it wrote that file itself. A folder, FIFO, device or dangling
+    link there is a ValueError naming ``path``: a rename over it would replace what is not a file.
+    """
+    path = Path(path)
+    if not (path.exists() or path.is_symlink()):
+        return False
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; give the path of the {kind} to write")
+    if not path.is_file():
+        raise ValueError(f"refusing to overwrite {path}: it exists and is not a regular file; choose another path")
+    return True
+
+
 def resolve_inside(root: str | Path, relative: str) -> Path:
     """``root / relative`` resolved, refusing anything that escapes ``root``.
 

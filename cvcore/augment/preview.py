@@ -1,7 +1,9 @@
 """The before/after preview grid: samples with their boxes and class names drawn, as one PNG.
 
 Drawing is torchvision.utils (draw_bounding_boxes, make_grid); captions are PIL text. Small
-images are enlarged (nearest neighbour) before drawing so labels stay legible.
+images are enlarged (nearest neighbour) before drawing so labels stay legible. The PNG carries a
+text chunk saying cvflow drew it (:data:`PREVIEW_MARK`), so a later preview may replace it while
+any other file at that path is refused (:func:`check_preview_target`).
 """
 
 from __future__ import annotations
@@ -11,15 +13,17 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 from torchvision.transforms.v2 import functional as F
 from torchvision.utils import draw_bounding_boxes, make_grid
 
-from cvcore.io import atomic_path
+from cvcore.io import atomic_path, existing_output
 
 # Distinct, readable colours; class k gets PALETTE[k % len(PALETTE)].
 PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#9a6324", "#800000"]
 CAPTION_PX = 14
+# The PNG text chunk (key, value) every preview carries: the mark of a file cvflow may replace.
+PREVIEW_MARK = ("cvflow", "augmentation preview")
 
 
 def to_uint8(image: torch.Tensor) -> torch.Tensor:
@@ -59,9 +63,32 @@ def write_grid(tiles: Sequence[torch.Tensor], path: str | Path, *, columns: int)
     padded = [torch.nn.functional.pad(t, (0, w - t.shape[-1], 0, h - t.shape[-2]), value=255) for t in tiles]
     grid = make_grid(torch.stack(padded), nrow=columns, padding=4, pad_value=255)
     path = Path(path)
+    mark = PngImagePlugin.PngInfo()
+    mark.add_text(*PREVIEW_MARK)
     with atomic_path(path) as tmp:
-        Image.fromarray(grid.permute(1, 2, 0).numpy()).save(tmp, format="PNG")
+        Image.fromarray(grid.permute(1, 2, 0).numpy()).save(tmp, format="PNG", pnginfo=mark)
     return path
+
+
+def check_preview_target(path: str | Path) -> None:
+    """Raise ValueError unless a preview may be written at ``path`` (writes nothing).
+
+    Fine: nothing there yet, or a preview cvflow drew (a PNG with :data:`PREVIEW_MARK`), which is
+    replaced. Anything else is refused in one line naming it and never overwritten: a user's
+    picture, a dataset's image or manifest, a folder, a FIFO or device, a link to any of these or
+    a dangling link. Only the PNG's header chunks are read.
+    """
+    if not existing_output(path, kind="PNG file"):
+        return
+    try:
+        with Image.open(path) as image:
+            ours = image.format == "PNG" and image.info.get(PREVIEW_MARK[0]) == PREVIEW_MARK[1]
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        ours = False  # not an image PIL reads: not ours to replace
+    if not ours:
+        raise ValueError(
+            f"refusing to overwrite {path}: it exists and is not a preview cvflow wrote; choose another path or remove it yourself"
+        )
 
 
 def _enlarge(img: torch.Tensor, min_side: int) -> tuple[torch.Tensor, int]:

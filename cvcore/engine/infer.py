@@ -37,7 +37,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from cvcore import schema
 from cvcore.engine.device import choose_precision, configure_threads, resolve_device
-from cvcore.io import ORPHAN_AGE_S, atomic_path, remove_temporaries
+from cvcore.io import ORPHAN_AGE_S, atomic_path, existing_output, remove_temporaries
 from cvcore.models.capabilities import Postprocessable
 
 if TYPE_CHECKING:
@@ -337,6 +337,27 @@ def row_groups(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.Table]:
         yield pa.Table.from_batches(pending)
 
 
+def check_predictions_target(path: str | Path) -> None:
+    """Raise ValueError unless a predictions file may be written at ``path`` (writes nothing).
+
+    Fine: nothing there yet, or a predictions Parquet file (the columns of the detections or
+    classifications table), which is replaced. Anything else is refused in one line naming it and
+    never overwritten: a checkpoint, a snapshot's table, any other file of the user's, a folder,
+    a FIFO or device (``/dev/null`` is replaced by a rename, not written to), a link to any of
+    these or a dangling link. Only the Parquet footer of a regular file is read.
+    """
+    if not existing_output(path, kind="predictions file"):
+        return
+    try:
+        columns = pq.read_schema(path).names
+    except (pa.ArrowException, OSError):
+        columns = None  # not Parquet (or unreadable): not ours to replace
+    if not any(columns == schema.TABLES[table].names() for table in TABLE.values()):
+        raise ValueError(
+            f"refusing to overwrite {path}: it exists and is not a cvflow predictions file; choose another path or remove it yourself"
+        )
+
+
 def write_predictions(
     batches: Iterable[pa.RecordBatch], path: str | Path, *, task: Task | None = None, unreadable: Sequence[Unreadable] = ()
 ) -> Path:
@@ -347,9 +368,11 @@ def write_predictions(
     (:func:`row_groups`). A failure midway leaves no partial file. ``unreadable`` (read once the
     last batch is written, so the list ``predict_checkpoint`` fills may be passed) goes into the
     footer's ``cvflow.unreadable`` entry. Temporaries of this file left by a killed writer over an
-    hour ago are removed first (cvcore.io.remove_temporaries).
+    hour ago are removed first (cvcore.io.remove_temporaries). An existing ``path`` is replaced
+    only when it is a predictions file (:func:`check_predictions_target`; ValueError otherwise).
     """
     path = Path(path)
+    check_predictions_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_temporaries(path.parent, of=path.name, older_than_s=ORPHAN_AGE_S)
     with atomic_path(path) as tmp:

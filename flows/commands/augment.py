@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from flows.commands._common import cli_errors, console, setup_logging
+from flows.commands._pipeline import check_output_file
 
 
 @cli_errors
@@ -30,6 +31,7 @@ def augment(
     """Show what an augmentation config does to a snapshot: a preview grid and statistics."""
     setup_logging(verbose)
     from cvcore.augment.presets import PRESETS  # heavy imports after option parsing
+    from cvcore.augment.preview import check_preview_target
     from cvcore.augment.stage import run_augment_stage
     from cvcore.config import AugmentConfig, RunConfig, load_config, resolve
     from cvcore.models import model_spec
@@ -40,6 +42,12 @@ def augment(
         raise ValueError(f"unknown preset {preset!r}; presets are {', '.join(PRESETS)}")
     if (materialize > 0) != (out is not None):
         raise ValueError("--materialize N and --out NEW_SNAPSHOT go together")
+    # Before any work: --preview replaces only a preview cvflow drew, never a user's file (an
+    # image of the snapshot, its manifest), and must not make the new snapshot's folder.
+    check_output_file(preview, "--preview")
+    check_preview_target(preview)
+    if out is not None and preview.resolve().is_relative_to(out.resolve()):
+        raise ValueError(f"--preview {preview} is inside --out {out}, the new snapshot's folder; write the preview elsewhere")
     run = RunConfig()
     if config is not None:  # what a training with this file would use: its values, else its model's defaults, else cvflow's
         user = load_config(config)

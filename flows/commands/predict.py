@@ -30,12 +30,13 @@ def predict(
 
     from cvcore.config import EvalConfig
     from cvcore.data.snapshot import read_snapshot
-    from cvcore.engine.infer import checkpoint_eval_config, num_batches, predict_checkpoint, write_predictions
+    from cvcore.engine.infer import check_predictions_target, checkpoint_eval_config, num_batches, predict_checkpoint, write_predictions
 
     from flows.commands._pipeline import check_checkpoint, check_output_file
 
     setup_logging(verbose)
     check_output_file(out, "--out")
+    check_predictions_target(out)  # an existing --out is replaced only when it holds predictions, never a user's file
     snapshot = read_snapshot(data)
     loaded = check_checkpoint(model)  # weights_only; a foreign or crafted file is refused in one line
     overrides = {k: v for k, v in {"score_threshold": score_threshold, "max_detections": max_detections}.items() if v is not None}

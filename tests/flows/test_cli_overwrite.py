@@ -1,0 +1,144 @@
+"""Hostile output paths: what a command writes never replaces a file or run the user owns.
+
+Each case gives a command an output path that already holds something else (the checkpoint being
+used, a table of the snapshot being read, a dataset image, a user's file, a FIFO, links) and
+checks that the command refuses in one line (exit 2) before any work, and that the file is
+byte-for-byte unchanged; a file cvflow wrote there itself is still replaced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from test_cli_errors import one_line_error
+from typer.testing import CliRunner
+
+from flows.cli import app
+
+runner = CliRunner()
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def snapshot(shapes_classification, tmp_path_factory) -> Path:
+    """A private copy of shapes-cls (tests here aim the commands at its files)."""
+    out = tmp_path_factory.mktemp("overwrite") / "shapes-cls"
+    shutil.copytree(shapes_classification.path, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def checkpoint(shapes_classification, tmp_path_factory) -> Path:
+    """An untrained resnet18 checkpoint for shapes-cls (16 px)."""
+    from cvcore.config import RunConfig
+    from cvcore.engine.checkpoint import save_checkpoint
+    from cvcore.models import build_model
+
+    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
+    meta = {
+        "model_name": "resnet18", "task": "classification", "num_classes": 4, "class_names": shapes_classification.class_names,
+        "img_size": 16, "options": {}, "config": RunConfig().model_dump(mode="json"),
+    }  # fmt: skip
+    save_checkpoint({"model": build_model("resnet18", num_classes=4, img_size=16).state_dict(), "meta": meta, "ema": None}, path)
+    return path
+
+
+def hostile_targets(tmp_path: Path, snapshot: Path, checkpoint: Path) -> dict[str, Path]:
+    """Paths that hold something a user owns, by what they are."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("a user's file\n")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    link = tmp_path / "link.parquet"
+    link.symlink_to(snapshot / "labels.parquet")
+    dangling = tmp_path / "dangling.parquet"
+    dangling.symlink_to(tmp_path / "nowhere")
+    image = snapshot / "images" / sorted(os.listdir(snapshot / "images"))[0]
+    return {
+        "the checkpoint": checkpoint, "a snapshot table": snapshot / "labels.parquet", "the manifest": snapshot / "manifest.json",
+        "a dataset image": image, "a user's file": notes, "a FIFO": fifo, "a link to a table": link, "a dangling link": dangling,
+    }  # fmt: skip
+
+
+def fingerprint(path: Path) -> str:
+    if path.is_symlink():
+        return f"link to {os.readlink(path)}"
+    return "fifo" if path.exists() and not path.is_file() else digest(path)
+
+
+# --- cvflow predict --out -----------------------------------------------------------------------
+
+
+def predict(checkpoint: Path, snapshot: Path, out: Path):
+    return runner.invoke(app, ["predict", "--model", str(checkpoint), "--data", str(snapshot), "--out", str(out), "--quiet"])
+
+
+def test_predict_never_overwrites_a_file_that_is_not_predictions(snapshot, checkpoint, tmp_path):
+    for what, target in hostile_targets(tmp_path, snapshot, checkpoint).items():
+        before = fingerprint(target)
+        line = one_line_error(predict(checkpoint, snapshot, target))
+        assert f"refusing to overwrite {target}" in line, what
+        assert fingerprint(target) == before, f"{what} was changed"
+    assert digest(checkpoint) and predict(checkpoint, snapshot, tmp_path / "ok.parquet").exit_code == 0  # the model still loads
+
+
+def test_predict_replaces_its_own_predictions(snapshot, checkpoint, tmp_path):
+    out = tmp_path / "preds.parquet"
+    for _ in range(2):  # the second run replaces the first run's file
+        result = predict(checkpoint, snapshot, out)
+        assert result.exit_code == 0, result.output
+    assert "predictions for" in result.stdout
+
+
+def test_write_predictions_refuses_a_foreign_file(tmp_path):
+    from cvcore.engine.infer import write_predictions
+
+    target = tmp_path / "best.pt"
+    target.write_bytes(b"weights")
+    with pytest.raises(ValueError, match="not a cvflow predictions file"):
+        write_predictions(iter(()), target, task="detection")
+    assert target.read_bytes() == b"weights"
+    written = write_predictions(iter(()), tmp_path / "p.parquet", task="detection")
+    assert write_predictions(iter(()), written, task="detection") == written  # its own file is replaced
+
+
+# --- cvflow augment --preview -------------------------------------------------------------------
+
+
+def augment(snapshot: Path, preview: Path, *extra: str):
+    return runner.invoke(app, ["augment", "--data", str(snapshot), "--preview", str(preview), "--n-stats", "4", "--n-preview", "2", *extra])
+
+
+def test_augment_preview_never_overwrites_a_users_file(snapshot, checkpoint, tmp_path):
+    for what, target in hostile_targets(tmp_path, snapshot, checkpoint).items():
+        before = fingerprint(target)
+        line = one_line_error(augment(snapshot, target))
+        assert f"refusing to overwrite {target}" in line, what
+        assert fingerprint(target) == before, f"{what} was changed"
+
+
+def test_augment_preview_replaces_its_own_preview(snapshot, tmp_path):
+    preview = tmp_path / "preview.png"
+    for _ in range(2):
+        result = augment(snapshot, preview)
+        assert result.exit_code == 0, result.output
+    from PIL import Image
+
+    from cvcore.augment.preview import PREVIEW_MARK
+
+    with Image.open(preview) as image:
+        assert image.info[PREVIEW_MARK[0]] == PREVIEW_MARK[1]
+
+
+def test_augment_preview_inside_the_new_snapshot_is_refused_before_work(snapshot, tmp_path):
+    out = tmp_path / "aug"
+    line = one_line_error(augment(snapshot, out / "preview.png", "--materialize", "1", "--out", str(out)))
+    assert "is inside --out" in line
+    assert not out.exists()
