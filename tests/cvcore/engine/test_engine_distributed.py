@@ -131,3 +131,39 @@ def test_sync_bn_needs_cuda():
         prepare_model(torch.nn.BatchNorm2d(3), Dist(rank=0, world_size=2), sync_bn=True)
     assert type(prepare_model(torch.nn.BatchNorm2d(3), Dist(), sync_bn=True)) is torch.nn.BatchNorm2d
 
+
+
+def test_two_nodes_train_one_run_that_node_0_writes(shapes_classification, tmp_path):
+    """Two "machines" on loopback (one process each): node 1 joins node 0's run at its endpoint."""
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    from cvcore.engine.run import train_run
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = RunConfig.model_validate(
+        {"data": {"snapshot": str(shapes_classification.path), "img_size": 16}, "model": {"name": "resnet18"},
+         "train": {"epochs": 1, "batch_size": 16, "device": "cpu"}}  # fmt: skip
+    )
+    endpoint = f"127.0.0.1:{port}"
+    node1 = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from cvcore.config import RunConfig; from cvcore.engine.distributed import Nodes; "
+         "from cvcore.engine.run import join_run; "
+         "join_run(RunConfig.model_validate_json(sys.argv[1]), nodes=Nodes(nnodes=2, node_rank=1, rdzv_endpoint=sys.argv[2]))",
+         config.model_dump_json(), endpoint],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        result = train_run(config, tmp_path / "run", nodes=Nodes(nnodes=2, node_rank=0, rdzv_endpoint=endpoint))
+        output, _ = node1.communicate(timeout=300)
+    finally:
+        node1.kill()
+    assert node1.returncode == 0, output
+    assert result.world_size == 2
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["world_size"] == 2
+    assert result.final_metrics["train/images"] == 64.0  # both nodes' shares of the 4 global batches
+    assert not (tmp_path / "last.pt").exists()  # node 1 wrote nothing (its working folder)
