@@ -1,8 +1,11 @@
 """Models: a registry of classifiers and detectors sharing one interface (see _registry.py).
 
 ``build_model(name, num_classes=K, pretrained=..., **options)`` builds any registered model;
-``cvcore.models.finetune`` chooses what trains. Importing this package registers the built-in
-models (each model module registers itself with ``@register_model`` when imported).
+``cvcore.models.finetune`` chooses what trains. What a model has beyond the shared interface
+(fine-tuning stages, weight transfer, settable decoding, proposals, ...) is a protocol of
+``cvcore.models.capabilities``, claimed by its registry entry (``model_spec(name).capabilities``).
+Importing this package registers the built-in models (each model module registers itself with
+``@register_model`` when imported).
 """
 
 from cvcore.models._registry import ModelSpec, list_models, model_spec, register_model
