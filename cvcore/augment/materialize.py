@@ -91,17 +91,35 @@ def materialize_split(
 
 
 def _carry_other_splits(snapshot: Snapshot, *, split: str, image_dir: Path) -> dict[str, pl.DataFrame]:
-    """Link or copy the other splits' images under ``source/``; their rows with new file names."""
+    """Link or copy the other splits' images under ``source/``; their rows with new file names.
+
+    An image goes to ``source/<its path relative to the image root, resolved>``: never the row's
+    file name as text, whose ``..`` through a link inside the root would climb out of
+    ``image_dir`` and replace a file beside the new snapshot. A row leading outside the root
+    (cvcore.io.resolve_inside) is left out with a warning, as training skips it.
+    """
     others = snapshot.images.filter(pl.col("split") != split)
+    root = snapshot.image_root.resolve()
+    names: list[str | None] = []
     for file_name in others.get_column("file_name"):
-        src, dst = snapshot.image_path(file_name), image_dir / "source" / file_name
-        dst.parent.mkdir(parents=True, exist_ok=True)
         try:
-            os.link(src, dst)
-        except OSError:  # another file system, or links not allowed: copy instead
-            shutil.copy2(src, dst)
+            src = snapshot.image_path(file_name)
+        except ValueError as exc:
+            log.warning("leaving out image %r: %s", file_name, exc)
+            names.append(None)
+            continue
+        inner = src.relative_to(root).as_posix()
+        dst = image_dir / "source" / inner
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if not dst.exists():  # two rows naming one file share it
+            try:
+                os.link(src, dst)
+            except OSError:  # another file system, or links not allowed: copy instead
+                shutil.copy2(src, dst)
+        names.append(f"source/{inner}")
+    others = others.with_columns(file_name=pl.Series(names, dtype=pl.String)).drop_nulls("file_name")
     ids = others.get_column("image_id").implode()
-    out = {"images": others.with_columns(file_name=pl.lit("source/") + pl.col("file_name"))}
+    out = {"images": others}
     if snapshot.annotations is not None:
         out["annotations"] = snapshot.annotations.filter(pl.col("image_id").is_in(ids))
     if snapshot.labels is not None:

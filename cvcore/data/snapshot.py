@@ -282,6 +282,9 @@ def read_snapshot(path: str | Path) -> Snapshot:
             f"{manifest_path}: schema version {manifest.get('schema_version')!r}, "
             f"this cvflow reads {schema.SCHEMA_VERSION}"
         )
+    problem = _manifest_problem(manifest)
+    if problem is not None:
+        raise SnapshotError(f"{manifest_path}: not a valid snapshot manifest ({problem})")
 
     def load(table: str, required: bool) -> pl.DataFrame | None:
         file = path / f"{table}.parquet"
@@ -306,6 +309,24 @@ def read_snapshot(path: str | Path) -> Snapshot:
         labels=load("labels", task == "classification"),
         quarantine=load("quarantine", False) if (path / "quarantine.parquet").exists() else schema.empty("quarantine"),
     )
+
+
+def _manifest_problem(manifest: dict) -> str | None:
+    """What is wrong with the fields of a manifest that readers use, or None.
+
+    ``name``, ``digest`` and ``image_root`` are strings and ``task`` is one of the two tasks; a
+    relative ``image_root`` stays inside the snapshot folder (no ``..`` out of it: a copied or
+    downloaded snapshot must not make readers open files beside or above it).
+    """
+    for key in ("name", "digest", "image_root"):
+        if not isinstance(manifest.get(key), str):
+            return f"{key} is {'missing' if key not in manifest else type(manifest[key]).__name__}, not a string"
+    if manifest.get("task") not in ("detection", "classification"):
+        return f"task is {str(manifest.get('task'))[:40]!r}, not 'detection' or 'classification'"
+    root = manifest["image_root"]
+    if not os.path.isabs(root) and os.path.normpath(root).split(os.sep)[0] == "..":
+        return f"the relative image root {root[:200]!r} leads outside the snapshot folder"
+    return None
 
 
 def _check_consistency(out: Path, tables: dict[str, pl.DataFrame]) -> None:

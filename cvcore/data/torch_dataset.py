@@ -7,14 +7,16 @@ are ``(image, label: int)``.
 
 Images are decoded lazily in ``__getitem__`` (EXIF orientation applied), so the datasets work with
 ``num_workers > 0``. An image that fails to decode is logged and yields ``None``; the collate
-functions drop such samples, so one bad file never kills a run.
+functions drop such samples, so one bad file never kills a run. So does a row whose file name
+leads outside the image root (``..``, an absolute path, a link out of it): it is never opened,
+and its file name and reason are kept in the dataset's ``refused`` (index → (file name, reason)).
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import polars as pl
@@ -42,6 +44,38 @@ def load_image(path: str | Path) -> torch.Tensor:
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
 
 
+def image_paths(snapshot: Snapshot, file_names: Iterable[str]) -> tuple[list[str], dict[int, tuple[str, str]]]:
+    """The absolute paths of ``file_names`` inside the snapshot's image root, and the refused ones.
+
+    A name that leads outside the root (cvcore.io.resolve_inside: ``..``, absolute, a link out)
+    gets the path ``""`` and ``(file name, reason)`` under its index in the dict; nothing else is
+    refused here.
+    """
+    paths: list[str] = []
+    refused: dict[int, tuple[str, str]] = {}
+    for index, file_name in enumerate(file_names):
+        try:
+            paths.append(str(snapshot.image_path(file_name)))
+        except ValueError as exc:
+            paths.append("")
+            refused[index] = (file_name, str(exc))
+    if refused:
+        log.warning("%s: %d image(s) whose file name leads outside the image root are skipped, e.g. %s",
+                    snapshot.path, len(refused), next(iter(refused.values()))[1])  # fmt: skip
+    return paths, refused
+
+
+def _decode(dataset, index: int) -> torch.Tensor | None:
+    """The pixels of sample ``index`` of ``dataset`` (load_image), or None, logged, when it is refused or undecodable."""
+    if index in dataset.refused:
+        return None  # never opened: warned about once when the dataset was made
+    try:
+        return load_image(dataset.paths[index])
+    except (OSError, RuntimeError, ValueError) as exc:
+        log.warning("skipping undecodable image %s: %s", dataset.paths[index], exc)
+        return None
+
+
 class DetectionDataset(torch.utils.data.Dataset):
     """One split of a detection snapshot. ``transforms(image, target) -> (image, target)``."""
 
@@ -53,7 +87,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         self.split = split
         self.transforms = transforms
         self.image_ids = imgs.get_column("image_id").to_numpy()
-        self.paths = [str(snapshot.image_path(f)) for f in imgs.get_column("file_name")]
+        self.paths, self.refused = image_paths(snapshot, imgs.get_column("file_name"))
         self.sizes = list(zip(imgs.get_column("height").to_list(), imgs.get_column("width").to_list()))
         anns = snapshot.annotations.filter(pl.col("image_id").is_in(imgs.get_column("image_id").implode()))
         # Crowd regions are not objects to learn; evaluation still sees them via the snapshot.
@@ -70,10 +104,8 @@ class DetectionDataset(torch.utils.data.Dataset):
 
     def raw(self, index: int) -> tuple[tv_tensors.Image, dict] | None:
         """The untransformed sample at ``index``, or None when the image cannot be decoded."""
-        try:
-            pixels = load_image(self.paths[index])
-        except (OSError, RuntimeError, ValueError) as exc:
-            log.warning("skipping undecodable image %s: %s", self.paths[index], exc)
+        pixels = _decode(self, index)
+        if pixels is None:
             return None
         h, w = pixels.shape[-2:]
         boxes, labels = self.targets[index]
@@ -102,17 +134,15 @@ class ClassificationDataset(torch.utils.data.Dataset):
         self.split = split
         self.transforms = transforms
         self.image_ids = imgs.get_column("image_id").to_numpy()
-        self.paths = [str(snapshot.image_path(f)) for f in imgs.get_column("file_name")]
+        self.paths, self.refused = image_paths(snapshot, imgs.get_column("file_name"))
         self.labels = imgs.get_column("category_id").to_numpy().astype(np.int64)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def raw(self, index: int) -> tuple[tv_tensors.Image, int] | None:
-        try:
-            pixels = load_image(self.paths[index])
-        except (OSError, RuntimeError, ValueError) as exc:
-            log.warning("skipping undecodable image %s: %s", self.paths[index], exc)
+        pixels = _decode(self, index)
+        if pixels is None:
             return None
         return tv_tensors.Image(pixels), int(self.labels[index])
 

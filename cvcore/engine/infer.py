@@ -428,6 +428,9 @@ def unreadable_reason(dataset: Dataset, index: int) -> str:
     """
     from cvcore.data.torch_dataset import load_image
 
+    refused = getattr(dataset, "refused", None) or {}
+    if index in refused:  # a file name leading outside the image root: never opened
+        return refused[index][1][:REASON_CHARS]
     path = _file_of(dataset, index)
     if not path:
         return "the dataset returned no sample"
@@ -439,6 +442,9 @@ def unreadable_reason(dataset: Dataset, index: int) -> str:
 
 
 def _file_of(dataset: Dataset, index: int) -> str:
+    refused = getattr(dataset, "refused", None) or {}
+    if index in refused:
+        return refused[index][0]  # the row's file name (its path was never made)
     paths = getattr(dataset, "paths", None)
     return str(paths[index]) if paths is not None else ""
 

@@ -1,0 +1,137 @@
+"""A snapshot someone else made (copied, downloaded, edited) cannot make cvflow read or write
+outside it: its manifest's fields are checked when it is read, a row whose file name leads
+outside the image root is skipped (that image alone, with its reason), and offline augmentation
+writes only inside the new snapshot whatever the file names say."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from cvcore.data.snapshot import SnapshotError, read_snapshot
+
+
+@pytest.fixture
+def copy(shapes_classification, tmp_path) -> Path:
+    out = tmp_path / "snap"
+    shutil.copytree(shapes_classification.path, out)
+    return out
+
+
+def with_manifest(folder: Path, **fields) -> None:
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (folder / "manifest.json").write_text(json.dumps(manifest | fields))
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"image_root": "../../.."}, "the relative image root '../../..' leads outside the snapshot folder"),
+        ({"image_root": "images/../../x"}, "leads outside the snapshot folder"),
+        ({"image_root": 5}, "image_root is int, not a string"),
+        ({"image_root": None}, "image_root is NoneType, not a string"),
+        ({"task": "segmentation"}, "task is 'segmentation', not 'detection' or 'classification'"),
+        ({"name": ["x"]}, "name is list, not a string"),
+        ({"digest": None}, "digest is NoneType, not a string"),
+    ],
+)
+def test_a_manifest_with_bad_fields_is_an_error_naming_it(copy, fields, message):
+    with_manifest(copy, **fields)
+    with pytest.raises(SnapshotError, match="not a valid snapshot manifest") as info:
+        read_snapshot(copy)
+    assert str(info.value).startswith(f"{copy / 'manifest.json'}: ")
+    assert message in str(info.value)
+
+
+def test_inner_and_absolute_image_roots_still_read(copy):
+    with_manifest(copy, image_root="images/../images")
+    assert read_snapshot(copy).image_root.resolve() == (copy / "images").resolve()
+    with_manifest(copy, image_root=str((copy / "images").resolve()))  # what ingest writes
+    assert read_snapshot(copy).image_root == (copy / "images").resolve()
+
+
+def escaping_rows(folder: Path, split: str) -> dict[int, str]:
+    """Give three rows of ``split`` file names that lead outside the image root; their ids -> names."""
+    (folder / "images" / "out.png").symlink_to("/etc/hostname")
+    images = pl.read_parquet(folder / "images.parquet")
+    ids = images.filter(pl.col("split") == split).get_column("image_id").head(3).to_list()
+    names = dict(zip(ids, ["../../../../etc/passwd", "/etc/passwd", "out.png"]))
+    renamed = pl.col("image_id").replace_strict(names, default=pl.col("file_name"), return_dtype=pl.String)
+    images.with_columns(file_name=renamed).write_parquet(folder / "images.parquet")
+    return names
+
+
+def test_rows_leading_outside_the_image_root_are_skipped_alone(copy):
+    from cvcore.data.torch_dataset import ClassificationDataset
+    from cvcore.engine.infer import unreadable_reason
+
+    names = escaping_rows(copy, "val")
+    dataset = ClassificationDataset(read_snapshot(copy), "val")  # was a ValueError for the whole split
+    refused = {int(dataset.image_ids[i]): dataset.refused[i] for i in dataset.refused}
+    assert {i: name for i, (name, _) in refused.items()} == names
+    for index in dataset.refused:
+        assert dataset[index] is None
+        assert "dataset root" in unreadable_reason(dataset, index) or "not a relative path" in unreadable_reason(dataset, index)
+    readable = [i for i in range(len(dataset)) if i not in dataset.refused]
+    assert len(readable) == len(dataset) - 3 and all(dataset[i] is not None for i in readable[:5])
+
+
+def test_predictions_record_the_skipped_rows(copy, tmp_path):
+    from cvcore.config import EvalConfig, RunConfig
+    from cvcore.engine.checkpoint import LoadedModel
+    from cvcore.engine.infer import predict_checkpoint, write_predictions
+    from cvcore.engine.shards import read_unreadable_shards
+    from cvcore.models import build_model
+
+    names = escaping_rows(copy, "val")
+    snapshot = read_snapshot(copy)
+    model = build_model("resnet18", num_classes=4, img_size=16)
+    meta = {
+        "model_name": "resnet18", "task": "classification", "num_classes": 4, "class_names": snapshot.class_names, "img_size": 16,
+        "options": {}, "config": RunConfig().model_dump(mode="json"),
+    }  # fmt: skip
+    run = predict_checkpoint(LoadedModel(model=model, meta=meta, path=tmp_path / "model.pt"), snapshot, "val", eval_config=EvalConfig(), batch_size=16, device="cpu")
+    path = write_predictions(run.batches, tmp_path / "p.parquet", task="classification", unreadable=run.unreadable)
+    assert pl.read_parquet(path).height == snapshot.split_images("val").height - 3
+    unreadable = read_unreadable_shards([path])
+    assert dict(unreadable.select("image_id", "file_name").iter_rows()) == names
+
+
+def test_materialize_writes_only_inside_the_new_snapshot(shapes_detection, tmp_path):
+    """A file name that resolves inside the image root through a link, but whose text climbs out
+    of ``images/source/`` in the new snapshot, once made augment overwrite a user's file beside it."""
+    from cvcore.augment.stage import run_augment_stage
+    from cvcore.config import AugmentConfig
+
+    work = tmp_path / "work"
+    src = work / "snap"
+    shutil.copytree(shapes_detection.path, src)
+    deep = src / "images" / "a" / "b" / "c" / "d" / "e"
+    deep.mkdir(parents=True)
+    (src / "images" / "deep").symlink_to(deep)
+    images = pl.read_parquet(src / "images.parquet")
+    row = images.filter(pl.col("split") == "val").row(0, named=True)
+    # Resolved, deep/../../../../../NAME is images/NAME (inside the root); joined as text to the
+    # new snapshot's temporary images/source/, it climbs source, images, the temporary, out/: work/NAME.
+    crafted = "deep/../../../../../" + row["file_name"]
+    assert (src / "images" / crafted).resolve() == (src / "images" / row["file_name"]).resolve()
+    images.with_columns(
+        file_name=pl.when(pl.col("image_id") == row["image_id"]).then(pl.lit(crafted)).otherwise(pl.col("file_name"))
+    ).write_parquet(src / "images.parquet")
+    victim = work / row["file_name"]
+    victim.parent.mkdir(parents=True, exist_ok=True)
+    victim.write_bytes(b"a user's file")
+    target = work / "out" / "aug"
+    stats = run_augment_stage(src, AugmentConfig(preset="light"), preview_path=tmp_path / "p.png", split="train", n_preview=1,
+                              n_stats=2, materialize=1, out=target, img_size=32)  # fmt: skip
+    assert victim.read_bytes() == b"a user's file"
+    assert sorted(p.name for p in work.iterdir()) == sorted(["snap", "out", victim.relative_to(work).parts[0]])
+    new = read_snapshot(stats.snapshot)
+    kept = new.images.filter(pl.col("split") == "val")
+    assert kept.height == images.filter(pl.col("split") == "val").height
+    for name in kept.get_column("file_name"):
+        assert new.image_path(name).is_file() and new.image_path(name).resolve().is_relative_to(target.resolve())
