@@ -167,3 +167,34 @@ def test_two_nodes_train_one_run_that_node_0_writes(shapes_classification, tmp_p
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["world_size"] == 2
     assert result.final_metrics["train/images"] == 64.0  # both nodes' shares of the 4 global batches
     assert not (tmp_path / "last.pt").exists()  # node 1 wrote nothing (its working folder)
+
+
+def test_the_cause_is_the_first_rank_that_failed_not_the_peers_that_lost_it():
+    from types import SimpleNamespace
+
+    from cvcore.engine.distributed import _rank_failed
+
+    lost = {"message": "RuntimeError: [gloo/pair.cc:561] Connection closed by peer [127.0.0.1]:5000", "extraInfo": {}}
+    launcher = SimpleNamespace(failures={
+        1: SimpleNamespace(message=lost, timestamp=100, pid=11, exitcode=1),  # seen first by the launcher
+        0: SimpleNamespace(message="To enable traceback see: ...", timestamp=101, pid=10, exitcode=1),
+    })  # fmt: skip
+    recorded = [{"rank": 0, "time": 100.5, "message": "torch.OutOfMemoryError: CUDA out of memory", "traceback": None}]
+    err = _rank_failed(launcher, world=2, recorded=recorded)
+    assert str(err) == "rank 0 of 2 failed (pid 10, exit code 1): torch.OutOfMemoryError: CUDA out of memory (1 other rank(s) failed after it)"
+    killed = SimpleNamespace(failures={
+        0: SimpleNamespace(message=lost, timestamp=100, pid=10, exitcode=1),
+        1: SimpleNamespace(message="Signal 9 (SIGKILL) received by PID 11", timestamp=100, pid=11, exitcode=-9),
+    })  # fmt: skip
+    assert str(_rank_failed(killed, world=2)).startswith("rank 1 of 2 failed (pid 11, exit code -9): Signal 9 (SIGKILL)")
+
+
+def test_progress_bar_travels_to_rank_0():
+    import pickle
+
+    from cvcore.engine.callbacks import ProgressBar
+
+    bar = ProgressBar()
+    bar._epochs = 5
+    copy = pickle.loads(pickle.dumps(bar))
+    assert copy._epochs == 5 and copy.console.stderr
