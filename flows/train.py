@@ -107,7 +107,7 @@ def _run(params: TrainPipelineParams, snapshot: SnapshotRef, *, run_id: str, hom
     logged = sorted({config.data.train_split, *splits} & set(snapshot.splits))
     log_dataset(client, run_id, snapshot.path, splits=logged)
     run_dir = params.run_dir or (params.resume.parent if params.resume else home / "checkpoints" / run_id)
-    claim_run_folder(run_dir, resume=params.resume is not None)  # before the preview writes there; training locks it
+    claim_run_folder(run_dir, resume=params.resume)  # before the preview writes there; training locks it
     if params.preview_images:
         augment_preview(snapshot, config, run_id=run_id, out_dir=run_dir, n_preview=params.preview_images)
     checkpoint = train_model(

@@ -45,14 +45,16 @@ def is_run_folder(folder: str | Path) -> bool:
     return (folder / RUN_MARKER).is_file() or (folder / LAST).is_file()
 
 
-def check_run_folder(out_dir: str | Path, *, resume: bool) -> None:
+def check_run_folder(out_dir: str | Path, *, resume: bool | str | Path | None) -> None:
     """Raise unless a training may write into ``out_dir``; writes nothing.
 
-    Fine: a missing or empty folder, or a cvflow run folder (:func:`is_run_folder`) without a
-    ``last.pt`` or resumed (``resume``). Refused: a file (NotADirectoryError); a folder holding
-    files that is not a run folder, whose files a run could overwrite (FileExistsError); a run
-    folder with ``last.pt`` when not resuming (FileExistsError); a folder another training holds
-    (cvcore.engine.locks.FolderInUse).
+    ``resume``: the checkpoint being resumed (or True when resuming from one not named here;
+    False/None when not resuming). Fine: a missing or empty folder, or a cvflow run folder
+    (:func:`is_run_folder`) without a ``last.pt`` or resumed. Refused: a file
+    (NotADirectoryError); a folder holding files that is not a run folder, whose files a run could
+    overwrite (FileExistsError); a run folder with ``last.pt`` when not resuming, or when resuming
+    a checkpoint of another folder, whose run would replace this one's checkpoints and history
+    (FileExistsError); a folder another training holds (cvcore.engine.locks.FolderInUse).
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -70,9 +72,14 @@ def check_run_folder(out_dir: str | Path, *, resume: bool) -> None:
     check_not_in_use(out_dir, what="training")
     if not resume and (out_dir / LAST).exists():
         raise FileExistsError(f"{out_dir} already holds a run ({LAST}); resume it or choose another output folder")
+    if isinstance(resume, (str, Path)) and (out_dir / LAST).exists() and Path(resume).resolve().parent != out_dir.resolve():
+        raise FileExistsError(
+            f"{out_dir} holds another run ({LAST}); resuming {resume} there would overwrite it: "
+            f"resume into {Path(resume).parent} or a new folder"
+        )
 
 
-def claim_run_folder(out_dir: str | Path, *, resume: bool) -> Path:
+def claim_run_folder(out_dir: str | Path, *, resume: bool | str | Path | None) -> Path:
     """Make ``out_dir`` a run folder (created, marker written) after :func:`check_run_folder`.
 
     Call it before anything else writes into the folder (the pipeline's augmentation preview).
@@ -140,12 +147,12 @@ def train_run(
     if nodes.node_rank != 0:
         raise ValueError(f"node {nodes.node_rank} does not write the run: only node 0 calls train_run, the others join_run")
     out_dir = Path(out_dir)
-    check_run_folder(out_dir, resume=resume is not None)
+    check_run_folder(out_dir, resume=resume)
     if config.data.snapshot is None:
         raise ValueError("no dataset: set data.snapshot in the config (or --data on the command line)")
     snapshot = read_snapshot(config.data.snapshot)
     config = resolve_run_config(config, snapshot=snapshot)
-    claim_run_folder(out_dir, resume=resume is not None)
+    claim_run_folder(out_dir, resume=resume)
     with folder_lock(out_dir, what="training"):
         # Checked again under the lock: another training may have finished in this folder since.
         if resume is None and (out_dir / LAST).exists():

@@ -97,7 +97,7 @@ def train(
         return
     # --out must be a new or empty folder or a cvflow run folder no other training holds; a folder
     # of the user's files (their metrics.json, config.yaml) is refused, never written into.
-    check_run_folder(out, resume=resume is not None)
+    check_run_folder(out, resume=resume)
     # Unknown model, wrong task, missing snapshot or split, bad options or weights fail here, before any server starts.
     snapshot = read_snapshot(run_config.data.snapshot)
     resolved = resolve_run_config(run_config, snapshot=snapshot)
