@@ -14,8 +14,13 @@ Reproducibility, in three parts:
 - the workers' base seeds come from the loader's own ``torch.Generator`` (seeded with
   ``train.seed``, saved and restored by checkpoints).
 
-Workers are not persistent: each epoch starts them afresh, so the ``set_epoch`` calls the
-engine makes in the main process reach them.
+With ``data.num_workers > 0`` the workers are persistent (started once, prefetching the next
+batches while the model trains, not restarted every epoch). The ``set_epoch`` calls the engine
+makes in the main process do not reach their copies of the dataset and collate, so the epoch
+travels with the work instead: the sampler yields ``(epoch, index)`` (:class:`EpochSampler`),
+the dataset wrapper sets its epoch (and Mosaic's on/off for ``close_mosaic``) from it
+(:class:`EpochDataset`) and tags each sample with it, and the collate sets its own from the
+tags (:class:`EpochCollate`). Samples therefore stay functions of ``(seed, epoch, index)``.
 """
 
 from __future__ import annotations
@@ -83,7 +88,10 @@ def make_loaders(snapshot: Snapshot, config: RunConfig, *, rank: int = 0, world_
     pin = resolve_device(tc.device).type == "cuda"
     workers = config.data.num_workers
     # Every process uses the sampler (one process: world_size 1), so 1 and W processes shuffle alike.
-    sampler = DistributedSampler(train_set, num_replicas=world_size, rank=rank, shuffle=True, seed=tc.seed, drop_last=True)
+    sampler: Any = DistributedSampler(train_set, num_replicas=world_size, rank=rank, shuffle=True, seed=tc.seed, drop_last=True)
+    if workers > 0:  # persistent workers: the epoch travels with the indices (module docstring)
+        mosaic_until = tc.epochs - aug.close_mosaic if hasattr(train_set, "enabled") else None
+        train_set, sampler, train_collate = EpochDataset(train_set, mosaic_until=mosaic_until), EpochSampler(sampler), EpochCollate(train_collate)
     train = DataLoader(
         train_set,
         batch_size=per_device,
@@ -95,10 +103,71 @@ def make_loaders(snapshot: Snapshot, config: RunConfig, *, rank: int = 0, world_
         generator=torch.Generator().manual_seed(tc.seed),
         worker_init_fn=seed_worker,
         pin_memory=pin,
-        persistent_workers=False,  # see the module docstring: resume needs fresh workers per epoch
+        persistent_workers=workers > 0,
     )
     val = DataLoader(val_set, batch_size=per_device, shuffle=False, num_workers=workers, collate_fn=collate, pin_memory=pin)
     return Loaders(train=train, val=val)
+
+
+class EpochSampler:
+    """A sampler yielding ``(epoch, index)``: ``sampler``'s indices tagged with the current epoch."""
+
+    def __init__(self, sampler: Any):
+        self.sampler, self.epoch = sampler, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.epoch
+        return ((epoch, int(i)) for i in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+class EpochDataset(Dataset):
+    """``dataset[(epoch, index)]`` → ``(epoch, dataset[index])``, with ``dataset.set_epoch(epoch)``
+    first when the epoch changed (and Mosaic's ``enabled = epoch <= mosaic_until`` when given).
+
+    What a persistent DataLoader worker needs to follow the epochs (the module docstring).
+    """
+
+    def __init__(self, dataset: Dataset, *, mosaic_until: int | None = None):
+        self.dataset, self.mosaic_until, self.epoch = dataset, mosaic_until, None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+        if self.mosaic_until is not None:
+            self.dataset.enabled = epoch <= self.mosaic_until
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[int, Any]:
+        epoch, index = key
+        if epoch != self.epoch:
+            self.set_epoch(epoch)
+        return epoch, self.dataset[index]
+
+
+class EpochCollate:
+    """Collate ``(epoch, sample)`` pairs with ``collate``, telling it the epoch first (MixingCollate)."""
+
+    def __init__(self, collate: Callable[[list], Any]):
+        self.collate = collate
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.collate, "set_epoch"):
+            self.collate.set_epoch(epoch)
+
+    def __call__(self, batch: list[tuple[int, Any]]) -> Any:
+        if batch:
+            self.set_epoch(batch[0][0])
+        return self.collate([sample for _, sample in batch])
 
 
 def seed_worker(worker_id: int) -> None:

@@ -99,6 +99,21 @@ def test_kill_and_resume_gives_the_weights_of_a_straight_run(shapes_classificati
     assert resumed.history.drop(timing).equals(straight.history.drop(timing))
 
 
+def test_kill_and_resume_is_exact_with_persistent_workers(shapes_classification, tmp_path):
+    """Two persistent DataLoader workers (started once per loader): resume still repeats the run."""
+    config = _config(epochs=2)
+    config = config.model_copy(update={"data": config.data.model_copy(update={"num_workers": 2})})
+    straight = _fit(shapes_classification, config, tmp_path / "straight")
+    with pytest.raises(KeyboardInterrupt):
+        _fit(shapes_classification, config, tmp_path / "killed", callbacks=[KillAfter(1)])
+    resumed = _fit(shapes_classification, config, tmp_path / "killed", model=tiny_classifier(seed=123), resume=tmp_path / "killed" / "last.pt")
+    a, b = load_checkpoint(tmp_path / "straight" / "last.pt"), load_checkpoint(tmp_path / "killed" / "last.pt")
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), f"model.{key} differs after resume"
+    timing = ["train/time_s", "train/images_per_s", "train/cpu_time_s"]
+    assert resumed.history.drop(timing).equals(straight.history.drop(timing))
+
+
 def test_nan_loss_stops_with_epoch_and_step(shapes_classification, tmp_path):
     class NaNAtThirdCall(nn.Module):
         def __init__(self):
