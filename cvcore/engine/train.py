@@ -9,9 +9,10 @@ callbacks told, early stopping checked.
 
 Reproducibility: every random source (torch, numpy, python, the train DataLoader's generator) is
 seeded from ``config.train.seed`` at the start and captured in each checkpoint at the end of the
-epoch, and DataLoader workers are not persistent (they are re-seeded from the generator every
-epoch), so a run resumed from epoch k's ``last.pt`` finishes with exactly the weights of a run that
-was never interrupted (on CPU; GPU kernels are not all deterministic).
+epoch, and every sample, mix and shuffle is a function of (seed, epoch, index) however many
+(persistent) DataLoader workers make it (cvcore.engine.data), so a run resumed from epoch k's
+``last.pt`` finishes with exactly the weights of a run that was never interrupted (on CPU; GPU
+kernels are not all deterministic).
 
 Data-parallel (``dist``, cvcore.engine.distributed): every rank runs ``fit`` on its share of each
 global batch, the model wrapped in DistributedDataParallel; losses and counts are summed over the
