@@ -15,7 +15,9 @@ engine, ... after one warm-up round of each) each process runs:
 
 Both get the same memory layout and autocast, so engine / bare is the engine's own overhead;
 images/s are global (all devices) over the median round; scaling efficiency is
-images/s(N) / (N x images/s(1)); GPU memory is the largest peak allocated on any device.
+images/s(N) / (N x images/s(1)); GPU memory is the largest peak allocated on any device; CPU
+ms / img is the CPU time of all processes (every round, both modes) per image trained, the
+figure that survives a busy machine.
 
     .venv/bin/python benchmarks/gpu_train.py                              # CPU: 1 vs 2 gloo processes, small models
     .venv/bin/python benchmarks/gpu_train.py --device cuda --devices 1,2  # GPU: ResNet-50 224 px + detectors at default sizes
@@ -138,7 +140,7 @@ def measure(spec: dict[str, Any], d: Dist) -> dict[str, Any] | None:
         "model": name, "task": task, "img_size": size, "devices": d.world_size, "batch": tc.batch_size, "per_device": per_device,
         "bare_ips": statistics.median(rounds["bare"]), "engine_ips": statistics.median(rounds["engine"]),
         "bare_rounds": rounds["bare"], "engine_rounds": rounds["engine"], "gpu_mem_gib": max(memories),
-        "cpu_s": cpu, "wall_s": time.perf_counter() - wall_start, "amp": str(precision.dtype).replace("torch.", "") if precision.dtype else "fp32",
+        "cpu_s": cpu, "wall_s": time.perf_counter() - wall_start, "images": 2 * (spec["rounds"] + 1) * len(loader) * tc.batch_size, "amp": str(precision.dtype).replace("torch.", "") if precision.dtype else "fp32",
     }  # fmt: skip
 
 
@@ -217,15 +219,16 @@ def main() -> None:
 def _table(rows: list[dict[str, Any]]) -> str:
     base = {r["model"]: r for r in rows if r["devices"] == 1}
     lines = [
-        "| model | px | devices | global batch | bare img/s | engine img/s | engine / bare | scaling eff. (engine) | GPU mem GiB | CPU s | wall s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | px | devices | global batch | bare img/s | engine img/s | engine / bare | scaling eff. (engine) | GPU mem GiB | CPU ms / img | CPU s | wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         one = base.get(r["model"])
         eff = f"{r['engine_ips'] / (r['devices'] * one['engine_ips']):.2f}" if one else "—"
         lines.append(
             f"| {r['model']} | {r['img_size']} | {r['devices']} | {r['batch']} | {r['bare_ips']:.1f} | {r['engine_ips']:.1f} | "
-            f"{r['engine_ips'] / r['bare_ips']:.2f} | {eff} | {r['gpu_mem_gib']:.2f} | {r['cpu_s']:.0f} | {r['wall_s']:.0f} |"
+            f"{r['engine_ips'] / r['bare_ips']:.2f} | {eff} | {r['gpu_mem_gib']:.2f} | {1000 * r['cpu_s'] / r['images']:.0f} | "
+            f"{r['cpu_s']:.0f} | {r['wall_s']:.0f} |"
         )
     return "\n".join(lines)
 
