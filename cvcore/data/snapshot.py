@@ -300,10 +300,14 @@ def read_snapshot(path: str | Path) -> Snapshot:
         return schema.validate(frame, table, source=str(file))
 
     task = manifest.get("task")
+    images = load("images", True)
+    bad = _bad_split(images)
+    if bad is not None:
+        raise SnapshotError(f"{path / 'images.parquet'}: {bad}")
     return Snapshot(
         path=path,
         manifest=manifest,
-        images=load("images", True),
+        images=images,
         categories=load("categories", True),
         annotations=load("annotations", task == "detection"),
         labels=load("labels", task == "classification"),
@@ -329,8 +333,23 @@ def _manifest_problem(manifest: dict) -> str | None:
     return None
 
 
+def _bad_split(images: pl.DataFrame) -> str | None:
+    """What is wrong with the split names of an images table, or None.
+
+    A split name becomes a folder name (predictions, plots, materialised images), so it must be one
+    plain path component: not empty, ``.`` or ``..``, without ``/``, ``\\`` or NUL.
+    """
+    for name in images.get_column("split").unique().to_list():
+        if name in (None, "", ".", "..") or any(c in name for c in "/\\\0"):
+            return f"split name {str(name)[:80]!r} is not a plain name (it becomes a folder name); rename that split"
+    return None
+
+
 def _check_consistency(out: Path, tables: dict[str, pl.DataFrame]) -> None:
     images, cats = tables["images"], tables["categories"]
+    bad = _bad_split(images)
+    if bad is not None:
+        raise SnapshotError(f"{out}: {bad}")
     if images.get_column("image_id").is_duplicated().any():
         raise SnapshotError(f"{out}: duplicate image_id in the images table")
     k = cats.height

@@ -135,3 +135,21 @@ def test_materialize_writes_only_inside_the_new_snapshot(shapes_detection, tmp_p
     assert kept.height == images.filter(pl.col("split") == "val").height
     for name in kept.get_column("file_name"):
         assert new.image_path(name).is_file() and new.image_path(name).resolve().is_relative_to(target.resolve())
+
+
+@pytest.mark.parametrize("split", ["../../../escaped", "a/b", "..", ""])
+def test_a_split_name_that_is_not_a_plain_name_is_refused_on_read_and_write(copy, split):
+    """A split name becomes a folder (augment --materialize wrote ``images/<split>/*.png``, so
+    ``../../../escaped`` put 200 PNGs beside --out); read and write refuse it in one line."""
+    from cvcore.data.snapshot import write_snapshot
+
+    images = pl.read_parquet(copy / "images.parquet")
+    hostile = images.with_columns(split=pl.when(pl.col("split") == "val").then(pl.lit(split)).otherwise(pl.col("split")))
+    hostile.write_parquet(copy / "images.parquet")
+    with pytest.raises(SnapshotError, match="is not a plain name") as info:
+        read_snapshot(copy)
+    assert str(info.value).startswith(f"{copy / 'images.parquet'}: split name {split!r}")
+    with pytest.raises(SnapshotError, match="is not a plain name"):
+        write_snapshot(copy.parent / "new", name="x", task="classification", source_format="test", image_root="images", images=hostile,
+                       categories=pl.read_parquet(copy / "categories.parquet"), labels=pl.read_parquet(copy / "labels.parquet"))  # fmt: skip
+    assert not (copy.parent / "new").exists()
