@@ -436,7 +436,11 @@ EnvFile = Annotated[Path, typer.Option("--env-file", help="Settings file under t
 
 def _settings(env_file: Path) -> Settings:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    return Settings.load(env_file=env_file)
+    try:
+        return Settings.load(env_file=env_file)
+    except StackError as exc:
+        log.error("%s", exc)
+        raise typer.Exit(1) from None
 
 
 @app.command("up")
