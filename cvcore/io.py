@@ -170,6 +170,12 @@ def remove_temporaries(folder: str | Path, *, of: str | None = None, older_than_
 # Local paths
 
 
+def is_plain_name(name: object) -> bool:
+    """True when ``name`` is one plain path component (a split or snapshot name that becomes a
+    folder name): a non-empty string, not ``.`` or ``..``, without ``/``, ``\\`` or NUL."""
+    return isinstance(name, str) and name not in ("", ".", "..") and not any(c in name for c in "/\\\0")
+
+
 def existing_output(path: str | Path, *, kind: str) -> bool:
     """Whether an output ``path`` (a ``kind`` of file, e.g. "PNG file") already holds a regular file.
 

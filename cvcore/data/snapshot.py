@@ -26,7 +26,7 @@ from typing import Iterable, Literal
 import polars as pl
 
 from cvcore import schema
-from cvcore.io import NAME_MAX, atomic_folder, resolve_inside
+from cvcore.io import NAME_MAX, atomic_folder, is_plain_name, resolve_inside
 
 Task = Literal["detection", "classification"]
 
@@ -340,7 +340,7 @@ def _bad_split(images: pl.DataFrame) -> str | None:
     plain path component: not empty, ``.`` or ``..``, without ``/``, ``\\`` or NUL.
     """
     for name in images.get_column("split").unique().to_list():
-        if name in (None, "", ".", "..") or any(c in name for c in "/\\\0"):
+        if not is_plain_name(name):
             return f"split name {str(name)[:80]!r} is not a plain name (it becomes a folder name); rename that split"
     return None
 

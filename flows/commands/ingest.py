@@ -92,7 +92,7 @@ def ingest(
             result = run_ingest(
                 source,
                 fmt=fmt.value,
-                out=out or _home() / "snapshots" / name,
+                out=out or _default_out(name),
                 images=images,
                 val_fraction=val_fraction,
                 seed=seed,
@@ -109,6 +109,16 @@ def ingest(
     # The report holds user data (file, class and split names): no markup, no :emoji: codes.
     console.print(report_text, markup=False, emoji=False, highlight=False, soft_wrap=True)
     console.print(f"snapshot written to {snapshot.path}", markup=False, emoji=False, highlight=False, soft_wrap=True)
+
+
+def _default_out(name: str) -> Path:
+    """``$CVFLOW_HOME/snapshots/<name>``, the snapshot folder when --out is not given. ``name`` must
+    be one plain folder name (ValueError): ``../x`` or ``/x`` would put the snapshot outside."""
+    from cvcore.io import is_plain_name
+
+    if not is_plain_name(name):
+        raise ValueError(f"--name {name[:80]!r} is not a plain folder name (it names the folder under $CVFLOW_HOME/snapshots); give another --name or --out")
+    return _home() / "snapshots" / name
 
 
 def _home() -> Path:
@@ -129,7 +139,7 @@ def _synthetic(kind: str, *, out: Path | None, name: str | None, seed: int, repl
     from cvcore.data import synthetic
 
     name = name or kind
-    out = out or _home() / "snapshots" / name
+    out = out or _default_out(name)
     make = synthetic.make_shapes_detection if kind == "shapes" else synthetic.make_shapes_classification
     return make(out, seed=seed, name=name, replace=replace)
 

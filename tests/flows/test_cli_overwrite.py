@@ -142,3 +142,16 @@ def test_augment_preview_inside_the_new_snapshot_is_refused_before_work(snapshot
     line = one_line_error(augment(snapshot, out / "preview.png", "--materialize", "1", "--out", str(out)))
     assert "is inside --out" in line
     assert not out.exists()
+
+
+# --- cvflow ingest --name -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["../../escaped", "/tmp/elsewhere", "a/b", ".."])
+def test_ingest_name_must_be_a_plain_folder_name(name, tmp_path, monkeypatch):
+    """Without --out the snapshot goes to $CVFLOW_HOME/snapshots/<name>: --name ../../x wrote it outside."""
+    monkeypatch.setenv("CVFLOW_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    line = one_line_error(runner.invoke(app, ["ingest", "--synthetic", "shapes-cls", "--name", name, "--quiet"]))
+    assert f"--name {name!r} is not a plain folder name" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
