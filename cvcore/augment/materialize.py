@@ -27,6 +27,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 import torch
 from PIL import Image
@@ -37,6 +38,7 @@ from cvcore.augment.preview import to_uint8
 from cvcore.data.snapshot import Snapshot, SnapshotError, write_snapshot
 
 log = logging.getLogger(__name__)
+INT64_MAX = int(np.iinfo(np.int64).max)  # image_id and ann_id are int64
 
 
 def materialize_split(
@@ -60,6 +62,9 @@ def materialize_split(
         raise ValueError(f"copies must be at least 1, got {copies}")
     if out.exists():
         raise SnapshotError(f"{out} already exists; choose another --out or remove it")
+    _check_id_room(snapshot, "image_id", snapshot.images, copies * len(dataset))
+    if snapshot.annotations is not None:
+        _check_id_room(snapshot, "ann_id", snapshot.annotations, 0)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.materialize.", dir=out.parent))
     try:
@@ -127,6 +132,17 @@ def _carry_other_splits(snapshot: Snapshot, *, split: str, image_dir: Path) -> d
     return out
 
 
+def _check_id_room(snapshot: Snapshot, column: str, table: pl.DataFrame, needed: int) -> None:
+    """ValueError naming the snapshot when ``needed`` new ids above ``table``'s highest ``column``
+    (plus one per new box, checked as they come for annotations) would pass int64's maximum."""
+    top = table.get_column(column).max() if table.height else 0
+    if int(top) > INT64_MAX - max(needed, 1):
+        raise ValueError(
+            f"{snapshot.path}: {column} values go up to {top}, leaving no room for {max(needed, 1)} new ids below "
+            f"{INT64_MAX}; renumber the snapshot (re-ingest it) before materialising"
+        )
+
+
 def _write_copies(snapshot: Snapshot, dataset, *, split: str, copies: int, image_dir: Path) -> dict[str, pl.DataFrame]:
     source_ids = dataset.dataset.image_ids
     next_image = int(snapshot.images.get_column("image_id").max()) + 1
@@ -153,6 +169,8 @@ def _write_copies(snapshot: Snapshot, dataset, *, split: str, copies: int, image
                        "sha256": hashlib.sha256(data).hexdigest()})
         if isinstance(target, dict):
             xyxy = target["boxes"].as_subclass(torch.Tensor).double().tolist()
+            if next_ann + len(boxes) + len(xyxy) > INT64_MAX:
+                _check_id_room(snapshot, "ann_id", anns, len(boxes) + len(xyxy))
             for (x1, y1, x2, y2), cat in zip(xyxy, target["labels"].tolist()):
                 boxes.append({"ann_id": next_ann + len(boxes), "image_id": image_id, "category_id": int(cat), "x1": x1,
                               "y1": y1, "x2": x2, "y2": y2, "area": (x2 - x1) * (y2 - y1), "iscrowd": False, "difficult": False})

@@ -153,3 +153,23 @@ def test_a_split_name_that_is_not_a_plain_name_is_refused_on_read_and_write(copy
         write_snapshot(copy.parent / "new", name="x", task="classification", source_format="test", image_root="images", images=hostile,
                        categories=pl.read_parquet(copy / "categories.parquet"), labels=pl.read_parquet(copy / "labels.parquet"))  # fmt: skip
     assert not (copy.parent / "new").exists()
+
+
+def test_materialize_with_ids_at_the_int64_limit_is_one_line_before_writing(copy, tmp_path):
+    """Materialised images get ids above the snapshot's highest: at int64's maximum that overflowed
+    in polars (a traceback, after the work); now a ValueError naming the snapshot, nothing written."""
+    from cvcore.augment.stage import run_augment_stage
+    from cvcore.config import AugmentConfig
+
+    top = 2**63 - 1
+    for table in ("images", "labels"):
+        frame = pl.read_parquet(copy / f"{table}.parquet")
+        last = frame.get_column("image_id").max()
+        frame.with_columns(image_id=pl.when(pl.col("image_id") == last).then(pl.lit(top, pl.Int64)).otherwise(pl.col("image_id"))).write_parquet(
+            copy / f"{table}.parquet"
+        )
+    out = tmp_path / "aug"
+    with pytest.raises(ValueError, match=f"image_id values go up to {top}, leaving no room for"):
+        run_augment_stage(copy, AugmentConfig(preset="light"), preview_path=tmp_path / "p.png", split="train", n_preview=1, n_stats=2,
+                          materialize=1, out=out, img_size=32)  # fmt: skip
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".aug")]
