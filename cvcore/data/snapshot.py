@@ -300,17 +300,19 @@ def read_snapshot(path: str | Path) -> Snapshot:
         return schema.validate(frame, table, source=str(file))
 
     task = manifest.get("task")
-    images = load("images", True)
-    bad = _bad_split(images)
-    if bad is not None:
-        raise SnapshotError(f"{path / 'images.parquet'}: {bad}")
+    tables = {
+        "images": load("images", True),
+        "categories": load("categories", True),
+        "annotations": load("annotations", task == "detection"),
+        "labels": load("labels", task == "classification"),
+    }
+    # What write_snapshot checked, again: a copied or edited folder may break it (duplicate ids
+    # would mix two images' predictions; a split named ../x would become a folder outside).
+    _check_consistency(path, tables)
     return Snapshot(
         path=path,
         manifest=manifest,
-        images=images,
-        categories=load("categories", True),
-        annotations=load("annotations", task == "detection"),
-        labels=load("labels", task == "classification"),
+        **tables,
         quarantine=load("quarantine", False) if (path / "quarantine.parquet").exists() else schema.empty("quarantine"),
     )
 
@@ -349,9 +351,10 @@ def _check_consistency(out: Path, tables: dict[str, pl.DataFrame]) -> None:
     images, cats = tables["images"], tables["categories"]
     bad = _bad_split(images)
     if bad is not None:
-        raise SnapshotError(f"{out}: {bad}")
-    if images.get_column("image_id").is_duplicated().any():
-        raise SnapshotError(f"{out}: duplicate image_id in the images table")
+        raise SnapshotError(f"{out}: images.parquet: {bad}")
+    duplicated = images.filter(pl.col("image_id").is_duplicated()).get_column("image_id")
+    if duplicated.len():
+        raise SnapshotError(f"{out}: images.parquet: duplicate image_id {duplicated.min()} ({duplicated.n_unique()} id(s) used twice or more)")
     k = cats.height
     if sorted(cats.get_column("category_id").to_list()) != list(range(k)):
         raise SnapshotError(f"{out}: category ids must be contiguous 0..{k - 1}")
@@ -360,8 +363,9 @@ def _check_consistency(out: Path, tables: dict[str, pl.DataFrame]) -> None:
         df = tables.get(table)
         if df is None:
             continue
-        if not df.get_column("image_id").is_in(image_ids.implode()).all():
-            raise SnapshotError(f"{out}: {table} refer to image ids missing from the images table")
+        missing = df.filter(~pl.col("image_id").is_in(image_ids.implode())).get_column("image_id")
+        if missing.len():
+            raise SnapshotError(f"{out}: {table} refer to image ids missing from the images table (image_id {missing.min()})")
         cid = df.get_column("category_id")
         if df.height and (cid.min() < 0 or cid.max() >= k):
             raise SnapshotError(f"{out}: {table} have category ids outside 0..{k - 1}")

@@ -148,7 +148,7 @@ def test_a_split_name_that_is_not_a_plain_name_is_refused_on_read_and_write(copy
     hostile.write_parquet(copy / "images.parquet")
     with pytest.raises(SnapshotError, match="is not a plain name") as info:
         read_snapshot(copy)
-    assert str(info.value).startswith(f"{copy / 'images.parquet'}: split name {split!r}")
+    assert str(info.value).startswith(f"{copy}: images.parquet: split name {split!r}")
     with pytest.raises(SnapshotError, match="is not a plain name"):
         write_snapshot(copy.parent / "new", name="x", task="classification", source_format="test", image_root="images", images=hostile,
                        categories=pl.read_parquet(copy / "categories.parquet"), labels=pl.read_parquet(copy / "labels.parquet"))  # fmt: skip
@@ -173,3 +173,15 @@ def test_materialize_with_ids_at_the_int64_limit_is_one_line_before_writing(copy
         run_augment_stage(copy, AugmentConfig(preset="light"), preview_path=tmp_path / "p.png", split="train", n_preview=1, n_stats=2,
                           materialize=1, out=out, img_size=32)  # fmt: skip
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".aug")]
+
+
+def test_a_copied_snapshot_with_duplicate_image_ids_is_an_error_naming_the_id(copy):
+    """Two rows with one image_id would share predictions and ground truth; write_snapshot refused
+    them, read_snapshot read them silently."""
+    images = pl.read_parquet(copy / "images.parquet")
+    val = images.filter(pl.col("split") == "val").get_column("image_id")
+    images.with_columns(image_id=pl.when(pl.col("image_id") == val[1]).then(val[0]).otherwise(pl.col("image_id"))).write_parquet(
+        copy / "images.parquet"
+    )
+    with pytest.raises(SnapshotError, match=f"^{copy}: images.parquet: duplicate image_id {val[0]} "):
+        read_snapshot(copy)
