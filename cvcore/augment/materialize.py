@@ -35,7 +35,7 @@ from rich.console import Console
 from rich.progress import track
 
 from cvcore.augment.preview import to_uint8
-from cvcore.data.snapshot import Snapshot, SnapshotError, write_snapshot
+from cvcore.data.snapshot import Snapshot, SnapshotError, check_writable, write_snapshot
 
 log = logging.getLogger(__name__)
 INT64_MAX = int(np.iinfo(np.int64).max)  # image_id and ann_id are int64
@@ -60,8 +60,7 @@ def materialize_split(
     out = Path(out)
     if copies < 1:
         raise ValueError(f"copies must be at least 1, got {copies}")
-    if out.exists():
-        raise SnapshotError(f"{out} already exists; choose another --out or remove it")
+    check_new_folder(out)
     _check_id_room(snapshot, "image_id", snapshot.images, copies * len(dataset))
     if snapshot.annotations is not None:
         _check_id_room(snapshot, "ann_id", snapshot.annotations, 0)
@@ -130,6 +129,15 @@ def _carry_other_splits(snapshot: Snapshot, *, split: str, image_dir: Path) -> d
     if snapshot.labels is not None:
         out["labels"] = snapshot.labels.filter(pl.col("image_id").is_in(ids))
     return out
+
+
+def check_new_folder(out: str | Path) -> None:
+    """SnapshotError unless a new snapshot can be made at ``out``: nothing there (not even a
+    dangling link), a file name within the limit and a writable folder above it."""
+    out = Path(out)
+    check_writable(out)  # a name too long, a read-only or missing place: one line, before any stat that would raise
+    if out.exists() or out.is_symlink():
+        raise SnapshotError(f"{out} already exists; choose another --out or remove it")
 
 
 def _check_id_room(snapshot: Snapshot, column: str, table: pl.DataFrame, needed: int) -> None:

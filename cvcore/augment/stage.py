@@ -25,7 +25,7 @@ import torch
 from rich.console import Console
 from rich.progress import track
 
-from cvcore.augment.materialize import materialize_split
+from cvcore.augment.materialize import check_new_folder, materialize_split
 from cvcore.augment.mixing import BatchMixer
 from cvcore.augment.mosaic import Mosaic, MosaicDataset
 from cvcore.augment.pipelines import build_eval_transforms, build_train_transforms, describe_pipeline, train_steps
@@ -33,7 +33,7 @@ from cvcore.augment.preview import render_classification, render_detection, writ
 from cvcore.augment.seeding import SeededDataset, one_thread
 from cvcore.augment.stats import AugmentStats, TracedPipeline, class_counts, label_distribution, step_row
 from cvcore.config import AugmentConfig, DataConfig
-from cvcore.data.snapshot import Snapshot, SnapshotError, read_snapshot
+from cvcore.data.snapshot import Snapshot, read_snapshot
 from cvcore.data.torch_dataset import ClassificationDataset, DetectionDataset
 
 log = logging.getLogger(__name__)
@@ -66,8 +66,8 @@ def run_augment_stage(
     snap = snapshot if isinstance(snapshot, Snapshot) else read_snapshot(snapshot)
     if materialize < 0 or (materialize > 0) != (out is not None):
         raise ValueError(f"materialize={materialize} and out={out}: give both a positive count and an output folder, or neither")
-    if out is not None and Path(out).exists():  # fail before the work, not after it
-        raise SnapshotError(f"{out} already exists; choose another --out or remove it")
+    if out is not None:  # fail before the work, not after it
+        check_new_folder(out)
     if n_preview < 1 or n_stats < 1:
         raise ValueError(f"n_preview and n_stats must be at least 1, got {n_preview} and {n_stats}")
     run = _detection if snap.task == "detection" else _classification

@@ -155,3 +155,16 @@ def test_ingest_name_must_be_a_plain_folder_name(name, tmp_path, monkeypatch):
     line = one_line_error(runner.invoke(app, ["ingest", "--synthetic", "shapes-cls", "--name", name, "--quiet"]))
     assert f"--name {name!r} is not a plain folder name" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_augment_out_that_is_a_dangling_link_or_too_long_is_refused_before_work(snapshot, tmp_path):
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "nowhere")
+    preview = tmp_path / "preview.png"
+    line = one_line_error(augment(snapshot, preview, "--materialize", "1", "--out", str(dangling)))
+    assert line == f"error: {dangling} already exists; choose another --out or remove it"
+    assert dangling.is_symlink() and not (tmp_path / "nowhere").exists()
+    long = tmp_path / ("x" * 300)
+    line = one_line_error(augment(snapshot, preview, "--materialize", "1", "--out", str(long)))
+    assert "the folder name is longer than 255 bytes" in line
+    assert not preview.exists()  # refused before any work
