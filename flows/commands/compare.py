@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from flows.commands._common import cli_errors, console, setup_logging
+from flows.commands._common import UserError, cli_errors, console, setup_logging
 from flows.commands._pipeline import check_checkpoint, check_weights_file, check_writable_dir, flow_errors, prefect_settings
 
 DEFAULT_MODELS = "rcnn,fast_rcnn,faster_rcnn,yolov1,fcos"
@@ -67,6 +67,7 @@ def compare(
     resolve_device(device)  # ValueError for a bad name or a GPU this machine lacks
     check_weights_file(pretrained)  # a missing, random or crafted file (weights_only), in one line
     check_writable_dir(out, "--out")
+    check_bakeoff_folder(out)
     params = ComparePipelineParams(
         data=DataSource(path=data.resolve()), models=tuple(_spec(c) for c in contenders), epochs=per_model, split=split, protocol=protocol,
         pretrained=pretrained, device=device, batch_size=batch_size, out=out.resolve(), experiment=experiment, progress=not quiet,
@@ -77,6 +78,28 @@ def compare(
     console.print(_rich_table(table, title=f"bake-off on {snapshot.name} ({result.split}, {protocol})"))
     console.print(f"table: {result.table}, {result.markdown}\nplot: {result.figure}", highlight=False, soft_wrap=True)
     console.print(f"MLflow run: {result.run_url} (one child run per model)", highlight=False, soft_wrap=True)
+
+
+def check_bakeoff_folder(out: Path) -> None:
+    """``--out`` is new, empty, or a bake-off folder (its table, or a run cvflow trained under
+    ``runs/``); a folder of other files is refused in one line (UserError), as ``train --out`` is:
+    the bake-off would write ``bakeoff.parquet/.md/.png``, ``runs/``, ``predictions/`` and
+    ``cache/`` among them (``--out ~`` or the current folder)."""
+    from cvcore.engine.run import is_run_folder
+    from tasks.bakeoff import TABLE_FILE
+
+    if not out.is_dir() or (out / TABLE_FILE).is_file():
+        return
+    runs = out / "runs"
+    if runs.is_dir() and any(is_run_folder(run) for run in runs.iterdir() if run.is_dir()):
+        return
+    others = sorted(p.name for p in out.iterdir())
+    if others:
+        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        raise UserError(
+            f"--out {out} holds files ({shown}) but is not a bake-off folder (no {TABLE_FILE}, no run under runs/); "
+            "choose a new or empty folder"
+        )
 
 
 def _spec(contender) -> str:

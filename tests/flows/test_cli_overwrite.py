@@ -168,3 +168,36 @@ def test_augment_out_that_is_a_dangling_link_or_too_long_is_refused_before_work(
     line = one_line_error(augment(snapshot, preview, "--materialize", "1", "--out", str(long)))
     assert "the folder name is longer than 255 bytes" in line
     assert not preview.exists()  # refused before any work
+
+
+# --- cvflow compare --out -----------------------------------------------------------------------
+
+
+def test_compare_out_must_be_new_empty_or_a_bakeoff_folder(shapes_detection, tmp_path, monkeypatch):
+    """The bake-off writes bakeoff.parquet/.md/.png, runs/, predictions/ and cache/ into --out:
+    a folder of the user's files (their home, a project) is refused before any flow."""
+    monkeypatch.setenv("CVFLOW_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    started = []
+
+    def reached(params):
+        started.append(params.out)
+        raise SystemExit(7)
+
+    monkeypatch.setattr("flows.compare.compare_pipeline", reached)
+
+    def compare(out: Path):
+        return runner.invoke(app, ["compare", "--data", str(shapes_detection.path), "--out", str(out), "--models", "yolov1", "--quiet"])
+
+    mine = tmp_path / "thesis"
+    (mine / "runs").mkdir(parents=True)
+    (mine / "bakeoff.md").write_text("my notes\n")
+    line = one_line_error(compare(mine))
+    assert line.startswith(f"error: --out {mine} holds files (bakeoff.md, runs) but is not a bake-off folder")
+    assert (mine / "bakeoff.md").read_text() == "my notes\n" and not started
+    for folder in (tmp_path / "new", tmp_path / "bakeoff"):
+        if folder.name == "bakeoff":
+            folder.mkdir()
+            (folder / "bakeoff.parquet").write_bytes(b"")
+        assert compare(folder).exit_code == 7  # reached the flow
+    assert started == [(tmp_path / "new").resolve(), (tmp_path / "bakeoff").resolve()]
