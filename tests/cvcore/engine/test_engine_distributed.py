@@ -198,3 +198,12 @@ def test_progress_bar_travels_to_rank_0():
     bar._epochs = 5
     copy = pickle.loads(pickle.dumps(bar))
     assert copy._epochs == 5 and copy.console.stderr
+
+
+def test_compiled_training_saves_the_plain_models_weights(shapes_classification, tmp_path):
+    """train.compile: the forward runs through torch.compile; the checkpoint has no _orig_mod. names."""
+    config = _config(epochs=1, compile=True)
+    result = _one_process(shapes_classification, config, tmp_path / "run")
+    weights = _weights(tmp_path / "run" / "last.pt")
+    assert set(weights) == set(no_norm_classifier().state_dict())
+    assert result.final_metrics["train/loss"] > 0
