@@ -44,12 +44,13 @@ def load_image(path: str | Path) -> torch.Tensor:
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
 
 
-def image_paths(snapshot: Snapshot, file_names: Iterable[str]) -> tuple[list[str], dict[int, tuple[str, str]]]:
+def image_paths(snapshot: Snapshot, file_names: Iterable[str], *, split: str) -> tuple[list[str], dict[int, tuple[str, str]]]:
     """The absolute paths of ``file_names`` inside the snapshot's image root, and the refused ones.
 
     A name that leads outside the root (cvcore.io.resolve_inside: ``..``, absolute, a link out)
     gets the path ``""`` and ``(file name, reason)`` under its index in the dict; nothing else is
-    refused here.
+    refused here. When every name is refused the split has nothing to read: ValueError naming
+    the snapshot and the first reason (a run would otherwise "finish" on no image at all).
     """
     paths: list[str] = []
     refused: dict[int, tuple[str, str]] = {}
@@ -59,6 +60,10 @@ def image_paths(snapshot: Snapshot, file_names: Iterable[str]) -> tuple[list[str
         except ValueError as exc:
             paths.append("")
             refused[index] = (file_name, str(exc))
+    if refused and len(refused) == len(paths):
+        raise ValueError(
+            f"{snapshot.path}: every image file name of split {split!r} leads outside the image root, e.g. {refused[0][1]}"
+        )
     if refused:
         log.warning("%s: %d image(s) whose file name leads outside the image root are skipped, e.g. %s",
                     snapshot.path, len(refused), next(iter(refused.values()))[1])  # fmt: skip
@@ -87,7 +92,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         self.split = split
         self.transforms = transforms
         self.image_ids = imgs.get_column("image_id").to_numpy()
-        self.paths, self.refused = image_paths(snapshot, imgs.get_column("file_name"))
+        self.paths, self.refused = image_paths(snapshot, imgs.get_column("file_name"), split=split)
         self.sizes = list(zip(imgs.get_column("height").to_list(), imgs.get_column("width").to_list()))
         anns = snapshot.annotations.filter(pl.col("image_id").is_in(imgs.get_column("image_id").implode()))
         # Crowd regions are not objects to learn; evaluation still sees them via the snapshot.
@@ -134,7 +139,7 @@ class ClassificationDataset(torch.utils.data.Dataset):
         self.split = split
         self.transforms = transforms
         self.image_ids = imgs.get_column("image_id").to_numpy()
-        self.paths, self.refused = image_paths(snapshot, imgs.get_column("file_name"))
+        self.paths, self.refused = image_paths(snapshot, imgs.get_column("file_name"), split=split)
         self.labels = imgs.get_column("category_id").to_numpy().astype(np.int64)
 
     def __len__(self) -> int:

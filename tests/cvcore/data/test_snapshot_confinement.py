@@ -185,3 +185,16 @@ def test_a_copied_snapshot_with_duplicate_image_ids_is_an_error_naming_the_id(co
     )
     with pytest.raises(SnapshotError, match=f"^{copy}: images.parquet: duplicate image_id {val[0]} "):
         read_snapshot(copy)
+
+
+def test_a_split_whose_every_file_name_leads_outside_is_an_error(copy):
+    """Skipping rows one by one must not turn into a training that "finishes" on no image."""
+    from cvcore.data.torch_dataset import ClassificationDataset
+
+    images = pl.read_parquet(copy / "images.parquet")
+    images.with_columns(
+        file_name=pl.when(pl.col("split") == "val").then(pl.lit("../../x.png")).otherwise(pl.col("file_name"))
+    ).write_parquet(copy / "images.parquet")
+    with pytest.raises(ValueError, match=f"^{copy}: every image file name of split 'val' leads outside the image root, e.g. "):
+        ClassificationDataset(read_snapshot(copy), "val")
+    assert len(ClassificationDataset(read_snapshot(copy), "train")) > 0
