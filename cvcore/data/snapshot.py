@@ -100,6 +100,9 @@ class Snapshot:
 # manifest.json (a web app's, a tool's) lacks them.
 _MANIFEST_KEYS = ("name", "task", "schema_version", "digest", "image_root")
 _MANIFEST_MAX_BYTES = 1 << 20  # a snapshot manifest is a few hundred bytes
+# What snapshot writers put in a snapshot folder: the tables, the manifest, and the extra files of
+# snapshots that make pixels (images/, augment.json). Anything else there was put by someone else.
+_SNAPSHOT_ENTRIES = frozenset({"manifest.json", "augment.json", "images", *(f"{table}.parquet" for table in _SORT_KEYS)})
 
 
 def check_replaceable(out: str | Path, *, protected: Iterable[str | Path] = ()) -> None:
@@ -107,9 +110,11 @@ def check_replaceable(out: str | Path, *, protected: Iterable[str | Path] = ()) 
 
     ``out`` may be replaced only when it is a folder whose ``manifest.json`` is a cvflow
     snapshot's (a JSON object with the keys write_snapshot writes: name, task, schema_version,
-    digest, image_root), and when no ``protected`` path (a source being read, an image root) is
-    ``out`` itself, inside ``out``, or holds ``out`` (symlinks resolved). The message is one
-    line naming the folder and why. Nothing is read but the manifest (at most 1 MiB).
+    digest, image_root) holding nothing but what snapshot writers put there (files of the user's
+    inside, such as predictions or notes, would be deleted with it), and when no ``protected``
+    path (a source being read, an image root) is ``out`` itself, inside ``out``, or holds ``out``
+    (symlinks resolved). The message is one line naming the folder and why. Nothing is read but
+    the manifest (at most 1 MiB) and the folder's listing.
     """
     out = Path(out)
     target = out.resolve()
@@ -126,6 +131,12 @@ def check_replaceable(out: str | Path, *, protected: Iterable[str | Path] = ()) 
     why = _not_a_snapshot(out / "manifest.json")
     if why is not None:
         raise SnapshotError(f"refusing to replace {out}: it is not a cvflow snapshot ({why}); choose another --out or remove it yourself")
+    foreign = sorted(entry.name for entry in out.iterdir() if entry.name not in _SNAPSHOT_ENTRIES)
+    if foreign:  # a results file, a run, notes put inside the snapshot: replacing would delete them
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise SnapshotError(
+            f"refusing to replace {out}: it holds files a snapshot does not ({shown}); move them out or choose another --out"
+        )
 
 
 def check_out(out: str | Path, *, replace: bool, protected: Iterable[str | Path] = ()) -> None:

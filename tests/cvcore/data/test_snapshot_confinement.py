@@ -198,3 +198,17 @@ def test_a_split_whose_every_file_name_leads_outside_is_an_error(copy):
     with pytest.raises(ValueError, match=f"^{copy}: every image file name of split 'val' leads outside the image root, e.g. "):
         ClassificationDataset(read_snapshot(copy), "val")
     assert len(ClassificationDataset(read_snapshot(copy), "train")) > 0
+
+
+def test_replace_refuses_a_snapshot_holding_files_it_did_not_write(tmp_path):
+    """--replace deleted the whole folder: predictions, a bake-off or notes kept inside went with it."""
+    from cvcore.data.synthetic import make_shapes_classification
+
+    out = tmp_path / "snap"
+    make_shapes_classification(out, n_train=4, n_val=4, seed=0)
+    make_shapes_classification(out, n_train=4, n_val=4, seed=1, replace=True)  # a snapshot alone: replaced
+    (out / "notes.md").write_text("mine\n")
+    (out / "runs" / "r1").mkdir(parents=True)
+    with pytest.raises(SnapshotError, match=f"^refusing to replace {out}: it holds files a snapshot does not \\(notes.md, runs\\)"):
+        make_shapes_classification(out, n_train=4, n_val=4, seed=2, replace=True)
+    assert (out / "notes.md").read_text() == "mine\n" and (out / "runs" / "r1").is_dir()
