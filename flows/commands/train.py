@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from flows.commands._common import cli_errors, console, err_console, setup_logging
@@ -61,7 +62,7 @@ def train(
     from cvcore.config import NO_SETTINGS, PartialRunConfig, load_config, overlay, partial_config
     from cvcore.data.snapshot import read_snapshot
     from cvcore.engine.checkpoint import LAST, load_checkpoint
-    from cvcore.engine.distributed import Nodes
+    from cvcore.engine.distributed import Nodes, RankFailed
     from cvcore.engine.run import check_run_folder, resolve_run_config
     from cvcore.engine.train import NonFiniteLossError
     from flows.params import DataSource, TrainPipelineParams
@@ -92,7 +93,11 @@ def train(
     if nodes.node_rank > 0:  # another machine of node 0's run: train with it, write nothing here
         from cvcore.engine.run import join_run
 
-        join_run(run_config, nodes=nodes, resume=resume is not None)
+        try:
+            join_run(run_config, nodes=nodes, resume=resume is not None)
+        except RankFailed as exc:
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True, emoji=False)
+            raise typer.Exit(code=1) from None
         console.print(f"node {nodes.node_rank} of {nodes.nnodes}: training finished (node 0 holds the run)", highlight=False)
         return
     # --out must be a new or empty folder or a cvflow run folder no other training holds; a folder
@@ -112,8 +117,8 @@ def train(
     try:
         with prefect_settings():
             result = train_pipeline(params)
-    except NonFiniteLossError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    except (NonFiniteLossError, RankFailed) as exc:  # the run failed (not the command line): one line, exit code 1
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True, emoji=False)
         raise typer.Exit(code=1) from None
     report = json.loads((out / "metrics.json").read_text())
     title = f"{out}: best epoch {report['best_epoch']} of {report['epochs_run']}" + (" (stopped early)" if report["stopped_early"] else "")

@@ -87,9 +87,9 @@ def test_a_killed_rank_fails_the_run_with_its_cause_and_resume_finishes_it(shape
     ended = time.monotonic()
     watcher.join(timeout=5)
     assert "at" in killed, result.output
-    assert result.exit_code != 0
+    assert result.exit_code == 1
     text = _text(result)
-    assert f"of 2 failed (pid {killed['pid']}," in text and ("SIGKILL" in text or "Signal 9" in text), text
+    assert "error: rank" in text and f"of 2 failed (pid {killed['pid']}," in text and ("SIGKILL" in text or "Signal 9" in text), text
     assert ended - killed["at"] < 60
     assert not _ranks()  # no rank left behind
     done = json.loads((out / "metrics.json").read_text())["epochs_run"]
