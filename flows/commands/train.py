@@ -27,7 +27,7 @@ def train(
     model: Annotated[str | None, typer.Option("--model", help="Registered model name (see the models list).")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="run.yaml; the flags below override it.")] = None,
     epochs: Annotated[int | None, typer.Option(help="Training epochs.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Images per batch.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per batch (global: split evenly over --devices).")] = None,
     img_size: Annotated[int | None, typer.Option(help="Square input size in pixels.")] = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
     freeze: Annotated[str | None, typer.Option(help="none | backbone | from:<stage>.")] = None,
