@@ -11,9 +11,10 @@ import copy
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cvcore.config import PartialRunConfig
+from cvcore.io import is_plain_name
 from tasks.refs import ModelVersionRef, PredictionsRef, SnapshotRef
 from tasks.tracking import DEFAULT_EXPERIMENT
 
@@ -65,8 +66,16 @@ class DataSource(_Params):
     format: SourceFormat = Field("snapshot", description="'snapshot' for a folder made by cvflow; else the source format")
     images: Path | None = Field(None, description="image folder, when the format keeps images apart from annotations")
     val_fraction: float | None = Field(None, gt=0.0, lt=1.0, description="split a validation set off train when the source has none")
-    name: str | None = Field(None, description="dataset name (default: the source's name)")
+    name: str | None = Field(None, description="dataset name (default: the source's name); a plain folder name")
     seed: int = 0
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str | None) -> str | None:
+        # It names the snapshot's folder under <CVFLOW_HOME>/snapshots: ../x would put it elsewhere.
+        if name is not None and not is_plain_name(name):
+            raise ValueError(f"dataset name {name[:80]!r} is not a plain folder name (no /, \\, NUL, . or ..)")
+        return name
 
 
 class TrainPipelineParams(_Params):

@@ -18,6 +18,7 @@ from prefect.context import TaskRunContext
 from prefect.logging import get_run_logger
 
 from cvcore.data.snapshot import Snapshot, read_snapshot
+from cvcore.io import is_plain_name
 from tasks.artifacts import artifact_key
 from tasks.refs import SnapshotRef
 
@@ -66,7 +67,9 @@ def _ingest_cache_key(context: TaskRunContext, params: dict) -> str:
 
 
 def _out_dir(params: dict) -> Path:
-    name = params.get("name") or Path(params["source"]).stem or "dataset"
+    name = params.get("name") or Path(params["source"]).stem
+    if not is_plain_name(name):  # a source path ending in .. or / has no usable stem
+        name = "dataset"
     return Path(params["home"]) / "snapshots" / name / params["fingerprint"][:12]
 
 

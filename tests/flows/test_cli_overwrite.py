@@ -201,3 +201,23 @@ def test_compare_out_must_be_new_empty_or_a_bakeoff_folder(shapes_detection, tmp
             (folder / "bakeoff.parquet").write_bytes(b"")
         assert compare(folder).exit_code == 7  # reached the flow
     assert started == [(tmp_path / "new").resolve(), (tmp_path / "bakeoff").resolve()]
+
+
+# --- a pipeline's dataset name --------------------------------------------------------------------
+
+
+def test_a_pipelines_dataset_name_cannot_lead_outside_the_snapshots_folder():
+    """The ingest task writes <home>/snapshots/<name>/<fingerprint>: a form's name ../../x (or a
+    source path ending in ..) put the snapshot outside CVFLOW_HOME."""
+    from pydantic import ValidationError
+
+    from flows.params import DataSource
+    from tasks.ingest import _out_dir
+
+    for name in ("../../x", "a/b", ".."):
+        with pytest.raises(ValidationError, match="is not a plain folder name"):
+            DataSource(path=Path("data"), format="coco", name=name)
+    assert DataSource(path=Path("data"), format="coco", name="coco-2017").name == "coco-2017"
+    home = Path("/h")
+    assert _out_dir({"source": "/data/coco/..", "home": home, "fingerprint": "f" * 64}) == home / "snapshots" / "dataset" / ("f" * 12)
+    assert _out_dir({"source": "/data/coco", "home": home, "fingerprint": "f" * 64}) == home / "snapshots" / "coco" / ("f" * 12)
