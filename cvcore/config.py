@@ -307,9 +307,21 @@ def load_config(path: str | Path) -> PartialRunConfig:
         raise ValueError(f"{path}: invalid config:\n{exc}") from None
 
 
+# A run.yaml is a few KB and a few hundred values; more is not a config (/dev/zero, a data file,
+# or YAML aliases nesting lists into a "billion laughs" that validation would walk for minutes).
+_CONFIG_MAX_BYTES = 1 << 20
+_CONFIG_MAX_VALUES = 100_000
+
+
 def _read_yaml(path: Path) -> Any:
+    if path.exists() and not path.is_file():
+        raise ValueError(f"{path}: not a regular file")
     try:
-        return yaml.safe_load(path.read_text()) or {}
+        with path.open("rb") as fh:
+            data = fh.read(_CONFIG_MAX_BYTES + 1)
+        if len(data) > _CONFIG_MAX_BYTES:
+            raise ValueError(f"{path}: larger than {_CONFIG_MAX_BYTES} bytes, not a run config")
+        raw = yaml.safe_load(data.decode("utf-8")) or {}
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -321,6 +333,23 @@ def _read_yaml(path: Path) -> Any:
         raise ValueError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path}: not a UTF-8 text file (byte {exc.start})") from None
+    if _expanded_size(raw, {}) > _CONFIG_MAX_VALUES:
+        raise ValueError(f"{path}: expands to over {_CONFIG_MAX_VALUES} values (YAML aliases), not a run config")
+    return raw
+
+
+def _expanded_size(value: Any, seen: dict[int, int]) -> int:
+    """How many values ``value`` holds once YAML aliases are expanded (each shared node counted
+    where it is used), computed once per node (``seen``: id -> size), so a bomb is measured fast."""
+    key = id(value)
+    if key not in seen:
+        if isinstance(value, dict):
+            seen[key] = 1 + sum(_expanded_size(k, seen) + _expanded_size(v, seen) for k, v in value.items())
+        elif isinstance(value, list):
+            seen[key] = 1 + sum(_expanded_size(v, seen) for v in value)
+        else:
+            seen[key] = 1
+    return seen[key]
 
 
 def flatten(config: BaseModel, prefix: str = "") -> dict[str, str]:
