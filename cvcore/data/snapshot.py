@@ -279,7 +279,11 @@ def read_snapshot(path: str | Path) -> Snapshot:
     if not manifest_path.is_file():
         raise SnapshotError(f"{path} is not a snapshot: {manifest_path.name} is missing")
     try:
-        manifest = json.loads(manifest_path.read_bytes())
+        with manifest_path.open("rb") as fh:
+            data = fh.read(_MANIFEST_MAX_BYTES + 1)
+        if len(data) > _MANIFEST_MAX_BYTES:
+            raise SnapshotError(f"{manifest_path}: larger than {_MANIFEST_MAX_BYTES} bytes, not a snapshot manifest")
+        manifest = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SnapshotError(f"{manifest_path}: not valid JSON ({exc})") from None
     except RecursionError:

@@ -212,3 +212,9 @@ def test_replace_refuses_a_snapshot_holding_files_it_did_not_write(tmp_path):
     with pytest.raises(SnapshotError, match=f"^refusing to replace {out}: it holds files a snapshot does not \\(notes.md, runs\\)"):
         make_shapes_classification(out, n_train=4, n_val=4, seed=2, replace=True)
     assert (out / "notes.md").read_text() == "mine\n" and (out / "runs" / "r1").is_dir()
+
+
+def test_a_huge_manifest_is_not_read_whole(copy):
+    (copy / "manifest.json").write_text('{"name": "' + "x" * (2 << 20) + '"}')
+    with pytest.raises(SnapshotError, match=f"^{copy / 'manifest.json'}: larger than 1048576 bytes, not a snapshot manifest$"):
+        read_snapshot(copy)
