@@ -167,7 +167,7 @@ def train_run(
         return results[0]
 
 
-def join_run(config: RunConfig, *, nodes: Nodes, resume: bool = False) -> None:
+def join_run(config: RunConfig | PartialRunConfig, *, nodes: Nodes, resume: bool = False) -> None:
     """Node ``nodes.node_rank`` (> 0) of a several-machine run: start this machine's ranks.
 
     They train with node 0's ranks and write nothing (node 0's rank 0 writes the run folder and
