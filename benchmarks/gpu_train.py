@@ -204,7 +204,7 @@ def main() -> None:
             if n == 1:
                 row = measure(spec, single_process(resolve_device(args.device)))
             else:
-                row = launch(bench_rank, (spec,), nproc=n, on_cuda=cuda)[0]
+                row = launch(bench_rank, (spec,), nproc=n)[0]
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if not k.endswith("_rounds")}), flush=True)
     print(_table(rows))

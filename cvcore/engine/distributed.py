@@ -279,13 +279,13 @@ def threads_per_rank(nproc: int) -> int:
     return max(1, available_cpus() // max(1, nproc))
 
 
-def launch(entrypoint: Callable[..., Any], args: tuple[Any, ...], *, nproc: int, nodes: Nodes = Nodes(), on_cuda: bool = False) -> dict[int, Any]:
+def launch(entrypoint: Callable[..., Any], args: tuple[Any, ...], *, nproc: int, nodes: Nodes = Nodes()) -> dict[int, Any]:
     """Run ``entrypoint(*args)`` in ``nproc`` processes per node through torchrun's launcher.
 
     ``entrypoint`` must be a module-level function (the processes are spawned and import it).
-    Returns ``{global rank: return value}`` of this node's ranks. CPU processes get
-    ``CVFLOW_NUM_THREADS`` = this machine's CPUs / ``nproc`` unless the user set the variable
-    (or OMP_NUM_THREADS). Raises :class:`RankFailed` naming the first failing rank and its
+    Returns ``{global rank: return value}`` of this node's ranks. With ``nproc`` > 1 the processes
+    get ``CVFLOW_NUM_THREADS`` = this machine's CPUs / ``nproc`` (as torchrun sets OMP_NUM_THREADS)
+    unless the user set it or OMP_NUM_THREADS / MKL_NUM_THREADS. Raises :class:`RankFailed` naming the first failing rank and its
     error (a Python exception's type and message, or the signal that killed it).
     """
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -311,7 +311,7 @@ def launch(entrypoint: Callable[..., Any], args: tuple[Any, ...], *, nproc: int,
     )
     failures = tempfile.mkdtemp(prefix="cvflow-rank-failures-")
     env = {FAILURES_ENV: failures}
-    if not on_cuda and not any(os.environ.get(v) for v in (THREADS_ENV, "OMP_NUM_THREADS", "MKL_NUM_THREADS")):
+    if nproc > 1 and not any(os.environ.get(v) for v in (THREADS_ENV, "OMP_NUM_THREADS", "MKL_NUM_THREADS")):
         env[THREADS_ENV] = str(threads_per_rank(nproc))
     try:
         with _environ(env), _quiet_launcher():

@@ -27,7 +27,6 @@ import yaml
 from cvcore.config import CVFLOW_DEFAULTS, PartialRunConfig, RunConfig, overlay, resolve
 from cvcore.data.snapshot import Snapshot, read_snapshot
 from cvcore.engine.checkpoint import LAST
-from cvcore.engine.device import resolve_device
 from cvcore.engine.distributed import Dist, Nodes, devices_per_node, launch, run_rank
 from cvcore.engine.locks import LOCK_FILE, check_not_in_use, folder_lock
 from cvcore.engine.train import FitResult, fit, seed_everything
@@ -162,8 +161,7 @@ def train_run(
         if nproc * nodes.nnodes == 1:
             return _train_locked(config, snapshot, out_dir, callbacks=callbacks, resume=resume)
         log.info("training on %d process(es) x %d node(s)", nproc, nodes.nnodes)
-        on_cuda = resolve_device(config.train.device).type == "cuda"
-        results = launch(_rank_main, (config, str(out_dir), tuple(callbacks), resume), nproc=nproc, nodes=nodes, on_cuda=on_cuda)
+        results = launch(_rank_main, (config, str(out_dir), tuple(callbacks), resume), nproc=nproc, nodes=nodes)
         return results[0]
 
 
@@ -182,8 +180,7 @@ def join_run(config: RunConfig | PartialRunConfig, *, nodes: Nodes, resume: bool
         raise ValueError("no dataset: set data.snapshot in the config (or --data on the command line)")
     config = resolve_run_config(config, snapshot=read_snapshot(config.data.snapshot))
     nproc = devices_per_node(config.train.devices, config.train.device)
-    on_cuda = resolve_device(config.train.device).type == "cuda"
-    launch(_rank_main, (config, None, (), "node 0's last.pt" if resume else None), nproc=nproc, nodes=nodes, on_cuda=on_cuda)
+    launch(_rank_main, (config, None, (), "node 0's last.pt" if resume else None), nproc=nproc, nodes=nodes)
 
 
 def _rank_main(config: RunConfig, out_dir: str | None, callbacks: tuple[Any, ...], resume: str | Path | None) -> FitResult | None:
