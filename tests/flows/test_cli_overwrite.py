@@ -221,3 +221,35 @@ def test_a_pipelines_dataset_name_cannot_lead_outside_the_snapshots_folder():
     home = Path("/h")
     assert _out_dir({"source": "/data/coco/..", "home": home, "fingerprint": "f" * 64}) == home / "snapshots" / "dataset" / ("f" * 12)
     assert _out_dir({"source": "/data/coco", "home": home, "fingerprint": "f" * 64}) == home / "snapshots" / "coco" / ("f" * 12)
+
+
+# --- cvflow train --resume A --out B ------------------------------------------------------------
+
+
+def test_train_resume_into_another_run_is_one_line_before_any_flow(snapshot, checkpoint, tmp_path, monkeypatch):
+    """Resuming run A into B's folder replaced B's last.pt, config.yaml, metrics.json and history."""
+    from cvcore.engine.checkpoint import LAST
+    from cvcore.engine.run import RUN_MARKER
+
+    monkeypatch.setenv("CVFLOW_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the flow started although --out holds another run")
+
+    monkeypatch.setattr("flows.train.train_pipeline", must_not_run)
+    runs = {}
+    for name in ("a", "b"):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / RUN_MARKER).write_text('{"cvflow": "run folder", "format": 1}\n')
+        shutil.copy(checkpoint, folder / LAST)
+        (folder / "metrics.json").write_text(f'{{"run": "{name}"}}\n')
+        runs[name] = folder
+    a, b = runs["a"], runs["b"]
+    before = {p.name: digest(p) for p in b.iterdir()}
+    result = runner.invoke(app, ["train", "--quiet", "--resume", str(a), "--out", str(b), "--data", str(snapshot), "--model", "resnet18",
+                                 "--img-size", "16"])  # fmt: skip
+    line = one_line_error(result)
+    assert line.startswith(f"error: {b} holds another run (last.pt); resuming {a / LAST} there would overwrite it")
+    assert {p.name: digest(p) for p in b.iterdir()} == before

@@ -7,7 +7,6 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from cvcore.engine.checkpoint import LAST
 from cvcore.engine.run import RUN_MARKER, check_run_folder, train_run
@@ -60,20 +59,4 @@ def test_train_run_leaves_the_other_run_untouched(shapes_classification, tmp_pat
     assert contents(b) == before
 
 
-def test_cli_train_resume_into_another_run_is_one_line_before_any_flow(shapes_classification, tmp_path, monkeypatch):
-    from flows.cli import app
-
-    monkeypatch.setenv("CVFLOW_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-
-    def must_not_run(*args, **kwargs):
-        raise AssertionError("the flow started although --out holds another run")
-
-    monkeypatch.setattr("flows.train.train_pipeline", must_not_run)
-    a, b = a_run(tmp_path / "a", shapes_classification), a_run(tmp_path / "b", shapes_classification)
-    before = contents(b)
-    result = CliRunner().invoke(app, ["train", "--quiet", "--resume", str(a), "--out", str(b), "--epochs", "2"])
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.exit_code == 2 and len(lines) == 1, result.output
-    assert lines[0].startswith(f"error: {b} holds another run (last.pt); resuming {a / LAST} there would overwrite it")
-    assert contents(b) == before
+# The command's check (before any flow) is tested in tests/flows/test_cli_overwrite.py.
