@@ -156,7 +156,10 @@ def test_first_nightly_makes_the_classifier_champion(env, classifier_first_night
 
 def test_nightly_with_a_worse_model_keeps_the_champion_and_says_why(classifier_first_night):
     params, _, first = classifier_first_night
-    worse = params.train.model_copy(update={"config": _config(model={"name": "resnet18"}, train={"epochs": 1, "batch_size": 16, "lr": 1e-7})})
+    # model_validate, not model_copy(update=): the config must be validated into the params' partial config type.
+    worse = type(params.train).model_validate(
+        {**params.train.model_dump(), "config": _config(model={"name": "resnet18"}, train={"epochs": 1, "batch_size": 16, "lr": 1e-7})}
+    )
     state = nightly_retrain(params.model_copy(update={"train": worse}), return_state=True)
     assert state.is_completed(), state.message
     decision = state.result()
