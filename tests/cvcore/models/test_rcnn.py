@@ -301,9 +301,12 @@ def test_rcnn_loads_a_classifier_as_its_cnn(tmp_path):
     torch.manual_seed(1)
     classifier = build_model("resnet18", num_classes=4, small_input=False)
     torch.save({"model": classifier.state_dict(), "meta": {}}, tmp_path / "cls.pt")
-    net = build_model("rcnn", num_classes=3, pretrained=str(tmp_path / "cls.pt"), warp_size=64)
+    net = build_model("rcnn", num_classes=3, pretrained=str(tmp_path / "cls.pt"), warp_size=64, finetune=False)
     assert torch.equal(net.features.backbone.layer4[1].conv2.weight, classifier.backbone.layer4[1].conv2.weight)
     assert not any(p.requires_grad for p in net.features.parameters())
+    tuned = build_model("rcnn", num_classes=3, pretrained=str(tmp_path / "cls.pt"), warp_size=64)  # the default fine-tunes it
+    assert torch.equal(tuned.features.backbone.layer4[1].conv2.weight, classifier.backbone.layer4[1].conv2.weight)
+    assert tuned.finetune and all(p.requires_grad for p in tuned.features.parameters())
 
 
 def test_rcnn_with_sliding_windows(shapes_detection):
