@@ -320,6 +320,29 @@ def _check_reachable(folder: Path, account: pwd.struct_passwd) -> None:
             )
 
 
+OWNED_MARKER = "made-by-cvflow-stack"  # the first file in <stack>/postgres: the stack may delete that folder
+
+
+def _fresh_postgres_dir(pg_dir: Path) -> None:
+    """Make ``pg_dir`` a new, empty folder (mode 0700) holding only the stack's ownership marker.
+
+    A folder there is deleted only when the stack made it (its :data:`OWNED_MARKER`, written
+    before anything else, so a first ``up`` that did not finish is started afresh) or it is empty:
+    a ``postgres/`` of someone else's in the chosen CVFLOW_STACK_DIR is refused with a StackError,
+    never deleted.
+    """
+    if pg_dir.is_symlink() or (pg_dir.exists() and not pg_dir.is_dir()):
+        raise StackError(f"{pg_dir} is not a folder the stack made; choose another CVFLOW_STACK_DIR or move it away")
+    if pg_dir.is_dir() and not (pg_dir / OWNED_MARKER).is_file() and any(pg_dir.iterdir()):
+        raise StackError(
+            f"{pg_dir} holds files the stack did not make (no {OWNED_MARKER} in it); "
+            "choose another CVFLOW_STACK_DIR or move that folder away"
+        )
+    shutil.rmtree(pg_dir, ignore_errors=True)
+    pg_dir.mkdir(parents=True, mode=0o700)
+    (pg_dir / OWNED_MARKER).write_text("made by deploy/stack/stack.py; deleted with the cluster while it has no databases-created\n")
+
+
 def start_postgres(settings: Settings) -> None:
     """Create the cluster and its databases on first use, then start the server and wait for it."""
     account = _postgres_account()
@@ -328,8 +351,7 @@ def start_postgres(settings: Settings) -> None:
     pg_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "HOME": account.pw_dir if account else str(Path.home())}
     if running(settings, "postgres") is None:
         if not created_marker.is_file():  # first use, or a first `up` that did not finish: start afresh
-            shutil.rmtree(pg_dir, ignore_errors=True)
-            pg_dir.mkdir(parents=True, mode=0o700)
+            _fresh_postgres_dir(pg_dir)
             if account is not None:
                 _check_reachable(pg_dir, account)
                 os.chown(pg_dir, account.pw_uid, account.pw_gid)
