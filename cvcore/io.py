@@ -390,19 +390,32 @@ def local_snapshot(path: str | Path, *, uri: str | None, digest: str, home: str 
     return stage_snapshot(uri, home=home)
 
 
+_STAGING_LOCK = re.compile(r"^\.(?P<name>.+-[0-9a-f]{12})\.lock$")  # stage_snapshot's lock of staged_path's name
+_STAGING_TEMPORARY = re.compile(r"^(?P<prefix>\..+)\.[a-z0-9_]{8}$")  # _temp_folder: mkdtemp's 8 random characters
+
+
 def remove_orphan_stagings(cache: str | Path, *, older_than_s: float = ORPHAN_AGE_S) -> list[Path]:
     """Delete the hidden staging folders in ``cache`` in which nothing changed for ``older_than_s`` seconds.
 
-    :func:`stage_snapshot` copies into a hidden sibling (``.<name>.<random>``) and renames it; a
-    killed process leaves it behind. The newest modification time anywhere inside counts (a
-    folder's own mtime does not change while files are written deeper down), so a copy still in
-    progress in another process is kept. Returns the deleted folders.
+    :func:`stage_snapshot` copies into a hidden sibling of its copy ``<name>-<12 hex>`` and renames
+    it; a killed process leaves it behind. Only the names staging makes are candidates: the
+    :func:`atomic_folder` temporaries ``.<name>-<12 hex>.<8 chars>`` (the name cut as it cuts
+    it) of a copy whose lock file ``.<name>-<12 hex>.lock`` is in ``cache`` (every staging
+    takes it first); any other hidden folder (a user's) is left alone. The newest modification
+    time anywhere inside counts (a folder's own mtime does not change while files are written
+    deeper down), so a copy still in progress in another process is kept. Returns the deleted folders.
     """
     cache = Path(cache)
     cutoff = time.time() - older_than_s
+    entries = sorted(cache.iterdir()) if cache.is_dir() else []
+    staged = [m["name"] for e in entries if (m := _STAGING_LOCK.match(e.name)) and e.is_file()]
+    temporaries = {f".{_cut(name, 32)}" for name in staged}  # _temp_folder's prefix, before mkdtemp's "." and 8 characters
     removed = []
-    for entry in sorted(cache.iterdir()) if cache.is_dir() else []:
-        if entry.name.startswith(".") and entry.is_dir() and not entry.is_symlink() and _newest_mtime(entry) < cutoff:
+    for entry in entries:
+        if (
+            (m := _STAGING_TEMPORARY.match(entry.name)) and m["prefix"] in temporaries
+            and entry.is_dir() and not entry.is_symlink() and _newest_mtime(entry) < cutoff
+        ):  # fmt: skip
             shutil.rmtree(entry, ignore_errors=True)
             removed.append(entry)
     if removed:

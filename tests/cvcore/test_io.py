@@ -211,18 +211,52 @@ def test_a_worker_restages_a_local_copy_whose_digest_is_not_the_expected_one(sha
 
 
 def test_staging_folders_of_killed_runs_are_removed_once_nothing_changed_in_them_for_an_hour(tmp_path):
-    cache = tmp_path / "cache"
-    orphan, busy, kept = cache / ".shapes-abc.1", cache / ".shapes-abc.2", cache / "shapes-abc"
-    for folder in (orphan, busy, kept):
+    kept = staged_path("s3://bucket/shapes", home=tmp_path)  # <home>/cache/snapshots/shapes-<12 hex>
+    cache = kept.parent
+    orphan, busy = cache / f".{kept.name}.k1l_9z0a", cache / f".{kept.name}.0b2c3d4e"  # atomic_folder's mkdtemp names
+    # Hidden folders of the user's, just as old: not staging's names, or no staging of that name ever took its lock.
+    users = [cache / ".git", cache / ".shapes-abc.1", cache / ".other-0123456789ab.abcdefgh", cache / f".{kept.name}.keep"]
+    for folder in (orphan, busy, kept, *users):
         (folder / "images").mkdir(parents=True)
         (folder / "images" / "0.png").write_bytes(b"png")
+    (cache / f".{kept.name}.lock").touch()  # stage_snapshot's lock file, taken before it copies
     two_hours_ago = time.time() - 7200
-    for path in [p for folder in (orphan, busy, kept) for p in (folder, folder / "images", folder / "images" / "0.png")]:
+    for path in [p for folder in (orphan, busy, kept, *users) for p in (folder, folder / "images", folder / "images" / "0.png")]:
         os.utime(path, (two_hours_ago, two_hours_ago))
     (busy / "images" / "1.png").write_bytes(b"png")  # deep down, a copy still going on: the top folder's mtime is old
     os.utime(busy / "images", (two_hours_ago, two_hours_ago))
     assert remove_orphan_stagings(cache) == [orphan]
     assert not orphan.exists() and busy.exists() and kept.exists()
+    assert all((folder / "images" / "0.png").is_file() for folder in users)  # a user's hidden folder there survives
+
+
+def test_a_killed_stagings_own_temporary_is_the_one_removed(shapes_detection, tmp_path, monkeypatch):
+    """The names remove_orphan_stagings matches are those stage_snapshot really makes (not a hand-made guess)."""
+    remote = tmp_path / "bucket" / "shapes"
+    shutil.copytree(shapes_detection.path, remote)
+    home = tmp_path / "home"
+
+    import cvcore.io as io_module
+
+    left = []
+
+    def killed(src, dst):
+        left.append(dst)
+        raise RuntimeError("killed")  # in the middle of the copy
+
+    monkeypatch.setattr(io_module, "_copy_tree", killed)
+    monkeypatch.setattr(io_module.shutil, "rmtree", lambda *a, **k: None)  # as SIGKILL: atomic_folder cannot clean up
+    with pytest.raises(RuntimeError, match="killed"):
+        stage_snapshot(remote.as_uri(), home=home)
+    monkeypatch.undo()
+    (temporary,) = left
+    assert temporary.is_dir()
+    os.utime(temporary, (time.time() - 7200, time.time() - 7200))
+    users = temporary.parent / ".my-notes"
+    users.mkdir()
+    os.utime(users, (time.time() - 7200, time.time() - 7200))
+    assert remove_orphan_stagings(temporary.parent) == [temporary]
+    assert users.is_dir()
 
 
 def test_concurrent_stagings_of_one_uri_take_turns(shapes_detection, tmp_path):
