@@ -81,6 +81,34 @@ def _decode(dataset, index: int) -> torch.Tensor | None:
         return None
 
 
+def no_readable_images_error(dataset, *, limit: int = 3) -> ValueError:
+    """The one-line error for a split of which no image could be read: its split, snapshot, first files and reasons.
+
+    ``dataset`` is a DetectionDataset/ClassificationDataset or a wrapper of one (``.dataset``
+    chains: SeededDataset, MosaicDataset, the engine's EpochDataset). The first ``limit`` images
+    are opened again here (the DataLoader's workers only logged why each failed).
+    """
+    while not hasattr(dataset, "paths") and hasattr(dataset, "dataset"):
+        dataset = dataset.dataset
+    failures = []
+    for index in range(len(dataset.paths)):
+        if index in dataset.refused:
+            failures.append(dataset.refused[index])
+        else:
+            try:
+                load_image(dataset.paths[index])
+                continue
+            except (OSError, RuntimeError, ValueError) as exc:
+                failures.append((dataset.paths[index], f"{type(exc).__name__}: {exc}".replace("\n", " ")))
+        if len(failures) == limit:
+            break
+    shown = "; ".join(f"{name} ({reason})" for name, reason in failures)
+    return ValueError(
+        f"split {dataset.split!r} of {dataset.snapshot_path}: none of its {len(dataset.paths)} images could be read, "
+        f"e.g. {shown}; fix or remove these files (a split with some unreadable images trains on the rest)"
+    )
+
+
 class DetectionDataset(torch.utils.data.Dataset):
     """One split of a detection snapshot. ``transforms(image, target) -> (image, target)``."""
 

@@ -45,6 +45,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from cvcore.config import RunConfig
+from cvcore.data.torch_dataset import no_readable_images_error
 from cvcore.engine.callbacks import notify
 from cvcore.engine.checkpoint import BEST, LAST, capture_rng, copy_atomic, load_checkpoint, restore_rng, save_checkpoint
 from cvcore.engine.device import Precision, choose_precision, configure_threads, make_scaler, resolve_device
@@ -275,15 +276,19 @@ def train_one_epoch(
     epoch's wall time (``train/time_s``, seconds), data loading included; ``train/cpu_time_s`` is
     the same pass in CPU seconds of this process (``time.process_time``: every thread, validation
     excluded).
+
+    Undecodable images are skipped (the collate drops them); when the loader yielded batches but
+    not one image of them could be read (on any rank), ValueError naming the split, its snapshot
+    and the first files with their reasons, instead of an epoch of ``train/images`` 0.
     """
     dist = dist if dist is not None else single_process(device)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     sums: dict[str, float] = {}
-    images_seen = 0
+    images_seen = batches = 0
     start, cpu_start = time.perf_counter(), time.process_time()
     for step, (images, targets) in enumerate(loader, start=1):
-        n = len(images)
+        n, batches = len(images), step
         if n == 0:  # every sample of the batch was undecodable and dropped by the collate
             continue
         images, targets = _to_device(images, targets, task=task, device=device)
@@ -318,6 +323,8 @@ def train_one_epoch(
     if dist.distributed:  # the global batches' sums; CPU seconds of every rank together
         sums = dist.sum({**sums, "_images": float(images_seen), "_cpu": cpu})
         images_seen, cpu = int(sums.pop("_images")), sums.pop("_cpu")
+    if images_seen == 0 and batches > 0:  # every image of the split undecodable: nothing was trained (on any rank)
+        raise no_readable_images_error(loader.dataset)
     out = {k: v / max(images_seen, 1) for k, v in sums.items()}
     out.update({"lr": _lr(optimizer), "train/images": float(images_seen), "train/time_s": elapsed, "train/images_per_s": images_seen / max(elapsed, 1e-9)})
     out["train/cpu_time_s"] = cpu  # CPU seconds of this process (all its threads): steadier than wall time on a shared machine

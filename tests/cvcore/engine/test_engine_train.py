@@ -156,6 +156,28 @@ def test_an_undecodable_image_does_not_stop_training(corrupt_classification, tmp
     assert result.final_metrics["train/images"] == 64 - 1  # the broken image was dropped
 
 
+def test_a_train_split_of_only_undecodable_images_fails_naming_the_split_and_its_first_files(shapes_classification, tmp_path):
+    import re
+    import shutil
+
+    from cvcore.data.snapshot import read_snapshot
+
+    shutil.copytree(shapes_classification.path, tmp_path / "broken")
+    snap = read_snapshot(tmp_path / "broken")
+    names = snap.split_images("train").get_column("file_name").to_list()
+    for i, name in enumerate(names):
+        snap.image_path(name).write_bytes(b"" if i % 2 else b"this is not a png")  # zero-byte and not-an-image files
+    first = [str(snap.image_path(n)) for n in names[:3]]
+    with pytest.raises(ValueError) as info:
+        _fit(snap, _config(epochs=2), tmp_path / "run")
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"split 'train' of {snap.path}: none of its {len(names)} images could be read, e.g. ")
+    assert all(re.search(rf"{re.escape(f)} \(UnidentifiedImageError: ", message) for f in first)
+    assert str(snap.image_path(names[3])) not in message  # the first three, not every file
+    assert not (tmp_path / "run" / "last.pt").exists()  # no checkpoint of an epoch trained on nothing
+
+
 @pytest.mark.parametrize("max_norm", [0.5, 1e6])
 def test_clip_gradients_matches_torch_clip_grad_norm(max_norm):
     from cvcore.engine.train import clip_gradients
