@@ -27,6 +27,7 @@ from cvcore.engine.shards import (
     shard_name,
 )
 from cvcore.io import file_sha256, is_uri, local_snapshot, resolve_location
+from tasks.ingest import _may_pass
 from tasks.refs import PredictionsRef, SnapshotRef
 from tasks.tracking import cvflow_home
 
@@ -123,19 +124,26 @@ def _ref(out_dir: Path | str, file: ShardFile, *, reused: bool) -> PredictionsRe
     )
 
 
-@task(name="prepare-shards", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10], task_run_name="prepare-shards-{split}")
+@task(
+    name="prepare-shards", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_may_pass,
+    task_run_name="prepare-shards-{split}",
+)  # fmt: skip
 def prepare_shards(snapshot: SnapshotRef, split: str, *, out_dir: Path | str, checkpoint_sha256: str, num_shards: int) -> list[str]:
-    """Remove the ``part-*.parquet`` files in ``out_dir`` that belong to other predictions.
+    """Make ``out_dir`` ready for these predictions; the removed shard files.
 
-    Files of another model, snapshot, split or shard count would be read together with the new
-    shards by ``pl.scan_parquet``; complete shards of these predictions stay (they are reused).
-    Temporary files of killed runs older than an hour go too. Returns the removed shard files.
+    A folder holding another model's, snapshot's or split's predictions (or part files cvflow
+    did not write) is refused, before anything is deleted: ValueError naming the folder and
+    what it holds (cvcore.engine.shards.check_predictions_folder), not retried. Complete shards
+    of these predictions stay (they are reused); this model's shards of this data in another
+    shard count are deleted (they would be read together with the new ones by
+    ``pl.scan_parquet``, and are predicted again now). Temporary files of killed runs older than
+    an hour go too.
     """
     key = shard_key(snapshot, split, checkpoint_sha256=checkpoint_sha256, shard=0, num_shards=num_shards)
     folder = resolve_location(out_dir)
     removed = remove_stale_shards(folder, key=key)
     if removed:
-        get_run_logger().warning("removed %d shard file(s) of other predictions from %s", len(removed), out_dir)
+        get_run_logger().warning("removed %d shard file(s) of another sharding of these predictions from %s", len(removed), out_dir)
     orphans = remove_orphan_temporaries(folder)  # over an hour old: a killed run's, not a concurrent writer's
     if orphans:
         get_run_logger().info("removed %d temporary file(s) of killed runs from %s", len(orphans), out_dir)

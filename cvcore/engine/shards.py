@@ -193,30 +193,70 @@ def list_shards(folder: str | Path | Location) -> list[Location]:
     return [loc.child(n) for n in names if SHARD_NAME.match(n)]
 
 
-def remove_stale_shards(folder: str | Path | Location, *, key: ShardKey) -> list[str]:
-    """Delete the cvflow shard files in ``folder`` that are not shards of ``key``'s set.
+def check_predictions_folder(
+    folder: str | Path | Location, *, checkpoint_sha256: str, split: str, snapshot_digest: str | None = None
+) -> list[ShardFile]:
+    """The cvflow shard files in ``folder``, when every one is a prediction of this model on this split.
 
-    ``key`` is any shard of the predictions about to be made; files of another model, snapshot,
-    split or shard count would otherwise be read together with the new ones by
-    ``pl.scan_parquet(folder / "part-*.parquet")``. Only files cvflow wrote are deleted: a
-    ``part-NNNNN.parquet`` without a ``cvflow.shard`` footer entry (another tool's output) is a
-    ValueError naming it, and errors reaching a file propagate (nothing is deleted on a guess).
-    Returns the deleted URIs.
+    A predictions folder is reused only for the predictions it already holds: the shards of the
+    checkpoint with sha256 ``checkpoint_sha256`` on ``split`` of the snapshot ``snapshot_digest``
+    (of any snapshot when None: the command's pre-flight before a source is ingested), in any
+    shard count. Anything else there is output someone owns (an earlier evaluation's MLflow run
+    points at it), so ValueError in one line naming the folder and what it holds, saying to pass
+    another predictions folder or delete it: a cvflow shard of another model, snapshot or split
+    (its checkpoint and snapshot digests), one with a malformed ``cvflow.shard`` record, or a
+    ``part-NNNNN.parquet`` cvflow did not write. Nothing is deleted here; errors reaching a file
+    propagate. A missing folder holds nothing: ``[]``.
     """
-    removed = []
-    for file in list_shards(folder):
+    loc = as_location(folder)
+    found = []
+    for file in list_shards(loc):
         try:
             meta = _footer(file)
         except FileNotFoundError:
-            continue  # removed since it was listed (another run's clean-up): nothing to do
+            continue  # removed since it was listed (another run's clean-up): nothing to check
         if meta is None or META_KEY not in (meta.metadata or {}):
             raise ValueError(f"{file.uri} is not a cvflow shard; choose an empty folder for the predictions")
-        found = _shard_record(file, meta)  # None: a malformed record of ours, stale
-        if found is None or not found.key.same_set(key) or file.path.rsplit("/", 1)[-1] != shard_name(found.key.shard):
+        shard = _shard_record(file, meta)
+        if shard is None:
+            raise ValueError(
+                f"predictions folder {loc.uri} holds {file.uri} with a malformed cvflow shard record; "
+                "pass another predictions folder (--predictions) or delete that file"
+            )
+        key = shard.key
+        if key.checkpoint_sha256 != checkpoint_sha256 or key.split != split or snapshot_digest not in (None, key.snapshot_digest):
+            this = f"checkpoint {checkpoint_sha256[:12]}, snapshot {(snapshot_digest or '?')[:12]}, split {split!r}"
+            raise ValueError(
+                f"predictions folder {loc.uri} holds another evaluation's predictions ({file.path.rsplit('/', 1)[-1]}: "
+                f"checkpoint {key.checkpoint_sha256[:12]}, snapshot {key.snapshot_digest[:12]}, split {key.split!r}; this one: {this}); "
+                "pass another predictions folder (--predictions) or delete it"
+            )
+        found.append(shard)
+    return found
+
+
+def remove_stale_shards(folder: str | Path | Location, *, key: ShardKey) -> list[str]:
+    """Delete the shard files in ``folder`` of ``key``'s model and data that are not shards of ``key``'s set.
+
+    ``key`` is any shard of the predictions about to be made. The folder must hold only shards
+    of the same checkpoint, snapshot and split (:func:`check_predictions_folder`, ValueError
+    before anything is deleted otherwise); of those, files of another shard count (or under
+    another shard's name) would be read together with the new ones by
+    ``pl.scan_parquet(folder / "part-*.parquet")``, and are deleted: they are this model's
+    predictions of this data, made again now. Errors reaching a file propagate (nothing is
+    deleted on a guess). Returns the deleted URIs.
+    """
+    loc = as_location(folder)
+    ours = check_predictions_folder(loc, checkpoint_sha256=key.checkpoint_sha256, split=key.split, snapshot_digest=key.snapshot_digest)
+    removed = []
+    for shard in ours:
+        name = shard.uri.rsplit("/", 1)[-1]
+        file = loc.child(name)
+        if not shard.key.same_set(key) or name != shard_name(shard.key.shard):
             delete_quietly(file)
             removed.append(file.uri)
     if removed:
-        log.info("removed %d stale shard file(s) of other predictions: %s", len(removed), removed)
+        log.info("removed %d shard file(s) of another sharding of these predictions: %s", len(removed), removed)
     return removed
 
 

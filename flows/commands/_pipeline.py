@@ -126,6 +126,31 @@ def check_predictions(location: str | None) -> None:
         check_writable_dir(location, "--predictions")
 
 
+def check_predictions_owner(location: str | None, checkpoint: str | os.PathLike, *, split: str, snapshot: "Snapshot | None") -> None:
+    """``--predictions``: a local folder holding another evaluation's output is refused before any flow starts.
+
+    The folder may hold only cvflow shards of ``checkpoint`` (its sha256) on ``split`` of
+    ``snapshot`` (any snapshot when None: a source not yet ingested), in any shard count
+    (cvcore.engine.shards.check_predictions_folder); otherwise a UserError names the folder and
+    what it holds. The flow checks again (object-store URIs, a run from the dashboard, a folder
+    filled since), before it deletes anything.
+    """
+    from cvcore.engine.shards import check_predictions_folder, list_shards
+    from cvcore.io import file_sha256, is_uri
+
+    if not location or is_uri(location):
+        return
+    folder = Path(location).expanduser().resolve()
+    if not list_shards(folder):
+        return  # nothing there to own (the checkpoint is not hashed for nothing)
+    try:
+        check_predictions_folder(
+            folder, checkpoint_sha256=file_sha256(checkpoint), split=split, snapshot_digest=snapshot.digest if snapshot is not None else None
+        )
+    except ValueError as exc:
+        raise UserError(f"--predictions: {exc}") from None
+
+
 def check_dask_address(address: str, *, timeout: float | None = None) -> None:
     """A Dask scheduler listens at ``address`` (TCP connect within ``timeout`` s; UserError)."""
     from tasks.tracking import PROBE_TIMEOUT_S

@@ -10,7 +10,15 @@ import typer
 from rich.table import Table
 
 from flows.commands._common import cli_errors, console, setup_logging
-from flows.commands._pipeline import check_dask_address, check_model_uri, check_predictions, check_splits, flow_errors, prefect_settings
+from flows.commands._pipeline import (
+    check_dask_address,
+    check_model_uri,
+    check_predictions,
+    check_predictions_owner,
+    check_splits,
+    flow_errors,
+    prefect_settings,
+)
 
 
 @cli_errors
@@ -60,6 +68,7 @@ def evaluate(
     if dask_address:
         check_dask_address(dask_address)
     loaded = check_model_uri(model)
+    check_predictions_owner(predictions, loaded.path, split=split, snapshot=snapshot)
     if snapshot is not None:
         from cvcore.engine.run import prediction_dataset
 

@@ -234,6 +234,23 @@ def test_predictions_that_are_a_file_or_read_only_are_one_line(shapes_classifica
     assert f"--predictions {folder / 'val'} is not writable ({folder} cannot be written)" in line
 
 
+def test_predictions_of_another_model_are_refused_before_the_flow_and_kept(shapes_classification, checkpoints, tmp_path):
+    from cvcore.engine.infer import empty_batch
+    from cvcore.engine.shards import ShardKey, write_shard
+
+    folder = tmp_path / "preds"
+    other = ShardKey("c" * 64, shapes_classification.digest, "val", shard=0, num_shards=1, task="classification")
+    theirs = write_shard([empty_batch("classification")], folder, key=other, num_images=0)
+    before = Path(theirs.uri).read_bytes()
+    line = one_line_error(evaluate(shapes_classification.path, "--predictions", str(folder), model=checkpoints / "good.pt"))
+    assert (
+        f"--predictions: predictions folder {folder} holds another evaluation's predictions (part-00000.parquet: "
+        f"checkpoint {'c' * 12}, snapshot {shapes_classification.digest[:12]}, split 'val'; this one: checkpoint "
+    ) in line
+    assert line.endswith("pass another predictions folder (--predictions) or delete it")
+    assert Path(theirs.uri).read_bytes() == before  # the other evaluation's output is untouched
+
+
 def test_predict_out_that_is_a_folder_is_one_line(shapes_classification, checkpoints, tmp_path):
     result = runner.invoke(app, ["predict", "--model", str(checkpoints / "good.pt"), "--data", str(shapes_classification.path), "--out", str(tmp_path), "--quiet"])
     assert f"--out {tmp_path} is a folder; give the path of the file to write" in one_line_error(result)

@@ -178,6 +178,19 @@ def test_shards_of_another_sharding_are_replaced_not_reused(checkpoint, shapes_d
     _assert_same_metrics(result.metrics, reference.metrics)
 
 
+def test_a_folder_of_another_models_predictions_is_refused_by_the_flow_and_kept(checkpoint, shapes_detection, tmp_path):
+    """Data-loss audit: these files used to be deleted (another evaluation's MLflow run points at them)."""
+    from cvcore.engine.infer import empty_batch
+    from cvcore.engine.shards import ShardKey, write_shard
+
+    other = ShardKey("c" * 64, shapes_detection.digest, "val", shard=1, num_shards=2, task="detection")
+    theirs = write_shard([empty_batch("detection")], tmp_path, key=other, num_images=0)
+    before = Path(theirs.uri).read_bytes()
+    with pytest.raises(ValueError, match=rf"predictions folder {tmp_path} holds another evaluation's predictions \(part-00001\.parquet: checkpoint c{{12}}, "):
+        evaluate_pipeline(_params(checkpoint, str(shapes_detection.path), predictions=str(tmp_path)))  # as a run from the dashboard
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["part-00001.parquet"] and Path(theirs.uri).read_bytes() == before
+
+
 @pytest.fixture
 def s3(monkeypatch):
     """An S3 server (moto) on loopback with one bucket; the AWS variables point every client at it."""

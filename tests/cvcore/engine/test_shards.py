@@ -12,6 +12,7 @@ from cvcore import schema
 from cvcore.engine.infer import ROW_GROUP_ROWS, empty_batch
 from cvcore.engine.shards import (
     ShardKey,
+    check_predictions_folder,
     find_complete_shard,
     list_shards,
     read_shard,
@@ -104,9 +105,10 @@ def test_an_error_reaching_a_shard_propagates_instead_of_making_it_stale(tmp_pat
     assert find_complete_shard(tmp_path, _key(0)) == ours  # still there
 
 
-def test_stale_shards_of_other_predictions_are_removed_and_ours_kept(tmp_path):
+def test_stale_shards_of_another_sharding_are_removed_and_ours_kept(tmp_path):
+    # Before the data-loss audit another model's shards were deleted here too; they are now refused (next test).
     ours = write_shard([_batch([1])], tmp_path, key=_key(0), num_images=1)
-    write_shard([_batch([2])], tmp_path, key=_key(1, checkpoint="c" * 64), num_images=1)  # another model
+    shutil.copy(ours.uri, tmp_path / shard_name(1))  # shard 0 of these predictions under shard 1's name
     write_shard([_batch([3])], tmp_path, key=ShardKey("a" * 64, "b" * 64, "val", 2, 3, "detection"), num_images=1)  # 3 shards
     spark = tmp_path / "part-00000-5e3b2c1a-4d2f-4b8e-9a41-0c3c3f1e2d7a-c000.snappy.parquet"
     pl.DataFrame({"image_id": [4]}).write_parquet(spark)  # another tool's part file: not listed, kept
@@ -115,6 +117,47 @@ def test_stale_shards_of_other_predictions_are_removed_and_ours_kept(tmp_path):
     assert sorted(removed) == [str(tmp_path / shard_name(i)) for i in (1, 2)]
     assert [loc.uri for loc in list_shards(tmp_path)] == [ours.uri]
     assert (tmp_path / "notes.txt").exists() and spark.exists()
+
+
+@pytest.mark.parametrize(
+    "other",
+    [{"checkpoint_sha256": "c" * 64}, {"snapshot_digest": "d" * 64}, {"split": "test"}],
+    ids=["another-model", "another-snapshot", "another-split"],
+)
+def test_shards_of_another_model_or_data_are_refused_and_nothing_is_deleted(tmp_path, other):
+    import dataclasses
+    import re
+
+    ours = write_shard([_batch([1])], tmp_path, key=_key(0, num_shards=3), num_images=1)  # another sharding of ours: fine alone
+    theirs = dataclasses.replace(_key(1), **other)
+    write_shard([_batch([2])], tmp_path, key=theirs, num_images=1)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    held = f"checkpoint {theirs.checkpoint_sha256[:12]}, snapshot {theirs.snapshot_digest[:12]}, split {theirs.split!r}"
+    expected = (
+        f"predictions folder {tmp_path} holds another evaluation's predictions (part-00001.parquet: {held}; "
+        f"this one: checkpoint {'a' * 12}, snapshot {'b' * 12}, split 'val'); pass another predictions folder (--predictions) or delete it"
+    )
+    with pytest.raises(ValueError, match=f"^{re.escape(expected)}$"):
+        remove_stale_shards(tmp_path, key=_key(1))
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # ours of the other sharding too: nothing went
+    if "snapshot_digest" not in other:  # the pre-flight before a source is ingested: the snapshot is not known yet
+        with pytest.raises(ValueError, match=re.escape(f"part-00001.parquet: {held}")):
+            check_predictions_folder(tmp_path, checkpoint_sha256="a" * 64, split="val")
+    with pytest.raises(ValueError, match=re.escape(f"part-00000.parquet: checkpoint {'a' * 12}, snapshot {'b' * 12}, split 'val'; this one")):
+        check_predictions_folder(tmp_path, checkpoint_sha256=theirs.checkpoint_sha256, split=theirs.split, snapshot_digest=theirs.snapshot_digest)
+    (tmp_path / shard_name(1)).unlink()
+    assert check_predictions_folder(tmp_path, checkpoint_sha256="a" * 64, split="val") == [read_shard(ours.uri)]
+    assert check_predictions_folder(tmp_path / "missing", checkpoint_sha256="a" * 64, split="val") == []
+
+
+def test_a_shard_with_a_malformed_record_is_refused_not_deleted(tmp_path):
+    import pyarrow.parquet as pq
+
+    bad = tmp_path / shard_name(0)
+    pq.write_table(pa.table({"image_id": [1]}).replace_schema_metadata({"cvflow.shard": b"{not json"}), bad)
+    with pytest.raises(ValueError, match=f"holds {bad} with a malformed cvflow shard record; pass another predictions folder"):
+        remove_stale_shards(tmp_path, key=_key(1))
+    assert bad.exists()
 
 
 @pytest.mark.parametrize("content", [b"not parquet", None], ids=["not-parquet", "parquet-without-key"])
