@@ -151,8 +151,9 @@ class EvaluatePipelineParams(_Params):
     predictions: str | None = Field(
         None,
         description="folder or object-store URI (s3://bucket/prefix) of the split's part-*.parquet files; complete shards of "
-        "the same model, data and sharding already there are kept (resume), cvflow shards of other predictions are deleted "
-        "and other files named part-NNNNN.parquet are refused. One evaluation per predictions folder at a time: a shard "
+        "the same model, data and sharding already there are kept (resume), this model's shards of this data in another "
+        "shard count are predicted again (replaced); a folder holding another model's, snapshot's or split's predictions, or "
+        "other files named part-NNNNN.parquet, is refused (nothing deleted). One evaluation per predictions folder at a time: a shard "
         "replaced by another run fails the evaluation. Default: "
         "<CVFLOW_HOME>/predictions/model-<checkpoint digest>-data-<snapshot digest>-shards-<prediction_shards>/<split>",
     )
