@@ -8,22 +8,15 @@ existing folder) must be refused, not deleted, while the stack's own half-made c
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
+from test_stack import _stack_module
 
 
 @pytest.fixture(scope="module")
 def stack_py():
-    spec = importlib.util.spec_from_file_location("cvflow_stack_folder", ROOT / "deploy" / "stack" / "stack.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return _stack_module()  # deploy/stack/stack.py, loaded from its file (deploy/ is no package)
 
 
 def _settings(stack_py, root: Path):
