@@ -48,8 +48,12 @@ from cvcore.models import build_model  # noqa: E402
 def data_path(snapshot, *, img_size: int, mosaic: bool):
     """The seeded train dataset the engine builds for preset "default" (Mosaic p=1 or none)."""
     config = AugmentConfig(preset="default", mosaic_p=1.0 if mosaic else 0.0)
-    base = DetectionDataset(snapshot, "train", build_transforms(config, task="detection", img_size=img_size, train=True))
-    return MosaicDataset.from_config(base, config, img_size=img_size) if mosaic else SeededDataset(base, seed=config.seed)
+    base = DetectionDataset(
+        snapshot, "train", build_transforms(config, task="detection", img_size=img_size, train=True)
+    )
+    return (
+        MosaicDataset.from_config(base, config, img_size=img_size) if mosaic else SeededDataset(base, seed=config.seed)
+    )
 
 
 def epoch_rate(dataset, *, workers: int, batch_size: int, epoch: int) -> tuple[float, float]:
@@ -59,8 +63,14 @@ def epoch_rate(dataset, *, workers: int, batch_size: int, epoch: int) -> tuple[f
     image for ``workers=0`` (steadier than wall time on a busy machine) and not meaningful else.
     """
     dataset.set_epoch(epoch)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers, collate_fn=collate_detection,
-                        generator=torch.Generator().manual_seed(epoch))
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=workers,
+        collate_fn=collate_detection,
+        generator=torch.Generator().manual_seed(epoch),
+    )
     start, cpu, n = time.perf_counter(), time.process_time(), 0
     for images, _ in loader:
         n += len(images)
@@ -112,9 +122,13 @@ def main() -> None:
             for key, ds in variants.items():
                 rates[key].append(epoch_rate(ds, workers=key[1], batch_size=args.batch_size, epoch=r))
         mosaic = variants[("default + Mosaic", 0)]
-        batches = [collate_detection([mosaic[i + b * args.batch_size] for i in range(args.batch_size)]) for b in range(2)]
-        train = [train_rate(batches, img_size=args.img_size, num_classes=snapshot.num_classes, steps=args.train_steps)
-                 for _ in range(args.rounds)]
+        batches = [
+            collate_detection([mosaic[i + b * args.batch_size] for i in range(args.batch_size)]) for b in range(2)
+        ]
+        train = [
+            train_rate(batches, img_size=args.img_size, num_classes=snapshot.num_classes, steps=args.train_steps)
+            for _ in range(args.rounds)
+        ]
 
     def med(values, i):
         return round(statistics.median(v[i] for v in values), 1)
@@ -122,10 +136,15 @@ def main() -> None:
     result = {
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads",
         "load_average_at_start": round(load, 2),
-        "n_train": args.n_train, "img_size": args.img_size, "batch_size": args.batch_size, "rounds": args.rounds,
+        "n_train": args.n_train,
+        "img_size": args.img_size,
+        "batch_size": args.batch_size,
+        "rounds": args.rounds,
         "pipeline_images_per_s": {f"{name}, {w} workers": med(v, 0) for (name, w), v in rates.items()},
         "pipeline_cpu_ms_per_image": {f"{name}, {w} workers": med(v, 1) for (name, w), v in rates.items() if w == 0},
-        "pipeline_images_per_s_all": {f"{name}, {w} workers": [round(x[0], 1) for x in v] for (name, w), v in rates.items()},
+        "pipeline_images_per_s_all": {
+            f"{name}, {w} workers": [round(x[0], 1) for x in v] for (name, w), v in rates.items()
+        },
         "yolov1_train_images_per_s": med(train, 0),
         "yolov1_train_cpu_ms_per_image": med(train, 1),
         "yolov1_train_images_per_s_all": [round(x[0], 1) for x in train],
@@ -137,8 +156,10 @@ def main() -> None:
     for (name, w), v in rates.items():
         cpu = f"{med(v, 1):.1f}" if w == 0 else ""
         print(f"| {name} | {w} | {med(v, 0):,.1f} ({', '.join(f'{x[0]:,.0f}' for x in v)}) | {cpu} |")
-    print(f"| YOLOv1 training step (fwd+bwd+AdamW, batch {args.batch_size}) | - | {med(train, 0):,.1f} "
-          f"({', '.join(f'{x[0]:,.1f}' for x in train)}) | {med(train, 1):,.0f} |")
+    print(
+        f"| YOLOv1 training step (fwd+bwd+AdamW, batch {args.batch_size}) | - | {med(train, 0):,.1f} "
+        f"({', '.join(f'{x[0]:,.1f}' for x in train)}) | {med(train, 1):,.0f} |"
+    )
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
 

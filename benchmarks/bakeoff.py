@@ -55,7 +55,9 @@ def snapshot(workdir: Path, name: str):
     path = workdir / "data" / name
     if (path / "manifest.json").is_file():
         return read_snapshot(path)
-    return make_shapes_detection(path, n_train=240, n_val=60, n_test=60, image_size=128, seed=0, name=name, **DATASETS[name])
+    return make_shapes_detection(
+        path, n_train=240, n_val=60, n_test=60, image_size=128, seed=0, name=name, **DATASETS[name]
+    )
 
 
 def pretrain_backbone(workdir: Path, device: str) -> tuple[Path, dict]:
@@ -66,8 +68,10 @@ def pretrain_backbone(workdir: Path, device: str) -> tuple[Path, dict]:
         train_run(load_config(run / "config.yaml"), run, callbacks=[ProgressBar()], resume=run / "last.pt")
     elif state == "absent":
         cls_path = workdir / "data" / "shapes-cls64"
-        data = read_snapshot(cls_path) if (cls_path / "manifest.json").is_file() else make_shapes_classification(
-            cls_path, n_train=800, n_val=200, image_size=64, seed=0
+        data = (
+            read_snapshot(cls_path)
+            if (cls_path / "manifest.json").is_file()
+            else make_shapes_classification(cls_path, n_train=800, n_val=200, image_size=64, seed=0)
         )
         config = PartialRunConfig.model_validate(
             {
@@ -96,9 +100,21 @@ def main() -> None:
     epochs = parse_epochs(args.epochs, [c.name for c in contenders])
     t = time.perf_counter()
     backbone, metrics = pretrain_backbone(args.workdir, args.device)
-    print(f"backbone: {backbone} (val accuracy {metrics['best'].get('val/accuracy', float('nan')):.3f}, {time.perf_counter() - t:.0f} s)")
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else "cpu" if args.device == "auto" else args.device)
-    machine = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
+    print(
+        f"backbone: {backbone} (val accuracy {metrics['best'].get('val/accuracy', float('nan')):.3f}, {time.perf_counter() - t:.0f} s)"
+    )
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else "cpu"
+        if args.device == "auto"
+        else args.device
+    )
+    machine = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
+    )
     for name in args.datasets.split(","):
         snap = snapshot(args.workdir, name)
         params = ComparePipelineParams(

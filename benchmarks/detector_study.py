@@ -56,7 +56,10 @@ class EpochClock:
             "loss": round(float(metrics.get("train/loss", float("nan"))), 4),
         })  # fmt: skip
         r = self.rows[-1]
-        print(f"  epoch {epoch}: {r['wall_s']:.0f} s wall, {r['cpu_s']:.0f} CPU-s, val mAP@0.5 {r['map_50']:.3f}, mAP {r['map']:.3f}", flush=True)
+        print(
+            f"  epoch {epoch}: {r['wall_s']:.0f} s wall, {r['cpu_s']:.0f} CPU-s, val mAP@0.5 {r['map_50']:.3f}, mAP {r['map']:.3f}",
+            flush=True,
+        )
 
 
 def snapshot_for(spec: str, work: Path) -> Path:
@@ -132,7 +135,14 @@ def inference_ms(run_dir: Path, snapshot: Path, size: int, *, batch: int = 8, re
     if isinstance(model, Postprocessable):
         model.set_postprocess(score_threshold=0.001, max_detections=100)
     data = dataset_for(read_snapshot(snapshot), "val", None)
-    images = [F.interpolate(data[i][0].float()[None] / (255 if data[i][0].dtype == torch.uint8 else 1), size=(size, size), mode="bilinear")[0] for i in range(batch)]
+    images = [
+        F.interpolate(
+            data[i][0].float()[None] / (255 if data[i][0].dtype == torch.uint8 else 1),
+            size=(size, size),
+            mode="bilinear",
+        )[0]
+        for i in range(batch)
+    ]
     model(images)  # warm-up
     best = float("inf")
     for _ in range(repeats):

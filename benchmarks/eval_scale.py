@@ -51,11 +51,29 @@ def make_set(out: Path, n_images: int, *, false_positives: float = 15.0, seed: i
     rng = np.random.default_rng(seed)
     image_ids = np.arange(1, n_images + 1, dtype=np.int64)
     images = pl.DataFrame(
-        {"image_id": image_ids, "file_name": [f"{i:08d}.jpg" for i in image_ids], "width": W, "height": H, "split": "test", "sha256": ""},
-        schema={"image_id": pl.Int64, "file_name": pl.String, "width": pl.Int32, "height": pl.Int32, "split": pl.String, "sha256": pl.String},
+        {
+            "image_id": image_ids,
+            "file_name": [f"{i:08d}.jpg" for i in image_ids],
+            "width": W,
+            "height": H,
+            "split": "test",
+            "sha256": "",
+        },
+        schema={
+            "image_id": pl.Int64,
+            "file_name": pl.String,
+            "width": pl.Int32,
+            "height": pl.Int32,
+            "split": pl.String,
+            "sha256": pl.String,
+        },
     )
     categories = pl.DataFrame(
-        {"category_id": np.arange(K, dtype=np.int32), "name": [f"class{k}" for k in range(K)], "source_id": np.arange(K, dtype=np.int64)}
+        {
+            "category_id": np.arange(K, dtype=np.int32),
+            "name": [f"class{k}" for k in range(K)],
+            "source_id": np.arange(K, dtype=np.int64),
+        }
     )
     freq = 1.0 / np.arange(1, K + 1)  # skewed class frequencies, as in real data
     n_gt = rng.poisson(7, n_images)
@@ -91,9 +109,26 @@ def make_set(out: Path, n_images: int, *, false_positives: float = 15.0, seed: i
     for shard in range(num_shards):  # shards are contiguous image ranges, as shard_indices makes them
         lo, hi = image_ids[shard * n_images // num_shards], image_ids[(shard + 1) * n_images // num_shards - 1]
         part = preds.filter(pl.col("image_id").is_between(lo, hi)).to_arrow()
-        key = ShardKey(checkpoint_sha256="0" * 64, snapshot_digest=snap.digest, split="test", shard=shard, num_shards=num_shards, task="detection")
-        files.append(write_shard(part.to_batches(max_chunksize=4096), out / "predictions", key=key, num_images=int(hi - lo + 1)).uri)
-    return {"snapshot": str(snap.path), "files": files, "n_gt": int(gt_image.size), "n_pred": preds.height, "shards": num_shards}
+        key = ShardKey(
+            checkpoint_sha256="0" * 64,
+            snapshot_digest=snap.digest,
+            split="test",
+            shard=shard,
+            num_shards=num_shards,
+            task="detection",
+        )
+        files.append(
+            write_shard(
+                part.to_batches(max_chunksize=4096), out / "predictions", key=key, num_images=int(hi - lo + 1)
+            ).uri
+        )
+    return {
+        "snapshot": str(snap.path),
+        "files": files,
+        "n_gt": int(gt_image.size),
+        "n_pred": preds.height,
+        "shards": num_shards,
+    }
 
 
 def _boxes(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -114,7 +149,14 @@ def evaluate_step(data: dict, out: Path) -> dict:
     from tasks.evaluate import read_predictions, score_split, write_table
     from tasks.refs import PredictionsRef
 
-    ref = PredictionsRef(dir=str(Path(data["files"][0]).parent), split="test", task="detection", num_images=0, num_rows=0, files=tuple(data["files"]))
+    ref = PredictionsRef(
+        dir=str(Path(data["files"][0]).parent),
+        split="test",
+        task="detection",
+        num_images=0,
+        num_rows=0,
+        files=tuple(data["files"]),
+    )
     scores = score_split(Path(data["snapshot"]), read_predictions(ref), split="test", protocol="coco")
     for name, table in scores.tables.items():
         write_table(table, out / f"{name}.parquet")
@@ -177,7 +219,16 @@ def main() -> None:
             data = make_set(folder, n, false_positives=args.false_positives)
             made = time.perf_counter() - t0
             m = measure(data, folder / "eval")
-            rows.append({"images": n, "ground_truth": data["n_gt"], "detections": data["n_pred"], "shards": data["shards"], "setup_s": made, **m})
+            rows.append(
+                {
+                    "images": n,
+                    "ground_truth": data["n_gt"],
+                    "detections": data["n_pred"],
+                    "shards": data["shards"],
+                    "setup_s": made,
+                    **m,
+                }
+            )
             step = m["result"]
             print(
                 f"{n:>7,} images {data['n_gt']:>9,} gt {data['n_pred']:>10,} dets {data['shards']:>3} shards: process "
@@ -192,7 +243,13 @@ def main() -> None:
             f"x{r['result']['step_cpu_s'] / first['result']['step_cpu_s']:.1f}, wall x{r['result']['step_wall_s'] / first['result']['step_wall_s']:.1f}, "
             f"memory above imports x{(r['peak_mib'] - base['peak_mib']) / max(first['peak_mib'] - base['peak_mib'], 1):.1f}"
         )
-    machine = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(), "load": os.getloadavg(), "polars": pl.__version__}
+    machine = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "load": os.getloadavg(),
+        "polars": pl.__version__,
+    }
     print(json.dumps(machine))
     if args.json:
         args.json.write_text(json.dumps({"machine": machine, "imports_only": base, "rows": rows}, indent=2))

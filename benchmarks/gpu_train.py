@@ -88,7 +88,10 @@ def measure(spec: dict[str, Any], d: Dist) -> dict[str, Any] | None:
     """One process's rounds; rank 0 returns the global figures."""
     configure_threads()
     name, task = spec["model"], model_spec(spec["model"]).task
-    user: dict[str, Any] = {"model": {"name": name}, "train": {"batch_size": spec["batch_size"], "device": spec["device"]}}
+    user: dict[str, Any] = {
+        "model": {"name": name},
+        "train": {"batch_size": spec["batch_size"], "device": spec["device"]},
+    }
     if spec["size"]:
         user["data"] = {"img_size": spec["size"]}
     config = resolve(PartialRunConfig.model_validate(user), model_spec(name).defaults)
@@ -122,7 +125,16 @@ def measure(spec: dict[str, Any], d: Dist) -> dict[str, Any] | None:
         for mode in ("bare", "engine"):
             sampler.set_epoch(r)
             if mode == "bare":
-                ips = _bare_epoch(net, loader, optimizer, task=task, device=device, precision=precision, channels_last=channels_last, d=d)
+                ips = _bare_epoch(
+                    net,
+                    loader,
+                    optimizer,
+                    task=task,
+                    device=device,
+                    precision=precision,
+                    channels_last=channels_last,
+                    d=d,
+                )
             else:
                 out = train_one_epoch(
                     net, loader, task=task, optimizer=optimizer, scheduler=scheduler, scaler=scaler, ema=None, device=device,
@@ -144,7 +156,9 @@ def measure(spec: dict[str, Any], d: Dist) -> dict[str, Any] | None:
     }  # fmt: skip
 
 
-def _bare_epoch(net, loader, optimizer, *, task: str, device: torch.device, precision, channels_last: bool, d: Dist) -> float:
+def _bare_epoch(
+    net, loader, optimizer, *, task: str, device: torch.device, precision, channels_last: bool, d: Dist
+) -> float:
     """The plain loop over one epoch; global images/s (this rank's wall time, GPU work finished)."""
     net.train()
     images_seen = 0
@@ -177,17 +191,33 @@ def bench_rank(spec: dict[str, Any]) -> dict[str, Any] | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--models", default=None, help=f"name[:img_size],... (default GPU {GPU_MODELS}; CPU {CPU_MODELS})")
+    parser.add_argument(
+        "--models", default=None, help=f"name[:img_size],... (default GPU {GPU_MODELS}; CPU {CPU_MODELS})"
+    )
     parser.add_argument("--devices", default="1,2", help="device counts to compare, e.g. 1,2 or 1,8")
-    parser.add_argument("--batch-size", type=int, default=None, help="global batch (default: 64 classification / 16 detection on GPU; 32 / 8 on CPU)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="global batch (default: 64 classification / 16 detection on GPU; 32 / 8 on CPU)",
+    )
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps per round (default 30 GPU, 6 CPU)")
     parser.add_argument("--rounds", type=int, default=3, help="measured rounds per mode, after one warm-up round")
-    parser.add_argument("--workers", type=int, default=None, help="DataLoader workers per process (default 4 GPU, 0 CPU)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads per process (CVFLOW_NUM_THREADS; default: the CPUs shared out)")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="DataLoader workers per process (default 4 GPU, 0 CPU)"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads per process (CVFLOW_NUM_THREADS; default: the CPUs shared out)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args()
     if args.threads:
-        os.environ["CVFLOW_NUM_THREADS"] = str(args.threads)  # read by configure_threads here and in every launched process
+        os.environ["CVFLOW_NUM_THREADS"] = str(
+            args.threads
+        )  # read by configure_threads here and in every launched process
     cuda = resolve_device(args.device).type == "cuda"
     models = args.models or (GPU_MODELS if cuda else CPU_MODELS)
     counts = [int(n) for n in args.devices.split(",")]
@@ -195,7 +225,9 @@ def main() -> None:
     for item in models.split(","):
         name, _, size = item.partition(":")
         task = model_spec(name).task
-        batch = args.batch_size or ((64 if task == "classification" else 16) if cuda else (32 if task == "classification" else 8))
+        batch = args.batch_size or (
+            (64 if task == "classification" else 16) if cuda else (32 if task == "classification" else 8)
+        )
         spec = {
             "model": name, "size": int(size) if size else None, "batch_size": batch, "device": args.device,
             "steps": args.steps or (30 if cuda else 6), "rounds": args.rounds, "workers": args.workers if args.workers is not None else (4 if cuda else 0),

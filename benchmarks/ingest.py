@@ -64,7 +64,10 @@ def generate(root: Path, *, n_images: int, per_image: int, seed: int = 0) -> int
     rng = np.random.default_rng(seed)
     base = rng.integers(0, 256, size=(24, 32, 3), dtype=np.uint8)
     (root / "annotations").mkdir(parents=True, exist_ok=True)
-    docs = {s: {"images": [], "annotations": [], "categories": [{"id": c, "name": f"class{c}"} for c in range(1, 81)]} for s in ("train", "val")}
+    docs = {
+        s: {"images": [], "annotations": [], "categories": [{"id": c, "name": f"class{c}"} for c in range(1, 81)]}
+        for s in ("train", "val")
+    }
     ann_id = 0
     for i in range(1, n_images + 1):
         split = "val" if i % 10 == 0 else "train"
@@ -84,7 +87,14 @@ def generate(root: Path, *, n_images: int, per_image: int, seed: int = 0) -> int
             if ann_id % 500 == 0:
                 w = -w  # a broken box now and then
             docs[split]["annotations"].append(
-                {"id": ann_id, "image_id": i, "category_id": int(rng.integers(1, 81)), "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0}
+                {
+                    "id": ann_id,
+                    "image_id": i,
+                    "category_id": int(rng.integers(1, 81)),
+                    "bbox": [x, y, w, h],
+                    "area": w * h,
+                    "iscrowd": 0,
+                }
             )
     for split, doc in docs.items():
         (root / "annotations" / f"instances_{split}2017.json").write_text(json.dumps(doc))
@@ -122,7 +132,9 @@ def measure(src: Path, work: Path, *, repeat: int) -> dict:
     def parse_and_validate():
         raw = read_coco(src)
         entries = validate.check_image_entries(raw.images, n_objects=n_obj, unit="annotation")
-        images = validate.apply_headers(entries.table, headers, image_root=raw.image_root, n_objects=n_obj, unit="annotation")
+        images = validate.apply_headers(
+            entries.table, headers, image_root=raw.image_root, n_objects=n_obj, unit="annotation"
+        )
         return validate.check_annotations(raw.annotations, images.table)
 
     out["parse_validate_s"], checked = _timed(parse_and_validate, repeat)
@@ -132,12 +144,16 @@ def measure(src: Path, work: Path, *, repeat: int) -> dict:
     runs = []
     for _ in range(repeat):
         code = _CHILD.format(root=root, src=str(src), out=str(work / "snapshot"), hwm=_HWM)
-        runs.append(json.loads(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout))
+        runs.append(
+            json.loads(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout)
+        )
     seconds = [r["seconds"] for r in runs]
     out["end_to_end_s"] = (statistics.median(seconds), min(seconds), statistics.median(r["cpu"] for r in runs))
     out["quarantined"] = runs[-1]["quarantined"]
     out["peak_rss_mib"] = max(r["peak_rss_mib"] for r in runs)
-    base = subprocess.run([sys.executable, "-c", _BASELINE.format(root=root, hwm=_HWM)], check=True, capture_output=True, text=True)
+    base = subprocess.run(
+        [sys.executable, "-c", _BASELINE.format(root=root, hwm=_HWM)], check=True, capture_output=True, text=True
+    )
     out["import_rss_mib"] = float(base.stdout)
     return out
 
@@ -156,8 +172,14 @@ def report(r: dict, *, n_annotations: int) -> str:
         "|---|---:|---:|---:|---:|---:|",
     ]
     for name, (med, best, cpu), per_ann in rows:
-        anns = f"{n_annotations / med:,.0f} ({n_annotations / best:,.0f}) | {n_annotations / cpu:,.0f}" if per_ann else " | "
-        lines.append(f"| {name} | {med:.2f} ({best:.2f}) | {cpu:.2f} | {n_img / med:,.0f} ({n_img / best:,.0f}) | {anns} |")
+        anns = (
+            f"{n_annotations / med:,.0f} ({n_annotations / best:,.0f}) | {n_annotations / cpu:,.0f}"
+            if per_ann
+            else " | "
+        )
+        lines.append(
+            f"| {name} | {med:.2f} ({best:.2f}) | {cpu:.2f} | {n_img / med:,.0f} ({n_img / best:,.0f}) | {anns} |"
+        )
     lines.append("")
     lines.append(
         f"{n_img:,} images, {n_annotations:,} annotations ({r['quarantined']} quarantined); {r['repeat']} runs per phase; "
@@ -179,14 +201,19 @@ def main() -> None:
         work = Path(tmp)
         t = time.perf_counter()
         n_ann = generate(work / "coco", n_images=args.images, per_image=args.per_image)
-        print(f"generated {args.images:,} images / {n_ann:,} annotations in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+        print(
+            f"generated {args.images:,} images / {n_ann:,} annotations in {time.perf_counter() - t:.1f} s",
+            file=sys.stderr,
+        )
         # Flush the generator's writes first, so the first phase measured does not pay for
         # their write-back (it did: parse ran ~3x slower right after generation).
         os.sync()
         result = measure(work / "coco", work, repeat=args.repeat)
     result["machine"] = f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
     print(report(result, n_annotations=n_ann))
-    print(f"\n{result['machine']}; this process's peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    print(
+        f"\n{result['machine']}; this process's peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"
+    )
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
 

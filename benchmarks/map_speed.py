@@ -130,7 +130,9 @@ def _fix(boxes: np.ndarray, W: float, H: float) -> np.ndarray:
     return np.stack([x1, y1, np.maximum(x2, x1 + 0.5), np.maximum(y2, y1 + 0.5)], axis=1)
 
 
-def write_set(out: Path, images: pl.DataFrame, annotations: pl.DataFrame, predictions: pl.DataFrame, *, coco: bool) -> None:
+def write_set(
+    out: Path, images: pl.DataFrame, annotations: pl.DataFrame, predictions: pl.DataFrame, *, coco: bool
+) -> None:
     """Parquet (images, annotations, predictions/part-*.parquet) and, with ``coco``, COCO JSON."""
     (out / "predictions").mkdir(parents=True, exist_ok=True)
     images.write_parquet(out / "images.parquet")
@@ -264,7 +266,9 @@ def main() -> None:
     ap.add_argument("--categories", type=int, default=80)
     ap.add_argument("--dets-per-image", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--repeat", type=int, default=3, help="runs per tool, pycocotools once (best time, max memory reported)")
+    ap.add_argument(
+        "--repeat", type=int, default=3, help="runs per tool, pycocotools once (best time, max memory reported)"
+    )
     ap.add_argument("--large", type=int, default=0, help="also run ours from Parquet at this many images")
     ap.add_argument("--skip-pycocotools", action="store_true")
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -307,7 +311,9 @@ def main() -> None:
 
         if args.large:
             big = Path(tmp) / "large"
-            frames = make_set(args.large, n_categories=args.categories, dets_per_image=args.dets_per_image, seed=args.seed)
+            frames = make_set(
+                args.large, n_categories=args.categories, dets_per_image=args.dets_per_image, seed=args.seed
+            )
             write_set(big, *frames, coco=False)
             r = spawn("cvcore-parquet", big)
             print(f"\nlarge: {args.large} images, {frames[1].height} ground truth, {frames[2].height} detections "

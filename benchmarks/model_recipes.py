@@ -61,7 +61,10 @@ def classify(args: argparse.Namespace, work: Path) -> None:
             model.eval()
             with torch.no_grad():
                 accuracy = (model(xv).argmax(1) == yv).float().mean().item()
-            print(f"step {step:4d}  loss {loss.item():.3f}  val accuracy {accuracy:.3f}  {time.perf_counter() - start:.0f} s", flush=True)
+            print(
+                f"step {step:4d}  loss {loss.item():.3f}  val accuracy {accuracy:.3f}  {time.perf_counter() - start:.0f} s",
+                flush=True,
+            )
 
 
 def detect(args: argparse.Namespace, work: Path) -> None:
@@ -139,7 +142,15 @@ def _predict(model: torch.nn.Module, images: torch.Tensor, image_ids: list[int])
             for image_id, out in zip(image_ids[start : start + 30], model(images[start : start + 30])):
                 for box, label, score in zip(out["boxes"].tolist(), out["labels"].tolist(), out["scores"].tolist()):
                     rows.append((image_id, label, score, *box))
-    schema = {"image_id": pl.Int64, "category_id": pl.Int32, "score": pl.Float64, "x1": pl.Float64, "y1": pl.Float64, "x2": pl.Float64, "y2": pl.Float64}
+    schema = {
+        "image_id": pl.Int64,
+        "category_id": pl.Int32,
+        "score": pl.Float64,
+        "x1": pl.Float64,
+        "y1": pl.Float64,
+        "x2": pl.Float64,
+        "y2": pl.Float64,
+    }
     return pl.DataFrame(rows, schema=schema, orient="row")
 
 
@@ -151,7 +162,9 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=None, help="default: 32 (classify), 16 (detect)")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--small-input", type=int, choices=[0, 1], default=1)
-    ap.add_argument("--model", default=None, help="registered model (default: resnet18 for classify, yolov1 for detect)")
+    ap.add_argument(
+        "--model", default=None, help="registered model (default: resnet18 for classify, yolov1 for detect)"
+    )
     ap.add_argument("--sgd", action="store_true", help="SGD with momentum 0.9 instead of AdamW")
     ap.add_argument("--head", choices=["conv", "fc"], default="conv")
     ap.add_argument("--stride", type=int, default=0)

@@ -106,7 +106,9 @@ def export_yolo(snapshot, out: Path) -> Path:
     )
     lines: dict[int, list[str]] = {}
     for r in boxes.sort("ann_id").iter_rows(named=True):
-        lines.setdefault(r["image_id"], []).append(f"{r['category_id']} {r['cx']:.6f} {r['cy']:.6f} {r['w']:.6f} {r['h']:.6f}")
+        lines.setdefault(r["image_id"], []).append(
+            f"{r['category_id']} {r['cx']:.6f} {r['cy']:.6f} {r['w']:.6f} {r['h']:.6f}"
+        )
     for split in snapshot.splits:
         (out / "images" / split).mkdir(parents=True)
         (out / "labels" / split).mkdir(parents=True)
@@ -116,7 +118,9 @@ def export_yolo(snapshot, out: Path) -> Path:
             (out / "labels" / split / f"{image_id}.txt").write_text("".join(f"{x}\n" for x in lines.get(image_id, [])))
     data_yaml = out / "data.yaml"
     names = dict(enumerate(snapshot.class_names))  # category_id is contiguous 0..K-1
-    data_yaml.write_text(yaml.safe_dump({"path": str(out), "train": "images/train", "val": "images/val", "names": names}))
+    data_yaml.write_text(
+        yaml.safe_dump({"path": str(out), "train": "images/train", "val": "images/val", "names": names})
+    )
     return data_yaml
 
 
@@ -168,7 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=60)
     ap.add_argument("--imgsz", type=int, default=128)
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--score-epochs", default="all", help="'all' or comma-separated epochs scored by our evaluator (the last always is)")
+    ap.add_argument(
+        "--score-epochs",
+        default="all",
+        help="'all' or comma-separated epochs scored by our evaluator (the last always is)",
+    )
     ap.add_argument("--scratch", type=Path, default=Path("/tmp/cvflow-peer"), help="Ultralytics install, config, runs")
     ap.add_argument("--no-infer", action="store_true", help="skip the inference timing")
     ap.add_argument("--json", type=Path, help="append the results to this JSON file")
@@ -188,7 +196,11 @@ def main(argv: list[str] | None = None) -> int:
     offline_config(scratch / "config")
     env = {**os.environ, "PYTHONPATH": str(scratch / "site"), "YOLO_CONFIG_DIR": str(scratch / "config"),
            "YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "0", "MPLBACKEND": "Agg"}  # fmt: skip
-    score_epochs = list(range(1, args.epochs + 1)) if args.score_epochs == "all" else [int(e) for e in args.score_epochs.split(",")]
+    score_epochs = (
+        list(range(1, args.epochs + 1))
+        if args.score_epochs == "all"
+        else [int(e) for e in args.score_epochs.split(",")]
+    )
     score_epochs = sorted({e for e in score_epochs if 1 <= e <= args.epochs} | {args.epochs})
     results = []
     scratch.mkdir(parents=True, exist_ok=True)
@@ -210,7 +222,13 @@ def main(argv: list[str] | None = None) -> int:
                 ultra_curve = peer["epochs"]
                 curve = [{**r, **score(snapshot, run_dir / "pred" / f"epoch{r['epoch']:03d}.parquet")}
                          for r in ultra_curve if r["epoch"] in score_epochs]  # fmt: skip
-                curve = [{k: r[k] for k in ("epoch", "wall_s", "cpu_s", "map_50", "map", "ultra_map_50", "ultra_map", "loss")} for r in curve]
+                curve = [
+                    {
+                        k: r[k]
+                        for k in ("epoch", "wall_s", "cpu_s", "map_50", "map", "ultra_map_50", "ultra_map", "loss")
+                    }
+                    for r in curve
+                ]
                 infer = {f"infer_ms_{s}": ms for s, ms in peer["infer_ms"].items()}
                 results.append({"data": data_name, "model": model, "label": label, "sets": [], "curve": curve, **infer,
                                 "best_map_50": max(r["map_50"] for r in curve), "best_map": max(r["map"] for r in curve),

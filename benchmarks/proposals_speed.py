@@ -87,10 +87,16 @@ def main() -> None:
     cv2.setNumThreads(args.threads)
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        sizes = [tuple(int(v) for v in item.split(":")) if ":" in item else (int(item), 40) for item in args.sizes.split(",")]
+        sizes = [
+            tuple(int(v) for v in item.split(":")) if ":" in item else (int(item), 40) for item in args.sizes.split(",")
+        ]
         rows = [r for size, n in sizes for r in measure(size, n, Path(tmp))]
-    print(f"\nMachine: {platform.processor() or platform.machine()}, {args.threads} thread(s), OpenCV {cv2.__version__}\n")
-    print("| image | method | wall ms/image (median) | wall ms/image (mean) | CPU ms/image (median) | proposals/image | recall@0.5 | recall@0.7 |")
+    print(
+        f"\nMachine: {platform.processor() or platform.machine()}, {args.threads} thread(s), OpenCV {cv2.__version__}\n"
+    )
+    print(
+        "| image | method | wall ms/image (median) | wall ms/image (mean) | CPU ms/image (median) | proposals/image | recall@0.5 | recall@0.7 |"
+    )
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         print(

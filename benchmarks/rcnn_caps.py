@@ -61,7 +61,9 @@ def gt_features(model: RCNN, images, boxes) -> torch.Tensor:
     return model._normalise(torch.cat(model._extract_many(images, boxes)))
 
 
-def probe_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor, *, steps: int = 300) -> float:
+def probe_accuracy(
+    train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor, *, steps: int = 300
+) -> float:
     """Val accuracy of a softmax linear probe trained full-batch on ``train_x [N, D]``."""
     torch.manual_seed(0)
     probe = torch.nn.Linear(train_x.shape[1], int(train_y.max()) + 1)
@@ -78,7 +80,12 @@ def measure(name: str, model: RCNN, train, val) -> dict:
     start = time.process_time()
     tx, vx = gt_features(model, train[0], train[1]), gt_features(model, val[0], val[1])
     ty, vy = torch.cat(train[2]), torch.cat(val[2])
-    row = {"cnn": name, "warp": model.warp_size, "context_pad": model.context_pad, "probe_val_accuracy": round(probe_accuracy(tx, ty, vx, vy), 3)}
+    row = {
+        "cnn": name,
+        "warp": model.warp_size,
+        "context_pad": model.context_pad,
+        "probe_val_accuracy": round(probe_accuracy(tx, ty, vx, vy), 3),
+    }
     if not name.startswith("untrained"):
         with torch.no_grad():
             row["svm_val_accuracy"] = round(float((model.svm(vx).argmax(1) == vy).float().mean()), 3)
@@ -101,7 +108,13 @@ def main(argv: list[str] | None = None) -> int:
     untrained = build_model("rcnn", num_classes=num_classes, warp_size=args.warp, context_pad=args.pad)
     start = time.process_time()
     recall = proposal_recall([untrained.proposals(im) for im in val[0]], val[1], iou=(0.5, 0.7))
-    rows.append({"proposals": untrained.proposal_settings.key(), **recall.as_metrics(), "cpu_s": round(time.process_time() - start, 1)})
+    rows.append(
+        {
+            "proposals": untrained.proposal_settings.key(),
+            **recall.as_metrics(),
+            "cpu_s": round(time.process_time() - start, 1),
+        }
+    )
     print(json.dumps(rows[-1]), flush=True)
     rows.append(measure(f"untrained resnet18 (frozen), warp {args.warp}", untrained, train, val))
     print(json.dumps(rows[-1]), flush=True)

@@ -125,7 +125,9 @@ def bare_predict(model, dataset, batch_size, device, path: Path) -> Timing:
             pa.array(np.asarray(dataset.image_ids, dtype=np.int64)),
             pa.array(top.astype(np.int32)),
             pa.array(p[np.arange(len(p)), top].astype(np.float64)),
-            pa.LargeListArray.from_arrays(pa.array(np.arange(0, p.size + 1, k, dtype=np.int64)), pa.array(p.reshape(-1))),
+            pa.LargeListArray.from_arrays(
+                pa.array(np.arange(0, p.size + 1, k, dtype=np.int64)), pa.array(p.reshape(-1))
+            ),
         ],
         schema=schema.arrow_schema("classifications"),
     )
@@ -158,7 +160,9 @@ def _ips(t: Timing) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="resnet18")
-    ap.add_argument("--options", type=json.loads, default={}, help='model options as JSON, e.g. \'{"small_input": false}\'')
+    ap.add_argument(
+        "--options", type=json.loads, default={}, help="model options as JSON, e.g. '{\"small_input\": false}'"
+    )
     ap.add_argument("--n-train", type=int, default=128)
     ap.add_argument("--n-val", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=5, help="alternating bare/engine rounds")
@@ -177,8 +181,11 @@ def main() -> None:
         tmp = Path(tmp)
         snap = make_shapes_classification(tmp / "data", n_train=args.n_train, n_val=args.n_val, seed=0)
         user = PartialRunConfig.model_validate(
-            {"data": {"snapshot": str(snap.path), "num_workers": args.workers}, "model": {"name": args.model, "options": options},
-             "train": {"device": str(device)}}  # fmt: skip
+            {
+                "data": {"snapshot": str(snap.path), "num_workers": args.workers},
+                "model": {"name": args.model, "options": options},
+                "train": {"device": str(device)},
+            }  # fmt: skip
         )
         config = resolve_run_config(user, snapshot=snap)
         tc = config.train
@@ -187,12 +194,16 @@ def main() -> None:
 
         def fresh():
             torch.manual_seed(0)
-            m = build_model(args.model, num_classes=snap.num_classes, img_size=config.data.img_size, **options).to(device)
+            m = build_model(args.model, num_classes=snap.num_classes, img_size=config.data.img_size, **options).to(
+                device
+            )
             return m, build_optimizer(param_groups(m, lr=tc.lr, weight_decay=tc.weight_decay), tc)
 
         bare_model, bare_opt = fresh()
         eng_model, eng_opt = fresh()
-        sched = build_scheduler(eng_opt, tc.model_copy(update={"epochs": args.rounds + 1}), steps_per_epoch=len(train_loader))
+        sched = build_scheduler(
+            eng_opt, tc.model_copy(update={"epochs": args.rounds + 1}), steps_per_epoch=len(train_loader)
+        )
         scaler = make_scaler(device, choose_precision(device, amp=tc.amp))
 
         # A first round of each (allocator, thread pools, first-call costs) is not counted.
@@ -201,7 +212,9 @@ def main() -> None:
         train_bare, train_engine = [], []
         for r in range(args.rounds):
             train_bare.append(bare_train_epoch(bare_model, train_loader, bare_opt, device))
-            train_engine.append(engine_train_epoch(eng_model, train_loader, eng_opt, sched, scaler, config, device, r + 1))
+            train_engine.append(
+                engine_train_epoch(eng_model, train_loader, eng_opt, sched, scaler, config, device, r + 1)
+            )
             print(f"train round {r + 1}: bare {_ips(train_bare[-1])}, engine {_ips(train_engine[-1])}", flush=True)
 
         val_set = val_loader.dataset
@@ -218,7 +231,15 @@ def main() -> None:
         model, _ = fresh()
         fit_config = config.model_copy(update={"train": tc.model_copy(update={"epochs": 2})})
         start = time.perf_counter()
-        result = fit(model, train_loader, val_loader, config=fit_config, task="classification", out_dir=tmp / "run", meta={"model_name": args.model})
+        result = fit(
+            model,
+            train_loader,
+            val_loader,
+            config=fit_config,
+            task="classification",
+            out_dir=tmp / "run",
+            meta={"model_name": args.model},
+        )
         fit_wall = time.perf_counter() - start
         fit_train_ips = float(result.history.get_column("train/images_per_s").median())
         ckpt_mb = (tmp / "run" / "last.pt").stat().st_size / 2**20
@@ -233,19 +254,35 @@ def main() -> None:
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "load_average_at_start": load_at_start,
         },
-        "setup": {"model": args.model, "options": options, "img_size": config.data.img_size, "batch_size": bs,
-                  "n_train": args.n_train, "n_val": args.n_val, "workers": args.workers, "rounds": args.rounds},  # fmt: skip
+        "setup": {
+            "model": args.model,
+            "options": options,
+            "img_size": config.data.img_size,
+            "batch_size": bs,
+            "n_train": args.n_train,
+            "n_val": args.n_val,
+            "workers": args.workers,
+            "rounds": args.rounds,
+        },  # fmt: skip
         "train": summarise(train_bare, train_engine),
         "predict": summarise(pred_bare, pred_engine) | {"identical_parquet": same},
-        "fit": {"epochs": 2, "wall_s": round(fit_wall, 2), "train_ips": round(fit_train_ips, 2), "checkpoint_mib": round(ckpt_mb, 1),
-                "gpu_max_mem_gib": gpu_mem},  # fmt: skip
+        "fit": {
+            "epochs": 2,
+            "wall_s": round(fit_wall, 2),
+            "train_ips": round(fit_train_ips, 2),
+            "checkpoint_mib": round(ckpt_mb, 1),
+            "gpu_max_mem_gib": gpu_mem,
+        },  # fmt: skip
     }
     for part in ("train", "predict"):
         w, c = out[part]["wall"], out[part]["cpu"]
         print(f"{part:8s} engine/bare: wall {w['ratio']:.3f} ({w['engine_ips']:.1f} vs {w['bare_ips']:.1f} img/s), "
               f"CPU {c['ratio']:.3f} ({c['engine_ips']:.1f} vs {c['bare_ips']:.1f} img per CPU-s); medians of {args.rounds} rounds")  # fmt: skip
     print(f"predict: same Parquet table from both: {same}")
-    print(f"fit, 2 epochs: {fit_wall:.1f} s wall, {fit_train_ips:.1f} train img/s, last.pt {ckpt_mb:.1f} MiB" + (f", GPU peak {gpu_mem:.2f} GiB" if gpu_mem else ""))
+    print(
+        f"fit, 2 epochs: {fit_wall:.1f} s wall, {fit_train_ips:.1f} train img/s, last.pt {ckpt_mb:.1f} MiB"
+        + (f", GPU peak {gpu_mem:.2f} GiB" if gpu_mem else "")
+    )
     if args.json:
         args.json.write_text(json.dumps(out, indent=2) + "\n")
 

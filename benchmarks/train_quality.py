@@ -43,8 +43,20 @@ from cvcore.engine.run import train_run  # noqa: E402
 
 # name: (data generator, its parameters, config set beyond data + model (empty: registry defaults), metric, target)
 RUNS = {
-    "resnet18": (make_shapes_classification, {"n_train": 800, "n_val": 200, "image_size": 32, "seed": 0}, {}, "val/accuracy", 0.95),
-    "yolov1": (make_shapes_detection, {"n_train": 240, "n_val": 60, "image_size": 128, "seed": 0}, {}, "val/map_50", 0.5),
+    "resnet18": (
+        make_shapes_classification,
+        {"n_train": 800, "n_val": 200, "image_size": 32, "seed": 0},
+        {},
+        "val/accuracy",
+        0.95,
+    ),
+    "yolov1": (
+        make_shapes_detection,
+        {"n_train": 240, "n_val": 60, "image_size": 128, "seed": 0},
+        {},
+        "val/map_50",
+        0.5,
+    ),
 }
 
 
@@ -70,7 +82,9 @@ def run_one(name: str, work: Path, *, quiet: bool) -> dict:
         "final": result.final_metrics[metric],
         "epochs": result.epochs_run,
         "passed": result.best_metrics[metric] >= target,
-        "first_epoch_at_target": next((int(e) for e, v in zip(h.get_column("epoch"), h.get_column(metric)) if v >= target), None),
+        "first_epoch_at_target": next(
+            (int(e) for e, v in zip(h.get_column("epoch"), h.get_column(metric)) if v >= target), None
+        ),
         "curve": [round(float(v), 4) for v in h.get_column(metric)],
         "wall_s": round(wall, 1),
         "cpu_s": round(cpu, 1),  # this process's CPU time: steadier than wall time on a shared machine

@@ -93,14 +93,24 @@ def xyxy_from_cxcywh(cx: str = "cx", cy: str = "cy", w: str = "w", h: str = "h")
     until :func:`scale_xyxy` multiplies by the image's width and height.
     """
     cxs, cys, ws, hs = (pl.col(c).cast(pl.Float64) for c in (cx, cy, w, h))
-    return [(cxs - ws / 2).alias("x1"), (cys - hs / 2).alias("y1"), (cxs + ws / 2).alias("x2"), (cys + hs / 2).alias("y2")]
+    return [
+        (cxs - ws / 2).alias("x1"),
+        (cys - hs / 2).alias("y1"),
+        (cxs + ws / 2).alias("x2"),
+        (cys + hs / 2).alias("y2"),
+    ]
 
 
 def scale_xyxy(width: str | pl.Expr, height: str | pl.Expr) -> list[pl.Expr]:
     """``x1, y1, x2, y2`` as fractions of the image size -> pixels: x times ``width``, y times ``height`` (columns or expressions)."""
     w = pl.col(width) if isinstance(width, str) else width
     h = pl.col(height) if isinstance(height, str) else height
-    return [(pl.col("x1") * w).alias("x1"), (pl.col("y1") * h).alias("y1"), (pl.col("x2") * w).alias("x2"), (pl.col("y2") * h).alias("y2")]
+    return [
+        (pl.col("x1") * w).alias("x1"),
+        (pl.col("y1") * h).alias("y1"),
+        (pl.col("x2") * w).alias("x2"),
+        (pl.col("y2") * h).alias("y2"),
+    ]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -100,9 +100,13 @@ class TrainConfig(_Section):
     seed: int = 0
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:1" ...
     # Data-parallel training (cvcore.engine.distributed): batch_size is the global batch, split evenly.
-    devices: int | Literal["auto"] = Field(1, description="processes per machine (one per GPU, or CPU processes); auto: every visible GPU")
+    devices: int | Literal["auto"] = Field(
+        1, description="processes per machine (one per GPU, or CPU processes); auto: every visible GPU"
+    )
     sync_bn: bool = False  # batch-norm statistics over all GPUs' images (SyncBatchNorm, CUDA only)
-    dist_timeout_s: float = Field(900.0, gt=0.0, description="seconds a rank waits in a collective before the run fails")
+    dist_timeout_s: float = Field(
+        900.0, gt=0.0, description="seconds a rank waits in a collective before the run fails"
+    )
     channels_last: bool = True  # classification on CUDA: model and batches in channels-last layout
     compile: bool = False  # torch.compile the training forward pass
 
@@ -177,8 +181,13 @@ def _partial(section: type[_Section], section_name: str) -> type[_Section]:
         fallback = info.get_default(call_default_factory=True)
         note = f"(blank: the model's default, else {fallback!r})"
         description = f"{info.description} {note}" if info.description else note
-        annotation = Annotated[Optional[info.annotation], *info.metadata] if info.metadata else Optional[info.annotation]
-        fields[name] = (annotation, Field(None, description=description, json_schema_extra=_blank_means(section_name, name)))
+        annotation = (
+            Annotated[Optional[info.annotation], *info.metadata] if info.metadata else Optional[info.annotation]
+        )
+        fields[name] = (
+            annotation,
+            Field(None, description=description, json_schema_extra=_blank_means(section_name, name)),
+        )
     doc = f"{section.__name__} with every field optional: None means unset (see cvcore.config.resolve)."
     return create_model(f"Partial{section.__name__}", __base__=_Section, __doc__=doc, **fields)
 
@@ -247,7 +256,9 @@ def overlay(*layers: BaseModel) -> PartialRunConfig:
     return PartialRunConfig.model_validate(merged)
 
 
-def resolve(user: PartialRunConfig, model_defaults: PartialRunConfig | None = None, base: RunConfig = CVFLOW_DEFAULTS) -> RunConfig:
+def resolve(
+    user: PartialRunConfig, model_defaults: PartialRunConfig | None = None, base: RunConfig = CVFLOW_DEFAULTS
+) -> RunConfig:
     """The config a run uses: each field from ``user`` if set, else ``model_defaults``, else ``base``.
 
     ``model.options`` merge (the user's keys over the model's). Pure: nothing is read or logged.
@@ -327,7 +338,9 @@ def _read_yaml(path: Path) -> Any:
         where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = exc.problem or exc.context or "unreadable"
         if isinstance(exc, yaml.constructor.ConstructorError):
-            raise ValueError(f"{path}{where}: {problem}; only plain YAML values are read (tags that build Python objects are refused)") from None
+            raise ValueError(
+                f"{path}{where}: {problem}; only plain YAML values are read (tags that build Python objects are refused)"
+            ) from None
         raise ValueError(f"{path}: not valid YAML{where}: {problem}") from None
     except yaml.YAMLError as exc:
         raise ValueError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None

@@ -162,7 +162,12 @@ def remove_temporaries(folder: str | Path, *, of: str | None = None, older_than_
         except FileNotFoundError:
             continue  # removed meanwhile by another clean-up
     if removed:
-        log.info("removed %d temporary file(s) of killed writers from %s: %s", len(removed), folder, [p.name for p in removed])
+        log.info(
+            "removed %d temporary file(s) of killed writers from %s: %s",
+            len(removed),
+            folder,
+            [p.name for p in removed],
+        )
     return removed
 
 
@@ -343,7 +348,9 @@ def stage_snapshot(uri: str, *, home: str | Path) -> Path:
         raise ValueError(f"{uri} is not a snapshot: it has no manifest.json") from None
     image_root = str(manifest.get("image_root", ""))
     if os.path.isabs(image_root) or is_uri(image_root):
-        raise ValueError(f"{uri}: the snapshot's image root {manifest['image_root']!r} is absolute; a remote snapshot must keep its images inside it")
+        raise ValueError(
+            f"{uri}: the snapshot's image root {manifest['image_root']!r} is absolute; a remote snapshot must keep its images inside it"
+        )
     dst = staged_path(uri, home=home)
     digest = manifest.get("digest")
     if digest is None:
@@ -367,7 +374,9 @@ def stage_snapshot(uri: str, *, home: str | Path) -> Path:
 
 def _copy_tree(src: Location, dst: Path) -> int:
     """Copy every file under ``src`` into the local folder ``dst`` (keys confined to it); the number of files."""
-    infos = [i for i in src.fs.get_file_info(pafs.FileSelector(src.path, recursive=True)) if i.type == pafs.FileType.File]
+    infos = [
+        i for i in src.fs.get_file_info(pafs.FileSelector(src.path, recursive=True)) if i.type == pafs.FileType.File
+    ]
     for info in infos:
         target = resolve_inside(dst, info.path[len(src.path) :].lstrip("/"))  # ValueError for keys that would escape
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -409,7 +418,9 @@ def remove_orphan_stagings(cache: str | Path, *, older_than_s: float = ORPHAN_AG
     cutoff = time.time() - older_than_s
     entries = sorted(cache.iterdir()) if cache.is_dir() else []
     staged = [m["name"] for e in entries if (m := _STAGING_LOCK.match(e.name)) and e.is_file()]
-    temporaries = {f".{_cut(name, 32)}" for name in staged}  # _temp_folder's prefix, before mkdtemp's "." and 8 characters
+    temporaries = {
+        f".{_cut(name, 32)}" for name in staged
+    }  # _temp_folder's prefix, before mkdtemp's "." and 8 characters
     removed = []
     for entry in entries:
         if (

@@ -57,7 +57,9 @@ def pr_curves(
         return _message("Precision-recall per class", "no class has ground truth to score against")
     curve = pr_curve.filter((pl.col("iou_threshold") - iou_threshold).abs() < 1e-9)
     if curve.is_empty():
-        raise ValueError(f"pr_curve has no points at IoU {iou_threshold}; it has {pr_curve['iou_threshold'].unique().to_list()}")
+        raise ValueError(
+            f"pr_curve has no points at IoU {iou_threshold}; it has {pr_curve['iou_threshold'].unique().to_list()}"
+        )
     ap = curve.group_by("category_id").agg(pl.col("precision").mean().alias("ap"))
     if per_class is not None and "ap_50" not in per_class.columns and "ap" in per_class.columns:
         ap = per_class.select("category_id", "ap").filter(pl.col("ap").is_not_null())
@@ -91,7 +93,9 @@ def f1_curves(f1_curve: pl.DataFrame, *, class_names: ClassNames = None, max_cla
     ax = fig.add_subplot()
     for row in best.iter_rows(named=True):
         pts = f1_curve.filter(pl.col("category_id") == row["category_id"]).sort("score")
-        (line,) = ax.plot(pts["score"], pts["f1"], label=f"{names(row['category_id'])} (F1 {row['f1']:.2f} @ {row['score']:.2f})")
+        (line,) = ax.plot(
+            pts["score"], pts["f1"], label=f"{names(row['category_id'])} (F1 {row['f1']:.2f} @ {row['score']:.2f})"
+        )
         ax.plot([row["score"]], [row["f1"]], "o", color=line.get_color())
     ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="score threshold", ylabel="F1 (IoU 0.5)", title="F1 vs score threshold")
     ax.grid(alpha=0.3)
@@ -112,7 +116,9 @@ def confusion_matrix(confusion: np.ndarray | pl.DataFrame, *, class_names: Class
     normalised = np.divide(matrix, rows, out=np.zeros(matrix.shape), where=rows > 0)
     side = min(5 + 0.35 * K, 14)
     fig = _figure(figsize=(2 * side, side), layout="constrained")
-    for i, (values, title, fmt) in enumerate(((matrix, "counts", "d"), (normalised, "normalised by true class", ".2f"))):
+    for i, (values, title, fmt) in enumerate(
+        ((matrix, "counts", "d"), (normalised, "normalised by true class", ".2f"))
+    ):
         ax = fig.add_subplot(1, 2, i + 1)
         im = ax.imshow(values, cmap="Blues", vmin=0)
         fig.colorbar(im, ax=ax, shrink=0.8)
@@ -130,7 +136,11 @@ def confusion_matrix(confusion: np.ndarray | pl.DataFrame, *, class_names: Class
 
 
 def size_ap_bars(
-    summary: Mapping[str, float], *, per_class: pl.DataFrame | None = None, class_names: ClassNames = None, max_classes: int = 20
+    summary: Mapping[str, float],
+    *,
+    per_class: pl.DataFrame | None = None,
+    class_names: ClassNames = None,
+    max_classes: int = 20,
 ) -> Figure:
     """AP by object size (COCO small < 32², medium, large > 96² px of area): overall, and per class.
 
@@ -188,7 +198,11 @@ def training_curves(history: pl.DataFrame) -> Figure:
     skip = ("time", "per_s", "images")
     # Loss terms: any "...loss..." column, and the training loss's parts (YOLOv1's train/coord,
     # train/noobj, ...); the gradient norm is not one.
-    losses = [c for c in numeric if ("loss" in c or c.startswith("train/")) and "grad_norm" not in c and not any(s in c for s in skip)]
+    losses = [
+        c
+        for c in numeric
+        if ("loss" in c or c.startswith("train/")) and "grad_norm" not in c and not any(s in c for s in skip)
+    ]
     lr = [c for c in numeric if c == "lr" or c.endswith("/lr")]
     rest = [c for c in numeric if c not in losses and c not in lr and not any(s in c for s in skip)]
     # Validation scores live in [0, 1]; anything else (gradient norm, counts) gets its own panel
@@ -244,7 +258,9 @@ def bakeoff(table: pl.DataFrame, *, title: str = "") -> Figure:
     pick = best_tradeoff(table)
     if pick is not None and pick in names:
         i = names.index(pick)
-        speed.scatter([cost[i]], [m50[i]], s=160, facecolors="none", edgecolors="tab:red", label=f"best trade-off: {pick}")
+        speed.scatter(
+            [cost[i]], [m50[i]], s=160, facecolors="none", edgecolors="tab:red", label=f"best trade-off: {pick}"
+        )
         speed.legend(fontsize=8, loc="lower right")
     speed.set_xscale("log")
     speed.xaxis.set_minor_formatter(NullFormatter())  # decade labels only: no crowded minor ticks
@@ -286,7 +302,16 @@ def detection_samples(
         shown = predictions.filter((pl.col("image_id") == image_id) & (pl.col("score") >= score_threshold))
         for r in shown.sort("score").iter_rows(named=True):
             colour = colours(int(r["category_id"]) % 10)
-            ax.add_patch(Rectangle((r["x1"], r["y1"]), r["x2"] - r["x1"], r["y2"] - r["y1"], fill=False, linewidth=1.5, edgecolor=colour))
+            ax.add_patch(
+                Rectangle(
+                    (r["x1"], r["y1"]),
+                    r["x2"] - r["x1"],
+                    r["y2"] - r["y1"],
+                    fill=False,
+                    linewidth=1.5,
+                    edgecolor=colour,
+                )
+            )
             ax.text(r["x1"], r["y1"], f"{names(r['category_id'])} {r['score']:.2f}", fontsize="x-small", color="white",
                     va="bottom", bbox={"facecolor": colour, "alpha": 0.8, "pad": 1, "linewidth": 0})  # fmt: skip
         ax.set_title(f"image {image_id}: {shown.height} boxes >= {score_threshold:g}", fontsize="small")

@@ -152,17 +152,13 @@ def _schema(table: str) -> pl.Schema:
 def _conform_column(col: pl.Series, dtype: pl.DataType, where: str) -> pl.Series:
     if col.null_count():
         first = col.is_null().arg_max()
-        raise SchemaError(
-            f"{where}: column {col.name!r} has {col.null_count()} null value(s), first at row {first}"
-        )
+        raise SchemaError(f"{where}: column {col.name!r} has {col.null_count()} null value(s), first at row {first}")
     if col.dtype == dtype:
         return col
     try:
         cast = col.cast(dtype, strict=True)
     except (pl.exceptions.InvalidOperationError, pl.exceptions.ComputeError) as exc:
-        raise SchemaError(
-            f"{where}: column {col.name!r} has dtype {col.dtype}, expected {dtype} ({exc})"
-        ) from None
+        raise SchemaError(f"{where}: column {col.name!r} has dtype {col.dtype}, expected {dtype} ({exc})") from None
     # A float column cast to an integer type must not have lost fractional parts.
     if col.dtype.is_float() and dtype.is_integer() and not (cast.cast(col.dtype) == col).all():
         raise SchemaError(f"{where}: column {col.name!r} has non-integer values, expected {dtype}")

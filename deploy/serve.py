@@ -42,7 +42,9 @@ def registered_name(data: Path, *, fmt: str, model: str) -> str:
     return f"{name}-{model}"
 
 
-def deployments(*, data: Path, fmt: str, model: str, registered_model: str | None, cron: str, timezone: str, epochs: int | None):
+def deployments(
+    *, data: Path, fmt: str, model: str, registered_model: str | None, cron: str, timezone: str, epochs: int | None
+):
     """The three deployments served: nightly (scheduled), train and evaluate (on demand).
 
     Parameters hold only what was chosen here: the rest of the run config stays unset (None), so
@@ -108,7 +110,9 @@ def main(
     data: Annotated[Path, typer.Option(help="Dataset the nightly run retrains on (snapshot folder or source).")],
     model: Annotated[str, typer.Option(help="Registered cvcore model name.")] = "yolov1",
     fmt: Annotated[str, typer.Option("--format", help="snapshot | coco | voc | yolo | imagefolder.")] = "snapshot",
-    registered_model: Annotated[str | None, typer.Option(help="MLflow registered model (default: <dataset>-<model>).")] = None,
+    registered_model: Annotated[
+        str | None, typer.Option(help="MLflow registered model (default: <dataset>-<model>).")
+    ] = None,
     cron: Annotated[str, typer.Option(help="When the nightly run starts (cron, in --timezone).")] = "0 2 * * *",
     timezone: Annotated[str, typer.Option(help="IANA time zone of --cron, e.g. Europe/Paris.")] = "UTC",
     epochs: Annotated[int | None, typer.Option(help="Training epochs (default: the model's).")] = None,
@@ -126,7 +130,15 @@ def main(
         )
     from cvcore.models import model_spec
 
-    served = deployments(data=data.resolve(), fmt=fmt, model=model, registered_model=registered_model, cron=cron, timezone=timezone, epochs=epochs)
+    served = deployments(
+        data=data.resolve(),
+        fmt=fmt,
+        model=model,
+        registered_model=registered_model,
+        cron=cron,
+        timezone=timezone,
+        epochs=epochs,
+    )
     if model_spec(model).task == "detection":  # the bake-off compares detectors: no use on classification data
         served.append(compare_deployment(data=data.resolve(), fmt=fmt))
     serve(*served)

@@ -28,10 +28,28 @@ from prefect.runtime import flow_run
 from flows.params import ComparePipelineParams, CompareResult
 from flows.train import load_data
 from tasks.artifacts import artifact_key
-from tasks.bakeoff import TAG_LOADED, BakeoffFiles, ContenderRun, ContenderScore, log_contender, score_contender, train_contender, write_table
+from tasks.bakeoff import (
+    TAG_LOADED,
+    BakeoffFiles,
+    ContenderRun,
+    ContenderScore,
+    log_contender,
+    score_contender,
+    train_contender,
+    write_table,
+)
 from tasks.refs import SnapshotRef
 from tasks.registry import is_model_uri, resolve_checkpoint
-from tasks.tracking import cvflow_home, ensure_experiment, log_dataset, mlflow_client, open_run, run_closed_after, run_tags, run_url
+from tasks.tracking import (
+    cvflow_home,
+    ensure_experiment,
+    log_dataset,
+    mlflow_client,
+    open_run,
+    run_closed_after,
+    run_tags,
+    run_url,
+)
 
 FLOW_NAME = "compare_pipeline"
 
@@ -107,7 +125,16 @@ def compare_pipeline(params: ComparePipelineParams) -> CompareResult:
         return _run(params, snapshot, contenders, split=split, run_id=run_id, experiment_id=experiment_id, home=home)
 
 
-def _run(params: ComparePipelineParams, snapshot: SnapshotRef, contenders: Sequence[Contender], *, split: str, run_id: str, experiment_id: str, home: Path) -> CompareResult:
+def _run(
+    params: ComparePipelineParams,
+    snapshot: SnapshotRef,
+    contenders: Sequence[Contender],
+    *,
+    split: str,
+    run_id: str,
+    experiment_id: str,
+    home: Path,
+) -> CompareResult:
     client = mlflow_client(home)
     out = (params.out or home / "bakeoffs" / run_id).resolve()
     settings = {
@@ -127,7 +154,12 @@ def _run(params: ComparePipelineParams, snapshot: SnapshotRef, contenders: Seque
     # and models running side by side would slow each other down.
     for contender in contenders:
         tags = run_tags(snapshot, model_name=contender.name, flow_name=FLOW_NAME, flow_run_id=flow_run.get_id())
-        child = open_run(client, experiment_id, run_name=f"{contender.name}-{snapshot.name}", tags=tags | {MLFLOW_PARENT_RUN_ID: run_id})
+        child = open_run(
+            client,
+            experiment_id,
+            run_name=f"{contender.name}-{snapshot.name}",
+            tags=tags | {MLFLOW_PARENT_RUN_ID: run_id},
+        )
         child_runs[contender.name] = child
         with run_closed_after(client, child):
             log_dataset(client, child, snapshot.path, splits=sorted({"train", split} & set(snapshot.splits)))
@@ -142,14 +174,28 @@ def _run(params: ComparePipelineParams, snapshot: SnapshotRef, contenders: Seque
             log_contender(trained, run_id=child)
             scores.append(
                 score_contender(
-                    snapshot, trained, out=out, split=split, protocol=params.protocol, device=params.device,
-                    batch_size=params.batch_size, grid=params.grid, run_id=child,
+                    snapshot,
+                    trained,
+                    out=out,
+                    split=split,
+                    protocol=params.protocol,
+                    device=params.device,
+                    batch_size=params.batch_size,
+                    grid=params.grid,
+                    run_id=child,
                 )  # fmt: skip
             )
 
     files = write_table(scores, snapshot=snapshot, split=split, protocol=params.protocol, out=out, run_id=run_id)
     url = run_url(client, run_id)
-    _summary_artifact(snapshot, files, split=split, protocol=params.protocol, url=url, child_urls={n: run_url(client, r) for n, r in child_runs.items()})
+    _summary_artifact(
+        snapshot,
+        files,
+        split=split,
+        protocol=params.protocol,
+        url=url,
+        child_urls={n: run_url(client, r) for n, r in child_runs.items()},
+    )
     return CompareResult(
         run_id=run_id,
         run_url=url,
@@ -172,7 +218,9 @@ def _epochs_param(epochs: dict[str, int], names: Sequence[str]) -> str:
     return ",".join(f"{name}={epochs.get(name, 'default')}" for name in names)
 
 
-def _summary_artifact(snapshot: SnapshotRef, files: BakeoffFiles, *, split: str, protocol: str, url: str, child_urls: dict[str, str]) -> None:
+def _summary_artifact(
+    snapshot: SnapshotRef, files: BakeoffFiles, *, split: str, protocol: str, url: str, child_urls: dict[str, str]
+) -> None:
     """The table (bakeoff.md, as written) and the MLflow links as a Prefect markdown artifact."""
     runs = "\n".join(f"- {name}: [{child}]({child})" for name, child in child_urls.items())
     text = "\n".join(
@@ -190,4 +238,8 @@ def _summary_artifact(snapshot: SnapshotRef, files: BakeoffFiles, *, split: str,
             f"Files: `{files.table}`, `{files.figure}`",
         ]
     )
-    create_markdown_artifact(text, key=artifact_key("bakeoff", snapshot.name), description=f"bake-off on {snapshot.name} ({split}, {protocol})")
+    create_markdown_artifact(
+        text,
+        key=artifact_key("bakeoff", snapshot.name),
+        description=f"bake-off on {snapshot.name} ({split}, {protocol})",
+    )

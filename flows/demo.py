@@ -107,7 +107,10 @@ def check_transfer(detector: str, classifier: str, *, classifier_img_size: int) 
 
 def _pipeline_params(path: Path, config: dict, params: DemoParams) -> TrainPipelineParams:
     return TrainPipelineParams(
-        data=DataSource(path=path), config=PartialRunConfig.model_validate(config), experiment=params.experiment, progress=params.progress
+        data=DataSource(path=path),
+        config=PartialRunConfig.model_validate(config),
+        experiment=params.experiment,
+        progress=params.progress,
     )
 
 

@@ -62,7 +62,12 @@ def evaluate_pipeline(params: EvaluatePipelineParams) -> EvaluateResult:
     tags = run_tags(snapshot, model_name=label, flow_name="evaluate_pipeline", flow_run_id=flow_run.get_id())
     if snapshot.uri:  # staged from an object store: name where it lives, not the local copy
         tags[TAG_SNAPSHOT] = snapshot.uri
-    run_id = open_run(client, experiment_id, run_name=f"eval-{label}-{snapshot.name}-{params.split}", tags=tags | {TAG_EVALUATED_MODEL: params.model})
+    run_id = open_run(
+        client,
+        experiment_id,
+        run_name=f"eval-{label}-{snapshot.name}-{params.split}",
+        tags=tags | {TAG_EVALUATED_MODEL: params.model},
+    )
     logger.info("MLflow run %s: %s", run_id, run_url(client, run_id))
     with run_closed_after(client, run_id):
         log_dataset(client, run_id, snapshot.path, splits=[params.split])
@@ -70,23 +75,50 @@ def evaluate_pipeline(params: EvaluatePipelineParams) -> EvaluateResult:
         eval_config = model_eval_config(checkpoint, protocol=params.protocol)
         digest = file_sha256(checkpoint)
         # Absolute (or a URI) before it reaches the workers: a relative path would be resolved in each worker's cwd.
-        default_dir = home / "predictions" / f"model-{digest[:12]}-data-{snapshot.digest[:12]}-shards-{params.prediction_shards}" / params.split
+        default_dir = (
+            home
+            / "predictions"
+            / f"model-{digest[:12]}-data-{snapshot.digest[:12]}-shards-{params.prediction_shards}"
+            / params.split
+        )
         out_dir = resolve_location(params.predictions).uri if params.predictions else default_dir
         log_tags(client, run_id, {TAG_PREDICTIONS: str(out_dir), TAG_CHECKPOINT_SHA256: digest})
         # One evaluation per predictions folder at a time: a second one fails at once instead of
         # replacing this one's shards (local folders; object stores have no locks).
-        lock = contextlib.nullcontext() if is_uri(out_dir) else folder_lock(out_dir, what="evaluation", lock_file=sibling_lock_file(out_dir))
+        lock = (
+            contextlib.nullcontext()
+            if is_uri(out_dir)
+            else folder_lock(out_dir, what="evaluation", lock_file=sibling_lock_file(out_dir))
+        )
         with lock:
             preds = predict_split(
                 checkpoint, snapshot, params.split, out_dir=out_dir, shards=params.prediction_shards, batch_size=params.batch_size,
                 task_runner=params.task_runner, checkpoint_sha256=digest,
             )  # fmt: skip
             if preds.reused:
-                logger.info("kept complete shard(s) %s from an earlier run; predicted %s", list(preds.reused), list(preds.predicted))
+                logger.info(
+                    "kept complete shard(s) %s from an earlier run; predicted %s",
+                    list(preds.reused),
+                    list(preds.predicted),
+                )
             log_tags(client, run_id, {TAG_SHARDS_REUSED: ",".join(map(str, preds.reused))})
-            summary = evaluate_split(snapshot, preds, eval_config=eval_config, run_id=run_id, out_dir=home / "evaluations" / run_id / params.split)
+            summary = evaluate_split(
+                snapshot,
+                preds,
+                eval_config=eval_config,
+                run_id=run_id,
+                out_dir=home / "evaluations" / run_id / params.split,
+            )
             report_split(snapshot, preds, summary, run_id=run_id)
-        set_description(client, run_id, describe_run(f"{label} evaluated on {snapshot.name} / {params.split}", {params.split: summary}, lines=[f"Predictions: `{out_dir}`."]))
+        set_description(
+            client,
+            run_id,
+            describe_run(
+                f"{label} evaluated on {snapshot.name} / {params.split}",
+                {params.split: summary},
+                lines=[f"Predictions: `{out_dir}`."],
+            ),
+        )
     return EvaluateResult(
         run_id=run_id,
         run_url=run_url(client, run_id),

@@ -37,8 +37,12 @@ def nightly_retrain(params: NightlyParams) -> NightlyDecision:
     champion = champion_version(name)
     split = params.compare_split or ("test" if "test" in snapshot.splits else "val")
     if split not in snapshot.splits:
-        raise ValueError(f"snapshot {snapshot.path} has no split {split!r} to compare on; splits: {list(snapshot.splits)}")
-    train = params.train.model_copy(update={"registered_model": name, "eval_splits": tuple(dict.fromkeys((*params.train.eval_splits, split)))})
+        raise ValueError(
+            f"snapshot {snapshot.path} has no split {split!r} to compare on; splits: {list(snapshot.splits)}"
+        )
+    train = params.train.model_copy(
+        update={"registered_model": name, "eval_splits": tuple(dict.fromkeys((*params.train.eval_splits, split)))}
+    )
     result = train_pipeline(train)
     challenger = result.model
 
@@ -55,7 +59,12 @@ def nightly_retrain(params: NightlyParams) -> NightlyDecision:
         )  # fmt: skip
         protocol = model_eval_config(result.checkpoint).protocol
         cmp = compare_models(
-            snapshot, baseline, result.predictions[split], protocol=protocol, n_boot=params.bootstrap_samples, confidence=params.confidence
+            snapshot,
+            baseline,
+            result.predictions[split],
+            protocol=protocol,
+            n_boot=params.bootstrap_samples,
+            confidence=params.confidence,
         )
         if cmp.candidate_is_better:
             set_alias(name, CHAMPION, challenger.version)
@@ -93,7 +102,9 @@ def _record(decision: NightlyDecision, *, run_id: str) -> None:
     log_metrics(client, run_id, {f"nightly/{k}": v for k, v in numbers.items() if v is not None})
     client.log_dict(run_id, decision.model_dump(mode="json"), "nightly/decision.json")
     client.set_model_version_tag(decision.registered_model, decision.challenger.version, "nightly.decision", verdict)
-    client.set_model_version_tag(decision.registered_model, decision.challenger.version, "nightly.reason", decision.reason)
+    client.set_model_version_tag(
+        decision.registered_model, decision.challenger.version, "nightly.reason", decision.reason
+    )
     lines = [
         f"# Nightly: {decision.registered_model}",
         "",
@@ -101,4 +112,6 @@ def _record(decision: NightlyDecision, *, run_id: str) -> None:
         "",
         decision.reason,
     ]
-    create_markdown_artifact("\n".join(lines), key=artifact_key("nightly", decision.registered_model), description=verdict)
+    create_markdown_artifact(
+        "\n".join(lines), key=artifact_key("nightly", decision.registered_model), description=verdict
+    )

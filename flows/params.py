@@ -63,9 +63,13 @@ class DataSource(_Params):
     """Where a pipeline's data comes from: a snapshot folder, or a source dataset to ingest."""
 
     path: Path = Field(description="snapshot folder, or the source dataset (annotation file or folder)")
-    format: SourceFormat = Field("snapshot", description="'snapshot' for a folder made by cvflow; else the source format")
+    format: SourceFormat = Field(
+        "snapshot", description="'snapshot' for a folder made by cvflow; else the source format"
+    )
     images: Path | None = Field(None, description="image folder, when the format keeps images apart from annotations")
-    val_fraction: float | None = Field(None, gt=0.0, lt=1.0, description="split a validation set off train when the source has none")
+    val_fraction: float | None = Field(
+        None, gt=0.0, lt=1.0, description="split a validation set off train when the source has none"
+    )
     name: str | None = Field(None, description="dataset name (default: the source's name); a plain folder name")
     seed: int = 0
 
@@ -94,10 +98,18 @@ class TrainPipelineParams(_Params):
     prediction_shards: int = Field(1, ge=1, description="Parquet shards per split, predicted in parallel")
     preview_images: int = Field(8, ge=0, description="augmented samples drawn in the augmentation preview")
     progress: bool = Field(False, description="show training progress bars on the console")
-    run_dir: Path | None = Field(None, description="training run folder (default: <CVFLOW_HOME>/checkpoints/<MLflow run id>)")
-    resume: Path | None = Field(None, description="continue the training run of this last.pt (its run folder is reused)")
-    nnodes: int = Field(1, ge=1, description="machines training together (train.devices processes each); this one is node 0")
-    rdzv_endpoint: str | None = Field(None, description="HOST:PORT on this machine (node 0) where the other nodes join; needed when nnodes > 1")
+    run_dir: Path | None = Field(
+        None, description="training run folder (default: <CVFLOW_HOME>/checkpoints/<MLflow run id>)"
+    )
+    resume: Path | None = Field(
+        None, description="continue the training run of this last.pt (its run folder is reused)"
+    )
+    nnodes: int = Field(
+        1, ge=1, description="machines training together (train.devices processes each); this one is node 0"
+    )
+    rdzv_endpoint: str | None = Field(
+        None, description="HOST:PORT on this machine (node 0) where the other nodes join; needed when nnodes > 1"
+    )
     task_runner: "ThreadRunner | DaskLocalCluster | DaskScheduler | None" = Field(
         None,
         discriminator="kind",
@@ -139,14 +151,20 @@ TrainPipelineParams.model_rebuild()  # its task_runner field names the classes a
 class EvaluatePipelineParams(_Params):
     """A trained model (registered, logged or a local checkpoint) scored on a dataset split."""
 
-    model: str = Field(description="models:/<name>@champion, models:/<name>/<version>, runs:/<id>/model or a checkpoint path")
+    model: str = Field(
+        description="models:/<name>@champion, models:/<name>/<version>, runs:/<id>/model or a checkpoint path"
+    )
     data: DataSource | str = Field(
         description="a snapshot folder or object-store URI (s3://bucket/snapshots/name), or a source to ingest (DataSource)"
     )
     split: str = Field("test", description="split to evaluate")
     experiment: str = Field(DEFAULT_EXPERIMENT, description="MLflow experiment of the evaluation run")
-    protocol: Literal["coco", "voc07", "voc12"] | None = Field(None, description="detection protocol (default: the model's config)")
-    prediction_shards: int = Field(1, ge=1, description="Parquet files the split is predicted into, one task each (in parallel)")
+    protocol: Literal["coco", "voc07", "voc12"] | None = Field(
+        None, description="detection protocol (default: the model's config)"
+    )
+    prediction_shards: int = Field(
+        1, ge=1, description="Parquet files the split is predicted into, one task each (in parallel)"
+    )
     batch_size: int = Field(32, ge=1, description="images per inference batch")
     predictions: str | None = Field(
         None,
@@ -168,7 +186,9 @@ class NightlyParams(_Params):
     """Retrain as a challenger; promote it only if it beats the champion with confidence."""
 
     train: TrainPipelineParams
-    compare_split: str | None = Field(None, description="held-out split both models are scored on (default: test, else val)")
+    compare_split: str | None = Field(
+        None, description="held-out split both models are scored on (default: test, else val)"
+    )
     confidence: float = Field(0.95, gt=0.5, lt=1.0, description="level of the paired bootstrap interval")
     bootstrap_samples: int = Field(1000, ge=50, description="bootstrap resamples of the image set")
 
@@ -190,12 +210,18 @@ class DemoParams(_Params):
     detection_images: tuple[int, int, int] = Field((480, 100, 100), description="train / val / test images (128 px)")
     classification_images: tuple[int, int, int] = Field((1200, 200, 200), description="train / val / test images")
     classification_image_size: int = Field(
-        64, ge=16, description="px; from 64 up ResNet keeps torchvision's stem, as the detector's backbone does, so every backbone tensor transfers"
+        64,
+        ge=16,
+        description="px; from 64 up ResNet keeps torchvision's stem, as the detector's backbone does, so every backbone tensor transfers",
     )
     detector_augment: Literal["none", "light", "default", "strong"] | None = Field(
-        "light", description="the detector's augmentation preset (None: the model's default); 'light' learns fastest in a short run"
+        "light",
+        description="the detector's augmentation preset (None: the model's default); 'light' learns fastest in a short run",
     )
-    transfer: bool = Field(True, description="start the detector's backbone from the classifier trained just before (its registered version)")
+    transfer: bool = Field(
+        True,
+        description="start the detector's backbone from the classifier trained just before (its registered version)",
+    )
     experiment: str = Field("cvflow-demo", description="MLflow experiment")
     progress: bool = Field(True, description="training progress bars on the console")
 
@@ -260,17 +286,25 @@ class ComparePipelineParams(_Params):
         ("rcnn", "fast_rcnn", "faster_rcnn", "yolov1", "fcos"), min_length=1,
         description="registered detectors; NAME=RUN_DIR loads that finished run (or checkpoint) instead of training",
     )  # fmt: skip
-    epochs: dict[str, int] = Field(default_factory=dict, description="training epochs per model (a model left out: its own default)")
+    epochs: dict[str, int] = Field(
+        default_factory=dict, description="training epochs per model (a model left out: its own default)"
+    )
     split: str | None = Field(None, description="split to score (default: test if the dataset has one, else val)")
     protocol: Literal["coco", "voc07", "voc12"] = Field("coco", description="one detection protocol for every model")
-    pretrained: str | None = Field(None, description="weights every backbone starts from: a checkpoint path or models:/NAME@ALIAS")
+    pretrained: str | None = Field(
+        None, description="weights every backbone starts from: a checkpoint path or models:/NAME@ALIAS"
+    )
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     batch_size: int = Field(8, ge=1, description="images per inference batch (the speed columns are measured with it)")
     grid: int = Field(7, ge=1, description="grid of the crowded-cell recall (YOLOv1's S)")
     overrides: dict[str, PartialRunConfig] = Field(
-        default_factory=dict, description="per model, a run config over its defaults (what is set wins), e.g. {rcnn: {train: {lr: 0.01}}}"
+        default_factory=dict,
+        description="per model, a run config over its defaults (what is set wins), e.g. {rcnn: {train: {lr: 0.01}}}",
     )
-    out: Path | None = Field(None, description="bake-off folder: runs/, predictions/, cache/, the table (default: <CVFLOW_HOME>/bakeoffs/<MLflow run id>)")
+    out: Path | None = Field(
+        None,
+        description="bake-off folder: runs/, predictions/, cache/, the table (default: <CVFLOW_HOME>/bakeoffs/<MLflow run id>)",
+    )
     experiment: str = Field(DEFAULT_EXPERIMENT, description="MLflow experiment of the bake-off run and its child runs")
     progress: bool = Field(False, description="show training progress bars on the console")
 

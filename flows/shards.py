@@ -40,7 +40,12 @@ def make_task_runner(spec: TaskRunnerSpec) -> TaskRunner:
         raise ValueError("a Dask task runner needs prefect-dask: pip install 'cvflow[dask]'") from None
     if isinstance(spec, DaskLocalCluster):
         # No dashboard: a fixed port (8787) would clash between concurrent runs on one machine.
-        kwargs = {"n_workers": spec.n_workers, "threads_per_worker": spec.threads_per_worker, "processes": True, "dashboard_address": None}
+        kwargs = {
+            "n_workers": spec.n_workers,
+            "threads_per_worker": spec.threads_per_worker,
+            "processes": True,
+            "dashboard_address": None,
+        }
         return DaskTaskRunner(cluster_kwargs=kwargs)
     if isinstance(spec, DaskScheduler):
         return DaskTaskRunner(address=spec.address)
@@ -66,7 +71,13 @@ def submit_shards(
     prepare_shards(snapshot, split, out_dir=out_dir, checkpoint_sha256=checkpoint_sha256, num_shards=num_shards)
     futures = [
         predict_shard.submit(
-            checkpoint, snapshot, split, out_dir=out_dir, checkpoint_sha256=checkpoint_sha256, shard=i, num_shards=num_shards,
+            checkpoint,
+            snapshot,
+            split,
+            out_dir=out_dir,
+            checkpoint_sha256=checkpoint_sha256,
+            shard=i,
+            num_shards=num_shards,
             batch_size=batch_size,
         )  # fmt: skip
         for i in range(num_shards)
@@ -90,7 +101,13 @@ def predict_shards(
 ) -> PredictionsRef:
     """:func:`submit_shards` as a flow of its own, so its task runner can be chosen per call."""
     return submit_shards(
-        checkpoint, snapshot, split, out_dir=out_dir, checkpoint_sha256=checkpoint_sha256, num_shards=num_shards, batch_size=batch_size
+        checkpoint,
+        snapshot,
+        split,
+        out_dir=out_dir,
+        checkpoint_sha256=checkpoint_sha256,
+        num_shards=num_shards,
+        batch_size=batch_size,
     )
 
 
@@ -107,4 +124,12 @@ def predict_shards_on(
 ) -> PredictionsRef:
     """Run :func:`predict_shards` as a sub-flow on the task runner ``spec`` describes."""
     inner = predict_shards.with_options(task_runner=make_task_runner(spec))
-    return inner(checkpoint, snapshot, split, out_dir=out_dir, checkpoint_sha256=checkpoint_sha256, num_shards=num_shards, batch_size=batch_size)
+    return inner(
+        checkpoint,
+        snapshot,
+        split,
+        out_dir=out_dir,
+        checkpoint_sha256=checkpoint_sha256,
+        num_shards=num_shards,
+        batch_size=batch_size,
+    )

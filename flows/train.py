@@ -119,8 +119,17 @@ def _run(params: TrainPipelineParams, snapshot: SnapshotRef, *, run_id: str, hom
     summaries: dict[str, EvalSummary] = {}
     for split in splits:
         out = home / "predictions" / run_id / split
-        preds = predict_split(checkpoint.path, snapshot, split, out_dir=out, shards=params.prediction_shards, task_runner=params.task_runner)
-        summaries[split] = evaluate_split(snapshot, preds, eval_config=config.eval, run_id=run_id, out_dir=run_dir / "eval" / split)
+        preds = predict_split(
+            checkpoint.path,
+            snapshot,
+            split,
+            out_dir=out,
+            shards=params.prediction_shards,
+            task_runner=params.task_runner,
+        )
+        summaries[split] = evaluate_split(
+            snapshot, preds, eval_config=config.eval, run_id=run_id, out_dir=run_dir / "eval" / split
+        )
         report_split(snapshot, preds, summaries[split], run_id=run_id)
         predictions[split] = preds
 
@@ -129,7 +138,11 @@ def _run(params: TrainPipelineParams, snapshot: SnapshotRef, *, run_id: str, hom
     version = register_model(model_uri, name=registered, run_id=run_id, tags=_version_tags(summaries))
     log_tags(client, run_id, {"cvflow.registered_model": registered, "cvflow.model_version": version.version})
     title = f"{config.model.name} on {snapshot.name} ({snapshot.task}), {checkpoint.epochs} epoch(s)"
-    set_description(client, run_id, describe_run(title, summaries, lines=[f"Registered as `{registered}` version {version.version}."]))
+    set_description(
+        client,
+        run_id,
+        describe_run(title, summaries, lines=[f"Registered as `{registered}` version {version.version}."]),
+    )
     url = run_url(client, run_id)
     _summary_artifact(registered, version.version, url, summaries)
     return PipelineResult(
@@ -154,4 +167,6 @@ def _summary_artifact(registered: str, version: str, url: str, summaries: dict[s
     for split, s in summaries.items():
         shown = {k: v for k, v in s.metrics.items() if "/" not in k}
         parts += [f"## {split} ({s.protocol})", "", markdown_table(shown), ""]
-    create_markdown_artifact("\n".join(parts), key=artifact_key("train", registered), description=f"{registered} v{version}")
+    create_markdown_artifact(
+        "\n".join(parts), key=artifact_key("train", registered), description=f"{registered} v{version}"
+    )

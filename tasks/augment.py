@@ -19,7 +19,9 @@ from tasks.tracking import log_metrics, mlflow_client
 
 
 @task(name="augment-preview", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2)
-def augment_preview(snapshot: SnapshotRef, config: RunConfig, *, run_id: str, out_dir: Path, n_preview: int = 8) -> Path:
+def augment_preview(
+    snapshot: SnapshotRef, config: RunConfig, *, run_id: str, out_dir: Path, n_preview: int = 8
+) -> Path:
     """Draw ``n_preview`` augmented training samples to ``out_dir/augment_preview.png``.
 
     MLflow gets the preview (``augment/augment_preview.png``), the per-step and label tables
@@ -45,10 +47,15 @@ def augment_preview(snapshot: SnapshotRef, config: RunConfig, *, run_id: str, ou
     # Tables as MLflow tables (the UI shows them); the pipeline as JSON; numbers as metrics.
     client.log_table(run_id, data=stats.steps.to_pandas(), artifact_file="augment/steps.json")
     client.log_table(run_id, data=stats.labels.to_pandas(), artifact_file="augment/labels.json")
-    client.log_dict(run_id, {"task": stats.task, "split": stats.split, "n_samples": stats.n_samples, "pipeline": _jsonable(stats.pipeline)}, "augment/pipeline.json")
+    client.log_dict(
+        run_id,
+        {"task": stats.task, "split": stats.split, "n_samples": stats.n_samples, "pipeline": _jsonable(stats.pipeline)},
+        "augment/pipeline.json",
+    )
     log_metrics(client, run_id, {f"augment/{k}": v for k, v in stats.summary.items() if _is_number(v)})
     get_run_logger().info("augmentation preview of %d samples: %s", n_preview, preview)
     return preview
+
 
 def _is_number(v: object) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)

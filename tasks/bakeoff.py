@@ -258,7 +258,9 @@ def score_run(
     model, meta = loaded.model, loaded.meta
     if meta.get("task") != "detection":
         raise ValueError(f"{loaded.path}: a {meta.get('task')} model, not a detector")
-    run = predict_checkpoint(loaded, snapshot, split, batch_size=batch_size, device=device)  # the run's own EvalConfig decoding
+    run = predict_checkpoint(
+        loaded, snapshot, split, batch_size=batch_size, device=device
+    )  # the run's own EvalConfig decoding
     dataset = run.dataset
     empty_proposal_caches(model)
     count = CandidateCounter(model)
@@ -268,10 +270,17 @@ def score_run(
     candidates = count.per_image()
     count.close()
     recall = external_proposal_recall(model, dataset)
-    pred_path = write_predictions(batches, Path(out) / "predictions" / name / split / "part-00000.parquet", task="detection", unreadable=run.unreadable)
+    pred_path = write_predictions(
+        batches,
+        Path(out) / "predictions" / name / split / "part-00000.parquet",
+        task="detection",
+        unreadable=run.unreadable,
+    )
     predictions = pl.from_arrow(pa.Table.from_batches(batches, schema=schema.arrow_schema("detections")))
     unreadable = pl.Series("image_id", [r.image_id for r in run.unreadable], dtype=pl.Int64).implode()
-    images = snapshot.split_images(split).filter(~pl.col("image_id").is_in(unreadable))  # as evaluation: unreadable images are left out
+    images = snapshot.split_images(split).filter(
+        ~pl.col("image_id").is_in(unreadable)
+    )  # as evaluation: unreadable images are left out
     annotations = snapshot.annotations.filter(pl.col("image_id").is_in(images.get_column("image_id").implode()))
     summary = evaluate_detections(annotations, predictions, images=images, protocol=protocol).summary
     found = object_recall(annotations, predictions).join(crowded_objects(annotations, images, grid=grid), on="ann_id")
@@ -304,7 +313,10 @@ def table_markdown(table: pl.DataFrame) -> str:
     pick = best_tradeoff(table)
     if pick is not None:
         table = table.with_columns(
-            pl.when(pl.col("model") == pick).then(pl.format("**{}** (best trade-off)", pl.col("model"))).otherwise(pl.col("model")).alias("model")
+            pl.when(pl.col("model") == pick)
+            .then(pl.format("**{}** (best trade-off)", pl.col("model")))
+            .otherwise(pl.col("model"))
+            .alias("model")
         )
     with pl.Config(
         tbl_formatting="MARKDOWN", tbl_hide_column_data_types=True, tbl_hide_dataframe_shape=True,
@@ -313,7 +325,9 @@ def table_markdown(table: pl.DataFrame) -> str:
         return str(table) + "\n"
 
 
-def write_bakeoff(table: pl.DataFrame, out: str | Path, *, split: str, protocol: str, title: str = "") -> dict[str, Path]:
+def write_bakeoff(
+    table: pl.DataFrame, out: str | Path, *, split: str, protocol: str, title: str = ""
+) -> dict[str, Path]:
     """Write ``bakeoff.parquet``, ``bakeoff.md`` and ``bakeoff.png`` (cvcore.plots.bakeoff) into
     ``out``, each atomically; returns ``{"table", "markdown", "figure"}`` → path."""
     from cvcore import plots
@@ -406,7 +420,9 @@ def log_contender(contender: ContenderRun, *, run_id: str) -> None:
     client = mlflow_client()
     folder = resolve_checkpoint(contender.run).parent
     if (folder / CONFIG_FILE).is_file():
-        log_config(client, run_id, resolve(load_config(folder / CONFIG_FILE)))  # the run's resolved config: every field set
+        log_config(
+            client, run_id, resolve(load_config(folder / CONFIG_FILE))
+        )  # the run's resolved config: every field set
     log_tags(client, run_id, {TAG_RUN_DIR: str(folder)})
     if (folder / HISTORY_FILE).is_file():
         history = pl.read_parquet(folder / HISTORY_FILE)
@@ -414,7 +430,9 @@ def log_contender(contender: ContenderRun, *, run_id: str) -> None:
         # logged twice: the engine reports "lr" every epoch, so its steps say which are there.
         done = set(contender.epochs_logged) | {m.step for m in client.get_metric_history(run_id, "lr")}
         for row in history.filter(~pl.col("epoch").is_in(sorted(done))).iter_rows(named=True):
-            numbers = {k: v for k, v in row.items() if k != "epoch" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+            numbers = {
+                k: v for k, v in row.items() if k != "epoch" and isinstance(v, (int, float)) and not isinstance(v, bool)
+            }
             log_metrics(client, run_id, numbers, step=int(row["epoch"]))
         if history.height:
             client.log_figure(run_id, plots.training_curves(history), "plots/training_curves.png")
@@ -464,7 +482,9 @@ def write_table(
     """The table (one row per contender, in order), its Markdown and the figure into ``out``
     (:func:`write_bakeoff`, atomic), then under ``bakeoff/`` in the MLflow run ``run_id``."""
     table = pl.DataFrame([s.row for s in scores], schema=TABLE_SCHEMA)
-    paths = write_bakeoff(table, Path(out), split=split, protocol=protocol, title=f"{snapshot.name}: {split} split, {protocol}")
+    paths = write_bakeoff(
+        table, Path(out), split=split, protocol=protocol, title=f"{snapshot.name}: {split} split, {protocol}"
+    )
     client = mlflow_client()
     for path in paths.values():
         client.log_artifact(run_id, str(path), "bakeoff")

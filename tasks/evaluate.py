@@ -111,7 +111,9 @@ def unreadable_table(images: pl.DataFrame, unreadable: pl.DataFrame | None) -> p
     )
 
 
-def _detection_scores(annotations, predictions, *, images: pl.DataFrame, protocol: str, names: dict[int, str]) -> Scores:
+def _detection_scores(
+    annotations, predictions, *, images: pl.DataFrame, protocol: str, names: dict[int, str]
+) -> Scores:
     from cvcore.metrics.detection import evaluate_detections
     from cvcore.metrics.errors import detection_errors
 
@@ -179,8 +181,12 @@ def _with_names(frame: pl.DataFrame, names: dict[int, str]) -> pl.DataFrame:
     """``frame`` with a ``name`` column after ``category_id`` (class names for tables and plots)."""
     if "category_id" not in frame.columns:
         return frame
-    lookup = pl.DataFrame({"category_id": list(names), "name": list(names.values())}, schema={"category_id": pl.Int32, "name": pl.String})
-    out = frame.with_columns(pl.col("category_id").cast(pl.Int32)).join(lookup, on="category_id", how="left", maintain_order="left")
+    lookup = pl.DataFrame(
+        {"category_id": list(names), "name": list(names.values())}, schema={"category_id": pl.Int32, "name": pl.String}
+    )
+    out = frame.with_columns(pl.col("category_id").cast(pl.Int32)).join(
+        lookup, on="category_id", how="left", maintain_order="left"
+    )
     return out.select("category_id", "name", *[c for c in frame.columns if c != "category_id"])
 
 
@@ -200,14 +206,22 @@ def write_table(frame: pl.DataFrame, path: Path) -> Path:
     return path
 
 
-@task(name="evaluate", cache_policy=NO_CACHE, task_run_name="evaluate-{predictions.split}", retries=1, retry_delay_seconds=2)
+@task(
+    name="evaluate",
+    cache_policy=NO_CACHE,
+    task_run_name="evaluate-{predictions.split}",
+    retries=1,
+    retry_delay_seconds=2,
+)
 def evaluate_split(
     snapshot: SnapshotRef, predictions: PredictionsRef, *, eval_config: EvalConfig, run_id: str | None, out_dir: Path
 ) -> EvalSummary:
     """Score one split, write its tables to ``out_dir``, log numbers and tables to the MLflow run."""
     split = predictions.split
     unreadable = read_unreadable(predictions)
-    scores = score_split(snapshot.path, read_predictions(predictions), split=split, protocol=eval_config.protocol, unreadable=unreadable)
+    scores = score_split(
+        snapshot.path, read_predictions(predictions), split=split, protocol=eval_config.protocol, unreadable=unreadable
+    )
     left_out = scores.tables["unreadable"]
     out_dir = Path(out_dir)
     metrics_table = pl.DataFrame({"metric": list(scores.metrics), "value": list(scores.metrics.values())})
@@ -222,10 +236,22 @@ def evaluate_split(
     url = None
     if run_id is not None:
         client = mlflow_client()
-        log_metrics(client, run_id, {f"final/{split}/{k}": v for k, v in scores.metrics.items()} | {f"final/{split}/unreadable_images": float(left_out.height)})
-        log_tags(client, run_id, {TAG_HEADLINE: headline} | ({f"{TAG_UNREADABLE}.{split}": unreadable_note(left_out)} if left_out.height else {}))
+        log_metrics(
+            client,
+            run_id,
+            {f"final/{split}/{k}": v for k, v in scores.metrics.items()}
+            | {f"final/{split}/unreadable_images": float(left_out.height)},
+        )
+        log_tags(
+            client,
+            run_id,
+            {TAG_HEADLINE: headline}
+            | ({f"{TAG_UNREADABLE}.{split}": unreadable_note(left_out)} if left_out.height else {}),
+        )
         client.log_artifacts(run_id, str(out_dir), f"eval/{split}")
-        client.log_table(run_id, data=scores.tables["per_class"].to_pandas(), artifact_file=f"eval/{split}/per_class.json")
+        client.log_table(
+            run_id, data=scores.tables["per_class"].to_pandas(), artifact_file=f"eval/{split}/per_class.json"
+        )
         if left_out.height:
             client.log_table(run_id, data=left_out.to_pandas(), artifact_file=f"eval/{split}/unreadable.json")
         url = run_url(client, run_id)
@@ -238,7 +264,12 @@ def evaluate_split(
 
 
 # The numbers a run's description shows per split, in this order (those the split has).
-DESCRIBED = {"coco": ("map", "map_50", "map_75"), "voc07": ("map_50",), "voc12": ("map_50",), "classification": ("accuracy", "macro_f1")}
+DESCRIBED = {
+    "coco": ("map", "map_50", "map_75"),
+    "voc07": ("map_50",),
+    "voc12": ("map_50",),
+    "classification": ("accuracy", "macro_f1"),
+}
 
 
 def describe_run(title: str, summaries: Mapping[str, EvalSummary], *, lines: Sequence[str] = ()) -> str:
@@ -262,12 +293,16 @@ def describe_run(title: str, summaries: Mapping[str, EvalSummary], *, lines: Seq
 
 def unreadable_note(unreadable: pl.DataFrame) -> str:
     """One line: how many images were left out as unreadable, and the first few files with their reasons."""
-    shown = "; ".join(f"{r['file_name']} ({r['reason']})" for r in unreadable.head(UNREADABLE_SHOWN).iter_rows(named=True))
+    shown = "; ".join(
+        f"{r['file_name']} ({r['reason']})" for r in unreadable.head(UNREADABLE_SHOWN).iter_rows(named=True)
+    )
     more = f"; and {unreadable.height - UNREADABLE_SHOWN} more" if unreadable.height > UNREADABLE_SHOWN else ""
     return f"{unreadable.height} image(s) could not be read and were left out of the evaluation: {shown}{more}"
 
 
-def _prefect_artifacts(summary: EvalSummary, *, snapshot: SnapshotRef, per_class: pl.DataFrame, url: str | None, unreadable: pl.DataFrame) -> None:
+def _prefect_artifacts(
+    summary: EvalSummary, *, snapshot: SnapshotRef, per_class: pl.DataFrame, url: str | None, unreadable: pl.DataFrame
+) -> None:
     headline = {k: v for k, v in summary.metrics.items() if "/" not in k}
     link = f"MLflow run: [{url}]({url})\n\n" if url else ""
     left_out = f"**{unreadable_note(unreadable)}**\n\n" if unreadable.height else ""
@@ -277,11 +312,17 @@ def _prefect_artifacts(summary: EvalSummary, *, snapshot: SnapshotRef, per_class
         key=artifact_key("eval", f"{snapshot.name}-{summary.split}"),
         description=f"{summary.headline} on {snapshot.name}/{summary.split}",
     )
-    rows = [{k: (fmt(v) if isinstance(v, float) else v) for k, v in row.items()} for row in per_class.iter_rows(named=True)]
-    create_table_artifact(rows, key=artifact_key("per-class", f"{snapshot.name}-{summary.split}"), description="per-class metrics")
+    rows = [
+        {k: (fmt(v) if isinstance(v, float) else v) for k, v in row.items()} for row in per_class.iter_rows(named=True)
+    ]
+    create_table_artifact(
+        rows, key=artifact_key("per-class", f"{snapshot.name}-{summary.split}"), description="per-class metrics"
+    )
 
 
-@task(name="report", cache_policy=NO_CACHE, task_run_name="report-{predictions.split}", retries=1, retry_delay_seconds=2)
+@task(
+    name="report", cache_policy=NO_CACHE, task_run_name="report-{predictions.split}", retries=1, retry_delay_seconds=2
+)
 def report_split(
     snapshot: SnapshotRef, predictions: PredictionsRef, summary: EvalSummary, *, run_id: str | None, n_samples: int = 8
 ) -> list[Path]:
@@ -298,8 +339,14 @@ def report_split(
     read = lambda name: pl.read_parquet(tables / f"{name}.parquet")  # noqa: E731
     snap = read_snapshot(snapshot.path)
     unreadable = tables / "unreadable.parquet"
-    left_out = pl.read_parquet(unreadable).select("image_id") if unreadable.is_file() else pl.DataFrame(schema={"image_id": pl.Int64})
-    readable = snap.split_images(predictions.split).join(left_out, on="image_id", how="anti")  # an unreadable image cannot be drawn
+    left_out = (
+        pl.read_parquet(unreadable).select("image_id")
+        if unreadable.is_file()
+        else pl.DataFrame(schema={"image_id": pl.Int64})
+    )
+    readable = snap.split_images(predictions.split).join(
+        left_out, on="image_id", how="anti"
+    )  # an unreadable image cannot be drawn
     sample_ids = readable["image_id"].head(n_samples).to_list()
     preds = read_predictions(predictions).filter(pl.col("image_id").is_in(sample_ids)).collect()
     images = _load_images(snap, sample_ids)
@@ -311,7 +358,10 @@ def report_split(
             "f1_curves": plots.f1_curves(read("f1_curve")),
             "error_breakdown": plots.error_breakdown(read("errors")),
             "samples": plots.detection_samples(
-                images, preds, ground_truth=snap.annotations.filter(pl.col("image_id").is_in(sample_ids)), class_names=names
+                images,
+                preds,
+                ground_truth=snap.annotations.filter(pl.col("image_id").is_in(sample_ids)),
+                class_names=names,
             ),
         }
         if summary.protocol == "coco":  # size ranges are COCO's
@@ -387,7 +437,13 @@ def compare_models(
         truth = snap.labels.join(images.select("image_id"), on="image_id", how="semi").sort("image_id")
         preds = [_aligned_labels(truth, read_predictions(r).collect(), r) for r in (baseline, candidate)]
         cmp = compare_classifications(
-            truth["category_id"], preds[0], preds[1], num_classes=snap.num_classes, n_boot=n_boot, confidence=confidence, seed=seed
+            truth["category_id"],
+            preds[0],
+            preds[1],
+            num_classes=snap.num_classes,
+            n_boot=n_boot,
+            confidence=confidence,
+            seed=seed,
         )
     ref = ComparisonRef(
         metric=cmp.metric, split=candidate.split, baseline=cmp.baseline, candidate=cmp.candidate, difference=cmp.difference,
@@ -395,7 +451,12 @@ def compare_models(
         candidate_is_better=bool(cmp.candidate_is_better),
     )  # fmt: skip
     get_run_logger().info(
-        "%s: candidate - baseline = %+.4f, %.0f%% interval [%+.4f, %+.4f]", ref.metric, ref.difference, 100 * confidence, ref.low, ref.high
+        "%s: candidate - baseline = %+.4f, %.0f%% interval [%+.4f, %+.4f]",
+        ref.metric,
+        ref.difference,
+        100 * confidence,
+        ref.low,
+        ref.high,
     )
     return ref
 

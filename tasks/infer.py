@@ -37,7 +37,12 @@ GPU_TAG = "gpu"
 def shard_key(snapshot: SnapshotRef, split: str, *, checkpoint_sha256: str, shard: int, num_shards: int) -> ShardKey:
     """The identity of shard ``shard`` of ``num_shards`` of ``split`` predicted by that checkpoint."""
     return ShardKey(
-        checkpoint_sha256=checkpoint_sha256, snapshot_digest=snapshot.digest, split=split, shard=shard, num_shards=num_shards, task=snapshot.task
+        checkpoint_sha256=checkpoint_sha256,
+        snapshot_digest=snapshot.digest,
+        split=split,
+        shard=shard,
+        num_shards=num_shards,
+        task=snapshot.task,
     )
 
 
@@ -69,7 +74,13 @@ def predict_shard(
     key = shard_key(snapshot, split, checkpoint_sha256=checkpoint_sha256, shard=shard, num_shards=num_shards)
     done = find_complete_shard(out_dir, key)
     if done is not None:
-        logger.info("%s: complete from an earlier run (%d rows for %d %s images), kept", done.uri, done.num_rows, done.num_images, split)
+        logger.info(
+            "%s: complete from an earlier run (%d rows for %d %s images), kept",
+            done.uri,
+            done.num_rows,
+            done.num_images,
+            split,
+        )
         return _ref(out_dir, done, reused=True)
     snap = read_snapshot(local_snapshot(snapshot.path, uri=snapshot.uri, digest=snapshot.digest, home=cvflow_home()))
     if snap.digest != snapshot.digest:  # the shard's key names snapshot.digest: never label other data with it
@@ -78,12 +89,16 @@ def predict_shard(
             f"{snap.path} on this worker has {snap.digest}; run the evaluation again"
         )
     indices = shard_indices(snap.split_images(split).height, num_shards=num_shards, shard=shard)
-    written = _predict_into(checkpoint, snap, split, indices, out_dir=out_dir, key=key, batch_size=batch_size, device=device)
+    written = _predict_into(
+        checkpoint, snap, split, indices, out_dir=out_dir, key=key, batch_size=batch_size, device=device
+    )
     logger.info("%s: %d rows for %d %s images", written.uri, written.num_rows, written.num_images, split)
     return _ref(out_dir, written, reused=False)
 
 
-def _predict_into(checkpoint: Path, snap, split: str, indices: range, *, out_dir, key: ShardKey, batch_size: int, device: str) -> ShardFile:
+def _predict_into(
+    checkpoint: Path, snap, split: str, indices: range, *, out_dir, key: ShardKey, batch_size: int, device: str
+) -> ShardFile:
     """Run the model over ``indices`` of the split and stream the record batches into the shard file.
 
     cvcore.engine.infer.predict_checkpoint decodes as the checkpoint's EvalConfig says (score
@@ -100,7 +115,9 @@ def _predict_into(checkpoint: Path, snap, split: str, indices: range, *, out_dir
         )
     run = predict_checkpoint(checkpoint, snap, split, batch_size=batch_size, device=device, indices=indices)
     if len(run.dataset) != snap.split_images(split).height:
-        raise ValueError(f"{snap.path}: the {split} dataset has {len(run.dataset)} images, its images table {snap.split_images(split).height}")
+        raise ValueError(
+            f"{snap.path}: the {split} dataset has {len(run.dataset)} images, its images table {snap.split_images(split).height}"
+        )
     written = write_shard(run.batches, out_dir, key=key, num_images=len(indices), unreadable=run.unreadable)
     if run.unreadable:
         get_run_logger().warning(
@@ -128,7 +145,9 @@ def _ref(out_dir: Path | str, file: ShardFile, *, reused: bool) -> PredictionsRe
     name="prepare-shards", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_may_pass,
     task_run_name="prepare-shards-{split}",
 )  # fmt: skip
-def prepare_shards(snapshot: SnapshotRef, split: str, *, out_dir: Path | str, checkpoint_sha256: str, num_shards: int) -> list[str]:
+def prepare_shards(
+    snapshot: SnapshotRef, split: str, *, out_dir: Path | str, checkpoint_sha256: str, num_shards: int
+) -> list[str]:
     """Make ``out_dir`` ready for these predictions; the removed shard files.
 
     A folder holding another model's, snapshot's or split's predictions (or part files cvflow
@@ -143,14 +162,18 @@ def prepare_shards(snapshot: SnapshotRef, split: str, *, out_dir: Path | str, ch
     folder = resolve_location(out_dir)
     removed = remove_stale_shards(folder, key=key)
     if removed:
-        get_run_logger().warning("removed %d shard file(s) of another sharding of these predictions from %s", len(removed), out_dir)
+        get_run_logger().warning(
+            "removed %d shard file(s) of another sharding of these predictions from %s", len(removed), out_dir
+        )
     orphans = remove_orphan_temporaries(folder)  # over an hour old: a killed run's, not a concurrent writer's
     if orphans:
         get_run_logger().info("removed %d temporary file(s) of killed runs from %s", len(orphans), out_dir)
     return removed
 
 
-def check_shards(snapshot: SnapshotRef, split: str, *, out_dir: Path | str, checkpoint_sha256: str, num_shards: int) -> None:
+def check_shards(
+    snapshot: SnapshotRef, split: str, *, out_dir: Path | str, checkpoint_sha256: str, num_shards: int
+) -> None:
     """Raise ValueError unless every ``part-<i>.parquet`` in ``out_dir`` still holds shard ``i`` of these predictions.
 
     Read from the footers after all shards finished: another run writing to the same folder

@@ -54,7 +54,11 @@ def source_fingerprint(*paths: str | Path | None) -> str:
 
 def snapshot_ref(snapshot: Snapshot) -> SnapshotRef:
     return SnapshotRef(
-        path=snapshot.path.resolve(), name=snapshot.name, task=snapshot.task, digest=snapshot.digest, splits=tuple(snapshot.splits)
+        path=snapshot.path.resolve(),
+        name=snapshot.name,
+        task=snapshot.task,
+        digest=snapshot.digest,
+        splits=tuple(snapshot.splits),
     )
 
 
@@ -107,11 +111,17 @@ def ingest_source(
     if (out / "manifest.json").is_file():
         snapshot = read_snapshot(out)  # made by an earlier run whose cache entry is gone
     else:
-        snapshot = ingest(source, fmt=fmt, out=out, images=images, val_fraction=val_fraction, seed=seed, name=name).snapshot
+        snapshot = ingest(
+            source, fmt=fmt, out=out, images=images, val_fraction=val_fraction, seed=seed, name=name
+        ).snapshot
     report = format_health(health_report(snapshot))
-    create_markdown_artifact(f"# Dataset {snapshot.name}\n\n`{snapshot.path}`\n\n{report}", key=artifact_key("health", snapshot.name))
+    create_markdown_artifact(
+        f"# Dataset {snapshot.name}\n\n`{snapshot.path}`\n\n{report}", key=artifact_key("health", snapshot.name)
+    )
     quarantined = snapshot.quarantine.height
-    get_run_logger().info("snapshot %s: %s images, %d quarantined item(s)", snapshot.path, snapshot.images.height, quarantined)
+    get_run_logger().info(
+        "snapshot %s: %s images, %d quarantined item(s)", snapshot.path, snapshot.images.height, quarantined
+    )
     return snapshot_ref(snapshot)
 
 
@@ -124,16 +134,21 @@ def open_snapshot(path: Path) -> SnapshotRef:
 
 
 @task(name="make-demo-data", cache_policy=NO_CACHE)
-def make_demo_data(out: Path, *, task_kind: str, n_train: int, n_val: int, n_test: int, image_size: int, seed: int = 0) -> SnapshotRef:
+def make_demo_data(
+    out: Path, *, task_kind: str, n_train: int, n_val: int, n_test: int, image_size: int, seed: int = 0
+) -> SnapshotRef:
     """The built-in synthetic shapes dataset (cvcore.data.synthetic), made once per settings."""
     from cvcore.data import synthetic
 
     if (out / "manifest.json").is_file():
         return snapshot_ref(read_snapshot(out))
     if task_kind == "detection":
-        snap = synthetic.make_shapes_detection(out, n_train=n_train, n_val=n_val, n_test=n_test, image_size=image_size, seed=seed)
+        snap = synthetic.make_shapes_detection(
+            out, n_train=n_train, n_val=n_val, n_test=n_test, image_size=image_size, seed=seed
+        )
     else:
-        snap = synthetic.make_shapes_classification(out, n_train=n_train, n_val=n_val, n_test=n_test, image_size=image_size, seed=seed)
+        snap = synthetic.make_shapes_classification(
+            out, n_train=n_train, n_val=n_val, n_test=n_test, image_size=image_size, seed=seed
+        )
     get_run_logger().info("made %s demo data at %s", task_kind, out)
     return snapshot_ref(snap)
-

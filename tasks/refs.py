@@ -61,7 +61,9 @@ class EvalSummary(_Ref):
     headline: str  # the metric that ranks models: "map" (coco), "map_50" (voc) or "macro_f1"
     metrics: dict[str, float]  # the scalar metrics of this split, without the split prefix
     tables_dir: Path  # metrics.parquet, per_class.parquet (and pr_curve.parquet for detection), unreadable.parquet
-    unreadable: int = 0  # images left out of the evaluation because they could not be read (listed in unreadable.parquet)
+    unreadable: int = (
+        0  # images left out of the evaluation because they could not be read (listed in unreadable.parquet)
+    )
 
 
 class ModelVersionRef(_Ref):

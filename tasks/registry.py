@@ -46,14 +46,20 @@ def log_model(run_id: str, checkpoint: Path) -> str:
     # Created here, in the run's experiment: Model.log on its own would file the model under the
     # process's active experiment (the Default one), not the run's.
     logged = client.create_logged_model(
-        run.info.experiment_id, name="model", source_run_id=run_id, params=dict(run.data.params), model_type=meta["task"]
+        run.info.experiment_id,
+        name="model",
+        source_run_id=run_id,
+        params=dict(run.data.params),
+        model_type=meta["task"],
     )
     with tempfile.TemporaryDirectory() as tmp:
         # One fixed artifact name (checkpoint.pt) whatever the run folder called it (best.pt).
         staged = Path(tmp) / "checkpoint.pt"
         shutil.copyfile(checkpoint, staged)
         info = _log_pyfunc(run_id, staged, meta, model_id=logged.model_id)
-    get_run_logger().info("logged model %s (%s, %s classes)", info.model_uri, meta.get("model_name"), meta.get("num_classes"))
+    get_run_logger().info(
+        "logged model %s (%s, %s classes)", info.model_uri, meta.get("model_name"), meta.get("num_classes")
+    )
     return info.model_uri
 
 
@@ -77,9 +83,16 @@ def _log_pyfunc(run_id: str, checkpoint: Path, meta: dict, *, model_id: str):
 
 
 _CLASSIFICATION_OUTPUT = Schema(
-    [ColSpec("long", "image_index"), ColSpec("integer", "category_id"), ColSpec("string", "category"), ColSpec("double", "score")]
+    [
+        ColSpec("long", "image_index"),
+        ColSpec("integer", "category_id"),
+        ColSpec("string", "category"),
+        ColSpec("double", "score"),
+    ]
 )
-_DETECTION_OUTPUT = Schema(list(_CLASSIFICATION_OUTPUT.inputs) + [ColSpec("double", k) for k in ("x1", "y1", "x2", "y2")])
+_DETECTION_OUTPUT = Schema(
+    list(_CLASSIFICATION_OUTPUT.inputs) + [ColSpec("double", k) for k in ("x1", "y1", "x2", "y2")]
+)
 
 
 def signature(*, task: str, img_size: int) -> ModelSignature:

@@ -146,7 +146,9 @@ def _check_scheme(uri: str) -> None:
         stores.get_store_builder(uri)
     except MlflowException:
         schemes = ", ".join(sorted(s for s in getattr(stores, "_registry", {}) if s)) or "see MLflow's docs"
-        raise TrackingUnavailable(f"tracking URI {uri!r}: MLflow has no store for its scheme; schemes: {schemes}, or a plain path") from None
+        raise TrackingUnavailable(
+            f"tracking URI {uri!r}: MLflow has no store for its scheme; schemes: {schemes}, or a plain path"
+        ) from None
 
 
 def _probe_server(uri: str, *, timeout: float) -> None:
@@ -154,7 +156,9 @@ def _probe_server(uri: str, *, timeout: float) -> None:
     # real calls) means it is there; a refused connection, a timeout or another status is not.
     url = uri.rstrip("/") + "/health"
     try:
-        with urllib.request.urlopen(url, timeout=timeout, context=_tls_context() if url.startswith("https://") else None):
+        with urllib.request.urlopen(
+            url, timeout=timeout, context=_tls_context() if url.startswith("https://") else None
+        ):
             return
     except urllib.error.HTTPError as exc:
         if exc.code in (401, 403):
@@ -162,7 +166,9 @@ def _probe_server(uri: str, *, timeout: float) -> None:
         reason = f"GET {url} answered {exc.code} {exc.reason}"
     except (urllib.error.URLError, OSError, ValueError) as exc:
         cause = getattr(exc, "reason", exc)
-        reason = f"no answer within {timeout:g} s" if isinstance(cause, TimeoutError) else str(cause) or type(cause).__name__
+        reason = (
+            f"no answer within {timeout:g} s" if isinstance(cause, TimeoutError) else str(cause) or type(cause).__name__
+        )
     raise TrackingUnavailable(f"MLflow tracking server {uri} is unreachable: {reason}")
 
 
@@ -185,7 +191,9 @@ def ensure_experiment(client: MlflowClient, name: str = DEFAULT_EXPERIMENT) -> s
     exp = client.get_experiment_by_name(name)
     if exp is None:
         try:
-            experiment_id = client.create_experiment(name, artifact_location=artifact_root(), tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND})
+            experiment_id = client.create_experiment(
+                name, artifact_location=artifact_root(), tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND}
+            )
         except MlflowException:
             # Another process created it between our lookup and create.
             exp = client.get_experiment_by_name(name)
@@ -224,7 +232,9 @@ def _code_version() -> str:
             return "unknown"
 
 
-def run_tags(snapshot: Snapshot | SnapshotRef, *, model_name: str, flow_name: str, flow_run_id: str | None) -> dict[str, str]:
+def run_tags(
+    snapshot: Snapshot | SnapshotRef, *, model_name: str, flow_name: str, flow_run_id: str | None
+) -> dict[str, str]:
     """The tags every pipeline run carries (dataset, model, flow run, code version)."""
     commit = code_version()
     tags = {
@@ -345,4 +355,3 @@ class EpochLogger:
 
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-

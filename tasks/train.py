@@ -49,7 +49,12 @@ def plan_run(snapshot: SnapshotRef, config: PartialRunConfig, *, run_id: str) ->
     if pretrained:  # the lineage as the user gave it (models:/..., runs:/..., a file), not the download's path
         client.set_tag(run_id, PRETRAINED_TAG, str(pretrained))
     get_run_logger().info(
-        "%s on %s: %d epochs, batch %d, %d px", resolved.model.name, snapshot.name, resolved.train.epochs, resolved.train.batch_size, resolved.data.img_size
+        "%s on %s: %d epochs, batch %d, %d px",
+        resolved.model.name,
+        snapshot.name,
+        resolved.train.epochs,
+        resolved.train.batch_size,
+        resolved.data.img_size,
     )
     return resolved
 
@@ -63,7 +68,9 @@ def _show_sources(user: PartialRunConfig, resolved: RunConfig, *, client, run_id
     from cvcore.models import model_spec
 
     origin = sources(user, model_spec(resolved.model.name).defaults)
-    origin.update({"data.snapshot": "data", "model.num_classes": "data"})  # resolve_run_config takes them from the snapshot
+    origin.update(
+        {"data.snapshot": "data", "model.num_classes": "data"}
+    )  # resolve_run_config takes them from the snapshot
     client.log_dict(run_id, origin, "config_sources.json")
     rows = [{"field": k, "value": v, "from": origin[k]} for k, v in flatten(resolved).items()]
     create_table_artifact(
@@ -112,7 +119,9 @@ def train_model(
         "best epoch %d of %d: %s = %.4f", result.best_epoch, result.epochs_run, result.metric, result.best_metric
     )
     best = result.best_checkpoint if result.best_checkpoint.is_file() else result.last_checkpoint
-    return CheckpointRef(path=best, out_dir=out_dir, model_name=config.model.name, task=_task_of(config), epochs=result.epochs_run)
+    return CheckpointRef(
+        path=best, out_dir=out_dir, model_name=config.model.name, task=_task_of(config), epochs=result.epochs_run
+    )
 
 
 def _task_of(config: RunConfig) -> str:

@@ -40,14 +40,34 @@ class TransformInfo:
 
 def _entries() -> list[TransformInfo]:
     photometric = [
-        "ColorJitter", "RandomPhotometricDistort", "RandomGrayscale", "GaussianBlur", "RandomAutocontrast",
-        "RandomEqualize", "RandomAdjustSharpness", "RandomPosterize", "RandomSolarize", "RandomInvert",
-        "RandomChannelPermutation", "JPEG",
+        "ColorJitter",
+        "RandomPhotometricDistort",
+        "RandomGrayscale",
+        "GaussianBlur",
+        "RandomAutocontrast",
+        "RandomEqualize",
+        "RandomAdjustSharpness",
+        "RandomPosterize",
+        "RandomSolarize",
+        "RandomInvert",
+        "RandomChannelPermutation",
+        "JPEG",
     ]
     geometric = [
-        "RandomHorizontalFlip", "RandomVerticalFlip", "RandomRotation", "RandomAffine", "RandomPerspective",
-        "RandomResizedCrop", "RandomZoomOut", "ScaleJitter", "RandomShortestSize", "RandomResize", "RandomCrop",
-        "CenterCrop", "Resize", "Pad",
+        "RandomHorizontalFlip",
+        "RandomVerticalFlip",
+        "RandomRotation",
+        "RandomAffine",
+        "RandomPerspective",
+        "RandomResizedCrop",
+        "RandomZoomOut",
+        "ScaleJitter",
+        "RandomShortestSize",
+        "RandomResize",
+        "RandomCrop",
+        "CenterCrop",
+        "Resize",
+        "Pad",
     ]
     # AutoAugment-family transforms refuse boxes; RandomErasing would erase objects but keep their boxes.
     classification_only = ["AutoAugment", "RandAugment", "TrivialAugmentWide", "AugMix", "RandomErasing"]

@@ -71,8 +71,17 @@ def materialize_split(
         kept = _carry_other_splits(snapshot, split=split, image_dir=image_dir)
         new = _write_copies(snapshot, dataset, split=split, copies=copies, image_dir=image_dir)
         (tmp / "augment.json").write_text(
-            json.dumps({"source": {"name": snapshot.name, "digest": snapshot.digest, "path": str(snapshot.path)},
-                        "split": split, "copies": copies, **provenance}, indent=2, default=str) + "\n"
+            json.dumps(
+                {
+                    "source": {"name": snapshot.name, "digest": snapshot.digest, "path": str(snapshot.path)},
+                    "split": split,
+                    "copies": copies,
+                    **provenance,
+                },
+                indent=2,
+                default=str,
+            )
+            + "\n"
         )
         tables: dict[str, Any] = {"images": pl.concat([kept["images"], new["images"]], how="vertical_relaxed")}
         if snapshot.task == "detection":
@@ -159,7 +168,13 @@ def _write_copies(snapshot: Snapshot, dataset, *, split: str, copies: int, image
     images, boxes, labels = [], [], []
     (image_dir / split).mkdir(parents=True, exist_ok=True)
     jobs = [(c, i) for c in range(copies) for i in range(len(dataset))]
-    for c, i in track(jobs, description=f"materialising {split}", console=Console(stderr=True), transient=True, disable=not sys.stderr.isatty()):
+    for c, i in track(
+        jobs,
+        description=f"materialising {split}",
+        console=Console(stderr=True),
+        transient=True,
+        disable=not sys.stderr.isatty(),
+    ):
         if i == 0:
             dataset.set_epoch(c)
         sample = dataset[i]
@@ -173,15 +188,35 @@ def _write_copies(snapshot: Snapshot, dataset, *, split: str, copies: int, image
         (image_dir / file_name).write_bytes(data)
         image_id = next_image + len(images)
         h, w = pixels.shape[-2:]
-        images.append({"image_id": image_id, "file_name": file_name, "width": w, "height": h, "split": split,
-                       "sha256": hashlib.sha256(data).hexdigest()})
+        images.append(
+            {
+                "image_id": image_id,
+                "file_name": file_name,
+                "width": w,
+                "height": h,
+                "split": split,
+                "sha256": hashlib.sha256(data).hexdigest(),
+            }
+        )
         if isinstance(target, dict):
             xyxy = target["boxes"].as_subclass(torch.Tensor).double().tolist()
             if next_ann + len(boxes) + len(xyxy) > INT64_MAX:
                 _check_id_room(snapshot, "ann_id", anns, len(boxes) + len(xyxy))
             for (x1, y1, x2, y2), cat in zip(xyxy, target["labels"].tolist()):
-                boxes.append({"ann_id": next_ann + len(boxes), "image_id": image_id, "category_id": int(cat), "x1": x1,
-                              "y1": y1, "x2": x2, "y2": y2, "area": (x2 - x1) * (y2 - y1), "iscrowd": False, "difficult": False})
+                boxes.append(
+                    {
+                        "ann_id": next_ann + len(boxes),
+                        "image_id": image_id,
+                        "category_id": int(cat),
+                        "x1": x1,
+                        "y1": y1,
+                        "x2": x2,
+                        "y2": y2,
+                        "area": (x2 - x1) * (y2 - y1),
+                        "iscrowd": False,
+                        "difficult": False,
+                    }
+                )
         else:
             labels.append({"image_id": image_id, "category_id": int(target)})
     images_frame = pl.DataFrame(images, schema=snapshot.images.schema)

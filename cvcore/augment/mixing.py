@@ -64,11 +64,15 @@ class BatchMixer:
     def mix(self, images: torch.Tensor, labels: torch.Tensor) -> MixedBatch:
         """Mix one batch; see the module docstring. Raises ValueError for bad shapes or dtypes."""
         if images.ndim != 4 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
-            raise ValueError(f"expected images [B, C, H, W] and labels [B], got {tuple(images.shape)} and {tuple(labels.shape)}")
+            raise ValueError(
+                f"expected images [B, C, H, W] and labels [B], got {tuple(images.shape)} and {tuple(labels.shape)}"
+            )
         if not images.is_floating_point():
             raise ValueError(f"batch mixing needs float images in [0, 1], got {images.dtype}")
         if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
-            raise ValueError(f"labels must be in 0..{self.num_classes - 1}, got {labels.min().item()}..{labels.max().item()}")
+            raise ValueError(
+                f"labels must be in 0..{self.num_classes - 1}, got {labels.min().item()}..{labels.max().item()}"
+            )
         u = float(torch.rand((), generator=self._gen))
         seed = int(torch.randint(2**62, (), generator=self._gen))
         method: Method = "cutmix" if u < self.cutmix_p else "mixup" if u < self.cutmix_p + self.mixup_p else "none"

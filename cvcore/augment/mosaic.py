@@ -84,7 +84,9 @@ def make_mosaic(
     tile_ids = torch.cat([p[2] for p in parts]) if parts else torch.zeros((0,), dtype=torch.int64)
     visible = torch.cat([p[3] for p in parts]) if parts else torch.zeros((0,))
     keep = visible >= min_visible
-    sanitize = v2.SanitizeBoundingBoxes(min_size=min_size, labels_getter=lambda inputs: (inputs[1]["labels"], inputs[1]["tile"]))
+    sanitize = v2.SanitizeBoundingBoxes(
+        min_size=min_size, labels_getter=lambda inputs: (inputs[1]["labels"], inputs[1]["tile"])
+    )
     bb = tv_tensors.BoundingBoxes(boxes[keep].float(), format="XYXY", canvas_size=(img_size, img_size))
     bb, kept = sanitize(bb, {"labels": labels[keep], "tile": tile_ids[keep]})
     return Mosaic(tv_tensors.Image(canvas), bb, kept["labels"], kept["tile"], (xc, yc), boxes_in)
@@ -109,7 +111,9 @@ def _place(k: int, image: torch.Tensor, target: dict, canvas: torch.Tensor, *, x
     canvas[:, y1a:y2a, x1a:x2a] = F.crop(image, top, left, height, width)
     cropped = F.crop(boxes, top, left, height, width)  # shifted by (-left, -top) and clamped to the crop
     full = box_area(boxes.as_subclass(torch.Tensor))
-    visible = torch.where(full > 0, box_area(cropped.as_subclass(torch.Tensor)) / full.clamp(min=1e-9), torch.zeros_like(full))
+    visible = torch.where(
+        full > 0, box_area(cropped.as_subclass(torch.Tensor)) / full.clamp(min=1e-9), torch.zeros_like(full)
+    )
     moved = cropped.as_subclass(torch.Tensor) + torch.tensor([x1a, y1a, x1a, y1a], dtype=torch.float32)
     labels = torch.as_tensor(target["labels"], dtype=torch.int64)
     return moved, labels, torch.full_like(labels, k), visible
@@ -170,8 +174,14 @@ class MosaicDataset(torch.utils.data.Dataset):
     @classmethod
     def from_config(cls, dataset, config: AugmentConfig, *, img_size: int) -> "MosaicDataset":
         """Mosaic with the config's ``mosaic_p``, ``mosaic_scale``, ``min_box_size`` and ``seed``."""
-        return cls(dataset, p=config.mosaic_p, img_size=img_size, seed=config.seed, scale=config.mosaic_scale,
-                   min_size=config.min_box_size)
+        return cls(
+            dataset,
+            p=config.mosaic_p,
+            img_size=img_size,
+            seed=config.seed,
+            scale=config.mosaic_scale,
+            min_size=config.min_box_size,
+        )
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)

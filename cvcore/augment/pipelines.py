@@ -68,7 +68,11 @@ def train_steps(config: AugmentConfig, *, task: Task, img_size: int) -> list[Ste
     if config.transforms is not None:
         specs, source, where = config.transforms, "config", "augment.transforms"
     else:
-        specs, source, where = preset_specs(config.preset, task=task, img_size=img_size), f"preset:{config.preset}", f"preset {config.preset!r}"
+        specs, source, where = (
+            preset_specs(config.preset, task=task, img_size=img_size),
+            f"preset:{config.preset}",
+            f"preset {config.preset!r}",
+        )
     body = [_user_step(spec, task=task, source=source, where=f"{where}[{i}]") for i, spec in enumerate(specs)]
     tail = [_resize(img_size)]
     if task == "detection":
@@ -77,7 +81,10 @@ def train_steps(config: AugmentConfig, *, task: Task, img_size: int) -> list[Ste
         tail += [
             Step("ClampBoundingBoxes", "fixed", "fixed", {}, v2.ClampBoundingBoxes()),
             Step(
-                "SanitizeBoundingBoxes", "fixed", "fixed", {"min_size": config.min_box_size},
+                "SanitizeBoundingBoxes",
+                "fixed",
+                "fixed",
+                {"min_size": config.min_box_size},
                 v2.SanitizeBoundingBoxes(min_size=config.min_box_size),
             ),
         ]
@@ -102,14 +109,37 @@ def describe_pipeline(config: AugmentConfig, *, task: Task, img_size: int, train
     rows: list[dict[str, Any]] = []
     if train and task == "detection" and config.mosaic_p > 0:
         rows.append(
-            {"stage": "sample", "name": "Mosaic", "kind": "geometric", "source": "config",
-             "params": {"p": config.mosaic_p, "scale": list(config.mosaic_scale), "close_mosaic": config.close_mosaic}}
+            {
+                "stage": "sample",
+                "name": "Mosaic",
+                "kind": "geometric",
+                "source": "config",
+                "params": {
+                    "p": config.mosaic_p,
+                    "scale": list(config.mosaic_scale),
+                    "close_mosaic": config.close_mosaic,
+                },
+            }
         )
-    rows += [{"stage": "pipeline", "name": s.name, "kind": s.kind, "source": s.source, "params": dict(s.params)} for s in steps]
+    rows += [
+        {"stage": "pipeline", "name": s.name, "kind": s.kind, "source": s.source, "params": dict(s.params)}
+        for s in steps
+    ]
     if train and task == "classification":
-        for name, p, alpha in (("CutMix", config.cutmix_p, config.cutmix_alpha), ("MixUp", config.mixup_p, config.mixup_alpha)):
+        for name, p, alpha in (
+            ("CutMix", config.cutmix_p, config.cutmix_alpha),
+            ("MixUp", config.mixup_p, config.mixup_alpha),
+        ):
             if p > 0:
-                rows.append({"stage": "batch", "name": name, "kind": "mixing", "source": "config", "params": {"p": p, "alpha": alpha}})
+                rows.append(
+                    {
+                        "stage": "batch",
+                        "name": name,
+                        "kind": "mixing",
+                        "source": "config",
+                        "params": {"p": p, "alpha": alpha},
+                    }
+                )
     return [{"step": i, **row} for i, row in enumerate(rows)]
 
 
@@ -124,7 +154,13 @@ def _to_image() -> Step:
 
 
 def _resize(img_size: int) -> Step:
-    return Step("Resize", "fixed", "fixed", {"size": [img_size, img_size], "antialias": True}, v2.Resize([img_size, img_size], antialias=True))
+    return Step(
+        "Resize",
+        "fixed",
+        "fixed",
+        {"size": [img_size, img_size], "antialias": True},
+        v2.Resize([img_size, img_size], antialias=True),
+    )
 
 
 def _to_float() -> Step:

@@ -35,7 +35,13 @@ def to_uint8(image: torch.Tensor) -> torch.Tensor:
 
 
 def render_detection(
-    image: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor, *, class_names: Sequence[str], caption: str, min_side: int = 192
+    image: torch.Tensor,
+    boxes: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    class_names: Sequence[str],
+    caption: str,
+    min_side: int = 192,
 ) -> torch.Tensor:
     """``uint8[3, h, w + caption]``: the image with its boxes (XYXY px) and class names drawn."""
     img, factor = _enlarge(to_uint8(image), min_side)
@@ -95,7 +101,9 @@ def _enlarge(img: torch.Tensor, min_side: int) -> tuple[torch.Tensor, int]:
     factor = max(1, -(-min_side // max(1, min(img.shape[-2:]))))
     if factor == 1:
         return img, 1
-    return F.resize(img, [img.shape[-2] * factor, img.shape[-1] * factor], interpolation=F.InterpolationMode.NEAREST), factor
+    return F.resize(
+        img, [img.shape[-2] * factor, img.shape[-1] * factor], interpolation=F.InterpolationMode.NEAREST
+    ), factor
 
 
 def _with_caption(img: torch.Tensor, text: str) -> torch.Tensor:

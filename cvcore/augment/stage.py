@@ -65,18 +65,32 @@ def run_augment_stage(
     """
     snap = snapshot if isinstance(snapshot, Snapshot) else read_snapshot(snapshot)
     if materialize < 0 or (materialize > 0) != (out is not None):
-        raise ValueError(f"materialize={materialize} and out={out}: give both a positive count and an output folder, or neither")
+        raise ValueError(
+            f"materialize={materialize} and out={out}: give both a positive count and an output folder, or neither"
+        )
     if out is not None:  # fail before the work, not after it
         check_new_folder(out)
     if n_preview < 1 or n_stats < 1:
         raise ValueError(f"n_preview and n_stats must be at least 1, got {n_preview} and {n_stats}")
     run = _detection if snap.task == "detection" else _classification
     with one_thread():  # the whole stage is per-sample work (preview drawing included)
-        stats = run(snap, config, preview_path=Path(preview_path), split=split, n_preview=n_preview, n_stats=n_stats,
-                    img_size=img_size, batch_size=batch_size)
+        stats = run(
+            snap,
+            config,
+            preview_path=Path(preview_path),
+            split=split,
+            n_preview=n_preview,
+            n_stats=n_stats,
+            img_size=img_size,
+            batch_size=batch_size,
+        )
         if materialize:
             new = materialize_split(
-                snap, _train_dataset(snap, config, split=split, img_size=img_size), split=split, copies=materialize, out=Path(out),
+                snap,
+                _train_dataset(snap, config, split=split, img_size=img_size),
+                split=split,
+                copies=materialize,
+                out=Path(out),
                 provenance={"img_size": img_size, "augment": config.model_dump(mode="json")},
             )
             n_new = new.images.filter(new.images["split"] == split).height
@@ -113,15 +127,31 @@ def _detection(snap, config, *, preview_path, split, n_preview, n_stats, img_siz
         after.append(aug[1]["labels"])
         if len(tiles) < 2 * n_preview:
             image, target = resize(*raw)
-            tiles.append(render_detection(image, target["boxes"], target["labels"], class_names=snap.class_names,
-                                          caption=f"before: image {raw[1]['image_id']}"))
-            tiles.append(render_detection(aug[0], aug[1]["boxes"], aug[1]["labels"], class_names=snap.class_names, caption="after"))
+            tiles.append(
+                render_detection(
+                    image,
+                    target["boxes"],
+                    target["labels"],
+                    class_names=snap.class_names,
+                    caption=f"before: image {raw[1]['image_id']}",
+                )
+            )
+            tiles.append(
+                render_detection(
+                    aug[0], aug[1]["boxes"], aug[1]["labels"], class_names=snap.class_names, caption="after"
+                )
+            )
     steps = traced.table(first_step=1 if config.mosaic_p > 0 else 0)
     if config.mosaic_p > 0:
         made, b_in, b_out = (int(v) for v in mosaic_counts)
-        steps = step_row(0, "Mosaic", images=made, boxes_in=b_in, boxes_out=b_out, invalidated=b_in - b_out).vstack(steps)
-    labels = label_distribution(class_counts(before, num_classes=snap.num_classes), class_counts(after, num_classes=snap.num_classes),
-                                class_names=snap.class_names)
+        steps = step_row(0, "Mosaic", images=made, boxes_in=b_in, boxes_out=b_out, invalidated=b_in - b_out).vstack(
+            steps
+        )
+    labels = label_distribution(
+        class_counts(before, num_classes=snap.num_classes),
+        class_counts(after, num_classes=snap.num_classes),
+        class_names=snap.class_names,
+    )
     per_image = [np.array([len(b) for b in before]), np.array([len(a) for a in after])]
     summary = {
         "boxes_per_image_before": float(per_image[0].mean()) if n else 0.0,
@@ -130,9 +160,16 @@ def _detection(snap, config, *, preview_path, split, n_preview, n_stats, img_siz
         "empty_images_after": float((per_image[1] == 0).mean()) if n else 0.0,
         "mosaic_fraction": float(mosaic_counts[0] / n) if n else 0.0,
     }
-    return AugmentStats(task="detection", split=split, n_samples=n, steps=steps, labels=labels, summary=summary,
-                        pipeline=describe_pipeline(config, task="detection", img_size=img_size, train=True),
-                        preview_path=write_grid(tiles, preview_path, columns=2 * PREVIEW_PAIRS_PER_ROW))
+    return AugmentStats(
+        task="detection",
+        split=split,
+        n_samples=n,
+        steps=steps,
+        labels=labels,
+        summary=summary,
+        pipeline=describe_pipeline(config, task="detection", img_size=img_size, train=True),
+        preview_path=write_grid(tiles, preview_path, columns=2 * PREVIEW_PAIRS_PER_ROW),
+    )
 
 
 def _classification(snap, config, *, preview_path, split, n_preview, n_stats, img_size, batch_size) -> AugmentStats:
@@ -151,7 +188,9 @@ def _classification(snap, config, *, preview_path, split, n_preview, n_stats, im
     tiles: list[torch.Tensor] = []
     for start in range(0, len(samples), batch_size):
         chunk = samples[start : start + batch_size]
-        batch = mixer.mix(torch.stack([s[0] for _, s in chunk]), torch.tensor([s[1] for _, s in chunk], dtype=torch.int64))
+        batch = mixer.mix(
+            torch.stack([s[0] for _, s in chunk]), torch.tensor([s[1] for _, s in chunk], dtype=torch.int64)
+        )
         after += batch.targets.sum(0).double().numpy()
         top_weights.append(batch.targets.max(dim=1).values)
         if batch.method != "none":
@@ -163,16 +202,24 @@ def _classification(snap, config, *, preview_path, split, n_preview, n_stats, im
     steps = traced.table()
     for name, key, p in (("CutMix", "cutmix", config.cutmix_p), ("MixUp", "mixup", config.mixup_p)):
         if p > 0:
-            steps = steps.vstack(step_row(steps.height, name, images=mixed_images[key], boxes_in=None, boxes_out=None, invalidated=None))
+            steps = steps.vstack(
+                step_row(steps.height, name, images=mixed_images[key], boxes_in=None, boxes_out=None, invalidated=None)
+            )
     top = torch.cat(top_weights) if top_weights else torch.ones(0)
     summary = {
         "mixed_fraction": float((top < 1 - 1e-6).float().mean()) if len(top) else 0.0,
         "mean_top_weight": float(top.mean()) if len(top) else 1.0,
     }
-    return AugmentStats(task="classification", split=split, n_samples=len(samples), steps=steps, summary=summary,
-                        labels=label_distribution(before, after, class_names=names),
-                        pipeline=describe_pipeline(config, task="classification", img_size=img_size, train=True),
-                        preview_path=write_grid(tiles, preview_path, columns=2 * PREVIEW_PAIRS_PER_ROW))
+    return AugmentStats(
+        task="classification",
+        split=split,
+        n_samples=len(samples),
+        steps=steps,
+        summary=summary,
+        labels=label_distribution(before, after, class_names=names),
+        pipeline=describe_pipeline(config, task="classification", img_size=img_size, train=True),
+        preview_path=write_grid(tiles, preview_path, columns=2 * PREVIEW_PAIRS_PER_ROW),
+    )
 
 
 def _subset(n: int, k: int, seed: int) -> list[int]:
@@ -188,4 +235,6 @@ def _soft_caption(soft: torch.Tensor, names: list[str]) -> str:
 
 
 def _progress(items: list[int], description: str):
-    return track(items, description=description, console=Console(stderr=True), transient=True, disable=not sys.stderr.isatty())
+    return track(
+        items, description=description, console=Console(stderr=True), transient=True, disable=not sys.stderr.isatty()
+    )

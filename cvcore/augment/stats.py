@@ -122,10 +122,21 @@ class TracedPipeline:
         return invalid
 
 
-def step_row(step: int, name: str, *, images: int, boxes_in: int | None, boxes_out: int | None, invalidated: int | None) -> pl.DataFrame:
+def step_row(
+    step: int, name: str, *, images: int, boxes_in: int | None, boxes_out: int | None, invalidated: int | None
+) -> pl.DataFrame:
     """One STEP_SCHEMA row (for the Mosaic and batch-mixing rows)."""
     return pl.DataFrame(
-        [{"step": step, "transform": name, "images": images, "boxes_in": boxes_in, "boxes_out": boxes_out, "invalidated": invalidated}],
+        [
+            {
+                "step": step,
+                "transform": name,
+                "images": images,
+                "boxes_in": boxes_in,
+                "boxes_out": boxes_out,
+                "invalidated": invalidated,
+            }
+        ],
         schema=STEP_SCHEMA,
     )
 
@@ -136,7 +147,12 @@ def label_distribution(before: np.ndarray, after: np.ndarray, *, class_names: Se
     if before.shape != (k,) or after.shape != (k,):
         raise ValueError(f"expected per-class totals of length {k}, got {before.shape} and {after.shape}")
     frame = pl.DataFrame(
-        {"category_id": np.arange(k, dtype=np.int32), "name": list(class_names), "before": before.astype(np.float64), "after": after.astype(np.float64)}
+        {
+            "category_id": np.arange(k, dtype=np.int32),
+            "name": list(class_names),
+            "before": before.astype(np.float64),
+            "after": after.astype(np.float64),
+        }
     )
     return frame.with_columns(
         before_share=pl.col("before") / pl.col("before").sum().clip(lower_bound=1e-12),
@@ -146,5 +162,9 @@ def label_distribution(before: np.ndarray, after: np.ndarray, *, class_names: Se
 
 def class_counts(labels: Sequence[torch.Tensor], *, num_classes: int) -> np.ndarray:
     """float64[K]: how often each class occurs in the concatenated int64 label tensors."""
-    flat = torch.cat([torch.as_tensor(lab, dtype=torch.int64).reshape(-1) for lab in labels]) if labels else torch.zeros(0, dtype=torch.int64)
+    flat = (
+        torch.cat([torch.as_tensor(lab, dtype=torch.int64).reshape(-1) for lab in labels])
+        if labels
+        else torch.zeros(0, dtype=torch.int64)
+    )
     return torch.bincount(flat, minlength=num_classes).double().numpy()

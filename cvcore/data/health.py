@@ -127,7 +127,13 @@ def format_health(report: HealthReport) -> str:
 
 def _box_sizes(annotations: pl.DataFrame) -> pl.DataFrame:
     area = pl.col("area")
-    size = pl.when(area < SMALL_MAX_AREA).then(pl.lit("small")).when(area < MEDIUM_MAX_AREA).then(pl.lit("medium")).otherwise(pl.lit("large"))
+    size = (
+        pl.when(area < SMALL_MAX_AREA)
+        .then(pl.lit("small"))
+        .when(area < MEDIUM_MAX_AREA)
+        .then(pl.lit("medium"))
+        .otherwise(pl.lit("large"))
+    )
     counts = dict(annotations.select(size.alias("size")).group_by("size").len().iter_rows())
     total = max(1, annotations.height)
     names = ["small", "medium", "large"]
@@ -165,7 +171,9 @@ def _warnings(snapshot: Snapshot, classes: pl.DataFrame, split_names: list[str],
                 out.append(f"split {split!r} has no {unit} of {', '.join(map(repr, missing))}")
     present = classes.filter(pl.col("total") > 0).get_column("total")
     if present.len() > 1 and present.max() >= IMBALANCE_RATIO * present.min():
-        out.append(f"classes are imbalanced: {present.max()} vs {present.min()} {unit}; read per-class metrics, not only the mean")
+        out.append(
+            f"classes are imbalanced: {present.max()} vs {present.min()} {unit}; read per-class metrics, not only the mean"
+        )
     if snapshot.task == "detection":
         empty = snapshot.images.height - objects.get_column("image_id").n_unique()
         if empty:

@@ -84,10 +84,16 @@ def ingest(
 
     entries = validate.check_image_entries(raw.images, n_objects=n_objects, unit=unit)
     headers = probe_images(
-        raw.image_root, entries.table.get_column("file_name").to_list(), workers=workers, max_pixels=max_pixels, on_progress=on_progress
+        raw.image_root,
+        entries.table.get_column("file_name").to_list(),
+        workers=workers,
+        max_pixels=max_pixels,
+        on_progress=on_progress,
     )
     clock.lap("image headers")
-    checked_images = validate.apply_headers(entries.table, headers, image_root=raw.image_root, n_objects=n_objects, unit=unit)
+    checked_images = validate.apply_headers(
+        entries.table, headers, image_root=raw.image_root, n_objects=n_objects, unit=unit
+    )
     kept = checked_images.table
     quarantine = [raw.quarantine, entries.quarantine, checked_images.quarantine]
     if kept.is_empty():

@@ -149,7 +149,9 @@ def _parse_header(fh, head: bytes, tail: bytes, max_pixels: int) -> tuple[int, i
     except UnidentifiedImageError:
         raise ImageProblem("not an image file (no known image format)") from None
     except Image.DecompressionBombError:
-        raise ImageProblem(f"image too large (more than {2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6:.0f} megapixels, PIL refuses to decode it)") from None
+        raise ImageProblem(
+            f"image too large (more than {2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6:.0f} megapixels, PIL refuses to decode it)"
+        ) from None
     except _PIL_ERRORS as exc:
         if _is_truncation(exc):
             raise ImageProblem(f"truncated {_magic_format(head)}") from None
@@ -188,7 +190,14 @@ def probe_images(
         except ValueError:  # a NUL byte: no file system path (ingest rejects these earlier)
             return (name, None, None, None, None, "file name is not a usable path (a NUL byte?): rejected, not opened")
         if path is None:
-            return (name, None, None, None, None, "file name resolves outside the dataset root (a symlink?): rejected, not opened")
+            return (
+                name,
+                None,
+                None,
+                None,
+                None,
+                "file name resolves outside the dataset root (a symlink?): rejected, not opened",
+            )
         try:
             h = read_header(path, max_pixels=max_pixels)
         except ImageProblem as exc:

@@ -102,7 +102,9 @@ _MANIFEST_KEYS = ("name", "task", "schema_version", "digest", "image_root")
 _MANIFEST_MAX_BYTES = 1 << 20  # a snapshot manifest is a few hundred bytes
 # What snapshot writers put in a snapshot folder: the tables, the manifest, and the extra files of
 # snapshots that make pixels (images/, augment.json). Anything else there was put by someone else.
-_SNAPSHOT_ENTRIES = frozenset({"manifest.json", "augment.json", "images", *(f"{table}.parquet" for table in _SORT_KEYS)})
+_SNAPSHOT_ENTRIES = frozenset(
+    {"manifest.json", "augment.json", "images", *(f"{table}.parquet" for table in _SORT_KEYS)}
+)
 
 
 def check_replaceable(out: str | Path, *, protected: Iterable[str | Path] = ()) -> None:
@@ -121,16 +123,26 @@ def check_replaceable(out: str | Path, *, protected: Iterable[str | Path] = ()) 
     for path in protected:
         guarded = Path(path).resolve()
         if guarded == target:
-            raise SnapshotError(f"refusing to replace {out}: it is {path} itself, which is being read; choose another --out")
+            raise SnapshotError(
+                f"refusing to replace {out}: it is {path} itself, which is being read; choose another --out"
+            )
         if guarded.is_relative_to(target):
-            raise SnapshotError(f"refusing to replace {out}: it holds {path}, which is being read; choose another --out")
+            raise SnapshotError(
+                f"refusing to replace {out}: it holds {path}, which is being read; choose another --out"
+            )
         if target.is_relative_to(guarded):
-            raise SnapshotError(f"refusing to replace {out}: it is inside {path}, which is being read; choose another --out")
+            raise SnapshotError(
+                f"refusing to replace {out}: it is inside {path}, which is being read; choose another --out"
+            )
     if not out.is_dir():
-        raise SnapshotError(f"refusing to replace {out}: it is not a folder (only a cvflow snapshot folder is replaced); choose another --out")
+        raise SnapshotError(
+            f"refusing to replace {out}: it is not a folder (only a cvflow snapshot folder is replaced); choose another --out"
+        )
     why = _not_a_snapshot(out / "manifest.json")
     if why is not None:
-        raise SnapshotError(f"refusing to replace {out}: it is not a cvflow snapshot ({why}); choose another --out or remove it yourself")
+        raise SnapshotError(
+            f"refusing to replace {out}: it is not a cvflow snapshot ({why}); choose another --out or remove it yourself"
+        )
     foreign = sorted(entry.name for entry in out.iterdir() if entry.name not in _SNAPSHOT_ENTRIES)
     if foreign:  # a results file, a run, notes put inside the snapshot: replacing would delete them
         shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
@@ -260,7 +272,9 @@ def check_writable(out: str | Path) -> None:
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
     if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-        raise SnapshotError(f"{out}: cannot write there ({folder} is not a writable folder); choose another --out or CVFLOW_HOME")
+        raise SnapshotError(
+            f"{out}: cannot write there ({folder} is not a writable folder); choose another --out or CVFLOW_HOME"
+        )
 
 
 def _check_name(out: Path) -> None:
@@ -269,7 +283,9 @@ def _check_name(out: Path) -> None:
 
 
 def _write_error(out: Path, exc: OSError) -> SnapshotError:
-    return SnapshotError(f"{out}: cannot write the snapshot ({exc.strerror or exc}); choose another --out or CVFLOW_HOME")
+    return SnapshotError(
+        f"{out}: cannot write the snapshot ({exc.strerror or exc}); choose another --out or CVFLOW_HOME"
+    )
 
 
 def read_snapshot(path: str | Path) -> Snapshot:
@@ -369,7 +385,9 @@ def _check_consistency(out: Path, tables: dict[str, pl.DataFrame]) -> None:
         raise SnapshotError(f"{out}: images.parquet: {bad}")
     duplicated = images.filter(pl.col("image_id").is_duplicated()).get_column("image_id")
     if duplicated.len():
-        raise SnapshotError(f"{out}: images.parquet: duplicate image_id {duplicated.min()} ({duplicated.n_unique()} id(s) used twice or more)")
+        raise SnapshotError(
+            f"{out}: images.parquet: duplicate image_id {duplicated.min()} ({duplicated.n_unique()} id(s) used twice or more)"
+        )
     k = cats.height
     if sorted(cats.get_column("category_id").to_list()) != list(range(k)):
         raise SnapshotError(f"{out}: category ids must be contiguous 0..{k - 1}")
@@ -380,7 +398,9 @@ def _check_consistency(out: Path, tables: dict[str, pl.DataFrame]) -> None:
             continue
         missing = df.filter(~pl.col("image_id").is_in(image_ids.implode())).get_column("image_id")
         if missing.len():
-            raise SnapshotError(f"{out}: {table} refer to image ids missing from the images table (image_id {missing.min()})")
+            raise SnapshotError(
+                f"{out}: {table} refer to image ids missing from the images table (image_id {missing.min()})"
+            )
         cid = df.get_column("category_id")
         if df.height and (cid.min() < 0 or cid.max() >= k):
             raise SnapshotError(f"{out}: {table} have category ids outside 0..{k - 1}")

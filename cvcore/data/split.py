@@ -65,7 +65,9 @@ def stratified_split(
         take[order] += 1
     quotas = pl.DataFrame({"_stratum": sizes.get_column("_stratum"), "_take": take})
 
-    ranked = frame.join(quotas, on="_stratum").with_columns(pl.col("_key").rank("ordinal").over("_stratum").alias("_rank"))
+    ranked = frame.join(quotas, on="_stratum").with_columns(
+        pl.col("_key").rank("ordinal").over("_stratum").alias("_rank")
+    )
     ranked = ranked.with_columns(
         pl.when(pl.col("_rank") <= pl.col("_take")).then(pl.lit(val)).otherwise(pl.lit(train)).alias("split")
     )

@@ -170,7 +170,9 @@ def _place_object(
         bh = max(4, min(h - 1, int(round(size / np.sqrt(aspect)))))
         x0 = int(rng.integers(0, w - bw + 1))
         y0 = int(rng.integers(0, h - bh + 1))
-        if any(x0 < px2 + 2 and px1 < x0 + bw + 2 and y0 < py2 + 2 and py1 < y0 + bh + 2 for px1, py1, px2, py2 in placed):
+        if any(
+            x0 < px2 + 2 and px1 < x0 + bw + 2 and y0 < py2 + 2 and py1 < y0 + bh + 2 for px1, py1, px2, py2 in placed
+        ):
             continue
         mask = _shape_mask(SHAPES[cls], w, h, x0, y0, bw, bh)
         ys, xs = np.nonzero(mask)
@@ -217,5 +219,9 @@ def _images_frame(rows: list[tuple]) -> pl.DataFrame:
 
 def _categories_frame() -> pl.DataFrame:
     return pl.DataFrame(
-        {"category_id": list(range(len(SHAPES))), "name": list(SHAPES), "source_id": [i + 1 for i in range(len(SHAPES))]}
+        {
+            "category_id": list(range(len(SHAPES))),
+            "name": list(SHAPES),
+            "source_id": [i + 1 for i in range(len(SHAPES))],
+        }
     )

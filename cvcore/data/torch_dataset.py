@@ -44,7 +44,9 @@ def load_image(path: str | Path) -> torch.Tensor:
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
 
 
-def image_paths(snapshot: Snapshot, file_names: Iterable[str], *, split: str) -> tuple[list[str], dict[int, tuple[str, str]]]:
+def image_paths(
+    snapshot: Snapshot, file_names: Iterable[str], *, split: str
+) -> tuple[list[str], dict[int, tuple[str, str]]]:
     """The absolute paths of ``file_names`` inside the snapshot's image root, and the refused ones.
 
     A name that leads outside the root (cvcore.io.resolve_inside: ``..``, absolute, a link out)
@@ -126,7 +128,10 @@ class DetectionDataset(torch.utils.data.Dataset):
         # Crowd regions are not objects to learn; evaluation still sees them via the snapshot.
         anns = anns.filter(~pl.col("iscrowd")).sort("ann_id")
         grouped = {
-            k[0]: (g.select("x1", "y1", "x2", "y2").to_numpy().astype(np.float32), g.get_column("category_id").to_numpy())
+            k[0]: (
+                g.select("x1", "y1", "x2", "y2").to_numpy().astype(np.float32),
+                g.get_column("category_id").to_numpy(),
+            )
             for k, g in anns.group_by("image_id")
         }
         empty = (np.zeros((0, 4), np.float32), np.zeros((0,), np.int32))

@@ -54,14 +54,28 @@ def check_image_entries(images: pl.DataFrame, *, n_objects: dict[int, int], unit
     seen_ids: dict[int, str] = {}
     seen_files: dict[str, int] = {}
     keep, rows = [], []
-    for i, (image_id, name, source, item) in enumerate(images.select("image_id", "file_name", "source", "item").iter_rows()):
+    for i, (image_id, name, source, item) in enumerate(
+        images.select("image_id", "file_name", "source", "item").iter_rows()
+    ):
         problem = unsafe_file_name(name)
         if problem:
             rows.append((source, item, f"{problem}; {dropped_with(n_objects.get(image_id, 0), unit)}"))
         elif image_id in seen_ids:
-            rows.append((source, item, f"duplicate image id {image_id} (first for {seen_ids[image_id]!r}, again for {name!r}): dropped, its {unit}s stay with the first"))
+            rows.append(
+                (
+                    source,
+                    item,
+                    f"duplicate image id {image_id} (first for {seen_ids[image_id]!r}, again for {name!r}): dropped, its {unit}s stay with the first",
+                )
+            )
         elif name in seen_files:
-            rows.append((source, item, f"file {name!r} is listed twice (image ids {seen_files[name]} and {image_id}): second entry {dropped_with(n_objects.get(image_id, 0), unit)}"))
+            rows.append(
+                (
+                    source,
+                    item,
+                    f"file {name!r} is listed twice (image ids {seen_files[name]} and {image_id}): second entry {dropped_with(n_objects.get(image_id, 0), unit)}",
+                )
+            )
         else:
             seen_ids[image_id], seen_files[name] = name, image_id
             keep.append(i)
@@ -77,15 +91,26 @@ def apply_headers(
     EXIF applied) and its sha256. A declared size that differs from the file's is replaced and
     recorded. Quarantine rows name the image file itself as their source.
     """
-    df = entries.join(headers.rename({"width": "file_width", "height": "file_height"}), on="file_name", how="left", maintain_order="left")
+    df = entries.join(
+        headers.rename({"width": "file_width", "height": "file_height"}),
+        on="file_name",
+        how="left",
+        maintain_order="left",
+    )
     bad = df.filter(pl.col("problem").is_not_null() | pl.col("sha256").is_null())
     rows = [
-        (str(Path(image_root) / r["file_name"]), r["item"], f"{r['problem'] or 'image not read'}: {dropped_with(n_objects.get(r['image_id'], 0), unit)}")
+        (
+            str(Path(image_root) / r["file_name"]),
+            r["item"],
+            f"{r['problem'] or 'image not read'}: {dropped_with(n_objects.get(r['image_id'], 0), unit)}",
+        )
         for r in bad.iter_rows(named=True)
     ]
     good = df.filter(pl.col("problem").is_null() & pl.col("sha256").is_not_null())
     declared = pl.col("width").is_not_null() & pl.col("height").is_not_null()
-    mismatch = good.filter(declared & ((pl.col("width") != pl.col("file_width")) | (pl.col("height") != pl.col("file_height"))))
+    mismatch = good.filter(
+        declared & ((pl.col("width") != pl.col("file_width")) | (pl.col("height") != pl.col("file_height")))
+    )
     rows += [
         (
             r["source"],
@@ -96,7 +121,12 @@ def apply_headers(
         for r in mismatch.iter_rows(named=True)
     ]
     table = good.select(
-        "image_id", "file_name", pl.col("file_width").alias("width"), pl.col("file_height").alias("height"), "split", "sha256"
+        "image_id",
+        "file_name",
+        pl.col("file_width").alias("width"),
+        pl.col("file_height").alias("height"),
+        "split",
+        "sha256",
     )
     return Checked(schema.validate(table, "images"), quarantine_frame(rows))
 
@@ -106,7 +136,9 @@ def normalized_to_pixels(annotations: pl.DataFrame, images: pl.DataFrame) -> pl.
 
     Rows whose image is not in ``images`` get null coordinates; check_annotations drops them.
     """
-    sizes = images.select("image_id", pl.col("width").cast(pl.Float64).alias("_w"), pl.col("height").cast(pl.Float64).alias("_h"))
+    sizes = images.select(
+        "image_id", pl.col("width").cast(pl.Float64).alias("_w"), pl.col("height").cast(pl.Float64).alias("_h")
+    )
     return (
         annotations.join(sizes, on="image_id", how="left", maintain_order="left")
         .with_columns(boxes.scale_xyxy("_w", "_h"))
@@ -114,7 +146,9 @@ def normalized_to_pixels(annotations: pl.DataFrame, images: pl.DataFrame) -> pl.
     )
 
 
-def check_annotations(annotations: pl.DataFrame, images: pl.DataFrame, *, dropped_image_ids: set[int] | frozenset[int] = frozenset()) -> Checked:
+def check_annotations(
+    annotations: pl.DataFrame, images: pl.DataFrame, *, dropped_image_ids: set[int] | frozenset[int] = frozenset()
+) -> Checked:
     """Validate xyxy pixel boxes against their images; clip what sticks out, drop what is broken.
 
     ``annotations``: RAW_ANNOTATIONS rows (boxes in pixels); ``images``: IMAGES rows of the
@@ -131,7 +165,9 @@ def check_annotations(annotations: pl.DataFrame, images: pl.DataFrame, *, droppe
     dup = (ids.is_duplicated() & ~ids.is_first_distinct()).to_numpy()
     known = df.get_column("_W").is_not_null().to_numpy()
     gone = df.get_column("image_id").is_in(pl.Series(sorted(dropped_image_ids), dtype=pl.Int64).implode()).to_numpy()
-    x1, y1, x2, y2 = (df.get_column(c).fill_null(np.nan).to_numpy().astype(np.float64) for c in ("x1", "y1", "x2", "y2"))
+    x1, y1, x2, y2 = (
+        df.get_column(c).fill_null(np.nan).to_numpy().astype(np.float64) for c in ("x1", "y1", "x2", "y2")
+    )
     W = df.get_column("_W").fill_null(0).to_numpy().astype(np.float64)
     H = df.get_column("_H").fill_null(0).to_numpy().astype(np.float64)
     with np.errstate(invalid="ignore"):
@@ -163,7 +199,11 @@ def check_annotations(annotations: pl.DataFrame, images: pl.DataFrame, *, droppe
 
     table = (
         df.with_columns(
-            pl.Series("x1", cx1), pl.Series("y1", cy1), pl.Series("x2", cx2), pl.Series("y2", cy2), pl.Series("area", area)
+            pl.Series("x1", cx1),
+            pl.Series("y1", cy1),
+            pl.Series("x2", cx2),
+            pl.Series("y2", cy2),
+            pl.Series("area", area),
         )
         .filter(pl.Series(keep))
         .sort("ann_id")
@@ -171,19 +211,32 @@ def check_annotations(annotations: pl.DataFrame, images: pl.DataFrame, *, droppe
     return Checked(schema.validate(table, "annotations"), quarantine_frame(rows))
 
 
-def check_labels(labels: pl.DataFrame, images: pl.DataFrame, *, dropped_image_ids: set[int] | frozenset[int] = frozenset()) -> Checked:
+def check_labels(
+    labels: pl.DataFrame, images: pl.DataFrame, *, dropped_image_ids: set[int] | frozenset[int] = frozenset()
+) -> Checked:
     """Classification labels whose image is usable; labels of unknown images are quarantined."""
     kept_ids = images.get_column("image_id").implode()
     known = labels.filter(pl.col("image_id").is_in(kept_ids))
-    unknown = labels.filter(~pl.col("image_id").is_in(kept_ids) & ~pl.col("image_id").is_in(pl.Series(sorted(dropped_image_ids), dtype=pl.Int64).implode()))
-    rows = [("labels", f"image id {i}", f"label refers to unknown image id {i}: dropped") for i in unknown.get_column("image_id")]
+    unknown = labels.filter(
+        ~pl.col("image_id").is_in(kept_ids)
+        & ~pl.col("image_id").is_in(pl.Series(sorted(dropped_image_ids), dtype=pl.Int64).implode())
+    )
+    rows = [
+        ("labels", f"image id {i}", f"label refers to unknown image id {i}: dropped")
+        for i in unknown.get_column("image_id")
+    ]
     dup = known.filter(pl.col("image_id").is_duplicated() & ~pl.col("image_id").is_first_distinct())
-    rows += [("labels", f"image id {i}", f"image has a second label (category {c}): dropped, the first is kept") for i, c in dup.iter_rows()]
+    rows += [
+        ("labels", f"image id {i}", f"image has a second label (category {c}): dropped, the first is kept")
+        for i, c in dup.iter_rows()
+    ]
     table = known.filter(pl.col("image_id").is_first_distinct()).sort("image_id")
     return Checked(schema.validate(table, "labels"), quarantine_frame(rows))
 
 
-def _box_reason(dup: bool, known: bool, image_id: int, x1: float, y1: float, x2: float, y2: float, W: float, H: float) -> str:
+def _box_reason(
+    dup: bool, known: bool, image_id: int, x1: float, y1: float, x2: float, y2: float, W: float, H: float
+) -> str:
     """The quarantine reason of one rejected or clipped box (checks in check_annotations' order)."""
     if dup:
         return "duplicate annotation id (the first one is kept): dropped"

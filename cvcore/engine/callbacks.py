@@ -78,7 +78,9 @@ class ProgressBar:
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         shown = {k: v for k, v in metrics.items() if k.startswith("val/") or k in ("train/loss", "lr")}
-        self._progress.console.print(f"epoch {epoch}: " + "  ".join(f"{k} {v:.4g}" for k, v in shown.items()), highlight=False)
+        self._progress.console.print(
+            f"epoch {epoch}: " + "  ".join(f"{k} {v:.4g}" for k, v in shown.items()), highlight=False
+        )
 
     def on_fit_end(self, result: Any) -> None:
         self._stop()

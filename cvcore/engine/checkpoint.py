@@ -126,7 +126,9 @@ def restore_rng(state: dict[str, Any], generator: torch.Generator | None = None)
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
     n = state["numpy"]
-    np.random.set_state((n["bit_generator"], n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    np.random.set_state(
+        (n["bit_generator"], n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     p = state["python"]
     random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
     if generator is not None and state.get("generator") is not None:
@@ -136,7 +138,7 @@ def restore_rng(state: dict[str, Any], generator: torch.Generator | None = None)
 def ema_weights(ema_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The plain model state dict inside an AveragedModel's state dict (drops ``n_averaged``)."""
     prefix = "module."
-    return {k[len(prefix):]: v for k, v in ema_state.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in ema_state.items() if k.startswith(prefix)}
 
 
 @dataclass(frozen=True)
@@ -170,7 +172,11 @@ def load_model(path: str | Path) -> LoadedModel:
     if missing:
         raise CheckpointError(f"{file}: meta lacks {missing}; it was not written by cvflow's engine")
     model = build_model(
-        meta["model_name"], num_classes=meta["num_classes"], pretrained=None, img_size=meta["img_size"], **meta["options"]
+        meta["model_name"],
+        num_classes=meta["num_classes"],
+        pretrained=None,
+        img_size=meta["img_size"],
+        **meta["options"],
     )
     weights = ema_weights(state["ema"]) if state.get("ema") else state["model"]
     try:

@@ -65,7 +65,9 @@ def make_loaders(snapshot: Snapshot, config: RunConfig, *, rank: int = 0, world_
 
     task, aug, tc = snapshot.task, config.augment, config.train
     if tc.batch_size % world_size:
-        raise ValueError(f"train.batch_size {tc.batch_size} is the global batch and must split evenly over {world_size} devices")
+        raise ValueError(
+            f"train.batch_size {tc.batch_size} is the global batch and must split evenly over {world_size} devices"
+        )
     per_device = tc.batch_size // world_size
     img_size = config.data.img_size
     train_tf = build_transforms(aug, task=task, img_size=img_size, train=True)
@@ -88,10 +90,16 @@ def make_loaders(snapshot: Snapshot, config: RunConfig, *, rank: int = 0, world_
     pin = resolve_device(tc.device).type == "cuda"
     workers = config.data.num_workers
     # Every process uses the sampler (one process: world_size 1), so 1 and W processes shuffle alike.
-    sampler: Any = DistributedSampler(train_set, num_replicas=world_size, rank=rank, shuffle=True, seed=tc.seed, drop_last=True)
+    sampler: Any = DistributedSampler(
+        train_set, num_replicas=world_size, rank=rank, shuffle=True, seed=tc.seed, drop_last=True
+    )
     if workers > 0:  # persistent workers: the epoch travels with the indices (module docstring)
         mosaic_until = tc.epochs - aug.close_mosaic if hasattr(train_set, "enabled") else None
-        train_set, sampler, train_collate = EpochDataset(train_set, mosaic_until=mosaic_until), EpochSampler(sampler), EpochCollate(train_collate)
+        train_set, sampler, train_collate = (
+            EpochDataset(train_set, mosaic_until=mosaic_until),
+            EpochSampler(sampler),
+            EpochCollate(train_collate),
+        )
     train = DataLoader(
         train_set,
         batch_size=per_device,
@@ -105,7 +113,9 @@ def make_loaders(snapshot: Snapshot, config: RunConfig, *, rank: int = 0, world_
         pin_memory=pin,
         persistent_workers=workers > 0,
     )
-    val = DataLoader(val_set, batch_size=per_device, shuffle=False, num_workers=workers, collate_fn=collate, pin_memory=pin)
+    val = DataLoader(
+        val_set, batch_size=per_device, shuffle=False, num_workers=workers, collate_fn=collate, pin_memory=pin
+    )
     return Loaders(train=train, val=val)
 
 
@@ -210,6 +220,8 @@ class MixingCollate:
         if len(images) == 0:
             return images, labels
         number = (worker + workers * done) * self.world_size + self.rank
-        seed = int(np.random.SeedSequence([self.seed & 0xFFFFFFFF, self.epoch, number]).generate_state(1, np.uint64)[0] >> 1)
+        seed = int(
+            np.random.SeedSequence([self.seed & 0xFFFFFFFF, self.epoch, number]).generate_state(1, np.uint64)[0] >> 1
+        )
         self.mixer.load_state_dict({"generator": torch.Generator().manual_seed(seed).get_state()})
         return self.mixer(images, labels)

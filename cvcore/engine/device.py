@@ -42,7 +42,9 @@ class Precision:
 
     def autocast(self, device: torch.device):
         """The autocast context for ``device`` (a disabled one when dtype is None)."""
-        return torch.autocast(device_type=device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None)
+        return torch.autocast(
+            device_type=device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None
+        )
 
 
 def choose_precision(device: torch.device, *, amp: bool) -> Precision:
@@ -95,7 +97,9 @@ def available_cpus(
     return cpus
 
 
-def cgroup_cpu_quota(*, proc_cgroup: str | Path = "/proc/self/cgroup", cgroup_root: str | Path = "/sys/fs/cgroup") -> float | None:
+def cgroup_cpu_quota(
+    *, proc_cgroup: str | Path = "/proc/self/cgroup", cgroup_root: str | Path = "/sys/fs/cgroup"
+) -> float | None:
     """The cgroup v2 CPU limit of this process in CPUs (quota / period, e.g. 1.5), None when unlimited.
 
     Every level from the process's cgroup up to ``cgroup_root`` may set a ``cpu.max``; the
@@ -142,7 +146,9 @@ def _cpu_max(path: Path) -> float | None:
     return quota / period if quota > 0 and period > 0 else None
 
 
-def thread_count(*, environ: dict[str, str] | None = None, available: int | None = None, current: int | None = None) -> int | None:
+def thread_count(
+    *, environ: dict[str, str] | None = None, available: int | None = None, current: int | None = None
+) -> int | None:
     """The intra-op thread count to set, or None to leave torch's own.
 
     ``CVFLOW_NUM_THREADS`` (a positive integer) wins. Otherwise, when the user set

@@ -78,11 +78,15 @@ class Nodes:
         if self.nnodes < 1:
             raise ValueError(f"--nnodes must be at least 1, got {self.nnodes}")
         if not 0 <= self.node_rank < self.nnodes:
-            raise ValueError(f"--node-rank must be in 0..{self.nnodes - 1} for {self.nnodes} node(s), got {self.node_rank}")
+            raise ValueError(
+                f"--node-rank must be in 0..{self.nnodes - 1} for {self.nnodes} node(s), got {self.node_rank}"
+            )
         if self.nnodes > 1:
             host, _, port = (self.rdzv_endpoint or "").rpartition(":")
             if not host or not port.isdigit():
-                raise ValueError(f"--rdzv-endpoint must be HOST:PORT of node 0 when --nnodes > 1, got {self.rdzv_endpoint!r}")
+                raise ValueError(
+                    f"--rdzv-endpoint must be HOST:PORT of node 0 when --nnodes > 1, got {self.rdzv_endpoint!r}"
+                )
 
 
 class RankFailed(RuntimeError):
@@ -104,7 +108,9 @@ def devices_per_node(devices: int | Literal["auto"], device: str = "auto") -> in
         raise ValueError(f"train.devices must be a positive number or 'auto', got {devices!r}")
     if on_cuda:
         if n > 1 and device.startswith("cuda:"):
-            raise ValueError(f"train.device {device!r} names one GPU, but train.devices is {n}: use device auto or cuda")
+            raise ValueError(
+                f"train.device {device!r} names one GPU, but train.devices is {n}: use device auto or cuda"
+            )
         if n > torch.cuda.device_count():
             raise ValueError(f"train.devices is {n}, but {torch.cuda.device_count()} CUDA GPU(s) are visible here")
     return n
@@ -229,7 +235,12 @@ def _record_failure(rank: int, exc: BaseException) -> None:
         return
     from cvcore.io import atomic_write
 
-    record = {"rank": rank, "time": time.time(), "message": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+    record = {
+        "rank": rank,
+        "time": time.time(),
+        "message": f"{type(exc).__name__}: {exc}",
+        "traceback": traceback.format_exc(),
+    }
     with atomic_write(Path(folder) / f"rank-{rank}.json", "w") as fh:
         json.dump(record, fh)
 
@@ -243,7 +254,9 @@ def prepare_model(model: nn.Module, d: Dist, *, sync_bn: bool) -> nn.Module:
     model = model.to(d.device)
     if sync_bn and d.distributed:
         if d.device.type != "cuda":
-            raise ValueError("train.sync_bn needs GPUs: torch's SyncBatchNorm runs on CUDA only; set sync_bn false on CPU")
+            raise ValueError(
+                "train.sync_bn needs GPUs: torch's SyncBatchNorm runs on CUDA only; set sync_bn false on CPU"
+            )
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return model
 
@@ -279,7 +292,9 @@ def threads_per_rank(nproc: int) -> int:
     return max(1, available_cpus() // max(1, nproc))
 
 
-def launch(entrypoint: Callable[..., Any], args: tuple[Any, ...], *, nproc: int, nodes: Nodes = Nodes()) -> dict[int, Any]:
+def launch(
+    entrypoint: Callable[..., Any], args: tuple[Any, ...], *, nproc: int, nodes: Nodes = Nodes()
+) -> dict[int, Any]:
     """Run ``entrypoint(*args)`` in ``nproc`` processes per node through torchrun's launcher.
 
     ``entrypoint`` must be a module-level function (the processes are spawned and import it).
@@ -323,7 +338,15 @@ def launch(entrypoint: Callable[..., Any], args: tuple[Any, ...], *, nproc: int,
 
 
 # How a rank fails when another rank died under it: its collective loses the peer or times out.
-_SECONDARY = ("connection closed by peer", "connection reset by peer", "broken pipe", "distbackenderror", "timed out", "timeout", "aborted")
+_SECONDARY = (
+    "connection closed by peer",
+    "connection reset by peer",
+    "broken pipe",
+    "distbackenderror",
+    "timed out",
+    "timeout",
+    "aborted",
+)
 
 
 def _read_failures(folder: str) -> list[dict[str, Any]]:

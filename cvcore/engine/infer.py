@@ -89,7 +89,11 @@ def decode_options(eval_config: "EvalConfig") -> dict[str, Any]:
     The one mapping from the config to the decoding, so validation, ``cvflow predict``, the
     pipelines and the bake-off all decode a model the same way.
     """
-    return {"score_threshold": eval_config.score_threshold, "nms_iou": eval_config.nms_iou, "max_detections": eval_config.max_detections}
+    return {
+        "score_threshold": eval_config.score_threshold,
+        "nms_iou": eval_config.nms_iou,
+        "max_detections": eval_config.max_detections,
+    }
 
 
 def checkpoint_eval_config(meta: dict[str, Any]) -> "EvalConfig":
@@ -162,7 +166,13 @@ def predict_checkpoint(
         **decode_options(config),
     )
     return CheckpointPredictions(
-        model=loaded.model, meta=loaded.meta, path=loaded.path, dataset=dataset, eval_config=config, batches=batches, unreadable=unreadable
+        model=loaded.model,
+        meta=loaded.meta,
+        path=loaded.path,
+        dataset=dataset,
+        eval_config=config,
+        batches=batches,
+        unreadable=unreadable,
     )
 
 
@@ -200,11 +210,15 @@ def predict(
         raise ValueError(f"unknown task {task!r}; expected one of {sorted(TABLE)}")
     for attr in ("image_ids",) + (("sizes",) if task == "detection" else ()):
         if not hasattr(dataset, attr):
-            raise ValueError(f"predict needs a dataset with .{attr} (a cvcore.data.torch_dataset dataset), got {type(dataset).__name__}")
+            raise ValueError(
+                f"predict needs a dataset with .{attr} (a cvcore.data.torch_dataset dataset), got {type(dataset).__name__}"
+            )
     configure_threads()
     device = resolve_device(device) if isinstance(device, str) else device
     precision = choose_precision(device, amp=amp)
-    loader = prediction_loader(dataset, batch_size=batch_size, num_workers=num_workers, indices=indices, pin_memory=device.type == "cuda")
+    loader = prediction_loader(
+        dataset, batch_size=batch_size, num_workers=num_workers, indices=indices, pin_memory=device.type == "cuda"
+    )
     image_ids = np.asarray(dataset.image_ids, dtype=np.int64)
     model.to(device).eval()
     if task == "detection" and isinstance(model, Postprocessable):
@@ -213,7 +227,9 @@ def predict(
         for index, images, failed in loader:
             for i, reason in failed:
                 record = Unreadable(image_id=int(image_ids[i]), file_name=_file_of(dataset, i), reason=reason)
-                log.warning("image %d (%s) cannot be read, it has no prediction: %s", record.image_id, record.file_name, reason)
+                log.warning(
+                    "image %d (%s) cannot be read, it has no prediction: %s", record.image_id, record.file_name, reason
+                )
                 if on_unreadable is not None:
                     on_unreadable(record)
             if len(index) == 0:
@@ -236,7 +252,12 @@ def predict(
 
 
 def prediction_loader(
-    dataset: Dataset, *, batch_size: int, num_workers: int = 0, indices: Sequence[int] | None = None, pin_memory: bool = False
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    num_workers: int = 0,
+    indices: Sequence[int] | None = None,
+    pin_memory: bool = False,
 ) -> DataLoader:
     """A sequential loader yielding ``(dataset indices: np.ndarray[int64], images: list[float32[3, H, W]],
     failed: list[(dataset index, reason)])``; ``failed`` are the samples that could not be read."""
@@ -260,7 +281,9 @@ def classification_batch(image_ids: np.ndarray, logits: torch.Tensor) -> pa.Reco
     probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
     b, k = probs.shape
     top = probs.argmax(axis=1)
-    scores = pa.LargeListArray.from_arrays(pa.array(np.arange(0, b * k + 1, k, dtype=np.int64)), pa.array(probs.reshape(-1)))
+    scores = pa.LargeListArray.from_arrays(
+        pa.array(np.arange(0, b * k + 1, k, dtype=np.int64)), pa.array(probs.reshape(-1))
+    )
     return pa.RecordBatch.from_arrays(
         [
             pa.array(np.asarray(image_ids, dtype=np.int64)),
@@ -303,7 +326,10 @@ def detection_batch(
         cols["score"].append(scores[keep].cpu().numpy().astype(np.float64))
         for j, name in enumerate(("x1", "y1", "x2", "y2")):
             cols[name].append(boxes[:, j].numpy())
-    arrays = [pa.array(np.concatenate(v)) if v else pa.array([], type=t) for v, t in zip(cols.values(), schema.arrow_schema("detections").types)]
+    arrays = [
+        pa.array(np.concatenate(v)) if v else pa.array([], type=t)
+        for v, t in zip(cols.values(), schema.arrow_schema("detections").types)
+    ]
     return pa.RecordBatch.from_arrays(arrays, schema=schema.arrow_schema("detections"))
 
 
@@ -359,7 +385,11 @@ def check_predictions_target(path: str | Path) -> None:
 
 
 def write_predictions(
-    batches: Iterable[pa.RecordBatch], path: str | Path, *, task: Task | None = None, unreadable: Sequence[Unreadable] = ()
+    batches: Iterable[pa.RecordBatch],
+    path: str | Path,
+    *,
+    task: Task | None = None,
+    unreadable: Sequence[Unreadable] = (),
 ) -> Path:
     """Stream ``batches`` into one Parquet file at ``path``, atomically (temp sibling, then rename).
 
@@ -449,7 +479,9 @@ def _file_of(dataset: Dataset, index: int) -> str:
     return str(paths[index]) if paths is not None else ""
 
 
-def _collate_indexed(batch: list[tuple[int, Any, str | None]]) -> tuple[np.ndarray, list[torch.Tensor], list[tuple[int, str]]]:
+def _collate_indexed(
+    batch: list[tuple[int, Any, str | None]],
+) -> tuple[np.ndarray, list[torch.Tensor], list[tuple[int, str]]]:
     kept = [(i, s) for i, s, _ in batch if s is not None]  # undecodable images are dropped here...
     failed = [(i, reason) for i, s, reason in batch if s is None]  # ...and reported
     index = np.array([i for i, _ in kept], dtype=np.int64)

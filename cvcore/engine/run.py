@@ -71,7 +71,11 @@ def check_run_folder(out_dir: str | Path, *, resume: bool | str | Path | None) -
     check_not_in_use(out_dir, what="training")
     if not resume and (out_dir / LAST).exists():
         raise FileExistsError(f"{out_dir} already holds a run ({LAST}); resume it or choose another output folder")
-    if isinstance(resume, (str, Path)) and (out_dir / LAST).exists() and Path(resume).resolve().parent != out_dir.resolve():
+    if (
+        isinstance(resume, (str, Path))
+        and (out_dir / LAST).exists()
+        and Path(resume).resolve().parent != out_dir.resolve()
+    ):
         raise FileExistsError(
             f"{out_dir} holds another run ({LAST}); resuming {resume} there would overwrite it: "
             f"resume into {Path(resume).parent} or a new folder"
@@ -144,7 +148,9 @@ def train_run(
     """
     nodes = nodes or Nodes()
     if nodes.node_rank != 0:
-        raise ValueError(f"node {nodes.node_rank} does not write the run: only node 0 calls train_run, the others join_run")
+        raise ValueError(
+            f"node {nodes.node_rank} does not write the run: only node 0 calls train_run, the others join_run"
+        )
     out_dir = Path(out_dir)
     check_run_folder(out_dir, resume=resume)
     if config.data.snapshot is None:
@@ -156,7 +162,9 @@ def train_run(
         # Checked again under the lock: another training may have finished in this folder since.
         if resume is None and (out_dir / LAST).exists():
             raise FileExistsError(f"{out_dir} already holds a run ({LAST}); resume it or choose another output folder")
-        remove_temporaries(out_dir)  # a killed training's .last.pt.<8 chars>.tmp ...: no other writer while we hold the lock
+        remove_temporaries(
+            out_dir
+        )  # a killed training's .last.pt.<8 chars>.tmp ...: no other writer while we hold the lock
         nproc = devices_per_node(config.train.devices, config.train.device)
         if nproc * nodes.nnodes == 1:
             return _train_locked(config, snapshot, out_dir, callbacks=callbacks, resume=resume)
@@ -183,7 +191,9 @@ def join_run(config: RunConfig | PartialRunConfig, *, nodes: Nodes, resume: bool
     launch(_rank_main, (config, None, (), "node 0's last.pt" if resume else None), nproc=nproc, nodes=nodes)
 
 
-def _rank_main(config: RunConfig, out_dir: str | None, callbacks: tuple[Any, ...], resume: str | Path | None) -> FitResult | None:
+def _rank_main(
+    config: RunConfig, out_dir: str | None, callbacks: tuple[Any, ...], resume: str | Path | None
+) -> FitResult | None:
     """One launched rank: join the process group, train its share; rank 0 returns the result.
 
     ``out_dir`` None on nodes other than 0 (their ranks write nothing).
@@ -198,7 +208,13 @@ def _rank_main(config: RunConfig, out_dir: str | None, callbacks: tuple[Any, ...
 
 
 def _train_locked(
-    config: RunConfig, snapshot: Snapshot, out_dir: Path, *, callbacks: Iterable[Any], resume: str | Path | None, dist: Dist | None = None
+    config: RunConfig,
+    snapshot: Snapshot,
+    out_dir: Path,
+    *,
+    callbacks: Iterable[Any],
+    resume: str | Path | None,
+    dist: Dist | None = None,
 ) -> FitResult:
     """The body of :func:`train_run`, with the run folder claimed and locked and ``config`` resolved.
 
@@ -211,9 +227,15 @@ def _train_locked(
     mc = config.model
 
     seed_everything(config.train.seed)  # the model's random initialisation is part of the run
-    model = build_model(mc.name, num_classes=mc.num_classes, pretrained=mc.pretrained, img_size=config.data.img_size, **mc.options)
+    model = build_model(
+        mc.name, num_classes=mc.num_classes, pretrained=mc.pretrained, img_size=config.data.img_size, **mc.options
+    )
     apply_freeze(model, mc.freeze, freeze_bn=mc.freeze_bn)
-    loaders = make_loaders(snapshot, config, rank=dist.rank, world_size=dist.world_size) if dist else make_loaders(snapshot, config)
+    loaders = (
+        make_loaders(snapshot, config, rank=dist.rank, world_size=dist.world_size)
+        if dist
+        else make_loaders(snapshot, config)
+    )
     meta = {
         "model_name": mc.name,
         "num_classes": mc.num_classes,
@@ -250,7 +272,9 @@ def prediction_dataset(meta: dict[str, Any], snapshot: Snapshot, split: str):
     from cvcore.data.torch_dataset import dataset_for
 
     if meta["task"] != snapshot.task:
-        raise ValueError(f"the model is a {meta['task']} model, but snapshot {snapshot.path} is a {snapshot.task} dataset")
+        raise ValueError(
+            f"the model is a {meta['task']} model, but snapshot {snapshot.path} is a {snapshot.task} dataset"
+        )
     if list(meta["class_names"]) != snapshot.class_names:
         raise ValueError(
             f"the model was trained on classes {list(meta['class_names'])}, snapshot {snapshot.path} has {snapshot.class_names}"

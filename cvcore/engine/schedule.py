@@ -21,7 +21,9 @@ from cvcore.config import TrainConfig
 WARMUP_START_FACTOR = 0.01
 
 
-def build_optimizer(param_groups: Iterable[dict] | Iterable[torch.nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
+def build_optimizer(
+    param_groups: Iterable[dict] | Iterable[torch.nn.Parameter], config: TrainConfig
+) -> torch.optim.Optimizer:
     """AdamW or SGD (Nesterov momentum) over ``param_groups``.
 
     Groups may carry their own ``lr``/``weight_decay`` (e.g. a lower backbone LR from
@@ -30,7 +32,11 @@ def build_optimizer(param_groups: Iterable[dict] | Iterable[torch.nn.Parameter],
     if config.optimizer == "adamw":
         return torch.optim.AdamW(param_groups, lr=config.lr, weight_decay=config.weight_decay)
     return torch.optim.SGD(
-        param_groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, nesterov=config.momentum > 0
+        param_groups,
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        nesterov=config.momentum > 0,
     )
 
 

@@ -30,7 +30,14 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from cvcore import schema
-from cvcore.engine.infer import TABLE, Unreadable, row_groups, unreadable_frame, unreadable_from_metadata, unreadable_metadata
+from cvcore.engine.infer import (
+    TABLE,
+    Unreadable,
+    row_groups,
+    unreadable_frame,
+    unreadable_from_metadata,
+    unreadable_metadata,
+)
 from cvcore.io import ORPHAN_AGE_S, Location, as_location, atomic_output, delete_quietly
 
 log = logging.getLogger(__name__)
@@ -41,7 +48,9 @@ SHARD_GLOB = "part-*.parquet"
 # Only names write_shard makes: other tools' part files (Spark's part-00000-<uuid>.snappy.parquet)
 # are not ours to read, reuse or delete.
 SHARD_NAME = re.compile(r"^part-\d{5}\.parquet$")
-TEMP_NAME = re.compile(r"^\.part-\d{5}\.parquet\.[0-9a-f]{32}\.tmp$")  # write_shard's temporaries (cvcore.io.atomic_output)
+TEMP_NAME = re.compile(
+    r"^\.part-\d{5}\.parquet\.[0-9a-f]{32}\.tmp$"
+)  # write_shard's temporaries (cvcore.io.atomic_output)
 
 
 @dataclass(frozen=True)
@@ -86,7 +95,12 @@ def shard_name(shard: int) -> str:
 
 
 def write_shard(
-    batches: Iterable[pa.RecordBatch], folder: str | Path | Location, *, key: ShardKey, num_images: int, unreadable: Sequence[Unreadable] = ()
+    batches: Iterable[pa.RecordBatch],
+    folder: str | Path | Location,
+    *,
+    key: ShardKey,
+    num_images: int,
+    unreadable: Sequence[Unreadable] = (),
 ) -> ShardFile:
     """Stream ``batches`` (the task's predictions schema) into ``<folder>/part-<shard>.parquet``.
 
@@ -114,7 +128,9 @@ def write_shard(
     return ShardFile(uri=target.uri, key=key, num_images=int(num_images), num_rows=rows)
 
 
-def _checked(batches: Iterable[pa.RecordBatch], expected: pa.Schema, *, file: str, table: str) -> Iterator[pa.RecordBatch]:
+def _checked(
+    batches: Iterable[pa.RecordBatch], expected: pa.Schema, *, file: str, table: str
+) -> Iterator[pa.RecordBatch]:
     """``batches``, each checked against ``expected`` (metadata aside); ValueError naming ``file`` otherwise."""
     for batch in batches:
         if batch.schema.remove_metadata() != expected.remove_metadata():
@@ -224,7 +240,11 @@ def check_predictions_folder(
                 "pass another predictions folder (--predictions) or delete that file"
             )
         key = shard.key
-        if key.checkpoint_sha256 != checkpoint_sha256 or key.split != split or snapshot_digest not in (None, key.snapshot_digest):
+        if (
+            key.checkpoint_sha256 != checkpoint_sha256
+            or key.split != split
+            or snapshot_digest not in (None, key.snapshot_digest)
+        ):
             this = f"checkpoint {checkpoint_sha256[:12]}, snapshot {(snapshot_digest or '?')[:12]}, split {split!r}"
             raise ValueError(
                 f"predictions folder {loc.uri} holds another evaluation's predictions ({file.path.rsplit('/', 1)[-1]}: "
@@ -247,7 +267,9 @@ def remove_stale_shards(folder: str | Path | Location, *, key: ShardKey) -> list
     deleted on a guess). Returns the deleted URIs.
     """
     loc = as_location(folder)
-    ours = check_predictions_folder(loc, checkpoint_sha256=key.checkpoint_sha256, split=key.split, snapshot_digest=key.snapshot_digest)
+    ours = check_predictions_folder(
+        loc, checkpoint_sha256=key.checkpoint_sha256, split=key.split, snapshot_digest=key.snapshot_digest
+    )
     removed = []
     for shard in ours:
         name = shard.uri.rsplit("/", 1)[-1]
@@ -273,10 +295,14 @@ def remove_orphan_temporaries(folder: str | Path | Location, *, older_than_s: fl
     cutoff_ns = time.time_ns() - int(older_than_s * 1e9)
     removed = []
     for info in loc.fs.get_file_info(pafs.FileSelector(loc.path, allow_not_found=True)):
-        if info.type == pafs.FileType.File and TEMP_NAME.match(info.base_name) and info.mtime_ns is not None and info.mtime_ns < cutoff_ns:
+        if (
+            info.type == pafs.FileType.File
+            and TEMP_NAME.match(info.base_name)
+            and info.mtime_ns is not None
+            and info.mtime_ns < cutoff_ns
+        ):
             delete_quietly(loc.child(info.base_name))
             removed.append(loc.child(info.base_name).uri)
     if removed:
         log.info("removed %d temporary file(s) of killed runs: %s", len(removed), removed)
     return removed
-

@@ -188,7 +188,15 @@ def fit(
         loop = _Loop()
     else:
         loop = _restore(
-            resume, meta=meta, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, ema=ema, generator=generator, dist=dist
+            resume,
+            meta=meta,
+            model=model,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            scaler=scaler,
+            ema=ema,
+            generator=generator,
+            dist=dist,
         )
         log.info("resuming from %s after epoch %d", resume, loop.epoch)
     net = wrap_ddp(model, dist)  # after the restore: DDP starts every rank from rank 0's weights
@@ -196,9 +204,17 @@ def fit(
         net = torch.compile(net)
 
     settings = ValidationSettings(
-        batch_size=val_loader.batch_size or 1, num_workers=val_loader.num_workers, device=device, amp=tc.amp, eval=config.eval
+        batch_size=val_loader.batch_size or 1,
+        num_workers=val_loader.num_workers,
+        device=device,
+        amp=tc.amp,
+        eval=config.eval,
     )
-    notify(callbacks, "on_fit_start", {"epochs": tc.epochs, "start_epoch": loop.epoch + 1, "steps_per_epoch": steps_per_epoch, "device": str(device)})
+    notify(
+        callbacks,
+        "on_fit_start",
+        {"epochs": tc.epochs, "start_epoch": loop.epoch + 1, "steps_per_epoch": steps_per_epoch, "device": str(device)},
+    )
     try:
         for epoch in range(loop.epoch + 1, tc.epochs + 1):
             if loop.stopped_early:
@@ -210,7 +226,9 @@ def fit(
                 ema=ema, device=device, precision=precision, grad_clip=tc.grad_clip, epoch=epoch, callbacks=callbacks,
                 dist=dist, channels_last=channels_last,
             )  # fmt: skip
-            val_metrics = validate(ema.module if ema is not None else model, val_loader.dataset, task=task, settings=settings, dist=dist)
+            val_metrics = validate(
+                ema.module if ema is not None else model, val_loader.dataset, task=task, settings=settings, dist=dist
+            )
             metrics = {**train_metrics, **val_metrics}
             loop = _after_epoch(loop, epoch, metrics, task=task, patience=tc.early_stopping_patience, epochs=tc.epochs)
             state = {
@@ -300,7 +318,8 @@ def train_one_epoch(
         if not math.isfinite(value):
             detail = ", ".join(f"{k}={v.item():.4g}" for k, v in parts.items())
             raise NonFiniteLossError(
-                f"epoch {epoch}, step {step}: the training loss is {value}" + (f" ({detail})" if detail else "")
+                f"epoch {epoch}, step {step}: the training loss is {value}"
+                + (f" ({detail})" if detail else "")
                 + "; lower the learning rate, enable gradient clipping, or check the batch's labels and boxes"
             )
         optimizer.zero_grad(set_to_none=True)
@@ -326,8 +345,17 @@ def train_one_epoch(
     if images_seen == 0 and batches > 0:  # every image of the split undecodable: nothing was trained (on any rank)
         raise no_readable_images_error(loader.dataset)
     out = {k: v / max(images_seen, 1) for k, v in sums.items()}
-    out.update({"lr": _lr(optimizer), "train/images": float(images_seen), "train/time_s": elapsed, "train/images_per_s": images_seen / max(elapsed, 1e-9)})
-    out["train/cpu_time_s"] = cpu  # CPU seconds of this process (all its threads): steadier than wall time on a shared machine
+    out.update(
+        {
+            "lr": _lr(optimizer),
+            "train/images": float(images_seen),
+            "train/time_s": elapsed,
+            "train/images_per_s": images_seen / max(elapsed, 1e-9),
+        }
+    )
+    out["train/cpu_time_s"] = (
+        cpu  # CPU seconds of this process (all its threads): steadier than wall time on a shared machine
+    )
     return out
 
 
@@ -346,7 +374,9 @@ def clip_gradients(parameters: list[nn.Parameter], max_norm: float) -> float:
     return value
 
 
-def compute_loss(model: nn.Module, images: Any, targets: Any, *, task: Task) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def compute_loss(
+    model: nn.Module, images: Any, targets: Any, *, task: Task
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The scalar training loss and its named parts.
 
     Classification: cross-entropy of ``logits[B, K]`` against class indices ``int64[B]`` or
@@ -377,7 +407,9 @@ def _param_groups(model: nn.Module, config: RunConfig) -> list[dict[str, Any]]:
     from cvcore.models.finetune import param_groups
 
     tc = config.train
-    return param_groups(model, lr=tc.lr, weight_decay=tc.weight_decay, backbone_lr_factor=config.model.backbone_lr_factor)
+    return param_groups(
+        model, lr=tc.lr, weight_decay=tc.weight_decay, backbone_lr_factor=config.model.backbone_lr_factor
+    )
 
 
 def _to_device(images: Any, targets: Any, *, task: Task, device: torch.device) -> tuple[Any, Any]:
@@ -386,7 +418,10 @@ def _to_device(images: Any, targets: Any, *, task: Task, device: torch.device) -
         return as_float_image(images.to(device, non_blocking=nb)), targets.to(device, non_blocking=nb)
     images = [as_float_image(im.to(device, non_blocking=nb)) for im in images]
     targets = [
-        {"boxes": t["boxes"].as_subclass(torch.Tensor).to(device, non_blocking=nb), "labels": t["labels"].to(device, non_blocking=nb)}
+        {
+            "boxes": t["boxes"].as_subclass(torch.Tensor).to(device, non_blocking=nb),
+            "labels": t["labels"].to(device, non_blocking=nb),
+        }
         for t in targets
     ]
     return images, targets
@@ -405,7 +440,9 @@ def _set_epoch(loader: DataLoader, epoch: int, config: RunConfig) -> None:
             obj.set_epoch(epoch)
 
 
-def _after_epoch(loop: _Loop, epoch: int, metrics: dict[str, float], *, task: Task, patience: int | None, epochs: int) -> _Loop:
+def _after_epoch(
+    loop: _Loop, epoch: int, metrics: dict[str, float], *, task: Task, patience: int | None, epochs: int
+) -> _Loop:
     key = selection_key(metrics, task)
     improved = loop.best is None or key > loop.best
     bad = 0 if improved else loop.bad_epochs + 1
@@ -426,9 +463,13 @@ def _restore(resume, *, meta, model, optimizer, scheduler, scaler, ema, generato
     state = dist.broadcast(load_checkpoint(resume) if dist.is_main else None)
     saved = state["meta"]
     if meta.get("model_name") and saved.get("model_name") and meta["model_name"] != saved["model_name"]:
-        raise ValueError(f"{resume}: checkpoint of model {saved['model_name']!r}, cannot resume training {meta['model_name']!r}")
+        raise ValueError(
+            f"{resume}: checkpoint of model {saved['model_name']!r}, cannot resume training {meta['model_name']!r}"
+        )
     if "loop" not in state or "optimizer" not in state:
-        raise ValueError(f"{resume}: holds weights only (no optimizer/loop state), so it cannot be resumed; use it as --pretrained")
+        raise ValueError(
+            f"{resume}: holds weights only (no optimizer/loop state), so it cannot be resumed; use it as --pretrained"
+        )
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as exc:
@@ -490,7 +531,11 @@ def _nan_to_none(value: Any) -> Any:
 
 
 def _result(out_dir: Path, loop: _Loop, *, task: Task, world_size: int = 1) -> FitResult:
-    history = pl.DataFrame(list(loop.history)).with_columns(pl.col("epoch").cast(pl.Int64)) if loop.history else pl.DataFrame({"epoch": []}, schema={"epoch": pl.Int64})
+    history = (
+        pl.DataFrame(list(loop.history)).with_columns(pl.col("epoch").cast(pl.Int64))
+        if loop.history
+        else pl.DataFrame({"epoch": []}, schema={"epoch": pl.Int64})
+    )
     by_epoch = {int(row["epoch"]): {k: v for k, v in row.items() if k != "epoch"} for row in loop.history}
     return FitResult(
         metric=SELECTION[task][0],

@@ -56,7 +56,9 @@ def selection_key(metrics: dict[str, float], task: Task) -> tuple[float, ...]:
     return tuple(-math.inf if math.isnan(v := float(metrics.get(k, math.nan))) else v for k in SELECTION[task])
 
 
-def validate(model: nn.Module, dataset: Dataset, *, task: Task, settings: ValidationSettings, dist: Dist | None = None) -> dict[str, float]:
+def validate(
+    model: nn.Module, dataset: Dataset, *, task: Task, settings: ValidationSettings, dist: Dist | None = None
+) -> dict[str, float]:
     """Score ``model`` on ``dataset`` (eval transforms); flat ``{"val/<name>": value}``.
 
     ``dist``: a data-parallel run's rank; every rank calls this and every rank gets rank 0's
@@ -69,7 +71,9 @@ def validate(model: nn.Module, dataset: Dataset, *, task: Task, settings: Valida
     return dist.broadcast(metrics) if dist is not None else metrics
 
 
-def classification_metrics(model: nn.Module, dataset: Dataset, *, settings: ValidationSettings, dist: Dist | None = None) -> dict[str, float]:
+def classification_metrics(
+    model: nn.Module, dataset: Dataset, *, settings: ValidationSettings, dist: Dist | None = None
+) -> dict[str, float]:
     """Accuracy, macro precision/recall/F1 and the mean cross-entropy on a ClassificationDataset.
 
     The loss is ``-log p(true class)`` from the predicted probabilities, i.e. cross-entropy.
@@ -81,7 +85,9 @@ def classification_metrics(model: nn.Module, dataset: Dataset, *, settings: Vali
     if collected is None:
         return {}
     preds, _ = collected
-    truth = pl.DataFrame({"image_id": np.asarray(dataset.image_ids, dtype=np.int64), "label": np.asarray(dataset.labels, dtype=np.int64)})
+    truth = pl.DataFrame(
+        {"image_id": np.asarray(dataset.image_ids, dtype=np.int64), "label": np.asarray(dataset.labels, dtype=np.int64)}
+    )
     joined = truth.join(preds, on="image_id", how="inner")  # undecodable images have no prediction
     if joined.is_empty():
         raise ValueError("validation produced no predictions: every validation image failed to decode")
@@ -98,7 +104,9 @@ def classification_metrics(model: nn.Module, dataset: Dataset, *, settings: Vali
     }
 
 
-def detection_metrics(model: nn.Module, dataset: Dataset, *, settings: ValidationSettings, dist: Dist | None = None) -> dict[str, float]:
+def detection_metrics(
+    model: nn.Module, dataset: Dataset, *, settings: ValidationSettings, dist: Dist | None = None
+) -> dict[str, float]:
     """The summary of cvcore.metrics.detection.evaluate_detections (``map_50`` always among them).
 
     Ground truth is read from the dataset's snapshot (crowd/difficult flags included) and limited
@@ -151,10 +159,19 @@ def _collect(
     parts = dist.gather(mine)
     if parts is None:
         return None
-    order = pl.DataFrame({"image_id": np.asarray(dataset.image_ids, dtype=np.int64), "_position": np.arange(len(dataset), dtype=np.int64)})
+    order = pl.DataFrame(
+        {
+            "image_id": np.asarray(dataset.image_ids, dtype=np.int64),
+            "_position": np.arange(len(dataset), dtype=np.int64),
+        }
+    )
     frame = pl.concat([p for p, _ in parts], how="vertical")
     # Back in dataset order (stable: an image's rows keep their order), as one process yields them.
-    frame = frame.join(order, on="image_id", how="left", maintain_order="left").sort("_position", maintain_order=True).drop("_position")
+    frame = (
+        frame.join(order, on="image_id", how="left", maintain_order="left")
+        .sort("_position", maintain_order=True)
+        .drop("_position")
+    )
     unreadable = sorted((u for _, us in parts for u in us), key=lambda u: u.image_id)
     return frame, unreadable
 
@@ -177,4 +194,3 @@ def _predict_frame(
     )
     table = pa.Table.from_batches(list(batches), schema=schema.arrow_schema(TABLE[task]))
     return pl.from_arrow(table), unreadable
-

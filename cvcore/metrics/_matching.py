@@ -60,7 +60,9 @@ class Matches:
         """bool [T, E] matched / matched-to-ignored for area range ``area``."""
         shifts = (np.uint64(area * self.num_thresholds) + np.arange(self.num_thresholds, dtype=np.uint64))[:, None]
         one = np.uint64(1)
-        return ((self.matched[None, :] >> shifts) & one).astype(bool), ((self.ignored[None, :] >> shifts) & one).astype(bool)
+        return ((self.matched[None, :] >> shifts) & one).astype(bool), ((self.ignored[None, :] >> shifts) & one).astype(
+            bool
+        )
 
 
 def match_coco(inputs: DetectionInputs, *, max_det: int = COCO_MAX_DETS[-1]) -> Matches:
@@ -89,7 +91,9 @@ def match_coco(inputs: DetectionInputs, *, max_det: int = COCO_MAX_DETS[-1]) -> 
     out = _Bits(inputs.dt_score.size)
     for start, stop in _group_chunks(dt_key[d], MAX_CANDIDATES):
         _greedy(d[start:stop], g[start:stop], iou[start:stop], dt_key[d[start:stop]], inputs.gt_crowd, gt_regular, out)
-    return Matches(iou_thresholds=thresholds, dt_in_range=dt_in_range, gt_regular=gt_regular, **out.sparse(), max_det=max_det)
+    return Matches(
+        iou_thresholds=thresholds, dt_in_range=dt_in_range, gt_regular=gt_regular, **out.sparse(), max_det=max_det
+    )
 
 
 def coco_box_iou(dt: np.ndarray, gt: np.ndarray, crowd: np.ndarray) -> np.ndarray:
@@ -159,7 +163,13 @@ def _group_chunks(keys: np.ndarray, budget: int) -> Iterator[tuple[int, int]]:
 
 
 def _greedy(
-    d: np.ndarray, g: np.ndarray, iou: np.ndarray, key: np.ndarray, gt_crowd: np.ndarray, gt_regular: np.ndarray, out: _Bits
+    d: np.ndarray,
+    g: np.ndarray,
+    iou: np.ndarray,
+    key: np.ndarray,
+    gt_crowd: np.ndarray,
+    gt_regular: np.ndarray,
+    out: _Bits,
 ) -> None:
     """Greedy matching of candidate pairs (IoU >= the lowest threshold) of whole (image, category) groups.
 

@@ -28,7 +28,6 @@ Protocol = Literal["coco", "voc07", "voc12"]
 PROTOCOLS: tuple[str, ...] = ("coco", "voc07", "voc12")
 
 
-
 def matlab_colon(start: float, step: float, stop: float) -> np.ndarray:
     """MATLAB's ``start:step:stop`` for a whole number of steps, float for float.
 

@@ -131,7 +131,13 @@ def compare_detections(
 
 
 def bootstrap_macro_f1(
-    y_true: ArrayLike, y_pred: ArrayLike, *, num_classes: int, n_boot: int = 200, confidence: float = 0.95, seed: int = 0
+    y_true: ArrayLike,
+    y_pred: ArrayLike,
+    *,
+    num_classes: int,
+    n_boot: int = 200,
+    confidence: float = 0.95,
+    seed: int = 0,
 ) -> BootstrapInterval:
     """Macro-F1 (over all ``num_classes``, as classification_report) with a percentile interval."""
     _check(n_boot, confidence)
@@ -175,17 +181,32 @@ def _macro_f1_samples(t: np.ndarray, p: np.ndarray, K: int, weights: np.ndarray)
     return out
 
 
-def _single(metric: str, estimate: float, samples: np.ndarray, confidence: float, n_boot: int, seed: int) -> BootstrapInterval:
+def _single(
+    metric: str, estimate: float, samples: np.ndarray, confidence: float, n_boot: int, seed: int
+) -> BootstrapInterval:
     low, high, bias = _interval(estimate, samples, confidence)
     return BootstrapInterval(metric, estimate, low, high, bias, confidence, n_boot, seed, pl.Series(metric, samples))
 
 
-def _comparison(metric: str, base: float, cand: float, diffs: np.ndarray, confidence: float, n_boot: int, seed: int) -> PairedComparison:
+def _comparison(
+    metric: str, base: float, cand: float, diffs: np.ndarray, confidence: float, n_boot: int, seed: int
+) -> PairedComparison:
     low, high, bias = _interval(cand - base, diffs, confidence)
     defined = diffs[~np.isnan(diffs)]
     p_improvement = float((defined > 0).mean()) if defined.size else float("nan")
     return PairedComparison(
-        metric, base, cand, cand - base, low, high, bias, p_improvement, confidence, n_boot, seed, pl.Series("difference", diffs)
+        metric,
+        base,
+        cand,
+        cand - base,
+        low,
+        high,
+        bias,
+        p_improvement,
+        confidence,
+        n_boot,
+        seed,
+        pl.Series("difference", diffs),
     )
 
 

@@ -66,7 +66,9 @@ def classification_report(y_true: ArrayLike, y_pred: ArrayLike, *, num_classes: 
     return report_from_confusion(confusion)
 
 
-def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, *, num_classes: int, weights: np.ndarray | None = None) -> np.ndarray:
+def confusion_matrix(
+    y_true: np.ndarray, y_pred: np.ndarray, *, num_classes: int, weights: np.ndarray | None = None
+) -> np.ndarray:
     """int64 [K, K] counts (rows = truth); ``weights`` int [N] counts each sample that many times."""
     flat = np.bincount(y_true * num_classes + y_pred, weights=weights, minlength=num_classes * num_classes)
     return flat.astype(np.int64).reshape(num_classes, num_classes)
@@ -151,7 +153,9 @@ def check_labels(values: ArrayLike, name: str, num_classes: int) -> np.ndarray:
     arr = arr.astype(np.int64)
     bad = np.flatnonzero((arr < 0) | (arr >= num_classes))
     if bad.size:
-        raise ValueError(f"{name}: {bad.size} label(s) outside 0..{num_classes - 1}; first at position {bad[0]}: {arr[bad[0]]}")
+        raise ValueError(
+            f"{name}: {bad.size} label(s) outside 0..{num_classes - 1}; first at position {bad[0]}: {arr[bad[0]]}"
+        )
     return arr
 
 

@@ -146,7 +146,9 @@ def _voc_report(inputs: DetectionInputs, matches: Matches, protocol: str) -> Det
     return DetectionReport(
         protocol=protocol,
         summary={"map_50": mean_ap(ap[None, :])},
-        per_class=_per_class(inputs, matches, protocol, main.n_pos, {"ap": [None if np.isnan(v) else float(v) for v in ap]}),
+        per_class=_per_class(
+            inputs, matches, protocol, main.n_pos, {"ap": [None if np.isnan(v) else float(v) for v in ap]}
+        ),
         pr_curve=_pr_frame(inputs, main, matches.iou_thresholds),
         f1_curve=_f1_curve(inputs, matches, protocol, main.n_pos),
         num_images=inputs.num_images,

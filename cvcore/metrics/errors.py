@@ -112,7 +112,9 @@ def detection_errors(
     )
 
 
-def _false_positives_and_taken(inputs: DetectionInputs, matches: Matches, protocol: str) -> tuple[np.ndarray, np.ndarray]:
+def _false_positives_and_taken(
+    inputs: DetectionInputs, matches: Matches, protocol: str
+) -> tuple[np.ndarray, np.ndarray]:
     """bool [N] false positives at IoU 0.5 (area all), and bool [G] ground truth taken there."""
     hit, ign = matches.bits(0)
     matched = np.zeros(inputs.dt_score.size, dtype=bool)
@@ -155,7 +157,9 @@ def _labels(best: dict[str, np.ndarray]) -> np.ndarray:
         np.maximum(same, other) < BACKGROUND_IOU,
     ]
     labels = np.select(conditions, ["localization", "classification", "duplicate", "background"], default="both")
-    best["target"] = np.select(conditions[:3], [best["same_gt"], best["other_gt"], best["same_gt"]], default=best["other_gt"])
+    best["target"] = np.select(
+        conditions[:3], [best["same_gt"], best["other_gt"], best["same_gt"]], default=best["other_gt"]
+    )
     best["iou"] = np.maximum(same, other)
     return labels
 

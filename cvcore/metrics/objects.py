@@ -36,7 +36,9 @@ def object_recall(annotations: Frame, predictions: Frame) -> pl.DataFrame:
     taken = matches.gt_first[matches.gt_first >= 0]  # the object each detection took at bit 0 (area all, IoU 0.5)
     found = np.zeros(ann.height, dtype=bool)
     found[taken] = True
-    return ann.select("ann_id", "iscrowd").with_columns(found=pl.Series(found)).filter(~pl.col("iscrowd")).drop("iscrowd")
+    return (
+        ann.select("ann_id", "iscrowd").with_columns(found=pl.Series(found)).filter(~pl.col("iscrowd")).drop("iscrowd")
+    )
 
 
 def crowded_objects(annotations: pl.DataFrame, images: pl.DataFrame, *, grid: int = 7) -> pl.DataFrame:

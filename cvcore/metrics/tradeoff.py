@@ -9,7 +9,9 @@ TRADEOFF_METRIC = "map"  # COCO's primary number: a box must also be tight, not 
 COST_COLUMN = "infer_cpu_ms_per_image"  # inference cost, CPU milliseconds per image
 
 
-def best_tradeoff(table: pl.DataFrame, *, metric: str = TRADEOFF_METRIC, tolerance: float = TRADEOFF_TOLERANCE) -> str | None:
+def best_tradeoff(
+    table: pl.DataFrame, *, metric: str = TRADEOFF_METRIC, tolerance: float = TRADEOFF_TOLERANCE
+) -> str | None:
     """The model to recommend from a table with ``model``, ``metric`` and ``infer_cpu_ms_per_image`` columns.
 
     Among the models whose ``metric`` (default mAP@[.5:.95]) is within ``tolerance`` of the best
@@ -22,5 +24,7 @@ def best_tradeoff(table: pl.DataFrame, *, metric: str = TRADEOFF_METRIC, toleran
     best = float(scored.get_column(metric).max())
     close = scored.with_row_index("order").filter(pl.col(metric) >= best - tolerance - 1e-12)
     cost = pl.when(pl.col(COST_COLUMN).is_nan()).then(None).otherwise(pl.col(COST_COLUMN))
-    ranked = close.with_columns(cost.alias("cost")).sort(["cost", metric, "order"], descending=[False, True, False], nulls_last=True)
+    ranked = close.with_columns(cost.alias("cost")).sort(
+        ["cost", metric, "order"], descending=[False, True, False], nulls_last=True
+    )
     return str(ranked.get_column("model")[0])

@@ -46,7 +46,11 @@ _MODELS: dict[str, ModelSpec] = {}
 
 
 def register_model(
-    name: str, *, task: Task, defaults: PartialRunConfig | Mapping[str, Any] | None = None, capabilities: tuple[type, ...] = ()
+    name: str,
+    *,
+    task: Task,
+    defaults: PartialRunConfig | Mapping[str, Any] | None = None,
+    capabilities: tuple[type, ...] = (),
 ):
     """Decorator registering ``builder(num_classes, **options) -> nn.Module`` under ``name``.
 
@@ -60,7 +64,9 @@ def register_model(
     """
     unknown = [c for c in capabilities if c not in CAPABILITIES]
     if unknown:
-        raise ValueError(f"model {name!r}: {unknown} are not capabilities; choose from {[c.__name__ for c in CAPABILITIES]}")
+        raise ValueError(
+            f"model {name!r}: {unknown} are not capabilities; choose from {[c.__name__ for c in CAPABILITIES]}"
+        )
     claimed = tuple(c for c in CAPABILITIES if c in capabilities)
     try:
         settings = PartialRunConfig.model_validate(defaults or {})

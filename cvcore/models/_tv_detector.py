@@ -113,12 +113,16 @@ class TorchvisionDetector(nn.Module, Finetunable, Transferable, Postprocessable)
                 raise ValueError(f"{self.display_name} in train mode needs targets (list of dict(boxes, labels))")
             return self.detector(images, [self._target(t) for t in targets])
         shift = self.label_offset
-        return [{"boxes": o["boxes"], "labels": o["labels"] - shift, "scores": o["scores"]} for o in self.detector(images)]
+        return [
+            {"boxes": o["boxes"], "labels": o["labels"] - shift, "scores": o["scores"]} for o in self.detector(images)
+        ]
 
     def _target(self, target: dict[str, Tensor]) -> dict[str, Tensor]:
         """Our target (boxes xyxy px, labels 0..K-1) as torchvision's: plain tensors, labels shifted."""
         labels = torch.as_tensor(target["labels"]).as_subclass(Tensor).long().reshape(-1)
         if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
-            raise ValueError(f"{self.display_name} targets: labels must be in 0..{self.num_classes - 1}, got {labels.unique().tolist()}")
+            raise ValueError(
+                f"{self.display_name} targets: labels must be in 0..{self.num_classes - 1}, got {labels.unique().tolist()}"
+            )
         boxes = torch.as_tensor(target["boxes"]).as_subclass(Tensor).float().reshape(-1, 4)
         return {"boxes": boxes, "labels": labels + self.label_offset}

@@ -39,7 +39,10 @@ SMALL_INPUT_BELOW = 64  # px: below this the stride-32 trunks end on maps of 1-2
 RESNET_WEIGHTS: dict[str, type[tvm.WeightsEnum]] = {
     "resnet18": tvm.ResNet18_Weights, "resnet34": tvm.ResNet34_Weights, "resnet50": tvm.ResNet50_Weights,
 }  # fmt: skip
-RESNET_STAGES: dict[str, tuple[str, ...]] = {"stem": ("conv1", "bn1"), **{f"layer{i}": (f"layer{i}",) for i in range(1, 5)}}
+RESNET_STAGES: dict[str, tuple[str, ...]] = {
+    "stem": ("conv1", "bn1"),
+    **{f"layer{i}": (f"layer{i}",) for i in range(1, 5)},
+}
 
 # Run settings (cvcore.config.resolve uses them where a user left a field unset) that train well on the
 # built-in 32-px shapes data on 2 CPU cores. Measured with a bare loop (benchmarks/RESULTS.md,
@@ -85,7 +88,9 @@ class Classifier(nn.Module, Finetunable, Transferable, TrunkSource):
         self.backbone = backbone
         self.head = head
         self.backbone_stages = backbone_stages
-        self.torchvision_sources = tuple(TorchvisionSource(w, (("", "backbone."),)) for w in imagenet_weights(torchvision_weights))
+        self.torchvision_sources = tuple(
+            TorchvisionSource(w, (("", "backbone."),)) for w in imagenet_weights(torchvision_weights)
+        )
         # A Faster R-CNN checkpoint's ResNet body is our backbone under another prefix.
         self.transfer_renames = (("detector.backbone.body.", "backbone."),)
         self.feature_layer = feature_layer
@@ -105,7 +110,9 @@ class Classifier(nn.Module, Finetunable, Transferable, TrunkSource):
         weights by name. Input: normalised images.
         """
         if stride not in self.feature_cuts:
-            raise ValueError(f"{type(self.backbone).__name__} trunk has feature maps at strides {sorted(self.feature_cuts)}, not {stride}")
+            raise ValueError(
+                f"{type(self.backbone).__name__} trunk has feature maps at strides {sorted(self.feature_cuts)}, not {stride}"
+            )
         cut = self.feature_cuts[stride][0]
         if cut.startswith("features."):  # VGG: a prefix of the conv Sequential (original indices kept)
             return _PrefixTrunk(self.backbone.features[: int(cut.split(".")[1]) + 1])
@@ -160,7 +167,13 @@ def vgg_classifier(
         # (linear-relu-dropout twice) at width 512, instead of 7x7-tiling one pixel into 4096 units.
         net.avgpool = nn.AdaptiveAvgPool2d(1)
         net.classifier = nn.Sequential(
-            nn.Linear(512, 512), nn.ReLU(True), nn.Dropout(dropout), nn.Linear(512, 512), nn.ReLU(True), nn.Dropout(dropout), nn.Identity()
+            nn.Linear(512, 512),
+            nn.ReLU(True),
+            nn.Dropout(dropout),
+            nn.Linear(512, 512),
+            nn.ReLU(True),
+            nn.Dropout(dropout),
+            nn.Identity(),
         )
         for layer in (net.classifier[0], net.classifier[3]):
             nn.init.normal_(layer.weight, 0, 0.01)  # torchvision's VGG init for linear layers
@@ -209,9 +222,13 @@ def _register(name: str, make: Callable[..., Classifier], defaults: dict[str, An
     builder.__name__ = builder.__qualname__ = name
     # The registry and build_model read the real keyword options from this signature.
     options = list(inspect.signature(make).parameters.values())[2:]
-    builder.__signature__ = inspect.Signature([inspect.Parameter("num_classes", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=int), *options])
+    builder.__signature__ = inspect.Signature(
+        [inspect.Parameter("num_classes", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=int), *options]
+    )
     builder.__doc__ = f"{name} classifier from torchvision's builder. Options: see {make.__name__}."
-    register_model(name, task="classification", defaults=defaults, capabilities=(Finetunable, Transferable, TrunkSource))(builder)
+    register_model(
+        name, task="classification", defaults=defaults, capabilities=(Finetunable, Transferable, TrunkSource)
+    )(builder)
 
 
 for _arch in ("resnet18", "resnet34", "resnet50"):

@@ -86,7 +86,9 @@ class FastRCNN(nn.Module, Finetunable, Transferable, ProposesRegions, CachesProp
         super().__init__()
         self.num_classes = num_classes
         # The backbone normalises; the transform only resizes and batches (identity mean/std).
-        self.transform = GeneralizedRCNNTransform(min_size, max_size, image_mean=[0.0, 0.0, 0.0], image_std=[1.0, 1.0, 1.0])
+        self.transform = GeneralizedRCNNTransform(
+            min_size, max_size, image_mean=[0.0, 0.0, 0.0], image_std=[1.0, 1.0, 1.0]
+        )
         self.backbone = backbone
         self.roi_heads = RoIHeads(
             box_roi_pool=MultiScaleRoIAlign(featmap_names=["0"], output_size=roi_size, sampling_ratio=2),
@@ -102,7 +104,9 @@ class FastRCNN(nn.Module, Finetunable, Transferable, ProposesRegions, CachesProp
             detections_per_img=detections_per_img,
         )
         self.proposal_settings = proposals
-        self.proposal_cache = TensorCache(Path(cache_dir) / "proposals" / proposals.key() if cache_dir is not None else None)
+        self.proposal_cache = TensorCache(
+            Path(cache_dir) / "proposals" / proposals.key() if cache_dir is not None else None
+        )
         self.proposals_seen: list[int] = []  # proposals per image of the eval-mode calls (bake-off)
         self.backbone_stages = dict(backbone_stages or {})
         self.torchvision_sources = torchvision_sources
@@ -118,7 +122,10 @@ class FastRCNN(nn.Module, Finetunable, Transferable, ProposesRegions, CachesProp
         internal = None
         if targets is not None:
             internal = [
-                {"boxes": torch.as_tensor(t["boxes"]).as_subclass(torch.Tensor).float().reshape(-1, 4), "labels": t["labels"].long() + 1}
+                {
+                    "boxes": torch.as_tensor(t["boxes"]).as_subclass(torch.Tensor).float().reshape(-1, 4),
+                    "labels": t["labels"].long() + 1,
+                }
                 for t in targets
             ]
         batch, internal = self.transform(images, internal)
@@ -132,7 +139,9 @@ class FastRCNN(nn.Module, Finetunable, Transferable, ProposesRegions, CachesProp
 
     def proposals(self, image: torch.Tensor) -> torch.Tensor:
         """The (cached) proposals of one input image: ``float32[P, 4]`` xyxy pixels, on its device."""
-        entry = self.proposal_cache.get_or_compute(image_key(image), lambda: {"boxes": self.proposal_settings.propose(image)})
+        entry = self.proposal_cache.get_or_compute(
+            image_key(image), lambda: {"boxes": self.proposal_settings.propose(image)}
+        )
         return entry["boxes"].to(image.device)
 
 
@@ -190,7 +199,10 @@ FAST_RCNN_DEFAULTS = PartialRunConfig(
 
 
 @register_model(
-    "fast_rcnn", task="detection", defaults=FAST_RCNN_DEFAULTS, capabilities=(Finetunable, Transferable, ProposesRegions, CachesProposals)
+    "fast_rcnn",
+    task="detection",
+    defaults=FAST_RCNN_DEFAULTS,
+    capabilities=(Finetunable, Transferable, ProposesRegions, CachesProposals),
 )
 def build_fast_rcnn(
     num_classes: int,

@@ -79,7 +79,10 @@ class FasterRCNN(TorchvisionDetector):
 
 
 @register_model(
-    "faster_rcnn", task="detection", defaults=FASTER_RCNN_DEFAULTS, capabilities=(Finetunable, Transferable, Postprocessable)
+    "faster_rcnn",
+    task="detection",
+    defaults=FASTER_RCNN_DEFAULTS,
+    capabilities=(Finetunable, Transferable, Postprocessable),
 )
 def faster_rcnn(
     num_classes: int,
@@ -119,7 +122,9 @@ def faster_rcnn(
         "box_detections_per_img": max_detections, **(SMALL_IMAGE_SAMPLING if min_size < 512 else {}), **detector_options,
     }  # fmt: skip
     if backbone == "mobilenet_v3_large_fpn":
-        detector = fasterrcnn_mobilenet_v3_large_fpn(weights=None, weights_backbone=None, num_classes=num_classes + 1, **kwargs)
+        detector = fasterrcnn_mobilenet_v3_large_fpn(
+            weights=None, weights_backbone=None, num_classes=num_classes + 1, **kwargs
+        )
         stages = _mobilenet_stages(detector.backbone.body)
         sources = (
             TorchvisionSource(FasterRCNN_MobileNet_V3_Large_FPN_Weights.COCO_V1, (("", "detector."),)),
@@ -130,12 +135,18 @@ def faster_rcnn(
         detector = _resnet_fpn_detector(backbone.removesuffix("_fpn"), num_classes + 1, kwargs)
         stages = RESNET_STAGES
         sources = (
-            *((TorchvisionSource(FasterRCNN_ResNet50_FPN_Weights.COCO_V1, (("", "detector."),)),) if backbone == "resnet50_fpn" else ()),
+            *(
+                (TorchvisionSource(FasterRCNN_ResNet50_FPN_Weights.COCO_V1, (("", "detector."),)),)
+                if backbone == "resnet50_fpn"
+                else ()
+            ),
             *body_sources(RESNET_WEIGHTS[backbone.removesuffix("_fpn")]),
         )
         default_anchors = SMALL_IMAGE_ANCHORS_FPN if min_size < 512 else ((32,), (64,), (128,), (256,), (512,))
     _set_anchors(detector, anchor_sizes or default_anchors, aspect_ratios)
-    return FasterRCNN(detector, backbone_stages=stages, sources=sources, trainable_backbone_layers=trainable_backbone_layers)
+    return FasterRCNN(
+        detector, backbone_stages=stages, sources=sources, trainable_backbone_layers=trainable_backbone_layers
+    )
 
 
 def _resnet_fpn_detector(arch: str, num_classes: int, kwargs: dict[str, Any]) -> TorchvisionFasterRCNN:
@@ -148,7 +159,9 @@ def _resnet_fpn_detector(arch: str, num_classes: int, kwargs: dict[str, Any]) ->
     return TorchvisionFasterRCNN(body, num_classes=num_classes, **kwargs)
 
 
-def _set_anchors(detector: TorchvisionFasterRCNN, sizes: tuple[tuple[int, ...], ...], ratios: tuple[float, ...]) -> None:
+def _set_anchors(
+    detector: TorchvisionFasterRCNN, sizes: tuple[tuple[int, ...], ...], ratios: tuple[float, ...]
+) -> None:
     sizes = tuple(tuple(int(s) for s in level) for level in sizes)
     per_location = detector.rpn.head.cls_logits.out_channels
     levels = len(detector.rpn.anchor_generator.sizes)
@@ -164,7 +177,8 @@ def _mobilenet_stages(body: nn.Module) -> dict[str, tuple[str, ...]]:
     # torchvision's own stage split for MobileNet (backbone_utils._mobilenet_extractor): a stage
     # starts at the first block, at every block flagged _is_cn and at the last conv.
     names = [n for n, _ in body.named_children()]
-    starts = [0] + [i for i, (_, b) in enumerate(body.named_children()) if getattr(b, "_is_cn", False)] + [len(names) - 1]
+    starts = (
+        [0] + [i for i, (_, b) in enumerate(body.named_children()) if getattr(b, "_is_cn", False)] + [len(names) - 1]
+    )
     ends = starts[1:] + [len(names)]
     return {f"stage{k}": tuple(names[a:b]) for k, (a, b) in enumerate(zip(starts, ends))}
-

@@ -74,7 +74,9 @@ class FCOS(TorchvisionDetector):
         return self.detector.head.classification_head.num_classes
 
 
-@register_model("fcos", task="detection", defaults=FCOS_DEFAULTS, capabilities=(Finetunable, Transferable, Postprocessable))
+@register_model(
+    "fcos", task="detection", defaults=FCOS_DEFAULTS, capabilities=(Finetunable, Transferable, Postprocessable)
+)
 def fcos(
     num_classes: int,
     *,
@@ -120,12 +122,18 @@ def fcos(
     if head_convs < 1:
         raise ValueError(f"fcos: head_convs must be >= 1, got {head_convs}")
     stages = tuple(stages)
-    if not stages or any(st not in ("layer1", "layer2", "layer3", "layer4") for st in stages) or list(stages) != sorted(set(stages)):
+    if (
+        not stages
+        or any(st not in ("layer1", "layer2", "layer3", "layer4") for st in stages)
+        or list(stages) != sorted(set(stages))
+    ):
         raise ValueError(f"fcos: stages must be increasing ResNet stages among layer1..layer4, got {stages}")
     strides = [2 ** (int(st[-1]) + 1) for st in stages]
     anchor_sizes = tuple(anchor_sizes) if anchor_sizes is not None else (*strides, strides[-1] * 2)
     if len(anchor_sizes) != len(stages) + 1:
-        raise ValueError(f"fcos: anchor_sizes needs one size per level ({len(stages)} stages + the pooled level), got {anchor_sizes}")
+        raise ValueError(
+            f"fcos: anchor_sizes needs one size per level ({len(stages)} stages + the pooled level), got {anchor_sizes}"
+        )
     min_size, max_size = resize_limits(min_size, max_size, img_size)
     body = _RESNET_BUILDERS[backbone](weights=None)
     channels = [out_channels(getattr(body, st)) for st in stages]
@@ -145,4 +153,6 @@ def fcos(
         detections_per_img=max_detections, topk_candidates=topk_candidates,
     )  # fmt: skip
     sources = body_sources(RESNET_WEIGHTS[backbone])
-    return FCOS(detector, backbone_stages=RESNET_STAGES, sources=sources, trainable_backbone_layers=trainable_backbone_layers)
+    return FCOS(
+        detector, backbone_stages=RESNET_STAGES, sources=sources, trainable_backbone_layers=trainable_backbone_layers
+    )

@@ -166,7 +166,9 @@ def _stages_to_freeze(model: nn.Module, policy: str) -> list[str]:
         return []
     stages = stage_names(model)
     if not stages:
-        raise ValueError(f"freeze policy {policy!r} needs a model with .backbone and .backbone_stages (Finetunable); {type(model).__name__} has none")
+        raise ValueError(
+            f"freeze policy {policy!r} needs a model with .backbone and .backbone_stages (Finetunable); {type(model).__name__} has none"
+        )
     if policy == "backbone":
         return stages
     if policy.startswith("from:"):
@@ -174,9 +176,13 @@ def _stages_to_freeze(model: nn.Module, policy: str) -> list[str]:
         if first == "head":
             return stages
         if first not in stages:
-            raise ValueError(f"freeze policy {policy!r}: unknown stage {first!r}; stages are {', '.join(stages + ['head'])}")
+            raise ValueError(
+                f"freeze policy {policy!r}: unknown stage {first!r}; stages are {', '.join(stages + ['head'])}"
+            )
         return stages[: stages.index(first)]
-    raise ValueError(f"unknown freeze policy {policy!r}; use 'none', 'backbone' or 'from:<stage>' (stages: {', '.join(stages)})")
+    raise ValueError(
+        f"unknown freeze policy {policy!r}; use 'none', 'backbone' or 'from:<stage>' (stages: {', '.join(stages)})"
+    )
 
 
 def _frozen_copy(bn: nn.BatchNorm2d) -> FrozenBatchNorm2d:

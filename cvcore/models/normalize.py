@@ -24,5 +24,7 @@ class ImageNetNormalize(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not x.is_floating_point():
-            raise TypeError(f"models take float images in [0, 1], got dtype {x.dtype} (convert with v2.ToDtype(float32, scale=True))")
+            raise TypeError(
+                f"models take float images in [0, 1], got dtype {x.dtype} (convert with v2.ToDtype(float32, scale=True))"
+            )
         return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)

@@ -59,7 +59,9 @@ class TorchvisionSource:
         """The same weights for a model that holds this source's model under ``prefix``: each
         rename's target loses ``strip`` and gains ``prefix`` (R-CNN holds a classifier as
         ``features.``; Fast R-CNN its ``backbone.`` children as ``backbone.body.``)."""
-        return TorchvisionSource(self.weights, tuple((old, prefix + new.removeprefix(strip)) for old, new in self.renames))
+        return TorchvisionSource(
+            self.weights, tuple((old, prefix + new.removeprefix(strip)) for old, new in self.renames)
+        )
 
 
 @dataclass(frozen=True)
@@ -125,7 +127,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
                 obj = obj[key]
                 break
     if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path}: not a state dict (expected a mapping of name -> tensor, or a checkpoint with 'model')")
+        raise ValueError(
+            f"{path}: not a state dict (expected a mapping of name -> tensor, or a checkpoint with 'model')"
+        )
     return dict(obj)
 
 
@@ -142,7 +146,9 @@ def load_weights_only(path: str | os.PathLike) -> Any:
     except pickle.UnpicklingError as exc:
         reason = _unpickler_reason(exc)
         if "global" in reason.lower():
-            raise WeightsFileError(f"{path}: refused to load: it holds Python objects, not only tensors and plain values ({reason})") from None
+            raise WeightsFileError(
+                f"{path}: refused to load: it holds Python objects, not only tensors and plain values ({reason})"
+            ) from None
         raise WeightsFileError(f"{path}: not a PyTorch weights file ({reason})") from None
     # torch's loaders fail on foreign bytes with these (KeyError: the legacy format's magic number).
     except (RuntimeError, EOFError, KeyError, ValueError) as exc:
@@ -153,7 +159,9 @@ def load_weights_only(path: str | os.PathLike) -> Any:
 def _unpickler_reason(exc: pickle.UnpicklingError) -> str:
     """The cause inside torch's long weights_only message, e.g. ``Unsupported global: GLOBAL os.system ...``."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
-    found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\.\s|\n|$)", text) or re.search(r"([^\n.]*\bGLOBAL [^\n]*?)(?:\.\s|\.?\n|$)", text)
+    found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\.\s|\n|$)", text) or re.search(
+        r"([^\n.]*\bGLOBAL [^\n]*?)(?:\.\s|\.?\n|$)", text
+    )
     return found.group(1).strip()[:200] if found else "unreadable"
 
 
@@ -247,7 +255,9 @@ def _download(url: str, path: Path, *, timeout_s: float = 30.0) -> str | None:
     try:
         torch.hub.download_url_to_file(url, str(path), hash_prefix=match.group(1) if match else None, progress=True)
     except Exception as exc:  # any network, HTTP, disk or hash failure: report it in one line
-        return f"offline? download failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
+        return f"offline? download failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(
+            ": "
+        )
     finally:
         socket.setdefaulttimeout(previous)
     return None

@@ -120,7 +120,9 @@ def svm_labels(
     return labels
 
 
-def hard_negative_mask(scores: torch.Tensor, labels: torch.Tensor, *, negatives_per_positive: int, min_negatives: int) -> torch.Tensor:
+def hard_negative_mask(
+    scores: torch.Tensor, labels: torch.Tensor, *, negatives_per_positive: int, min_negatives: int
+) -> torch.Tensor:
     """The hard negatives of each class: its highest-scoring negatives.
 
     Class ``c`` keeps ``min(#negatives, max(min_negatives, negatives_per_positive * #positives))``
@@ -142,7 +144,9 @@ def hard_negative_mask(scores: torch.Tensor, labels: torch.Tensor, *, negatives_
     return negative & (rank < quota[None, :])
 
 
-def svm_hinge_loss(scores: torch.Tensor, labels: torch.Tensor, *, negatives_per_positive: int = 3, min_negatives: int = 16) -> torch.Tensor:
+def svm_hinge_loss(
+    scores: torch.Tensor, labels: torch.Tensor, *, negatives_per_positive: int = 3, min_negatives: int = 16
+) -> torch.Tensor:
     """Hinge loss of K one-vs-rest linear SVMs over their positives and hard negatives.
 
     Per class: ``(sum over positives of max(0, 1 - s) + sum over hard negatives of
@@ -154,7 +158,9 @@ def svm_hinge_loss(scores: torch.Tensor, labels: torch.Tensor, *, negatives_per_
     Returns:
         A scalar tensor (0 when no class has an example).
     """
-    hard = hard_negative_mask(scores, labels, negatives_per_positive=negatives_per_positive, min_negatives=min_negatives)
+    hard = hard_negative_mask(
+        scores, labels, negatives_per_positive=negatives_per_positive, min_negatives=min_negatives
+    )
     positive = labels == 1
     hinge = torch.where(positive, F.relu(1 - scores), F.relu(1 + scores))
     chosen = (positive | hard).to(scores.dtype)
@@ -315,7 +321,11 @@ class RCNN(nn.Module, Transferable, ProposesRegions, CachesProposals):
         self.proposals_seen: list[int] = []  # proposals per image of the eval-mode calls (bake-off)
         # How cvcore.models.pretrained maps a classifier's weights (``backbone.*``) onto ``features.*``.
         self.transfer_renames = (("", "features."),)
-        self.torchvision_sources = tuple(s.moved("features.") for s in features.torchvision_sources) if isinstance(features, Transferable) else ()
+        self.torchvision_sources = (
+            tuple(s.moved("features.") for s in features.torchvision_sources)
+            if isinstance(features, Transferable)
+            else ()
+        )
         # Loading other weights changes the features, hence the cache they are filed under.
         self.register_load_state_dict_post_hook(lambda module, _: module._reset_feature_cache())
 
@@ -347,11 +357,21 @@ class RCNN(nn.Module, Transferable, ProposesRegions, CachesProposals):
             device = self.svm.weight.device
             proposals = entry["proposals"].to(device)
             gt_boxes, gt_labels = gt_boxes.to(device), gt_labels.to(device)
-            f_gt, f_prop = self._normalise(entry["gt_features"].to(device)), self._normalise(entry["proposal_features"].to(device))
+            f_gt, f_prop = (
+                self._normalise(entry["gt_features"].to(device)),
+                self._normalise(entry["proposal_features"].to(device)),
+            )
             boxes = torch.cat([gt_boxes, proposals])
             feats.append(torch.cat([f_gt, f_prop]))
             labels.append(
-                svm_labels(boxes, gt_boxes, gt_labels, num_classes=self.num_classes, pos_iou=self.svm_pos_iou, neg_iou=self.svm_neg_iou)
+                svm_labels(
+                    boxes,
+                    gt_boxes,
+                    gt_labels,
+                    num_classes=self.num_classes,
+                    pos_iou=self.svm_pos_iou,
+                    neg_iou=self.svm_neg_iou,
+                )
             )
             reg = regression_targets(proposals, gt_boxes, gt_labels, min_iou=self.reg_min_iou, box_coder=self.box_coder)
             reg_feats.append(f_prop[reg.index])
@@ -367,7 +387,12 @@ class RCNN(nn.Module, Transferable, ProposesRegions, CachesProposals):
         crops, classes, svm_targets, reg_index, reg_labels, reg_targets = [], [], [], [], [], []
         offset = 0
         for image, target in zip(images, targets):
-            gt_boxes = torch.as_tensor(target["boxes"]).as_subclass(torch.Tensor).to(image.device, torch.float32).reshape(-1, 4)
+            gt_boxes = (
+                torch.as_tensor(target["boxes"])
+                .as_subclass(torch.Tensor)
+                .to(image.device, torch.float32)
+                .reshape(-1, 4)
+            )
             gt_labels = torch.as_tensor(target["labels"]).to(image.device).long()
             boxes = torch.cat([gt_boxes, self.proposals(image)])
             if len(gt_boxes):
@@ -381,7 +406,14 @@ class RCNN(nn.Module, Transferable, ProposesRegions, CachesProposals):
             crops.append(warp_regions(image, boxes, size=self.warp_size, context_pad=self.context_pad))
             classes.append(cls)
             svm_targets.append(
-                svm_labels(boxes, gt_boxes, gt_labels, num_classes=self.num_classes, pos_iou=self.svm_pos_iou, neg_iou=self.svm_neg_iou)
+                svm_labels(
+                    boxes,
+                    gt_boxes,
+                    gt_labels,
+                    num_classes=self.num_classes,
+                    pos_iou=self.svm_pos_iou,
+                    neg_iou=self.svm_neg_iou,
+                )
             )
             reg = regression_targets(boxes, gt_boxes, gt_labels, min_iou=self.reg_min_iou, box_coder=self.box_coder)
             reg_index.append(reg.index + offset)
@@ -400,7 +432,9 @@ class RCNN(nn.Module, Transferable, ProposesRegions, CachesProposals):
     def _svm_loss(self, feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Hinge loss with hard negatives of the K SVMs on normalised ``feats [N, D]`` plus their L2."""
         scores = self.svm(feats)
-        loss = svm_hinge_loss(scores, labels, negatives_per_positive=self.negatives_per_positive, min_negatives=self.min_negatives)
+        loss = svm_hinge_loss(
+            scores, labels, negatives_per_positive=self.negatives_per_positive, min_negatives=self.min_negatives
+        )
         return loss + 0.5 * self.l2 * self.svm.weight.pow(2).sum()
 
     def _box_loss(self, feats: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -451,7 +485,9 @@ class RCNN(nn.Module, Transferable, ProposesRegions, CachesProposals):
 
     def proposals(self, image: torch.Tensor) -> torch.Tensor:
         """The (cached) proposals of one input image: ``float32[P, 4]`` xyxy pixels, on its device."""
-        entry = self.proposal_cache.get_or_compute(image_key(image), lambda: {"boxes": self.proposal_settings.propose(image)})
+        entry = self.proposal_cache.get_or_compute(
+            image_key(image), lambda: {"boxes": self.proposal_settings.propose(image)}
+        )
         return entry["boxes"].to(image.device)
 
     def _extract(self, image: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
@@ -484,7 +520,9 @@ class RCNN(nn.Module, Transferable, ProposesRegions, CachesProposals):
         """Training features, filed under the backbone's weights and the proposal/warp settings."""
         if self._feature_cache is None:
             settings = {"proposals": self.proposal_settings.key(), "warp": self.warp_size, "pad": self.context_pad}
-            key = hashlib.sha256((weights_digest(self.features) + json.dumps(settings, sort_keys=True)).encode()).hexdigest()[:16]
+            key = hashlib.sha256(
+                (weights_digest(self.features) + json.dumps(settings, sort_keys=True)).encode()
+            ).hexdigest()[:16]
             self._feature_cache = TensorCache(self.cache_dir / "rcnn-features" / key if self.cache_dir else None)
         return self._feature_cache
 
@@ -518,7 +556,9 @@ RCNN_DEFAULTS = PartialRunConfig(
 )  # fmt: skip
 
 
-@register_model("rcnn", task="detection", defaults=RCNN_DEFAULTS, capabilities=(Transferable, ProposesRegions, CachesProposals))
+@register_model(
+    "rcnn", task="detection", defaults=RCNN_DEFAULTS, capabilities=(Transferable, ProposesRegions, CachesProposals)
+)
 def build_rcnn(
     num_classes: int,
     *,

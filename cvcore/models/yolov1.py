@@ -90,7 +90,9 @@ class YOLOv1(nn.Module, Finetunable, Transferable, Postprocessable, GridDetector
     ):
         super().__init__()
         if img_size < 32 or grid < 1 or boxes_per_cell < 1:
-            raise ValueError(f"YOLOv1: need img_size >= 32, grid >= 1, boxes_per_cell >= 1; got {img_size}, {grid}, {boxes_per_cell}")
+            raise ValueError(
+                f"YOLOv1: need img_size >= 32, grid >= 1, boxes_per_cell >= 1; got {img_size}, {grid}, {boxes_per_cell}"
+            )
         trunk_source = _classifier_trunk_source(backbone)
         self.num_classes = num_classes
         self.img_size = img_size
@@ -107,7 +109,9 @@ class YOLOv1(nn.Module, Finetunable, Transferable, Postprocessable, GridDetector
         depth = boxes_per_cell * 5 + num_classes
         channels = trunk_source.feature_cuts[self.feature_stride][1]
         if head == "fc":
-            self.head = FullyConnectedGridHead(channels, _feature_size(self.backbone, img_size), grid=grid, depth=depth, hidden=hidden, dropout=dropout)
+            self.head = FullyConnectedGridHead(
+                channels, _feature_size(self.backbone, img_size), grid=grid, depth=depth, hidden=hidden, dropout=dropout
+            )
         elif head == "conv":
             self.head = ConvGridHead(channels, grid=grid, depth=depth)
         else:
@@ -153,7 +157,9 @@ class YOLOv1(nn.Module, Finetunable, Transferable, Postprocessable, GridDetector
         size = (self.img_size, self.img_size)
         if isinstance(images, Tensor):
             if images.dim() != 4:
-                raise ValueError(f"YOLOv1: expected images float[N, 3, H, W] or a list of [3, H, W], got shape {tuple(images.shape)}")
+                raise ValueError(
+                    f"YOLOv1: expected images float[N, 3, H, W] or a list of [3, H, W], got shape {tuple(images.shape)}"
+                )
             sizes = [tuple(images.shape[-2:])] * images.shape[0]
             return (images if images.shape[-2:] == size else _resize(images, size)), sizes
         if not images:
@@ -170,7 +176,9 @@ class FullyConnectedGridHead(nn.Module):
     hence on the input size fixed at construction.
     """
 
-    def __init__(self, channels: int, feature_size: tuple[int, int], *, grid: int, depth: int, hidden: int, dropout: float):
+    def __init__(
+        self, channels: int, feature_size: tuple[int, int], *, grid: int, depth: int, hidden: int, dropout: float
+    ):
         super().__init__()
         self.grid, self.depth = grid, depth
         self.convs = nn.Sequential(
@@ -226,7 +234,10 @@ class ConvGridHead(nn.Module):
 
 
 @register_model(
-    "yolov1", task="detection", defaults=YOLOV1_DEFAULTS, capabilities=(Finetunable, Transferable, Postprocessable, GridDetector)
+    "yolov1",
+    task="detection",
+    defaults=YOLOV1_DEFAULTS,
+    capabilities=(Finetunable, Transferable, Postprocessable, GridDetector),
 )
 def yolov1(num_classes: int, **options: Any) -> YOLOv1:
     """YOLOv1 with a registered classifier's trunk as backbone. Options: see ``YOLOv1``."""
@@ -241,7 +252,9 @@ def _classifier_trunk_source(name: str) -> nn.Module:
     if spec.task != "classification":
         raise ValueError(f"YOLOv1 backbone must be a registered classifier, {name!r} is a {spec.task} model")
     if TrunkSource not in spec.capabilities:
-        raise ValueError(f"YOLOv1 backbone {name!r} offers no convolutional trunk (its registry entry does not claim TrunkSource)")
+        raise ValueError(
+            f"YOLOv1 backbone {name!r} offers no convolutional trunk (its registry entry does not claim TrunkSource)"
+        )
     # small_input=False: the stride-32 trunk is what makes a 448-px image a 14x14 map.
     return spec.builder(num_classes=1, small_input=False)
 
@@ -259,7 +272,9 @@ def _grid_stride(cuts: dict[int, tuple[str, int]], cell: float) -> int:
 
 def _conv_bn(cin: int, cout: int, k: int) -> nn.Sequential:
     # Leaky ReLU 0.1 as in the paper; batch norm (YOLOv2's addition) lets it train from scratch quickly.
-    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout), nn.LeakyReLU(0.1, inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout), nn.LeakyReLU(0.1, inplace=True)
+    )
 
 
 @torch.no_grad()

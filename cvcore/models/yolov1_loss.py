@@ -60,7 +60,10 @@ def split_output(raw: Tensor, *, num_boxes: int) -> GridPrediction:
     n, s, s2, depth = raw.shape
     boxes = raw[..., : num_boxes * 5].reshape(n, s, s2, num_boxes, 5).sigmoid()
     return GridPrediction(
-        xy=boxes[..., 0:2], wh_sqrt=boxes[..., 2:4], conf=boxes[..., 4], class_prob=raw[..., num_boxes * 5 :].softmax(-1)
+        xy=boxes[..., 0:2],
+        wh_sqrt=boxes[..., 2:4],
+        conf=boxes[..., 4],
+        class_prob=raw[..., num_boxes * 5 :].softmax(-1),
     )
 
 
@@ -75,7 +78,11 @@ def encode_targets(boxes: list[Tensor], labels: list[Tensor], *, grid: int, num_
     device = boxes[0].device if n else torch.device("cpu")
     all_boxes = torch.cat([b.reshape(-1, 4).float() for b in boxes]) if n else torch.zeros(0, 4)
     all_labels = torch.cat([lab.reshape(-1).long() for lab in labels]) if n else torch.zeros(0, dtype=torch.long)
-    image = torch.cat([torch.full((len(b),), i, dtype=torch.long, device=device) for i, b in enumerate(boxes)]) if n else all_labels
+    image = (
+        torch.cat([torch.full((len(b),), i, dtype=torch.long, device=device) for i, b in enumerate(boxes)])
+        if n
+        else all_labels
+    )
     if len(all_labels) and (all_labels.min() < 0 or all_labels.max() >= num_classes):
         raise ValueError(f"YOLOv1 targets: labels must be in 0..{num_classes - 1}, got {all_labels.unique().tolist()}")
 
@@ -98,7 +105,11 @@ def encode_targets(boxes: list[Tensor], labels: list[Tensor], *, grid: int, num_
     onehot[idx] = F.one_hot(all_labels[keep], num_classes).float()
     shape = (n, grid, grid)
     return GridTarget(
-        has_object.view(shape), box.view(*shape, 4), xy.view(*shape, 2), wh_sqrt.view(*shape, 2), onehot.view(*shape, num_classes)
+        has_object.view(shape),
+        box.view(*shape, 4),
+        xy.view(*shape, 2),
+        wh_sqrt.view(*shape, 2),
+        onehot.view(*shape, num_classes),
     )
 
 
@@ -144,7 +155,9 @@ def yolo_loss(
     responsible = best & target.has_object[..., None]
     n = max(pred.conf.shape[0], 1)
     resp = responsible.float()
-    coord_err = (pred.xy - target.xy[..., None, :]).square().sum(-1) + (pred.wh_sqrt - target.wh_sqrt[..., None, :]).square().sum(-1)
+    coord_err = (pred.xy - target.xy[..., None, :]).square().sum(-1) + (
+        pred.wh_sqrt - target.wh_sqrt[..., None, :]
+    ).square().sum(-1)
     return {
         "coord": lambda_coord * (resp * coord_err).sum() / n,
         "obj": (resp * (pred.conf - iou).square()).sum() / n,

@@ -96,7 +96,11 @@ class Settings:
     def load(cls, env: Mapping[str, str] | None = None, env_file: Path | None = ROOT / "deploy" / ".env") -> Settings:
         """Settings from ``env`` (default: this process's environment) over ``env_file`` (compose's)."""
         env = dict(os.environ if env is None else env)
-        from_file = {k: v for k, v in dotenv_values(env_file).items() if v is not None} if env_file and env_file.is_file() else {}
+        from_file = (
+            {k: v for k, v in dotenv_values(env_file).items() if v is not None}
+            if env_file and env_file.is_file()
+            else {}
+        )
         values = from_file | {k: v for k, v in env.items() if v}
 
         def number(name: str, default: int) -> int:
@@ -155,9 +159,13 @@ def postgres_bin() -> Path:
     on_path = shutil.which("initdb")
     if on_path:
         return Path(on_path).resolve().parent
-    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0)
+    versions = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0
+    )
     if not versions:
-        raise StackError("PostgreSQL's server is not installed: apt-get install postgresql (or set PG_BIN to the folder of initdb)")
+        raise StackError(
+            "PostgreSQL's server is not installed: apt-get install postgresql (or set PG_BIN to the folder of initdb)"
+        )
     return versions[-1].parent
 
 
@@ -187,7 +195,9 @@ def _postgres_account() -> pwd.struct_passwd | None:
     try:
         return pwd.getpwnam("postgres")
     except KeyError:
-        raise StackError("running as root, but there is no 'postgres' user for the database server (Debian's postgresql package creates it)") from None
+        raise StackError(
+            "running as root, but there is no 'postgres' user for the database server (Debian's postgresql package creates it)"
+        ) from None
 
 
 def _as_user(account: pwd.struct_passwd | None) -> dict:
@@ -196,7 +206,13 @@ def _as_user(account: pwd.struct_passwd | None) -> dict:
 
 
 def spawn(
-    settings: Settings, service: str, command: list[str], env: Mapping[str, str], *, account: pwd.struct_passwd | None = None, cwd: Path = ROOT
+    settings: Settings,
+    service: str,
+    command: list[str],
+    env: Mapping[str, str],
+    *,
+    account: pwd.struct_passwd | None = None,
+    cwd: Path = ROOT,
 ) -> psutil.Process:
     """Start ``command`` detached (its own session), output appended to its log; record its pid."""
     log_path = settings.log_file(service)
@@ -250,9 +266,13 @@ def wait_for(settings: Settings, service: str, ready: Callable[[], bool], *, wha
     deadline = time.monotonic() + timeout
     while not ready():
         if running(settings, service) is None:
-            raise StackError(f"{service} exited before {what}; log {settings.log_file(service)}:\n{_tail(settings.log_file(service))}")
+            raise StackError(
+                f"{service} exited before {what}; log {settings.log_file(service)}:\n{_tail(settings.log_file(service))}"
+            )
         if time.monotonic() > deadline:
-            raise StackError(f"{service} did not reach '{what}' within {timeout:.0f} s; log {settings.log_file(service)}:\n{_tail(settings.log_file(service))}")
+            raise StackError(
+                f"{service} did not reach '{what}' within {timeout:.0f} s; log {settings.log_file(service)}:\n{_tail(settings.log_file(service))}"
+            )
         time.sleep(0.5)
 
 
@@ -279,18 +299,36 @@ def _json(url: str, body: dict | None = None) -> Any:
 
 def worker_online(settings: Settings, name: str) -> bool:
     """True when the Prefect server lists the worker ``name`` online in the pool (a recent heartbeat)."""
-    workers = _json(f"{settings.prefect_api}/work_pools/{POOL}/workers/filter", {"workers": {"status": {"any_": ["ONLINE"]}}})
+    workers = _json(
+        f"{settings.prefect_api}/work_pools/{POOL}/workers/filter", {"workers": {"status": {"any_": ["ONLINE"]}}}
+    )
     return any(worker.get("name") == name for worker in workers or [])
 
 
-def run_step(settings: Settings, step: str, command: list[str], env: Mapping[str, str], *, timeout: float = 300, check: bool = True) -> bool:
+def run_step(
+    settings: Settings,
+    step: str,
+    command: list[str],
+    env: Mapping[str, str],
+    *,
+    timeout: float = 300,
+    check: bool = True,
+) -> bool:
     """Run a one-shot command to completion, output appended to ``logs/<step>.log``; True on success."""
     log_path = settings.log_file(step)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as out:
         out.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n".encode())
         out.flush()
-        done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=dict(env), cwd=ROOT, timeout=timeout)
+        done = subprocess.run(
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=dict(env),
+            cwd=ROOT,
+            timeout=timeout,
+        )
     if check and done.returncode != 0:
         raise StackError(f"{' '.join(command)} failed with code {done.returncode}; log {log_path}:\n{_tail(log_path)}")
     return done.returncode == 0
@@ -340,7 +378,9 @@ def _fresh_postgres_dir(pg_dir: Path) -> None:
         )
     shutil.rmtree(pg_dir, ignore_errors=True)
     pg_dir.mkdir(parents=True, mode=0o700)
-    (pg_dir / OWNED_MARKER).write_text("made by deploy/stack/stack.py; deleted with the cluster while it has no databases-created\n")
+    (pg_dir / OWNED_MARKER).write_text(
+        "made by deploy/stack/stack.py; deleted with the cluster while it has no databases-created\n"
+    )
 
 
 def start_postgres(settings: Settings) -> None:
@@ -348,7 +388,11 @@ def start_postgres(settings: Settings) -> None:
     account = _postgres_account()
     pg_dir, data = settings.root / "postgres", settings.root / "postgres" / "data"
     created_marker = pg_dir / "databases-created"
-    pg_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "HOME": account.pw_dir if account else str(Path.home())}
+    pg_env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "LANG": "C.UTF-8",
+        "HOME": account.pw_dir if account else str(Path.home()),
+    }
     if running(settings, "postgres") is None:
         if not created_marker.is_file():  # first use, or a first `up` that did not finish: start afresh
             _fresh_postgres_dir(pg_dir)
@@ -368,17 +412,40 @@ def start_postgres(settings: Settings) -> None:
             log_path = settings.log_file("postgres")
             log_path.parent.mkdir(parents=True, exist_ok=True)
             with log_path.open("ab") as out:
-                done = subprocess.run(initdb, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=pg_env, cwd=pg_dir, **_as_user(account))
+                done = subprocess.run(
+                    initdb,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env=pg_env,
+                    cwd=pg_dir,
+                    **_as_user(account),
+                )
             pwfile.unlink()
             if done.returncode != 0:
                 raise StackError(f"initdb failed with code {done.returncode}; log {log_path}:\n{_tail(log_path)}")
         elif settings.password and settings.password != settings.password_file.read_text().strip():
-            log.warning("POSTGRES_PASSWORD differs from the cluster's; using the cluster's (%s)", settings.password_file)
+            log.warning(
+                "POSTGRES_PASSWORD differs from the cluster's; using the cluster's (%s)", settings.password_file
+            )
         server = [str(settings.pg_bin / "postgres"), "-D", str(data), "-c", f"listen_addresses={LOOPBACK}",
                   "-c", f"port={settings.postgres_port}", "-c", "unix_socket_directories="]  # fmt: skip
         spawn(settings, "postgres", server, pg_env, account=account, cwd=pg_dir)
-    ready = [str(settings.pg_bin / "pg_isready"), "-q", "-h", LOOPBACK, "-p", str(settings.postgres_port), "-U", USER, "-d", "postgres"]
-    wait_for(settings, "postgres", lambda: subprocess.run(ready, env=pg_env).returncode == 0, what="pg_isready", timeout=120)
+    ready = [
+        str(settings.pg_bin / "pg_isready"),
+        "-q",
+        "-h",
+        LOOPBACK,
+        "-p",
+        str(settings.postgres_port),
+        "-U",
+        USER,
+        "-d",
+        "postgres",
+    ]
+    wait_for(
+        settings, "postgres", lambda: subprocess.run(ready, env=pg_env).returncode == 0, what="pg_isready", timeout=120
+    )
     if not created_marker.is_file():
         password = settings.password_file.read_text().strip()
         psql = [str(settings.pg_bin / "psql"), "-h", LOOPBACK, "-p", str(settings.postgres_port), "-U", USER, "-d", "postgres",
@@ -393,7 +460,12 @@ def start_servers(settings: Settings) -> None:
     env = _base_env(settings)
     if running(settings, "prefect-server") is None:
         command = [str(BIN / "prefect"), "server", "start", "--host", LOOPBACK, "--port", str(settings.prefect_port)]
-        spawn(settings, "prefect-server", command, env | {"PREFECT_API_DATABASE_CONNECTION_URL": settings.database_url("prefect", "postgresql+asyncpg")})
+        spawn(
+            settings,
+            "prefect-server",
+            command,
+            env | {"PREFECT_API_DATABASE_CONNECTION_URL": settings.database_url("prefect", "postgresql+asyncpg")},
+        )
     if running(settings, "mlflow") is None:
         settings.artifacts.mkdir(parents=True, exist_ok=True)
         command = [str(BIN / "mlflow"), "server", "--host", LOOPBACK, "--port", str(settings.mlflow_port), "--workers", str(settings.mlflow_workers),
@@ -402,9 +474,17 @@ def start_servers(settings: Settings) -> None:
         # `ps` shows; the driver named (psycopg 3), not left to SQLAlchemy's default for
         # postgresql://, which changed between releases. No job runner: it serves GenAI jobs
         # cvflow never submits.
-        mlflow_env = env | {"MLFLOW_BACKEND_STORE_URI": settings.database_url("mlflow", "postgresql+psycopg"), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        mlflow_env = env | {
+            "MLFLOW_BACKEND_STORE_URI": settings.database_url("mlflow", "postgresql+psycopg"),
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        }
         spawn(settings, "mlflow", command, mlflow_env)
-    wait_for(settings, "prefect-server", lambda: answers(f"{settings.prefect_api}/health"), what="GET /api/health answers 200")
+    wait_for(
+        settings,
+        "prefect-server",
+        lambda: answers(f"{settings.prefect_api}/health"),
+        what="GET /api/health answers 200",
+    )
     log.info("Prefect server: %s (dashboard), on PostgreSQL database prefect", settings.prefect_url)
 
 
@@ -414,19 +494,30 @@ def deploy(settings: Settings) -> None:
     run_step(settings, "deploy", [prefect, "work-pool", "create", POOL, "--type", "process", "--overwrite"], env)
     if not run_step(settings, "deploy", [prefect, "concurrency-limit", "inspect", "gpu"], env, check=False):
         run_step(settings, "deploy", [prefect, "concurrency-limit", "create", "gpu", str(settings.gpu_slots)], env)
-    run_step(settings, "deploy", [prefect, "--no-prompt", "deploy", "--all", "--prefect-file", "deploy/prefect.yaml"], env)
+    run_step(
+        settings, "deploy", [prefect, "--no-prompt", "deploy", "--all", "--prefect-file", "deploy/prefect.yaml"], env
+    )
     log.info("Deployments of deploy/prefect.yaml on work pool %s (gpu concurrency limit %d)", POOL, settings.gpu_slots)
 
 
 def start_worker(settings: Settings) -> None:
     """Wait for MLflow, then start a process worker for the pool and wait until the server lists it online."""
     wait_for(settings, "mlflow", lambda: answers(f"{settings.mlflow_url}/health"), what="GET /health answers 200")
-    log.info("MLflow server: %s, backend store PostgreSQL database mlflow, artifacts in %s", settings.mlflow_url, settings.artifacts)
+    log.info(
+        "MLflow server: %s, backend store PostgreSQL database mlflow, artifacts in %s",
+        settings.mlflow_url,
+        settings.artifacts,
+    )
     settings.home.mkdir(parents=True, exist_ok=True)
     name = f"stack-{os.uname().nodename}-{settings.prefect_port}"
     if running(settings, "worker") is None:
         command = [str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--type", "process", "--name", name]
-        spawn(settings, "worker", command, _base_env(settings) | {"MLFLOW_TRACKING_URI": settings.mlflow_url, "CVFLOW_HOME": str(settings.home)})
+        spawn(
+            settings,
+            "worker",
+            command,
+            _base_env(settings) | {"MLFLOW_TRACKING_URI": settings.mlflow_url, "CVFLOW_HOME": str(settings.home)},
+        )
     wait_for(settings, "worker", lambda: worker_online(settings, name), what=f"worker {name} online", timeout=120)
     log.info("Worker %s on pool %s (CVFLOW_HOME=%s)", name, POOL, settings.home)
 
@@ -487,7 +578,12 @@ def down_command(env_file: EnvFile = ROOT / "deploy" / ".env") -> None:
 def status_command(env_file: EnvFile = ROOT / "deploy" / ".env") -> None:
     """Which services run (pid), where they listen; exit code 1 when any is down."""
     settings = _settings(env_file)
-    where = {"postgres": f"{LOOPBACK}:{settings.postgres_port}", "prefect-server": settings.prefect_url, "mlflow": settings.mlflow_url, "worker": f"pool {POOL}"}
+    where = {
+        "postgres": f"{LOOPBACK}:{settings.postgres_port}",
+        "prefect-server": settings.prefect_url,
+        "mlflow": settings.mlflow_url,
+        "worker": f"pool {POOL}",
+    }
     down_ = [service for service in ORDER if running(settings, service) is None]
     for service in ORDER:
         process = running(settings, service)

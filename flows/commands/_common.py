@@ -55,4 +55,6 @@ def fail(message: str, *, code: int = 2) -> NoReturn:
 
 def setup_logging(verbose: bool = False) -> None:
     """Library logs (cvcore uses `logging`) to stderr: warnings by default, info with --verbose."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )

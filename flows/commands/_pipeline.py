@@ -126,7 +126,9 @@ def check_predictions(location: str | None) -> None:
         check_writable_dir(location, "--predictions")
 
 
-def check_predictions_owner(location: str | None, checkpoint: str | os.PathLike, *, split: str, snapshot: "Snapshot | None") -> None:
+def check_predictions_owner(
+    location: str | None, checkpoint: str | os.PathLike, *, split: str, snapshot: "Snapshot | None"
+) -> None:
     """``--predictions``: a local folder holding another evaluation's output is refused before any flow starts.
 
     The folder may hold only cvflow shards of ``checkpoint`` (its sha256) on ``split`` of
@@ -145,7 +147,10 @@ def check_predictions_owner(location: str | None, checkpoint: str | os.PathLike,
         return  # nothing there to own (the checkpoint is not hashed for nothing)
     try:
         check_predictions_folder(
-            folder, checkpoint_sha256=file_sha256(checkpoint), split=split, snapshot_digest=snapshot.digest if snapshot is not None else None
+            folder,
+            checkpoint_sha256=file_sha256(checkpoint),
+            split=split,
+            snapshot_digest=snapshot.digest if snapshot is not None else None,
         )
     except ValueError as exc:
         raise UserError(f"--predictions: {exc}") from None
@@ -178,7 +183,9 @@ def check_splits(snapshot: "Snapshot", splits: Iterable[str], *, what: str = "--
         raise UserError(f"snapshot {snapshot.path} holds no images; nothing to train on or evaluate")
     for split in splits:
         if split not in snapshot.splits:
-            raise UserError(f"{what} {split!r}: snapshot {snapshot.path} has no such split; its splits are {snapshot.splits}")
+            raise UserError(
+                f"{what} {split!r}: snapshot {snapshot.path} has no such split; its splits are {snapshot.splits}"
+            )
 
 
 def check_checkpoint(path: str | os.PathLike, *, what: str = "--model") -> "LoadedModel":
@@ -242,7 +249,9 @@ def check_weights_file(pretrained: str | None, *, what: str = "--pretrained") ->
         return
     path = Path(pretrained).expanduser()
     if not path.is_file():
-        raise UserError(f"{what} {pretrained}: no such file (give a weights file, a checkpoint, torchvision or models:/NAME@ALIAS)")
+        raise UserError(
+            f"{what} {pretrained}: no such file (give a weights file, a checkpoint, torchvision or models:/NAME@ALIAS)"
+        )
     read_state_dict(path)
 
 
@@ -256,7 +265,9 @@ def check_model_config(model: "ModelConfig", *, img_size: int) -> None:
     if pretrained and is_model_uri(pretrained):
         pretrained = str(resolve_checkpoint.fn(pretrained))
     check_weights_file(pretrained, what="pretrained weights")
-    build_model(model.name, num_classes=model.num_classes or 1, pretrained=pretrained, img_size=img_size, **model.options)
+    build_model(
+        model.name, num_classes=model.num_classes or 1, pretrained=pretrained, img_size=img_size, **model.options
+    )
 
 
 def check_model_name(name: str) -> None:
@@ -273,6 +284,8 @@ def ui_commands(*, host: str = "127.0.0.1", mlflow_port: int = 5000, prefect_por
     home = cvflow_home()
     commands = {"prefect": ["prefect", "server", "start", "--host", host, "--port", str(prefect_port)]}
     store = tracking_uri(home)
-    if not store.startswith(("http://", "https://")):  # a store, not a server: open a UI on it (embedded or MLFLOW_TRACKING_URI)
+    if not store.startswith(
+        ("http://", "https://")
+    ):  # a store, not a server: open a UI on it (embedded or MLFLOW_TRACKING_URI)
         commands["mlflow"] = ["mlflow", "ui", "--backend-store-uri", store, "--host", host, "--port", str(mlflow_port)]
     return commands

@@ -18,11 +18,15 @@ def augment(
     data: Path = typer.Option(..., "--data", help="Snapshot folder to augment."),
     preview: Path = typer.Option(..., "--preview", help="PNG to write: samples before and after augmentation."),
     preset: Optional[str] = typer.Option(None, "--preset", help="none | light | default | strong (default: default)."),
-    config: Optional[Path] = typer.Option(None, "--config", help="run.yaml; its `augment` section (and data.img_size) is used."),
+    config: Optional[Path] = typer.Option(
+        None, "--config", help="run.yaml; its `augment` section (and data.img_size) is used."
+    ),
     materialize: int = typer.Option(0, "--materialize", min=0, help="Write N augmented copies of the split to --out."),
     out: Optional[Path] = typer.Option(None, "--out", help="New snapshot folder for --materialize."),
     split: str = typer.Option("train", "--split", help="Split to augment."),
-    img_size: Optional[int] = typer.Option(None, "--img-size", min=16, help="Output size in pixels (default: config or 128)."),
+    img_size: Optional[int] = typer.Option(
+        None, "--img-size", min=16, help="Output size in pixels (default: config or 128)."
+    ),
     n_preview: int = typer.Option(8, "--n-preview", min=1, help="Samples in the preview grid."),
     n_stats: int = typer.Option(256, "--n-stats", min=1, help="Samples drawn for the statistics."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Override the config's augmentation seed."),
@@ -47,17 +51,28 @@ def augment(
     check_output_file(preview, "--preview")
     check_preview_target(preview)
     if out is not None and preview.resolve().is_relative_to(out.resolve()):
-        raise ValueError(f"--preview {preview} is inside --out {out}, the new snapshot's folder; write the preview elsewhere")
+        raise ValueError(
+            f"--preview {preview} is inside --out {out}, the new snapshot's folder; write the preview elsewhere"
+        )
     run = RunConfig()
-    if config is not None:  # what a training with this file would use: its values, else its model's defaults, else cvflow's
+    if (
+        config is not None
+    ):  # what a training with this file would use: its values, else its model's defaults, else cvflow's
         user = load_config(config)
         run = resolve(user, model_spec(user.model.name).defaults if user.model.name else None)
     aug = run.augment if preset is None else AugmentConfig(preset=preset)
     if seed is not None:
         aug = aug.model_copy(update={"seed": seed})
     stats = run_augment_stage(
-        data, aug, preview_path=preview, split=split, n_preview=n_preview, n_stats=n_stats,
-        materialize=materialize, out=out, img_size=img_size or run.data.img_size,
+        data,
+        aug,
+        preview_path=preview,
+        split=split,
+        n_preview=n_preview,
+        n_stats=n_stats,
+        materialize=materialize,
+        out=out,
+        img_size=img_size or run.data.img_size,
     )
     console.print(_pipeline_table(stats.pipeline))
     console.print(_frame_table(stats.steps, title=f"Per step ({stats.n_samples} samples of {stats.split})"))

@@ -16,7 +16,13 @@ import typer
 from rich.table import Table
 
 from flows.commands._common import UserError, cli_errors, console, setup_logging
-from flows.commands._pipeline import check_checkpoint, check_weights_file, check_writable_dir, flow_errors, prefect_settings
+from flows.commands._pipeline import (
+    check_checkpoint,
+    check_weights_file,
+    check_writable_dir,
+    flow_errors,
+    prefect_settings,
+)
 
 DEFAULT_MODELS = "rcnn,fast_rcnn,faster_rcnn,yolov1,fcos"
 PROTOCOLS = ("coco", "voc07", "voc12")
@@ -26,12 +32,29 @@ PROTOCOLS = ("coco", "voc07", "voc12")
 @flow_errors
 def compare(
     data: Annotated[Path, typer.Option("--data", help="Detection snapshot folder.")],
-    out: Annotated[Path, typer.Option("--out", help="Bake-off folder: runs/, predictions/, cache/, bakeoff.parquet/.md/.png.")],
-    models: Annotated[str, typer.Option("--models", help="Comma-separated detectors; NAME=RUN_DIR loads a finished run instead of training.")] = DEFAULT_MODELS,
-    epochs: Annotated[str | None, typer.Option(help="Epochs for every model (5), per model (rcnn=4,yolov1=40), or both (5,yolov1=40). Default: each model's own.")] = None,
-    split: Annotated[str | None, typer.Option(help="Split to score (default: test if the snapshot has one, else val).")] = None,
+    out: Annotated[
+        Path, typer.Option("--out", help="Bake-off folder: runs/, predictions/, cache/, bakeoff.parquet/.md/.png.")
+    ],
+    models: Annotated[
+        str,
+        typer.Option(
+            "--models", help="Comma-separated detectors; NAME=RUN_DIR loads a finished run instead of training."
+        ),
+    ] = DEFAULT_MODELS,
+    epochs: Annotated[
+        str | None,
+        typer.Option(
+            help="Epochs for every model (5), per model (rcnn=4,yolov1=40), or both (5,yolov1=40). Default: each model's own."
+        ),
+    ] = None,
+    split: Annotated[
+        str | None, typer.Option(help="Split to score (default: test if the snapshot has one, else val).")
+    ] = None,
     protocol: Annotated[str, typer.Option(help="coco | voc07 | voc12.")] = "coco",
-    pretrained: Annotated[str | None, typer.Option(help="Weights every backbone starts from (a classifier checkpoint, or models:/NAME@ALIAS).")] = None,
+    pretrained: Annotated[
+        str | None,
+        typer.Option(help="Weights every backbone starts from (a classifier checkpoint, or models:/NAME@ALIAS)."),
+    ] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Images per inference batch (timing).")] = 8,
     experiment: Annotated[str, typer.Option(help="MLflow experiment of the bake-off run.")] = "cvflow",
@@ -104,7 +127,9 @@ def check_bakeoff_folder(out: Path) -> None:
 
 def _spec(contender) -> str:
     """A contender as the flow's ``models`` entry, a loaded run's path made absolute."""
-    return contender.name if contender.run_dir is None else f"{contender.name}={contender.run_dir.expanduser().resolve()}"
+    return (
+        contender.name if contender.run_dir is None else f"{contender.name}={contender.run_dir.expanduser().resolve()}"
+    )
 
 
 def parse_epochs(spec: str | None, names: list[str]) -> dict[str, int] | None:

@@ -25,9 +25,16 @@ _SHOWN = {
 def demo(
     detector: Annotated[str, typer.Option(help="Detection model (registered name).")] = "yolov1",
     classifier: Annotated[str, typer.Option(help="Classification model (registered name).")] = "resnet18",
-    detector_epochs: Annotated[Optional[int], typer.Option(min=1, help="Detector epochs (default: the demo's, chosen to fit its time; see DemoParams).")] = None,
-    classifier_epochs: Annotated[Optional[int], typer.Option(min=1, help="Classifier epochs (default: the demo's).")] = None,
-    transfer: Annotated[bool, typer.Option(help="Start the detector's backbone from the classifier trained just before.")] = True,
+    detector_epochs: Annotated[
+        Optional[int],
+        typer.Option(min=1, help="Detector epochs (default: the demo's, chosen to fit its time; see DemoParams)."),
+    ] = None,
+    classifier_epochs: Annotated[
+        Optional[int], typer.Option(min=1, help="Classifier epochs (default: the demo's).")
+    ] = None,
+    transfer: Annotated[
+        bool, typer.Option(help="Start the detector's backbone from the classifier trained just before.")
+    ] = True,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", help="Library logs at INFO.")] = False,
 ) -> None:
@@ -48,7 +55,11 @@ def demo(
     _check_task(classifier, "classification")
     chosen = {"detector_epochs": detector_epochs, "classifier_epochs": classifier_epochs}
     params = DemoParams(
-        detector=detector, classifier=classifier, transfer=transfer, progress=not quiet, **{k: v for k, v in chosen.items() if v is not None}
+        detector=detector,
+        classifier=classifier,
+        transfer=transfer,
+        progress=not quiet,
+        **{k: v for k, v in chosen.items() if v is not None},
     )
     if params.transfer:  # before the Prefect server starts; the flow checks again for dashboard runs
         check_transfer(params.detector, params.classifier, classifier_img_size=params.classification_image_size)
@@ -74,7 +85,9 @@ def print_summary(result, *, elapsed: float) -> None:
     results = (result.classifier, result.detector)
     for r in results:
         shown = _SHOWN[r.snapshot.task]
-        table = Table(title=f"{r.model.name} v{r.model.version}  (@{', @'.join(r.model.aliases)})", title_justify="left")
+        table = Table(
+            title=f"{r.model.name} v{r.model.version}  (@{', @'.join(r.model.aliases)})", title_justify="left"
+        )
         table.add_column("split")
         for key in shown:
             table.add_column(key, justify="right")
@@ -82,7 +95,10 @@ def print_summary(result, *, elapsed: float) -> None:
             table.add_row(split, *(_num(metrics.get(key)) for key in shown))
         console.print(table)
     if result.detector_backbone:
-        console.print(f"{result.detector.model.name}'s backbone started from {result.detector_backbone} (transfer learning)", highlight=False)
+        console.print(
+            f"{result.detector.model.name}'s backbone started from {result.detector_backbone} (transfer learning)",
+            highlight=False,
+        )
     console.print("\n[bold]Predictions[/] (Parquet, one folder per split):", highlight=False)
     for r in results:
         for split, preds in r.predictions.items():

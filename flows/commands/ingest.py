@@ -43,24 +43,67 @@ def ingest(
     fmt: Annotated[Format | None, typer.Option("--format", "-f", help="Format of SOURCE.", show_default=False)] = None,
     synthetic: Annotated[
         Synthetic | None,
-        typer.Option("--synthetic", help="Make the built-in data instead: shapes (detection) or shapes-cls (classification).", show_default=False),
+        typer.Option(
+            "--synthetic",
+            help="Make the built-in data instead: shapes (detection) or shapes-cls (classification).",
+            show_default=False,
+        ),
     ] = None,
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Snapshot folder to write. Default: $CVFLOW_HOME/snapshots/<name> (CVFLOW_HOME defaults to ./.cvflow).", show_default=False)
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Snapshot folder to write. Default: $CVFLOW_HOME/snapshots/<name> (CVFLOW_HOME defaults to ./.cvflow).",
+            show_default=False,
+        ),
     ] = None,
     images: Annotated[
-        Path | None, typer.Option("--images", help="Image folder, when SOURCE is a single COCO JSON file or a folder of VOC XML files.", show_default=False)
+        Path | None,
+        typer.Option(
+            "--images",
+            help="Image folder, when SOURCE is a single COCO JSON file or a folder of VOC XML files.",
+            show_default=False,
+        ),
     ] = None,
     val_fraction: Annotated[
         float | None,
-        typer.Option("--val-fraction", help="For a source with one split: move this share of its images (0..1) to a new 'val' split, stratified by class.", show_default=False),
+        typer.Option(
+            "--val-fraction",
+            help="For a source with one split: move this share of its images (0..1) to a new 'val' split, stratified by class.",
+            show_default=False,
+        ),
     ] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the --val-fraction split (and of --synthetic data).")] = 0,
-    name: Annotated[str | None, typer.Option("--name", help="Snapshot name. Default: the source folder's name (or the synthetic set's).", show_default=False)] = None,
-    replace: Annotated[bool, typer.Option("--replace", help="Overwrite an existing snapshot at --out (only a cvflow snapshot, never a folder holding or inside SOURCE or its images).")] = False,
-    workers: Annotated[int | None, typer.Option("--workers", help="Threads reading image headers. Default: 4 per CPU, at most 32.", show_default=False)] = None,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Seed of the --val-fraction split (and of --synthetic data).")
+    ] = 0,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            "--name",
+            help="Snapshot name. Default: the source folder's name (or the synthetic set's).",
+            show_default=False,
+        ),
+    ] = None,
+    replace: Annotated[
+        bool,
+        typer.Option(
+            "--replace",
+            help="Overwrite an existing snapshot at --out (only a cvflow snapshot, never a folder holding or inside SOURCE or its images).",
+        ),
+    ] = False,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers", help="Threads reading image headers. Default: 4 per CPU, at most 32.", show_default=False
+        ),
+    ] = None,
     max_megapixels: Annotated[
-        float, typer.Option("--max-megapixels", help="Quarantine images with more pixels than this (width x height, in millions), from their header, before any decode.")
+        float,
+        typer.Option(
+            "--max-megapixels",
+            help="Quarantine images with more pixels than this (width x height, in millions), from their header, before any decode.",
+        ),
     ] = DEFAULT_MEGAPIXELS,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", help="Library logs at INFO.")] = False,
@@ -117,7 +160,9 @@ def _default_out(name: str) -> Path:
     from cvcore.io import is_plain_name
 
     if not is_plain_name(name):
-        raise ValueError(f"--name {name[:80]!r} is not a plain folder name (it names the folder under $CVFLOW_HOME/snapshots); give another --name or --out")
+        raise ValueError(
+            f"--name {name[:80]!r} is not a plain folder name (it names the folder under $CVFLOW_HOME/snapshots); give another --name or --out"
+        )
     return _home() / "snapshots" / name
 
 
@@ -148,8 +193,17 @@ class _progress:
     """A rich progress bar on stderr for the header reads, or nothing with --quiet."""
 
     def __init__(self, quiet: bool):
-        self.bar = None if quiet else Progress(
-            TextColumn("reading image headers"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err_console, transient=True
+        self.bar = (
+            None
+            if quiet
+            else Progress(
+                TextColumn("reading image headers"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=err_console,
+                transient=True,
+            )
         )
         self.task = None
 

@@ -20,8 +20,12 @@ def predict(
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 32,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
     workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 0,
-    score_threshold: Annotated[float | None, typer.Option(help="Detection: keep boxes scoring at least this (default: the run's eval config).")] = None,
-    max_detections: Annotated[int | None, typer.Option(help="Detection: boxes kept per image (default: the run's eval config).")] = None,
+    score_threshold: Annotated[
+        float | None, typer.Option(help="Detection: keep boxes scoring at least this (default: the run's eval config).")
+    ] = None,
+    max_detections: Annotated[
+        int | None, typer.Option(help="Detection: boxes kept per image (default: the run's eval config).")
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", help="Library logs at INFO.")] = False,
 ) -> None:
@@ -30,7 +34,13 @@ def predict(
 
     from cvcore.config import EvalConfig
     from cvcore.data.snapshot import read_snapshot
-    from cvcore.engine.infer import check_predictions_target, checkpoint_eval_config, num_batches, predict_checkpoint, write_predictions
+    from cvcore.engine.infer import (
+        check_predictions_target,
+        checkpoint_eval_config,
+        num_batches,
+        predict_checkpoint,
+        write_predictions,
+    )
 
     from flows.commands._pipeline import check_checkpoint, check_output_file
 
@@ -39,16 +49,22 @@ def predict(
     check_predictions_target(out)  # an existing --out is replaced only when it holds predictions, never a user's file
     snapshot = read_snapshot(data)
     loaded = check_checkpoint(model)  # weights_only; a foreign or crafted file is refused in one line
-    overrides = {k: v for k, v in {"score_threshold": score_threshold, "max_detections": max_detections}.items() if v is not None}
+    overrides = {
+        k: v for k, v in {"score_threshold": score_threshold, "max_detections": max_detections}.items() if v is not None
+    }
     eval_config = EvalConfig.model_validate(checkpoint_eval_config(loaded.meta).model_dump() | overrides)
-    run = predict_checkpoint(loaded, snapshot, split, eval_config=eval_config, batch_size=batch_size, device=device, num_workers=workers)
+    run = predict_checkpoint(
+        loaded, snapshot, split, eval_config=eval_config, batch_size=batch_size, device=device, num_workers=workers
+    )
     batches = run.batches
     if not quiet:
         total = num_batches(run.dataset, batch_size=batch_size)
         batches = track(batches, total=total, description=f"predict {split}", console=err_console, transient=True)
     path = write_predictions(batches, out, task=snapshot.task, unreadable=run.unreadable)
     rows = pq.ParquetFile(path).metadata.num_rows
-    console.print(f"{rows} predictions for {len(run.dataset)} {split} images of {snapshot.name} → {path}", highlight=False)
+    console.print(
+        f"{rows} predictions for {len(run.dataset)} {split} images of {snapshot.name} → {path}", highlight=False
+    )
     if run.unreadable:
         first = run.unreadable[0]
         err_console.print(

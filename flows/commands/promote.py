@@ -26,4 +26,6 @@ def promote(
     before = alias_version(name, alias)
     ref = set_alias(name, alias, version)
     moved = f"from version {before} " if before and before != ref.version else ""
-    console.print(f"{name}@{alias} moved {moved}to version {ref.version} (aliases now: {', '.join(ref.aliases)})", highlight=False)
+    console.print(
+        f"{name}@{alias} moved {moved}to version {ref.version} (aliases now: {', '.join(ref.aliases)})", highlight=False
+    )

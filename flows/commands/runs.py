@@ -31,7 +31,9 @@ def runs(
             raise ValueError(f"no MLflow experiment {experiment!r} in {tracking_uri()}; experiments: {known}")
         experiments = [found]
     names = {e.experiment_id: e.name for e in experiments}
-    found_runs = client.search_runs(list(names), order_by=["attributes.start_time DESC"], max_results=limit) if names else []
+    found_runs = (
+        client.search_runs(list(names), order_by=["attributes.start_time DESC"], max_results=limit) if names else []
+    )
     if not found_runs:
         console.print(f"no runs yet in {tracking_uri()}; try `cvflow demo`", highlight=False)
         return

@@ -16,34 +16,59 @@ from rich.markup import escape
 from rich.table import Table
 
 from flows.commands._common import cli_errors, console, err_console, setup_logging
-from flows.commands._pipeline import check_checkpoint, check_model_config, check_splits, check_writable_dir, flow_errors, prefect_settings
+from flows.commands._pipeline import (
+    check_checkpoint,
+    check_model_config,
+    check_splits,
+    check_writable_dir,
+    flow_errors,
+    prefect_settings,
+)
 
 
 @cli_errors
 @flow_errors
 def train(
-    out: Annotated[Path, typer.Option("--out", help="Run folder: receives last.pt, best.pt, config.yaml, metrics.json, history.parquet.")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out", help="Run folder: receives last.pt, best.pt, config.yaml, metrics.json, history.parquet."
+        ),
+    ],
     data: Annotated[Path | None, typer.Option("--data", help="Snapshot folder (cvflow ingest / demo data).")] = None,
     model: Annotated[str | None, typer.Option("--model", help="Registered model name (see the models list).")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="run.yaml; the flags below override it.")] = None,
     epochs: Annotated[int | None, typer.Option(help="Training epochs.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Images per batch (global: split evenly over --devices).")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Images per batch (global: split evenly over --devices).")
+    ] = None,
     img_size: Annotated[int | None, typer.Option(help="Square input size in pixels.")] = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
     freeze: Annotated[str | None, typer.Option(help="none | backbone | from:<stage>.")] = None,
-    pretrained: Annotated[str | None, typer.Option(help="torchvision | weights file | checkpoint | models:/NAME@champion.")] = None,
+    pretrained: Annotated[
+        str | None, typer.Option(help="torchvision | weights file | checkpoint | models:/NAME@champion.")
+    ] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue a run from its last.pt (or its run folder).")] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N.")] = None,
     workers: Annotated[int | None, typer.Option(help="DataLoader worker processes.")] = None,
     seed: Annotated[int | None, typer.Option(help="Training seed.")] = None,
     devices: Annotated[
-        str | None, typer.Option(help="Processes on this machine: N GPUs (or N CPU processes), auto = every GPU. --batch-size is global.")
+        str | None,
+        typer.Option(
+            help="Processes on this machine: N GPUs (or N CPU processes), auto = every GPU. --batch-size is global."
+        ),
     ] = None,
     nnodes: Annotated[int, typer.Option(help="Machines training together (each runs this command).")] = 1,
-    node_rank: Annotated[int, typer.Option(help="This machine's number, 0..nnodes-1; node 0 writes --out and reports to MLflow.")] = 0,
-    rdzv_endpoint: Annotated[str | None, typer.Option(help="HOST:PORT of node 0, where the nodes meet (--nnodes > 1).")] = None,
+    node_rank: Annotated[
+        int, typer.Option(help="This machine's number, 0..nnodes-1; node 0 writes --out and reports to MLflow.")
+    ] = 0,
+    rdzv_endpoint: Annotated[
+        str | None, typer.Option(help="HOST:PORT of node 0, where the nodes meet (--nnodes > 1).")
+    ] = None,
     experiment: Annotated[str, typer.Option(help="MLflow experiment.")] = "cvflow",
-    registered_model: Annotated[str | None, typer.Option(help="MLflow registered model (default: <dataset>-<model>).")] = None,
+    registered_model: Annotated[
+        str | None, typer.Option(help="MLflow registered model (default: <dataset>-<model>).")
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", help="Library logs at INFO.")] = False,
 ) -> None:
@@ -98,7 +123,9 @@ def train(
         except RankFailed as exc:
             err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True, emoji=False)
             raise typer.Exit(code=1) from None
-        console.print(f"node {nodes.node_rank} of {nodes.nnodes}: training finished (node 0 holds the run)", highlight=False)
+        console.print(
+            f"node {nodes.node_rank} of {nodes.nnodes}: training finished (node 0 holds the run)", highlight=False
+        )
         return
     # --out must be a new or empty folder or a cvflow run folder no other training holds; a folder
     # of the user's files (their metrics.json, config.yaml) is refused, never written into.
@@ -111,8 +138,15 @@ def train(
     check_writable_dir(out, "--out")
     check_model_config(resolved.model, img_size=resolved.data.img_size)
     params = TrainPipelineParams(
-        data=DataSource(path=run_config.data.snapshot), config=run_config, run_dir=out, resume=resume, progress=not quiet,
-        experiment=experiment, registered_model=registered_model, nnodes=nodes.nnodes, rdzv_endpoint=nodes.rdzv_endpoint,
+        data=DataSource(path=run_config.data.snapshot),
+        config=run_config,
+        run_dir=out,
+        resume=resume,
+        progress=not quiet,
+        experiment=experiment,
+        registered_model=registered_model,
+        nnodes=nodes.nnodes,
+        rdzv_endpoint=nodes.rdzv_endpoint,
     )
     try:
         with prefect_settings():
@@ -121,7 +155,9 @@ def train(
         err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True, emoji=False)
         raise typer.Exit(code=1) from None
     report = json.loads((out / "metrics.json").read_text())
-    title = f"{out}: best epoch {report['best_epoch']} of {report['epochs_run']}" + (" (stopped early)" if report["stopped_early"] else "")
+    title = f"{out}: best epoch {report['best_epoch']} of {report['epochs_run']}" + (
+        " (stopped early)" if report["stopped_early"] else ""
+    )
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("best", justify="right")
@@ -133,7 +169,11 @@ def train(
     console.print(f"checkpoints: {out / 'best.pt'}, {out / 'last.pt'}", highlight=False, soft_wrap=True)
     for split, preds in result.predictions.items():
         console.print(f"predictions ({split}): {preds.dir}", highlight=False, soft_wrap=True)
-    console.print(f"MLflow run: {result.run_url}\nregistered: models:/{result.model.name}/{result.model.version} (@{', @'.join(result.model.aliases)})", highlight=False, soft_wrap=True)
+    console.print(
+        f"MLflow run: {result.run_url}\nregistered: models:/{result.model.name}/{result.model.version} (@{', @'.join(result.model.aliases)})",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def _devices(value: str | None) -> int | str | None:

@@ -22,7 +22,13 @@ STARTUP_TIMEOUT_S = 180  # both start in seconds; a loaded 2-core machine can ne
 
 @cli_errors
 def ui(
-    start: Annotated[bool, typer.Option("--start", help="Start the servers that are not answering yet here (Ctrl-C stops them) instead of printing the commands.")] = False,
+    start: Annotated[
+        bool,
+        typer.Option(
+            "--start",
+            help="Start the servers that are not answering yet here (Ctrl-C stops them) instead of printing the commands.",
+        ),
+    ] = False,
     mlflow_port: Annotated[int, typer.Option(help="Port of the MLflow UI.")] = 5000,
     prefect_port: Annotated[int, typer.Option(help="Port of the Prefect dashboard.")] = 4200,
 ) -> None:
@@ -35,18 +41,27 @@ def ui(
     from flows.commands._pipeline import ui_commands
 
     commands = ui_commands(mlflow_port=mlflow_port, prefect_port=prefect_port)
-    mlflow_url = f"http://127.0.0.1:{mlflow_port}" if "mlflow" in commands else os.environ["MLFLOW_TRACKING_URI"].rstrip("/")
+    mlflow_url = (
+        f"http://127.0.0.1:{mlflow_port}" if "mlflow" in commands else os.environ["MLFLOW_TRACKING_URI"].rstrip("/")
+    )
     urls = {"mlflow": mlflow_url, "prefect": f"http://127.0.0.1:{prefect_port}"}
     running = {name for name, url in urls.items() if _answers(url + HEALTH[name])}
     for name in ("mlflow", "prefect"):
         state = "running" if name in running else "not answering"
         if name not in commands:
-            console.print(f"[bold]{TITLES[name]}[/]: {urls[name]} (tracking server from MLFLOW_TRACKING_URI, {state})", highlight=False)
+            console.print(
+                f"[bold]{TITLES[name]}[/]: {urls[name]} (tracking server from MLFLOW_TRACKING_URI, {state})",
+                highlight=False,
+            )
         elif start and name in running:
             console.print(f"[bold]{TITLES[name]}[/]: {urls[name]} (already running)", highlight=False)
         elif not start:
             note = " (already running)" if name in running else ""
-            console.print(f"[bold]{TITLES[name]}[/] ({urls[name]}){note}:\n  {shlex.join(commands[name])}", highlight=False, soft_wrap=True)
+            console.print(
+                f"[bold]{TITLES[name]}[/] ({urls[name]}){note}:\n  {shlex.join(commands[name])}",
+                highlight=False,
+                soft_wrap=True,
+            )
     if not start:
         console.print("or run them here: [bold]cvflow ui --start[/] (starts those not running yet)", highlight=False)
         return
@@ -57,7 +72,9 @@ def _serve(commands: dict[str, list[str]], urls: dict[str, str]) -> None:
     """Start ``commands``, report each URL once it answers, and keep them up until Ctrl-C or one exits."""
     if not commands:
         return
-    resolved = {name: _resolve(cmd) for name, cmd in commands.items()}  # a missing executable fails before anything starts
+    resolved = {
+        name: _resolve(cmd) for name, cmd in commands.items()
+    }  # a missing executable fails before anything starts
     procs: dict[str, subprocess.Popen] = {}
     try:
         for name, cmd in resolved.items():
@@ -82,7 +99,10 @@ def _serve(commands: dict[str, list[str]], urls: dict[str, str]) -> None:
                 p.wait()
     failed = {n: p.returncode for n, p in procs.items() if p.returncode not in (0, -15, None)}
     if failed:
-        err_console.print(f"[bold red]error:[/] stopped: {', '.join(f'{n} exited with code {c}' for n, c in failed.items())}", highlight=False)
+        err_console.print(
+            f"[bold red]error:[/] stopped: {', '.join(f'{n} exited with code {c}' for n, c in failed.items())}",
+            highlight=False,
+        )
         raise typer.Exit(code=1)
 
 
@@ -97,7 +117,9 @@ def _wait_ready(name: str, proc: subprocess.Popen, url: str) -> None:
         else:
             time.sleep(0.5)
             continue
-        err_console.print(f"[bold red]error:[/] {TITLES[name]} did not start: {reason}", highlight=False, soft_wrap=True)
+        err_console.print(
+            f"[bold red]error:[/] {TITLES[name]} did not start: {reason}", highlight=False, soft_wrap=True
+        )
         raise typer.Exit(code=1)
 
 

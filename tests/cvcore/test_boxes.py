@@ -88,7 +88,10 @@ def test_polars_expressions_convert_the_formats_at_the_edges():
     coco = pl.DataFrame({"x": [10, 0.1], "y": [20, 0.2], "w": [30, 0.2], "h": [40, 0.7]}, strict=False)
     xyxy = coco.select(boxes.xyxy_from_xywh())
     assert xyxy.columns == list(boxes.XYXY) and xyxy.schema["x2"] == pl.Float64
-    assert xyxy.rows() == [(10.0, 20.0, 40.0, 60.0), (0.1, 0.2, 0.1 + 0.2, 0.2 + 0.7)]  # x + w exactly, as the COCO reader forms it
+    assert xyxy.rows() == [
+        (10.0, 20.0, 40.0, 60.0),
+        (0.1, 0.2, 0.1 + 0.2, 0.2 + 0.7),
+    ]  # x + w exactly, as the COCO reader forms it
     back = xyxy.select(boxes.xywh_from_xyxy())
     assert back.columns == ["x", "y", "w", "h"] and back.row(0) == (10.0, 20.0, 30.0, 40.0)
     assert back.row(1) == (0.1, 0.2, (0.1 + 0.2) - 0.1, (0.2 + 0.7) - 0.2)  # x2 - x1, as the COCO writer forms w

@@ -7,11 +7,22 @@ import typing
 
 import pytest
 
-from cvcore.config import CVFLOW_DEFAULTS, NO_SETTINGS, PartialRunConfig, RunConfig, load_config, overlay, partial_config, resolve
+from cvcore.config import (
+    CVFLOW_DEFAULTS,
+    NO_SETTINGS,
+    PartialRunConfig,
+    RunConfig,
+    load_config,
+    overlay,
+    partial_config,
+    resolve,
+)
 from cvcore.models import register_model
 
 USER = PartialRunConfig(train={"epochs": 3}, model={"name": "yolov1", "options": {"grid": 8}})
-MODEL = PartialRunConfig(data={"img_size": 64}, train={"epochs": 12, "lr": 0.5}, model={"options": {"grid": 16, "boxes": 2}})
+MODEL = PartialRunConfig(
+    data={"img_size": 64}, train={"epochs": 12, "lr": 0.5}, model={"options": {"grid": 16, "boxes": 2}}
+)
 
 
 def test_each_field_comes_from_the_first_layer_that_sets_it():
@@ -21,7 +32,14 @@ def test_each_field_comes_from_the_first_layer_that_sets_it():
     assert (run.train.lr, run.data.img_size) == (0.5, 64)  # the model's, where the user set nothing
     assert (run.train.momentum, run.augment.preset, run.eval.nms_iou) == (0.9, "default", 0.5)  # cvflow's
     assert run.model.options == {"grid": 8, "boxes": 2}  # options merge key by key, the user's keys winning
-    assert resolve(USER, MODEL, CVFLOW_DEFAULTS.model_copy(update={"eval": CVFLOW_DEFAULTS.eval.model_copy(update={"nms_iou": 0.7})})).eval.nms_iou == 0.7
+    assert (
+        resolve(
+            USER,
+            MODEL,
+            CVFLOW_DEFAULTS.model_copy(update={"eval": CVFLOW_DEFAULTS.eval.model_copy(update={"nms_iou": 0.7})}),
+        ).eval.nms_iou
+        == 0.7
+    )
 
 
 def test_nothing_set_is_cvflows_defaults_and_a_resolved_config_resolves_to_itself():
@@ -72,7 +90,9 @@ def test_no_clipping_is_written_null_in_files_or_0(tmp_path):
     path.write_text("train:\n  epochs: 2\n")
     assert resolve(load_config(path)).train.grad_clip == 10.0
     clip = PartialRunConfig(train={"grad_clip": 5.0})
-    assert resolve(partial_config({"train": {"grad_clip": None}}), clip).train.grad_clip is None  # over a model's default too
+    assert (
+        resolve(partial_config({"train": {"grad_clip": None}}), clip).train.grad_clip is None
+    )  # over a model's default too
     assert resolve(partial_config({"train": {"grad_clip": None}})).train.grad_clip is None
 
 
@@ -107,7 +127,9 @@ def test_a_written_run_config_loads_back_as_the_same_run(tmp_path):
 
     run = resolve(PartialRunConfig(train={"grad_clip": 0, "ema_decay": 0.99}, data={"test_split": "test"}), MODEL)
     write_config(run, tmp_path / "config.yaml")
-    assert resolve(load_config(tmp_path / "config.yaml"), PartialRunConfig(train={"grad_clip": 3.0, "epochs": 1})) == run
+    assert (
+        resolve(load_config(tmp_path / "config.yaml"), PartialRunConfig(train={"grad_clip": 3.0, "epochs": 1})) == run
+    )
 
 
 def test_register_model_refuses_defaults_that_are_not_a_partial_config():

@@ -18,7 +18,9 @@ def test_a_yaml_alias_bomb_is_refused_in_a_moment(tmp_path):
     path = tmp_path / "bomb.yaml"
     path.write_text("\n".join(lines) + "\n")
     start = time.process_time()
-    with pytest.raises(ValueError, match=f"^{path}: expands to over 100000 values \\(YAML aliases\\), not a run config$"):
+    with pytest.raises(
+        ValueError, match=f"^{path}: expands to over 100000 values \\(YAML aliases\\), not a run config$"
+    ):
         load_config(path)
     assert time.process_time() - start < 5
 

@@ -109,7 +109,10 @@ def test_stale_temporaries_of_a_killed_writer_are_removed_once_an_hour_old(tmp_p
     assert remove_temporaries(tmp_path, of=target.name, older_than_s=3600) == [old]
     assert not old.exists() and young.exists() and other.exists()
     assert remove_temporaries(tmp_path / "missing", of="x.parquet", older_than_s=3600) == []
-    assert sorted(p.name for p in remove_temporaries(tmp_path)) == [other.name, young.name]  # all, at any age (under a lock)
+    assert sorted(p.name for p in remove_temporaries(tmp_path)) == [
+        other.name,
+        young.name,
+    ]  # all, at any age (under a lock)
     assert os.listdir(tmp_path) == []
 
 
@@ -131,7 +134,12 @@ def test_atomic_folder_swaps_a_whole_folder_in_and_keeps_the_old_one_on_an_error
 
 def test_resolve_inside_refuses_escapes(tmp_path):
     assert resolve_inside(tmp_path, "a/b.png") == tmp_path.resolve() / "a" / "b.png"
-    for bad, reason in [("../x.png", "escapes the dataset root"), ("/etc/passwd", "not a relative path"), ("a\\b.png", "not a relative path"), ("", "not a relative path")]:
+    for bad, reason in [
+        ("../x.png", "escapes the dataset root"),
+        ("/etc/passwd", "not a relative path"),
+        ("a\\b.png", "not a relative path"),
+        ("", "not a relative path"),
+    ]:
         with pytest.raises(ValueError, match=reason):
             resolve_inside(tmp_path, bad)
     (tmp_path / "link").symlink_to("/tmp")
@@ -148,7 +156,11 @@ def test_file_sha256_is_hashlibs(tmp_path):
 def test_locations_name_their_parent_and_children(tmp_path):
     loc = resolve_location(tmp_path / "preds")
     child = loc.child("part-00000.parquet")
-    assert child.name == "part-00000.parquet" and child.parent == loc and child.uri == str(tmp_path / "preds" / "part-00000.parquet")
+    assert (
+        child.name == "part-00000.parquet"
+        and child.parent == loc
+        and child.uri == str(tmp_path / "preds" / "part-00000.parquet")
+    )
     assert resolve_location(tmp_path.as_uri()).is_local
 
 
@@ -182,7 +194,9 @@ def test_a_remote_snapshot_is_copied_once_and_again_when_its_digest_changes(shap
     manifest = json.loads((remote / "manifest.json").read_text())
     (remote / "manifest.json").write_text(json.dumps(manifest | {"digest": "0" * 64}))
     assert stage_snapshot(uri, home=home) == local and not marker.exists()  # new content: copied again
-    assert [p.name for p in local.parent.iterdir() if p.name.startswith(".")] == [f".{local.name}.lock"]  # no temporary left
+    assert [p.name for p in local.parent.iterdir() if p.name.startswith(".")] == [
+        f".{local.name}.lock"
+    ]  # no temporary left
 
 
 def test_a_remote_snapshot_must_hold_its_images_and_a_manifest(shapes_detection, tmp_path):
@@ -206,8 +220,12 @@ def test_a_worker_restages_a_local_copy_whose_digest_is_not_the_expected_one(sha
     (stale / "manifest.json").write_text(json.dumps(manifest | {"digest": "0" * 64}))
     local = local_snapshot(stale, uri=remote.as_uri(), digest=shapes_detection.digest, home=home)
     assert local == staged_path(remote.as_uri(), home=home) and read_snapshot(local).digest == shapes_detection.digest
-    assert local_snapshot(local, uri=remote.as_uri(), digest=shapes_detection.digest, home=home) == local  # a matching copy is used as is
-    assert local_snapshot(stale, uri=None, digest=shapes_detection.digest, home=home) == stale  # no URI: the path is all there is
+    assert (
+        local_snapshot(local, uri=remote.as_uri(), digest=shapes_detection.digest, home=home) == local
+    )  # a matching copy is used as is
+    assert (
+        local_snapshot(stale, uri=None, digest=shapes_detection.digest, home=home) == stale
+    )  # no URI: the path is all there is
 
 
 def test_staging_folders_of_killed_runs_are_removed_once_nothing_changed_in_them_for_an_hour(tmp_path):
@@ -215,13 +233,20 @@ def test_staging_folders_of_killed_runs_are_removed_once_nothing_changed_in_them
     cache = kept.parent
     orphan, busy = cache / f".{kept.name}.k1l_9z0a", cache / f".{kept.name}.0b2c3d4e"  # atomic_folder's mkdtemp names
     # Hidden folders of the user's, just as old: not staging's names, or no staging of that name ever took its lock.
-    users = [cache / ".git", cache / ".shapes-abc.1", cache / ".other-0123456789ab.abcdefgh", cache / f".{kept.name}.keep"]
+    users = [
+        cache / ".git",
+        cache / ".shapes-abc.1",
+        cache / ".other-0123456789ab.abcdefgh",
+        cache / f".{kept.name}.keep",
+    ]
     for folder in (orphan, busy, kept, *users):
         (folder / "images").mkdir(parents=True)
         (folder / "images" / "0.png").write_bytes(b"png")
     (cache / f".{kept.name}.lock").touch()  # stage_snapshot's lock file, taken before it copies
     two_hours_ago = time.time() - 7200
-    for path in [p for folder in (orphan, busy, kept, *users) for p in (folder, folder / "images", folder / "images" / "0.png")]:
+    for path in [
+        p for folder in (orphan, busy, kept, *users) for p in (folder, folder / "images", folder / "images" / "0.png")
+    ]:
         os.utime(path, (two_hours_ago, two_hours_ago))
     (busy / "images" / "1.png").write_bytes(b"png")  # deep down, a copy still going on: the top folder's mtime is old
     os.utime(busy / "images", (two_hours_ago, two_hours_ago))

@@ -76,10 +76,17 @@ def test_pr_curves_legend_has_ap_per_class(report):
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("recall", "precision (interpolated)")
     curves = _curves(ax)
     assert len(curves) == ap50.height  # one line per class with ground truth, legend first by AP
-    assert list(curves) == [f"{r['category_id']} (AP {r['ap_50']:.3f})" for r in ap50.sort("ap_50", descending=True).iter_rows(named=True)]
+    assert list(curves) == [
+        f"{r['category_id']} (AP {r['ap_50']:.3f})" for r in ap50.sort("ap_50", descending=True).iter_rows(named=True)
+    ]
     for row in ap50.iter_rows(named=True):  # the line is the class's curve at IoU 0.5, by recall
-        pts = report.pr_curve.filter((pl.col("category_id") == row["category_id"]) & (pl.col("iou_threshold") == 0.5)).sort("recall")
-        assert curves[f"{row['category_id']} (AP {row['ap_50']:.3f})"] == (pts["recall"].to_list(), pts["precision"].to_list())
+        pts = report.pr_curve.filter(
+            (pl.col("category_id") == row["category_id"]) & (pl.col("iou_threshold") == 0.5)
+        ).sort("recall")
+        assert curves[f"{row['category_id']} (AP {row['ap_50']:.3f})"] == (
+            pts["recall"].to_list(),
+            pts["precision"].to_list(),
+        )
     _renders(fig, (700, 550))
     with pytest.raises(ValueError, match="no points at IoU 0.33"):
         plots.pr_curves(report.pr_curve, iou_threshold=0.33)
@@ -91,10 +98,16 @@ def test_names_come_from_a_name_column_or_class_names(report):
     fig = plots.f1_curves(report.f1_curve, class_names={0: "circle", 1: "square", 2: "tri", 3: "star"})
     assert any(t.startswith("circle (F1") for t in _texts(fig))
     ax = fig.axes[0]
-    assert (ax.get_title(), ax.get_xlabel(), ax.get_ylabel()) == ("F1 vs score threshold", "score threshold", "F1 (IoU 0.5)")
+    assert (ax.get_title(), ax.get_xlabel(), ax.get_ylabel()) == (
+        "F1 vs score threshold",
+        "score threshold",
+        "F1 (IoU 0.5)",
+    )
     curves = _curves(ax)
     names = {0: "circle", 1: "square", 2: "tri", 3: "star"}
-    assert sorted(label.split(" (F1")[0] for label in curves) == sorted(names[c] for c in report.f1_curve["category_id"].unique())
+    assert sorted(label.split(" (F1")[0] for label in curves) == sorted(
+        names[c] for c in report.f1_curve["category_id"].unique()
+    )
     markers = [line for line in ax.get_lines() if line.get_label().startswith("_")]
     assert len(markers) == len(curves)  # the best threshold of each class, one dot each
     for cid in report.f1_curve["category_id"].unique().to_list():
@@ -121,7 +134,11 @@ def test_confusion_matrix_counts_and_normalised():
     np.testing.assert_allclose(norm.images[0].get_array(), [[0.5, 0.5, 0], [0, 1, 0], [1 / 3, 0, 2 / 3]])
     for ax in (counts, norm):
         assert (ax.get_xlabel(), ax.get_ylabel()) == ("predicted", "true")
-        assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b", "c"] == [t.get_text() for t in ax.get_yticklabels()]
+        assert (
+            [t.get_text() for t in ax.get_xticklabels()]
+            == ["a", "b", "c"]
+            == [t.get_text() for t in ax.get_yticklabels()]
+        )
     _renders(fig, (1210, 605))  # (5 + 0.35 * 3) inches high, two square panels wide
     long = pl.DataFrame({"true_id": [0, 0, 1], "pred_id": [0, 1, 1], "count": [3, 1, 2]})
     from_long = plots.confusion_matrix(long)
@@ -136,7 +153,9 @@ def test_size_bars_and_error_breakdown(data, report):
     overall, by_class = fig.axes
     assert [t.get_text() for t in overall.get_xticklabels()] == ["small", "medium", "large"]
     assert _bar_heights(overall) == [report.summary[f"map_{s}"] for s in ("small", "medium", "large")]
-    assert [t.get_text() for t in overall.texts] == [f"{report.summary[f'map_{s}']:.3f}" for s in ("small", "medium", "large")]
+    assert [t.get_text() for t in overall.texts] == [
+        f"{report.summary[f'map_{s}']:.3f}" for s in ("small", "medium", "large")
+    ]
     scored = report.per_class.filter(pl.col("ap").is_not_null()).sort("ap", descending=True)  # classes 0-3 of 6
     assert [t.get_text() for t in by_class.get_xticklabels()] == [str(c) for c in scored["category_id"]]
     heights = _bar_heights(by_class)  # one group of bars per size, one bar per class in each
@@ -179,7 +198,11 @@ def test_training_curves_groups_losses_lr_and_metrics():
     fig = plots.training_curves(history)
     assert [ax.get_title() for ax in fig.axes] == ["loss", "learning rate", "validation", "other"]
     assert [line.get_label() for line in fig.axes[2].get_lines()] == ["val/map_50"]  # not on the gradient norm's scale
-    assert [line.get_label() for line in fig.axes[0].get_lines()] == ["train/loss", "val/loss", "train/noobj"]  # a loss part
+    assert [line.get_label() for line in fig.axes[0].get_lines()] == [
+        "train/loss",
+        "val/loss",
+        "train/noobj",
+    ]  # a loss part
     assert [line.get_label() for line in fig.axes[3].get_lines()] == ["train/grad_norm"]
     assert "train/time_s" not in _texts(fig)
     for ax in fig.axes:  # every line is its column against the epoch
@@ -209,13 +232,17 @@ def test_sample_images_with_boxes_and_labels(data):
     assert len(dashed) == truth.height and len(solid) == shown.height
     drawn = sorted((p.get_x(), p.get_y(), p.get_x() + p.get_width(), p.get_y() + p.get_height()) for p in solid)
     np.testing.assert_allclose(drawn, sorted(shown.select("x1", "y1", "x2", "y2").rows()))
-    assert sorted(t.get_text() for t in ax.texts) == sorted(f"{c} {s:.2f}" for c, s in shown.select("category_id", "score").rows())
+    assert sorted(t.get_text() for t in ax.texts) == sorted(
+        f"{c} {s:.2f}" for c, s in shown.select("category_id", "score").rows()
+    )
     assert ax.images[0].get_array().shape == (400, 400, 3)
     assert fig.axes[1].get_title() == "image -1: 0 boxes >= 0.5" and not fig.axes[1].patches
     np.testing.assert_array_equal(fig.axes[1].images[0].get_array(), images[-1].permute(1, 2, 0).numpy())  # CHW -> HWC
     _renders(fig, (640, 320))  # two 3.2-inch cells
     preds = pl.DataFrame({"image_id": [1, 2], "category_id": [0, 1], "score": [0.9, 0.6]})
-    fig = plots.classification_samples({1: np.ones((8, 8)), 2: torch.rand(3, 8, 8)}, preds, labels={1: 0, 2: 0}, class_names=["cat", "dog"])
+    fig = plots.classification_samples(
+        {1: np.ones((8, 8)), 2: torch.rand(3, 8, 8)}, preds, labels={1: 0, 2: 0}, class_names=["cat", "dog"]
+    )
     titles = [ax.get_title() for ax in fig.axes]
     assert titles == ["cat 0.90\ntrue: cat", "dog 0.60\ntrue: cat"]
     assert [ax.title.get_color() for ax in fig.axes] == ["green", "red"]
@@ -230,7 +257,10 @@ def test_nothing_to_draw_gives_a_figure_that_says_so(report):
     assert plots.detection_samples({}, report.f1_curve.clear()).axes[0].texts
     messages = {
         empty: ("Precision-recall per class", "no class has ground truth to score against"),
-        plots.f1_curves(report.f1_curve.clear()): ("F1 vs score threshold", "no class has both ground truth and detections"),
+        plots.f1_curves(report.f1_curve.clear()): (
+            "F1 vs score threshold",
+            "no class has both ground truth and detections",
+        ),
         plots.detection_samples({}, report.f1_curve.clear()): ("Predictions", "no images to draw"),
         plots.classification_samples({}, report.f1_curve.clear()): ("Predictions", "no images to draw"),
     }

@@ -10,7 +10,16 @@ from matplotlib.figure import Figure
 from cvcore import plots
 
 # the columns the figure (and best_tradeoff) read; the full table is tasks.bakeoff.TABLE_SCHEMA
-COLUMNS = ["model", "map_50", "map", "map_small", "map_medium", "recall_crowded", "recall_isolated", "infer_cpu_ms_per_image"]
+COLUMNS = [
+    "model",
+    "map_50",
+    "map",
+    "map_small",
+    "map_medium",
+    "recall_crowded",
+    "recall_isolated",
+    "infer_cpu_ms_per_image",
+]
 
 
 def _table():
@@ -28,7 +37,20 @@ def test_bakeoff_figure():
     legend = ["mAP@0.5", "mAP", "AP small", "AP medium", "recall crowded", "recall isolated"]
     assert [t.get_text() for t in bars.get_legend().get_texts()] == legend
     # six bars per model, grouped by metric: heights are the table's values (map_large is not drawn)
-    assert [round(bar.get_height(), 6) for bar in bars.patches] == [0.8, 0.6, 0.5, 0.3, 0.4, 0.1, 0.6, 0.5, 0.7, 0.2, 0.9, 0.8]
+    assert [round(bar.get_height(), 6) for bar in bars.patches] == [
+        0.8,
+        0.6,
+        0.5,
+        0.3,
+        0.4,
+        0.1,
+        0.6,
+        0.5,
+        0.7,
+        0.2,
+        0.9,
+        0.8,
+    ]
     assert (speed.get_title(), speed.get_ylabel(), speed.get_xscale()) == ("accuracy vs speed", "mAP@0.5", "log")
     assert speed.get_xlabel() == "inference CPU ms / image (log; left is faster)"
     points, ring = speed.collections

@@ -19,20 +19,55 @@ def invoke(*args: str):
 
 
 def test_preset_preview_and_tables(shapes_detection, tmp_path):
-    result = invoke("--data", str(shapes_detection.path), "--preset", "light", "--preview", str(tmp_path / "p.png"),
-                    "--img-size", "48", "--n-stats", "8", "--n-preview", "2")
+    result = invoke(
+        "--data",
+        str(shapes_detection.path),
+        "--preset",
+        "light",
+        "--preview",
+        str(tmp_path / "p.png"),
+        "--img-size",
+        "48",
+        "--n-stats",
+        "8",
+        "--n-preview",
+        "2",
+    )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "p.png").is_file()
-    for text in ("Pipeline", "ColorJitter", "SanitizeBoundingBoxes", "Per step (8 samples of train)", "circle", "boxes_per_image_after"):
+    for text in (
+        "Pipeline",
+        "ColorJitter",
+        "SanitizeBoundingBoxes",
+        "Per step (8 samples of train)",
+        "circle",
+        "boxes_per_image_after",
+    ):
         assert text in result.output
 
 
 def test_config_file_and_materialize(shapes_detection, tmp_path):
     config = tmp_path / "run.yaml"
-    config.write_text("data:\n  img_size: 40\naugment:\n  mosaic_p: 1.0\n  transforms:\n    - {name: RandomVerticalFlip, p: 0.5}\n")
+    config.write_text(
+        "data:\n  img_size: 40\naugment:\n  mosaic_p: 1.0\n  transforms:\n    - {name: RandomVerticalFlip, p: 0.5}\n"
+    )
     out = tmp_path / "aug"
-    result = invoke("--data", str(shapes_detection.path), "--config", str(config), "--preview", str(tmp_path / "p.png"),
-                    "--materialize", "1", "--out", str(out), "--n-stats", "4", "--seed", "5")
+    result = invoke(
+        "--data",
+        str(shapes_detection.path),
+        "--config",
+        str(config),
+        "--preview",
+        str(tmp_path / "p.png"),
+        "--materialize",
+        "1",
+        "--out",
+        str(out),
+        "--n-stats",
+        "4",
+        "--seed",
+        "5",
+    )
     assert result.exit_code == 0, result.output
     flat = result.output.replace("\n", "")  # rich wraps long paths at the console width
     assert "Mosaic" in flat and "RandomVerticalFlip" in flat and f"snapshot: {out}" in flat

@@ -25,7 +25,9 @@ def test_parse_contenders():
     got = parse_contenders("rcnn, fast_rcnn=runs/f ,yolov1")
     assert [c.name for c in got] == ["rcnn", "fast_rcnn", "yolov1"]
     assert got[1].run_dir is not None and got[1].run_dir.as_posix() == "runs/f" and got[0].run_dir is None
-    assert parse_contenders(["rcnn", "yolov1=/r/y"]) == parse_contenders("rcnn,yolov1=/r/y")  # the flow's models entries
+    assert parse_contenders(["rcnn", "yolov1=/r/y"]) == parse_contenders(
+        "rcnn,yolov1=/r/y"
+    )  # the flow's models entries
     with pytest.raises(ValueError, match="no models"):
         parse_contenders(" , ")
     with pytest.raises(ValueError, match="twice"):

@@ -24,7 +24,12 @@ from flows.commands._common import UserError, cli_errors
 
 runner = CliRunner()
 
-FLOWS = ("flows.evaluate.evaluate_pipeline", "flows.train.train_pipeline", "flows.compare.compare_pipeline", "flows.demo.demo")
+FLOWS = (
+    "flows.evaluate.evaluate_pipeline",
+    "flows.train.train_pipeline",
+    "flows.compare.compare_pipeline",
+    "flows.demo.demo",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -91,7 +96,9 @@ def checkpoints(tmp_path_factory, shapes_classification):
     }
     for name, state in states.items():
         save_checkpoint(state, folder / f"{name}.pt")
-    (folder / "random.pt").write_bytes(bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0)).tolist()))
+    (folder / "random.pt").write_bytes(
+        bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0)).tolist())
+    )
     (folder / "text.pt").write_text("not a checkpoint\n")
     torch.save({"model": _Mkdir(folder / "pwned"), "meta": {}}, folder / "crafted.pt")
     return folder
@@ -112,7 +119,10 @@ def evaluate(data, *extra: str, model: str = "models:/m@champion"):
 
 
 def train(data, out, *extra: str):
-    return runner.invoke(app, ["train", "--quiet", "--data", str(data), "--model", "resnet18", "--out", str(out), "--img-size", "16", *extra])
+    return runner.invoke(
+        app,
+        ["train", "--quiet", "--data", str(data), "--model", "resnet18", "--out", str(out), "--img-size", "16", *extra],
+    )
 
 
 # Every command that uses MLflow, with arguments that are otherwise fine as far as it gets.
@@ -218,23 +228,33 @@ def test_compare_into_a_read_only_out_is_one_line(shapes_detection, tmp_path, mo
     out = tmp_path / "bakeoff"
     out.mkdir()
     _read_only(monkeypatch, out)
-    result = runner.invoke(app, ["compare", "--data", str(shapes_detection.path), "--out", str(out), "--models", "yolov1"])
+    result = runner.invoke(
+        app, ["compare", "--data", str(shapes_detection.path), "--out", str(out), "--models", "yolov1"]
+    )
     assert f"--out {out} is not writable" in one_line_error(result)
 
 
-def test_predictions_that_are_a_file_or_read_only_are_one_line(shapes_classification, checkpoints, tmp_path, monkeypatch):
+def test_predictions_that_are_a_file_or_read_only_are_one_line(
+    shapes_classification, checkpoints, tmp_path, monkeypatch
+):
     a_file = tmp_path / "preds.parquet"
     a_file.write_text("x")
-    line = one_line_error(evaluate(shapes_classification.path, "--predictions", str(a_file), model=checkpoints / "good.pt"))
+    line = one_line_error(
+        evaluate(shapes_classification.path, "--predictions", str(a_file), model=checkpoints / "good.pt")
+    )
     assert f"--predictions {a_file} is a file, not a folder" in line
     folder = tmp_path / "preds"
     folder.mkdir()
     _read_only(monkeypatch, folder)
-    line = one_line_error(evaluate(shapes_classification.path, "--predictions", str(folder / "val"), model=checkpoints / "good.pt"))
+    line = one_line_error(
+        evaluate(shapes_classification.path, "--predictions", str(folder / "val"), model=checkpoints / "good.pt")
+    )
     assert f"--predictions {folder / 'val'} is not writable ({folder} cannot be written)" in line
 
 
-def test_predictions_of_another_model_are_refused_before_the_flow_and_kept(shapes_classification, checkpoints, tmp_path):
+def test_predictions_of_another_model_are_refused_before_the_flow_and_kept(
+    shapes_classification, checkpoints, tmp_path
+):
     from cvcore.engine.infer import empty_batch
     from cvcore.engine.shards import ShardKey, write_shard
 
@@ -242,7 +262,9 @@ def test_predictions_of_another_model_are_refused_before_the_flow_and_kept(shape
     other = ShardKey("c" * 64, shapes_classification.digest, "val", shard=0, num_shards=1, task="classification")
     theirs = write_shard([empty_batch("classification")], folder, key=other, num_images=0)
     before = Path(theirs.uri).read_bytes()
-    line = one_line_error(evaluate(shapes_classification.path, "--predictions", str(folder), model=checkpoints / "good.pt"))
+    line = one_line_error(
+        evaluate(shapes_classification.path, "--predictions", str(folder), model=checkpoints / "good.pt")
+    )
     assert (
         f"--predictions: predictions folder {folder} holds another evaluation's predictions (part-00000.parquet: "
         f"checkpoint {'c' * 12}, snapshot {shapes_classification.digest[:12]}, split 'val'; this one: checkpoint "
@@ -252,7 +274,19 @@ def test_predictions_of_another_model_are_refused_before_the_flow_and_kept(shape
 
 
 def test_predict_out_that_is_a_folder_is_one_line(shapes_classification, checkpoints, tmp_path):
-    result = runner.invoke(app, ["predict", "--model", str(checkpoints / "good.pt"), "--data", str(shapes_classification.path), "--out", str(tmp_path), "--quiet"])
+    result = runner.invoke(
+        app,
+        [
+            "predict",
+            "--model",
+            str(checkpoints / "good.pt"),
+            "--data",
+            str(shapes_classification.path),
+            "--out",
+            str(tmp_path),
+            "--quiet",
+        ],
+    )
     assert f"--out {tmp_path} is a folder; give the path of the file to write" in one_line_error(result)
 
 
@@ -262,15 +296,33 @@ def test_predict_out_that_is_a_folder_is_one_line(shapes_classification, checkpo
 def test_an_unreachable_dask_scheduler_is_one_line_at_once(shapes_classification, checkpoints):
     port = closed_port()
     start = time.perf_counter()
-    result = evaluate(shapes_classification.path, "--dask-address", f"tcp://127.0.0.1:{port}", model=checkpoints / "good.pt")
+    result = evaluate(
+        shapes_classification.path, "--dask-address", f"tcp://127.0.0.1:{port}", model=checkpoints / "good.pt"
+    )
     line = one_line_error(result)
     assert f"--dask-address tcp://127.0.0.1:{port}: no Dask scheduler answers at 127.0.0.1:{port}" in line
     assert time.perf_counter() - start < 5  # was 60 s and a traceback
 
 
 def test_a_missing_split_is_one_line(shapes_classification, checkpoints, tmp_path):
-    line = one_line_error(runner.invoke(app, ["evaluate", "--model", str(checkpoints / "good.pt"), "--data", str(shapes_classification.path), "--split", "test"]))
-    assert f"--split 'test': snapshot {shapes_classification.path} has no such split; its splits are ['train', 'val']" in line
+    line = one_line_error(
+        runner.invoke(
+            app,
+            [
+                "evaluate",
+                "--model",
+                str(checkpoints / "good.pt"),
+                "--data",
+                str(shapes_classification.path),
+                "--split",
+                "test",
+            ],
+        )
+    )
+    assert (
+        f"--split 'test': snapshot {shapes_classification.path} has no such split; its splits are ['train', 'val']"
+        in line
+    )
     config = tmp_path / "run.yaml"
     config.write_text("data:\n  val_split: holdout\n")
     line = one_line_error(train(shapes_classification.path, tmp_path / "run", "--config", str(config)))
@@ -317,19 +369,37 @@ def test_evaluate_refuses_a_bad_checkpoint_before_the_flow(name, message, shapes
 
 @pytest.mark.parametrize(("name", "message"), BAD_CHECKPOINTS)
 def test_predict_refuses_a_bad_checkpoint_in_one_line(name, message, shapes_classification, checkpoints, tmp_path):
-    result = runner.invoke(app, ["predict", "--model", str(checkpoints / f"{name}.pt"), "--data", str(shapes_classification.path), "--out", str(tmp_path / "p.parquet")])
+    result = runner.invoke(
+        app,
+        [
+            "predict",
+            "--model",
+            str(checkpoints / f"{name}.pt"),
+            "--data",
+            str(shapes_classification.path),
+            "--out",
+            str(tmp_path / "p.parquet"),
+        ],
+    )
     assert message in one_line_error(result)
     assert not (checkpoints / "pwned").exists()
 
 
 def test_train_resume_from_a_crafted_checkpoint_is_one_line(shapes_classification, checkpoints, tmp_path):
-    line = one_line_error(train(shapes_classification.path, tmp_path / "run", "--resume", str(checkpoints / "crafted.pt")))
+    line = one_line_error(
+        train(shapes_classification.path, tmp_path / "run", "--resume", str(checkpoints / "crafted.pt"))
+    )
     assert f"{checkpoints / 'crafted.pt'}: refused to load" in line and not (checkpoints / "pwned").exists()
 
 
-@pytest.mark.parametrize(("name", "message"), [("random", "not a PyTorch weights file"), ("crafted", "refused to load"), ("text", "not a PyTorch weights file")])
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [("random", "not a PyTorch weights file"), ("crafted", "refused to load"), ("text", "not a PyTorch weights file")],
+)
 def test_train_pretrained_with_a_bad_file_is_one_line(name, message, shapes_classification, checkpoints, tmp_path):
-    line = one_line_error(train(shapes_classification.path, tmp_path / "run", "--pretrained", str(checkpoints / f"{name}.pt")))
+    line = one_line_error(
+        train(shapes_classification.path, tmp_path / "run", "--pretrained", str(checkpoints / f"{name}.pt"))
+    )
     assert f"{checkpoints / f'{name}.pt'}: {message}" in line and not (checkpoints / "pwned").exists()
 
 
@@ -342,7 +412,9 @@ def test_train_with_an_unknown_model_option_is_one_line(shapes_classification, t
 
 def test_compare_refuses_a_crafted_pretrained_file_and_run(shapes_detection, checkpoints, tmp_path):
     args = ["compare", "--data", str(shapes_detection.path), "--out", str(tmp_path / "b")]
-    line = one_line_error(runner.invoke(app, [*args, "--models", "yolov1", "--pretrained", str(checkpoints / "crafted.pt")]))
+    line = one_line_error(
+        runner.invoke(app, [*args, "--models", "yolov1", "--pretrained", str(checkpoints / "crafted.pt")])
+    )
     assert "refused to load" in line
     run = tmp_path / "run"
     run.mkdir()
@@ -368,7 +440,18 @@ def test_a_bad_config_file_is_one_line(name, text, message, shapes_classificatio
     config.write_bytes(text if isinstance(text, bytes) else text.encode())
     line = one_line_error(train(shapes_classification.path, tmp_path / "run", "--config", str(config)))
     assert f"{config}" in line and message in line
-    result = runner.invoke(app, ["augment", "--data", str(shapes_classification.path), "--preview", str(tmp_path / "p.png"), "--config", str(config)])
+    result = runner.invoke(
+        app,
+        [
+            "augment",
+            "--data",
+            str(shapes_classification.path),
+            "--preview",
+            str(tmp_path / "p.png"),
+            "--config",
+            str(config),
+        ],
+    )
     assert message in one_line_error(result)
 
 

@@ -21,7 +21,11 @@ def _coco(root, *, broken: bool = False):
     anns = [{"id": 1, "image_id": 1, "category_id": 5, "bbox": [1, 1, 4, 4], "area": 16}]
     if broken:
         anns.append({"id": 2, "image_id": 1, "category_id": 5, "bbox": [1, 1, -4, 4], "area": 16})
-    doc = {"images": [{"id": 1, "file_name": "a.png", "width": 16, "height": 12}], "annotations": anns, "categories": [{"id": 5, "name": "red"}]}
+    doc = {
+        "images": [{"id": 1, "file_name": "a.png", "width": 16, "height": 12}],
+        "annotations": anns,
+        "categories": [{"id": 5, "name": "red"}],
+    }
     (root / "annotations" / "instances_train.json").write_text(json.dumps(doc))
     return root
 
@@ -52,7 +56,9 @@ def test_ingest_with_out_val_fraction_and_progress(tmp_path):
         (src / ("cat" if i < 5 else "dog")).mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (8, 8), (i * 20, 0, 0)).save(src / ("cat" if i < 5 else "dog") / f"{i}.png")
     out = tmp_path / "snap"
-    result = runner.invoke(app, ["ingest", str(src), "--format", "imagefolder", "--out", str(out), "--val-fraction", "0.4", "--seed", "1"])
+    result = runner.invoke(
+        app, ["ingest", str(src), "--format", "imagefolder", "--out", str(out), "--val-fraction", "0.4", "--seed", "1"]
+    )
     assert result.exit_code == 0, result.output
     snap = read_snapshot(out)
     assert snap.manifest["counts"]["splits"] == {"train": 6, "val": 4}
@@ -66,7 +72,9 @@ def test_ingest_synthetic_shapes_classification(tmp_path):
     snap = read_snapshot(out)
     assert snap.task == "classification" and snap.name == "shapes-cls"
     assert "### Labels per class" in result.output
-    replaced = runner.invoke(app, ["ingest", "--synthetic", "shapes-cls", "--out", str(out), "--replace", "--seed", "1"])
+    replaced = runner.invoke(
+        app, ["ingest", "--synthetic", "shapes-cls", "--out", str(out), "--replace", "--seed", "1"]
+    )
     assert replaced.exit_code == 0, replaced.output
     assert read_snapshot(out).digest != snap.digest
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cls"]  # no staging folders left
@@ -95,7 +103,17 @@ def test_errors_exit_2_naming_the_file_and_the_problem(tmp_path):
 def test_help_explains_every_option():
     result = runner.invoke(app, ["ingest", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
-    for option in ("--format", "--synthetic", "--out", "--images", "--val-fraction", "--seed", "--name", "--replace", "--workers"):
+    for option in (
+        "--format",
+        "--synthetic",
+        "--out",
+        "--images",
+        "--val-fraction",
+        "--seed",
+        "--name",
+        "--replace",
+        "--workers",
+    ):
         assert option in result.output
 
 
@@ -104,7 +122,9 @@ def test_replace_never_deletes_the_source_or_a_user_folder(tmp_path):
     before = sorted(p for p in (tmp_path / "W").rglob("*"))
     result = runner.invoke(app, ["ingest", str(src), "-f", "coco", "--out", str(src), "--replace", "--quiet"])
     assert result.exit_code == 2
-    assert result.output.strip().splitlines() == [f"error: refusing to replace {src}: it is {src} itself, which is being read; choose another --out"]
+    assert result.output.strip().splitlines() == [
+        f"error: refusing to replace {src}: it is {src} itself, which is being read; choose another --out"
+    ]
     assert sorted(p for p in (tmp_path / "W").rglob("*")) == before
 
     thesis = tmp_path / "thesis"
@@ -130,7 +150,9 @@ def test_user_data_is_printed_literally(tmp_path):
     for name in (":x:", "[bold]b"):
         (tmp_path / "src" / name).mkdir(parents=True)
         Image.new("RGB", (8, 8)).save(tmp_path / "src" / name / "1.png")
-    result = runner.invoke(app, ["ingest", str(tmp_path / "src"), "-f", "imagefolder", "--out", str(tmp_path / "snap"), "--quiet"])
+    result = runner.invoke(
+        app, ["ingest", str(tmp_path / "src"), "-f", "imagefolder", "--out", str(tmp_path / "snap"), "--quiet"]
+    )
     assert result.exit_code == 0, result.output
     assert "| 0 | :x: |" in result.output and "| 1 | [bold]b |" in result.output
     assert "\u274c" not in result.output  # rich's :x: emoji
@@ -156,7 +178,10 @@ def test_long_and_unwritable_out_names_are_one_line(tmp_path, monkeypatch):
     result = runner.invoke(app, ["ingest", str(src), "-f", "coco", "--out", str(legal), "--quiet"])
     assert result.exit_code == 0, result.output
     assert read_snapshot(legal).images.height == 1
-    assert runner.invoke(app, ["ingest", str(src), "-f", "coco", "--out", str(legal), "--quiet", "--replace"]).exit_code == 0
+    assert (
+        runner.invoke(app, ["ingest", str(src), "-f", "coco", "--out", str(legal), "--quiet", "--replace"]).exit_code
+        == 0
+    )
 
     too_long = tmp_path / ("s" * 256)
     result = runner.invoke(app, ["ingest", str(src), "-f", "coco", "--out", str(too_long), "--quiet"])
@@ -168,7 +193,9 @@ def test_long_and_unwritable_out_names_are_one_line(tmp_path, monkeypatch):
     read_only.chmod(0o555)
     if os.access(read_only, os.W_OK):  # root ignores the mode: stand in for a read-only mount
         real = os.access
-        monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if os.fspath(p) == str(read_only) else real(p, mode, **kw))
+        monkeypatch.setattr(
+            os, "access", lambda p, mode, **kw: False if os.fspath(p) == str(read_only) else real(p, mode, **kw)
+        )
     for args, env in ((["--out", str(read_only / "snap")], {}), ([], {"CVFLOW_HOME": str(read_only / "home")})):
         result = runner.invoke(app, ["ingest", str(src), "-f", "coco", "--quiet", *args], env=env)
         assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output

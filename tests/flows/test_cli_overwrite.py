@@ -46,7 +46,9 @@ def checkpoint(shapes_classification, tmp_path_factory) -> Path:
         "model_name": "resnet18", "task": "classification", "num_classes": 4, "class_names": shapes_classification.class_names,
         "img_size": 16, "options": {}, "config": RunConfig().model_dump(mode="json"),
     }  # fmt: skip
-    save_checkpoint({"model": build_model("resnet18", num_classes=4, img_size=16).state_dict(), "meta": meta, "ema": None}, path)
+    save_checkpoint(
+        {"model": build_model("resnet18", num_classes=4, img_size=16).state_dict(), "meta": meta, "ema": None}, path
+    )
     return path
 
 
@@ -77,7 +79,9 @@ def fingerprint(path: Path) -> str:
 
 
 def predict(checkpoint: Path, snapshot: Path, out: Path):
-    return runner.invoke(app, ["predict", "--model", str(checkpoint), "--data", str(snapshot), "--out", str(out), "--quiet"])
+    return runner.invoke(
+        app, ["predict", "--model", str(checkpoint), "--data", str(snapshot), "--out", str(out), "--quiet"]
+    )
 
 
 def test_predict_never_overwrites_a_file_that_is_not_predictions(snapshot, checkpoint, tmp_path):
@@ -86,7 +90,9 @@ def test_predict_never_overwrites_a_file_that_is_not_predictions(snapshot, check
         line = one_line_error(predict(checkpoint, snapshot, target))
         assert f"refusing to overwrite {target}" in line, what
         assert fingerprint(target) == before, f"{what} was changed"
-    assert digest(checkpoint) and predict(checkpoint, snapshot, tmp_path / "ok.parquet").exit_code == 0  # the model still loads
+    assert (
+        digest(checkpoint) and predict(checkpoint, snapshot, tmp_path / "ok.parquet").exit_code == 0
+    )  # the model still loads
 
 
 def test_predict_replaces_its_own_predictions(snapshot, checkpoint, tmp_path):
@@ -113,7 +119,10 @@ def test_write_predictions_refuses_a_foreign_file(tmp_path):
 
 
 def augment(snapshot: Path, preview: Path, *extra: str):
-    return runner.invoke(app, ["augment", "--data", str(snapshot), "--preview", str(preview), "--n-stats", "4", "--n-preview", "2", *extra])
+    return runner.invoke(
+        app,
+        ["augment", "--data", str(snapshot), "--preview", str(preview), "--n-stats", "4", "--n-preview", "2", *extra],
+    )
 
 
 def test_augment_preview_never_overwrites_a_users_file(snapshot, checkpoint, tmp_path):
@@ -187,7 +196,9 @@ def test_compare_out_must_be_new_empty_or_a_bakeoff_folder(shapes_detection, tmp
     monkeypatch.setattr("flows.compare.compare_pipeline", reached)
 
     def compare(out: Path):
-        return runner.invoke(app, ["compare", "--data", str(shapes_detection.path), "--out", str(out), "--models", "yolov1", "--quiet"])
+        return runner.invoke(
+            app, ["compare", "--data", str(shapes_detection.path), "--out", str(out), "--models", "yolov1", "--quiet"]
+        )
 
     mine = tmp_path / "thesis"
     (mine / "runs").mkdir(parents=True)
@@ -219,8 +230,12 @@ def test_a_pipelines_dataset_name_cannot_lead_outside_the_snapshots_folder():
             DataSource(path=Path("data"), format="coco", name=name)
     assert DataSource(path=Path("data"), format="coco", name="coco-2017").name == "coco-2017"
     home = Path("/h")
-    assert _out_dir({"source": "/data/coco/..", "home": home, "fingerprint": "f" * 64}) == home / "snapshots" / "dataset" / ("f" * 12)
-    assert _out_dir({"source": "/data/coco", "home": home, "fingerprint": "f" * 64}) == home / "snapshots" / "coco" / ("f" * 12)
+    assert _out_dir(
+        {"source": "/data/coco/..", "home": home, "fingerprint": "f" * 64}
+    ) == home / "snapshots" / "dataset" / ("f" * 12)
+    assert _out_dir({"source": "/data/coco", "home": home, "fingerprint": "f" * 64}) == home / "snapshots" / "coco" / (
+        "f" * 12
+    )
 
 
 # --- cvflow train --resume A --out B ------------------------------------------------------------

@@ -108,7 +108,10 @@ def test_ui_opens_any_tracking_store_but_only_points_at_a_server(home, monkeypat
         port = s.getsockname()[1]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
     text = _text(runner.invoke(app, ["ui"]))
-    assert f"http://127.0.0.1:{port} (tracking server from MLFLOW_TRACKING_URI, not answering)" in text and "mlflow ui" not in text
+    assert (
+        f"http://127.0.0.1:{port} (tracking server from MLFLOW_TRACKING_URI, not answering)" in text
+        and "mlflow ui" not in text
+    )
 
 
 @pytest.mark.parametrize(
@@ -117,7 +120,10 @@ def test_ui_opens_any_tracking_store_but_only_points_at_a_server(home, monkeypat
         (["demo", "--detector", "nope"], "unknown model 'nope'; known models:"),
         (["demo", "--detector", "resnet18"], "'resnet18' is a classification model; choose a detection model"),
         (["demo", "--classifier", "yolov1"], "'yolov1' is a detection model; choose a classification model"),
-        (["evaluate", "--model", "models:/m@champion", "--data", "/no/such/snapshot"], "/no/such/snapshot is not a snapshot"),
+        (
+            ["evaluate", "--model", "models:/m@champion", "--data", "/no/such/snapshot"],
+            "/no/such/snapshot is not a snapshot",
+        ),
     ],
 )
 def test_bad_arguments_fail_fast_with_exit_code_2(home, args, message):

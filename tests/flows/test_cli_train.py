@@ -28,7 +28,20 @@ def _text(result) -> str:
 def cls_run(shapes_classification, tmp_path_factory):
     """A one-epoch resnet18 run at 16 px (fast on CPU) made through the command line."""
     out = tmp_path_factory.mktemp("cli") / "run"
-    result = _train("--data", str(shapes_classification.path), "--model", "resnet18", "--out", str(out), "--epochs", "1", "--img-size", "16", "--batch-size", "16")
+    result = _train(
+        "--data",
+        str(shapes_classification.path),
+        "--model",
+        "resnet18",
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--img-size",
+        "16",
+        "--batch-size",
+        "16",
+    )
     assert result.exit_code == 0, result.output
     return out, _text(result)
 
@@ -45,15 +58,40 @@ def test_train_fills_the_run_folder_and_prints_metrics(cls_run):
 def test_predict_writes_the_classifications_table(cls_run, shapes_classification, tmp_path):
     out, _ = cls_run
     preds = tmp_path / "preds.parquet"
-    result = runner.invoke(app, ["predict", "--model", str(out), "--data", str(shapes_classification.path), "--split", "val", "--out", str(preds), "--quiet"])
+    result = runner.invoke(
+        app,
+        [
+            "predict",
+            "--model",
+            str(out),
+            "--data",
+            str(shapes_classification.path),
+            "--split",
+            "val",
+            "--out",
+            str(preds),
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
     df = schema.validate(pl.read_parquet(preds), "classifications")
-    assert sorted(df.get_column("image_id").to_list()) == shapes_classification.split_images("val").get_column("image_id").to_list()
+    assert (
+        sorted(df.get_column("image_id").to_list())
+        == shapes_classification.split_images("val").get_column("image_id").to_list()
+    )
 
 
 def test_config_file_with_flag_overrides(shapes_classification, tmp_path):
     run_yaml = tmp_path / "run.yaml"
-    run_yaml.write_text(yaml.safe_dump({"data": {"snapshot": str(shapes_classification.path), "img_size": 16}, "model": {"name": "resnet18"}, "train": {"epochs": 3, "batch_size": 16}}))
+    run_yaml.write_text(
+        yaml.safe_dump(
+            {
+                "data": {"snapshot": str(shapes_classification.path), "img_size": 16},
+                "model": {"name": "resnet18"},
+                "train": {"epochs": 3, "batch_size": 16},
+            }
+        )
+    )
     out = tmp_path / "run"
     result = _train("--config", str(run_yaml), "--epochs", "1", "--out", str(out))
     assert result.exit_code == 0, result.output
@@ -83,7 +121,10 @@ def test_train_errors_are_one_clear_line(args, message, shapes_classification, t
 
 def test_predict_refuses_a_snapshot_of_another_task(cls_run, shapes_detection, tmp_path):
     out, _ = cls_run
-    result = runner.invoke(app, ["predict", "--model", str(out), "--data", str(shapes_detection.path), "--out", str(tmp_path / "p.parquet")])
+    result = runner.invoke(
+        app,
+        ["predict", "--model", str(out), "--data", str(shapes_detection.path), "--out", str(tmp_path / "p.parquet")],
+    )
     assert result.exit_code == 2 and "is a classification model" in _text(result)
 
 
@@ -95,7 +136,9 @@ def test_train_refuses_a_folder_of_user_files_before_any_flow(shapes_classificat
     folder.mkdir()
     (folder / "metrics.json").write_text('{"mine": 1}')
     (folder / "config.yaml").write_text("mine: true\n")
-    result = _train("--data", str(shapes_classification.path), "--model", "resnet18", "--out", str(folder), "--epochs", "1")
+    result = _train(
+        "--data", str(shapes_classification.path), "--model", "resnet18", "--out", str(folder), "--epochs", "1"
+    )
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "is not a cvflow run folder" in _text(result) and len(result.output.strip().splitlines()) == 1
     assert sorted(p.name for p in folder.iterdir()) == ["config.yaml", "metrics.json"]
@@ -110,6 +153,8 @@ def test_train_into_a_folder_another_training_holds_is_one_line(shapes_classific
     monkeypatch.setattr(flows.train, "train_pipeline", lambda *a, **k: pytest.fail("the flow must not start"))
     out = claim_run_folder(tmp_path / "run", resume=False)
     with folder_lock(out, what="training"):  # as a training running now would
-        result = _train("--data", str(shapes_classification.path), "--model", "resnet18", "--out", str(out), "--epochs", "1")
+        result = _train(
+            "--data", str(shapes_classification.path), "--model", "resnet18", "--out", str(out), "--epochs", "1"
+        )
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert f"{out} is in use by another run" in _text(result)

@@ -26,7 +26,15 @@ ROOT = Path(__file__).resolve().parents[2]
 FAST = {
     "rcnn": {
         "data": {"img_size": 64},
-        "model": {"options": {"proposal_method": "sliding_windows", "window_sizes": [16.0, 32.0], "stride": 16, "warp_size": 32, "small_input": False}},
+        "model": {
+            "options": {
+                "proposal_method": "sliding_windows",
+                "window_sizes": [16.0, 32.0],
+                "stride": 16,
+                "warp_size": 32,
+                "small_input": False,
+            }
+        },
         "train": {"batch_size": 8},
     },
     "yolov1": {"data": {"img_size": 64}, "train": {"batch_size": 8}},
@@ -46,14 +54,21 @@ def snapshot(tmp_path_factory):
 def bakeoff(snapshot, tmp_path_factory):
     out = tmp_path_factory.mktemp("bakeoff")
     params = ComparePipelineParams(
-        data=DataSource(path=snapshot.path), models=("rcnn", "yolov1"), epochs={"rcnn": 1, "yolov1": 1}, device="cpu", overrides=FAST, out=out
+        data=DataSource(path=snapshot.path),
+        models=("rcnn", "yolov1"),
+        epochs={"rcnn": 1, "yolov1": 1},
+        device="cpu",
+        overrides=FAST,
+        out=out,
     )
     state = compare_pipeline(params, return_state=True)
     return state, state.result(raise_on_failure=False)
 
 
 def _children(client, run_id: str):
-    runs = client.search_runs([client.get_run(run_id).info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run_id}'")
+    runs = client.search_runs(
+        [client.get_run(run_id).info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run_id}'"
+    )
     return {r.data.tags["cvflow.model"]: r for r in runs}
 
 
@@ -78,11 +93,21 @@ def test_flow_completes_with_the_table_in_the_parent_run(bakeoff, snapshot):
     parent = client.get_run(result.run_id)
     assert parent.info.status == "FINISHED"
     p = parent.data.params
-    assert p["contenders"] == "rcnn,yolov1" and p["epochs"] == "rcnn=1,yolov1=1" and p["protocol"] == "coco" and p["split"] == "val"
+    assert (
+        p["contenders"] == "rcnn,yolov1"
+        and p["epochs"] == "rcnn=1,yolov1=1"
+        and p["protocol"] == "coco"
+        and p["split"] == "val"
+    )
     tags = parent.data.tags
     assert tags[TAG_DATASET] == snapshot.name and tags[TAG_DATASET_DIGEST] == snapshot.digest
     assert tags[TAG_FLOW_RUN] == str(state.state_details.flow_run_id) and tags[TAG_CODE_VERSION]
-    assert {"bakeoff/bakeoff.parquet", "bakeoff/bakeoff.md", "bakeoff/bakeoff.png", "bakeoff/bakeoff.json"} <= _artifacts(client, result.run_id)
+    assert {
+        "bakeoff/bakeoff.parquet",
+        "bakeoff/bakeoff.md",
+        "bakeoff/bakeoff.png",
+        "bakeoff/bakeoff.json",
+    } <= _artifacts(client, result.run_id)
 
     from prefect.artifacts import Artifact
 
@@ -102,7 +127,9 @@ def test_one_child_run_per_contender_with_epochs_and_its_row(bakeoff):
         metrics = run.data.metrics
         for column in ("map_50", "map", "recall_isolated", "candidates_per_image", "train_s", "infer_images_per_s"):
             assert metrics[f"final/val/{column}"] == pytest.approx(row[column], nan_ok=True), column
-        assert [m.step for m in client.get_metric_history(run.info.run_id, "lr")] == [1]  # per-epoch, through the engine callback
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "lr")] == [
+            1
+        ]  # per-epoch, through the engine callback
         assert "plots/training_curves.png" in _artifacts(client, run.info.run_id)
     rcnn, yolo = children["rcnn"].data.metrics, children["yolov1"].data.metrics
     assert 0 < rcnn["final/val/proposal_recall_70"] <= rcnn["final/val/proposal_recall_50"] <= 1
@@ -112,16 +139,36 @@ def test_one_child_run_per_contender_with_epochs_and_its_row(bakeoff):
 def test_cvflow_compare_loads_a_run_and_replays_its_epochs(bakeoff, snapshot, tmp_path):
     _, result = bakeoff
     run_dir = result.run_dirs["rcnn"]
-    cli = CliRunner().invoke(app, ["compare", "--data", str(snapshot.path), "--out", str(tmp_path), "--models", f"rcnn={run_dir}", "--device", "cpu", "--quiet"])
+    cli = CliRunner().invoke(
+        app,
+        [
+            "compare",
+            "--data",
+            str(snapshot.path),
+            "--out",
+            str(tmp_path),
+            "--models",
+            f"rcnn={run_dir}",
+            "--device",
+            "cpu",
+            "--quiet",
+        ],
+    )
     assert cli.exit_code == 0, cli.output
     assert "rcnn" in cli.output and "MLflow run" in cli.output
     assert {p.name for p in tmp_path.iterdir()} >= {"bakeoff.parquet", "bakeoff.md", "bakeoff.png"}
     again = pl.read_parquet(tmp_path / "bakeoff.parquet")
     first = pl.read_parquet(result.table).filter(pl.col("model") == "rcnn")
-    assert again.get_column("map_50").item() == pytest.approx(first.get_column("map_50").item())  # the same model, scored alike
+    assert again.get_column("map_50").item() == pytest.approx(
+        first.get_column("map_50").item()
+    )  # the same model, scored alike
 
     client = mlflow_client()
-    [parent] = [r for r in client.search_runs([client.get_run(result.run_id).info.experiment_id]) if r.data.params.get("out") == str(tmp_path.resolve())]
+    [parent] = [
+        r
+        for r in client.search_runs([client.get_run(result.run_id).info.experiment_id])
+        if r.data.params.get("out") == str(tmp_path.resolve())
+    ]
     [child] = _children(client, parent.info.run_id).values()
     assert child.data.tags[TAG_LOADED] == str(Path(run_dir).resolve())
     assert [m.step for m in client.get_metric_history(child.info.run_id, "lr")] == [1]  # replayed from history.parquet
@@ -130,13 +177,19 @@ def test_cvflow_compare_loads_a_run_and_replays_its_epochs(bakeoff, snapshot, tm
 def test_a_failing_contender_fails_the_flow_and_both_runs(snapshot, tmp_path):
     empty = tmp_path / "not-a-run"
     empty.mkdir()
-    params = ComparePipelineParams(data=DataSource(path=snapshot.path), models=(f"rcnn={empty}",), device="cpu", out=tmp_path / "out")
+    params = ComparePipelineParams(
+        data=DataSource(path=snapshot.path), models=(f"rcnn={empty}",), device="cpu", out=tmp_path / "out"
+    )
     state = compare_pipeline(params, return_state=True)
     assert state.is_failed()
     with pytest.raises(ValueError, match="holds no best.pt or last.pt"):
         state.result()
     client = mlflow_client()
-    [parent] = [r for r in client.search_runs([client.get_experiment_by_name("cvflow").experiment_id]) if r.data.params.get("out") == str((tmp_path / "out").resolve())]
+    [parent] = [
+        r
+        for r in client.search_runs([client.get_experiment_by_name("cvflow").experiment_id])
+        if r.data.params.get("out") == str((tmp_path / "out").resolve())
+    ]
     assert parent.info.status == "FAILED" and "not-a-run" in parent.data.tags[TAG_FAILURE]
     [child] = _children(client, parent.info.run_id).values()
     assert child.info.status == "FAILED"
@@ -162,7 +215,9 @@ def test_cvflow_compare_input_errors_are_one_line(models, extra, message, snapsh
         raise AssertionError("the flow started although the input was wrong")
 
     monkeypatch.setattr("flows.compare.compare_pipeline", must_not_run)  # the command must catch it first
-    cli = CliRunner().invoke(app, ["compare", "--data", str(snapshot.path), "--out", str(tmp_path), "--models", models, *extra])
+    cli = CliRunner().invoke(
+        app, ["compare", "--data", str(snapshot.path), "--out", str(tmp_path), "--models", models, *extra]
+    )
     assert cli.exit_code == 2, cli.output
     assert message in " ".join(cli.output.split())
     assert cli.output.count("error:") == 1 and "Traceback" not in cli.output

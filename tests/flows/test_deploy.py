@@ -74,7 +74,13 @@ def _serve_module():
 def test_serve_builds_the_nightly_schedule_and_on_demand_deployments(tmp_path):
     serve = _serve_module()
     deployments = serve.deployments(
-        data=tmp_path / "shapes", fmt="snapshot", model="yolov1", registered_model="shapes-detector", cron="30 3 * * *", timezone="Europe/Paris", epochs=5
+        data=tmp_path / "shapes",
+        fmt="snapshot",
+        model="yolov1",
+        registered_model="shapes-detector",
+        cron="30 3 * * *",
+        timezone="Europe/Paris",
+        epochs=5,
     )
     by_name = {d.name: d for d in deployments}
     assert set(by_name) == {"nightly", "train", "evaluate"}
@@ -82,7 +88,9 @@ def test_serve_builds_the_nightly_schedule_and_on_demand_deployments(tmp_path):
     assert schedule.schedule.cron == "30 3 * * *" and schedule.schedule.timezone == "Europe/Paris"
     assert by_name["nightly"].concurrency_limit == 1
     params = by_name["nightly"].parameters["params"]
-    assert params["train"]["config"]["train"]["epochs"] == 5 and params["train"]["registered_model"] == "shapes-detector"
+    assert (
+        params["train"]["config"]["train"]["epochs"] == 5 and params["train"]["registered_model"] == "shapes-detector"
+    )
     assert by_name["evaluate"].parameters["params"]["model"] == "models:/shapes-detector@champion"
     assert not by_name["train"].schedules and not by_name["evaluate"].schedules
     # Only the chosen settings: every other config field stays unset, so the model's registry
@@ -95,7 +103,10 @@ def test_serve_builds_the_nightly_schedule_and_on_demand_deployments(tmp_path):
 
 def test_serve_names_the_registered_model_after_the_snapshot(shapes_detection, tmp_path):
     serve = _serve_module()
-    assert serve.registered_name(shapes_detection.path, fmt="snapshot", model="yolov1") == f"{shapes_detection.name}-yolov1"
+    assert (
+        serve.registered_name(shapes_detection.path, fmt="snapshot", model="yolov1")
+        == f"{shapes_detection.name}-yolov1"
+    )
     # Not there yet (the nightly run may be the first to find data) or a source to ingest: its name.
     assert serve.registered_name(tmp_path / "later", fmt="snapshot", model="yolov1") == "later-yolov1"
     assert serve.registered_name(tmp_path / "train.json", fmt="coco", model="resnet18") == "train-resnet18"
@@ -176,7 +187,9 @@ def test_compose_binds_every_published_port_to_loopback(compose):
     published = []
     for name, service in compose["services"].items():
         for port in service.get("ports", []):
-            host_ip = port.get("host_ip") if isinstance(port, dict) else port.split(":")[0] if port.count(":") == 2 else None
+            host_ip = (
+                port.get("host_ip") if isinstance(port, dict) else port.split(":")[0] if port.count(":") == 2 else None
+            )
             published.append((name, port))
             assert host_ip == "127.0.0.1", f"{name} publishes {port} beyond 127.0.0.1"
     assert {n for n, _ in published} >= {"prefect-server", "mlflow"}
@@ -194,9 +207,15 @@ def test_compose_health_checks_and_start_order(compose):
             assert dependency in services, f"{name} depends on unknown service {dependency}"
             condition = spec["condition"]
             if condition == "service_healthy":
-                assert "healthcheck" in services[dependency], f"{name} waits for {dependency} to be healthy, which has no healthcheck"
+                assert "healthcheck" in services[dependency], (
+                    f"{name} waits for {dependency} to be healthy, which has no healthcheck"
+                )
             else:
-                assert condition == "service_completed_successfully" and dependency in one_shot, (name, dependency, condition)
+                assert condition == "service_completed_successfully" and dependency in one_shot, (
+                    name,
+                    dependency,
+                    condition,
+                )
     needs = {name: set(s.get("depends_on", {})) for name, s in services.items()}
     assert needs["mlflow"] >= {"postgres", "create-bucket"} and needs["prefect-server"] >= {"postgres"}
     assert needs["worker"] >= {"prefect-server", "mlflow", "deploy"} and needs["create-bucket"] >= {"minio"}
@@ -225,7 +244,9 @@ def test_compose_wires_prefect_and_mlflow_to_postgres_and_the_object_store(compo
         assert database in created, f"{url}: database {database} is never created (have {created})"
         return database
 
-    prefect_db = check_database(_env(services["prefect-server"])["PREFECT_API_DATABASE_CONNECTION_URL"], "postgresql+asyncpg")
+    prefect_db = check_database(
+        _env(services["prefect-server"])["PREFECT_API_DATABASE_CONNECTION_URL"], "postgresql+asyncpg"
+    )
     mlflow_args = _command(services["mlflow"])
     mlflow_db = check_database(_flag(mlflow_args, "--backend-store-uri"), "postgresql")
     assert prefect_db != mlflow_db  # both keep an alembic_version table
@@ -233,13 +254,19 @@ def test_compose_wires_prefect_and_mlflow_to_postgres_and_the_object_store(compo
     minio = _env(services["minio"])
     mlflow_env = _env(services["mlflow"])
     assert urlsplit(mlflow_env["MLFLOW_S3_ENDPOINT_URL"])[:2] == ("http", "minio:9000")
-    assert (mlflow_env["AWS_ACCESS_KEY_ID"], mlflow_env["AWS_SECRET_ACCESS_KEY"]) == (minio["MINIO_ROOT_USER"], minio["MINIO_ROOT_PASSWORD"])
+    assert (mlflow_env["AWS_ACCESS_KEY_ID"], mlflow_env["AWS_SECRET_ACCESS_KEY"]) == (
+        minio["MINIO_ROOT_USER"],
+        minio["MINIO_ROOT_PASSWORD"],
+    )
     assert len(minio["MINIO_ROOT_PASSWORD"]) >= 8  # MinIO refuses shorter secrets
     bucket = urlsplit(_flag(mlflow_args, "--artifacts-destination"))
     assert bucket.scheme == "s3" and bucket.netloc
     make_bucket = " ".join(services["create-bucket"]["command"])
     assert "http://minio:9000" in make_bucket and re.search(rf"mc mb\b.*/{bucket.netloc}\b", make_bucket), make_bucket
-    assert _env(services["create-bucket"]).items() >= {k: minio[k] for k in ("MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD")}.items()
+    assert (
+        _env(services["create-bucket"]).items()
+        >= {k: minio[k] for k in ("MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD")}.items()
+    )
     assert "--serve-artifacts" in mlflow_args  # clients upload through the server; only it holds S3 credentials
 
 
@@ -248,7 +275,9 @@ def test_compose_points_the_worker_at_the_servers_it_depends_on(compose):
     prefect_port = _flag(_command(services["prefect-server"]), "--port")
     mlflow_args = _command(services["mlflow"])
     mlflow_port = _flag(mlflow_args, "--port")
-    assert "mlflow:" + mlflow_port in _flag(mlflow_args, "--allowed-hosts").split(",")  # the Host header the worker sends
+    assert "mlflow:" + mlflow_port in _flag(mlflow_args, "--allowed-hosts").split(
+        ","
+    )  # the Host header the worker sends
     for name in ("deploy", "worker"):
         env = _env(services[name])
         assert env["PREFECT_API_URL"] == f"http://prefect-server:{prefect_port}/api", name
@@ -259,7 +288,10 @@ def test_compose_points_the_worker_at_the_servers_it_depends_on(compose):
     pools = {d["work_pool"]["name"] for d in _prefect_yaml()["deployments"]}
     assert pools == {_flag(_command(worker), "--pool")}
     deploy_job = " ".join(services["deploy"]["command"])
-    assert f"work-pool create {pools.pop()}" in deploy_job and "deploy --all --prefect-file deploy/prefect.yaml" in deploy_job
+    assert (
+        f"work-pool create {pools.pop()}" in deploy_job
+        and "deploy --all --prefect-file deploy/prefect.yaml" in deploy_job
+    )
     # The dashboard runs in the browser: it must call the API at the published loopback port.
     [published] = [p for p in services["prefect-server"]["ports"] if p.endswith(":" + prefect_port)]
     host_port = published.split(":")[1]
@@ -293,14 +325,22 @@ def test_servers_and_clients_run_the_same_versions(compose):
     prefect = _arg_default(DEPLOY / "Dockerfile", "PREFECT_VERSION")
     mlflow = _arg_default(DEPLOY / "Dockerfile", "MLFLOW_VERSION")
     assert services["prefect-server"]["image"].startswith(f"prefecthq/prefect:{prefect}-")
-    assert services["mlflow"]["build"]["args"]["MLFLOW_VERSION"] == mlflow == _arg_default(DEPLOY / "mlflow.Dockerfile", "MLFLOW_VERSION")
+    assert (
+        services["mlflow"]["build"]["args"]["MLFLOW_VERSION"]
+        == mlflow
+        == _arg_default(DEPLOY / "mlflow.Dockerfile", "MLFLOW_VERSION")
+    )
     for name in ("deploy", "worker"):
         assert services[name]["build"]["args"] == {"PREFECT_VERSION": prefect, "MLFLOW_VERSION": mlflow}, name
 
 
 def test_env_example_documents_every_compose_variable():
     used = _variables((DEPLOY / "docker-compose.yml").read_text())
-    documented = {line.split("=", 1)[0] for line in (DEPLOY / ".env.example").read_text().splitlines() if "=" in line and not line.startswith("#")}
+    documented = {
+        line.split("=", 1)[0]
+        for line in (DEPLOY / ".env.example").read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    }
     assert used == documented, f"used but undocumented: {used - documented}; documented but unused: {documented - used}"
 
 

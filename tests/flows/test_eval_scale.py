@@ -38,18 +38,28 @@ REPO = Path(__file__).resolve().parents[2]
 def checkpoint(shapes_detection, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("yolo-run")
     config = RunConfig.model_validate(
-        {"data": {"snapshot": str(shapes_detection.path), "img_size": 64}, "model": {"name": "yolov1"}, "train": {"epochs": 1, "batch_size": 8}}
+        {
+            "data": {"snapshot": str(shapes_detection.path), "img_size": 64},
+            "model": {"name": "yolov1"},
+            "train": {"epochs": 1, "batch_size": 8},
+        }
     )
     train_run(config, out)
     return out / "best.pt"
 
 
 def _params(checkpoint: Path, data, **kw) -> EvaluatePipelineParams:
-    return EvaluatePipelineParams(model=str(checkpoint), data=data, split="val", prediction_shards=SHARDS, batch_size=2, **kw)
+    return EvaluatePipelineParams(
+        model=str(checkpoint), data=data, split="val", prediction_shards=SHARDS, batch_size=2, **kw
+    )
 
 
 def _sorted_predictions(result) -> pl.DataFrame:
-    files = sorted(str(p) for p in Path(result.predictions).glob("part-*.parquet")) if not isinstance(result.predictions, str) else None
+    files = (
+        sorted(str(p) for p in Path(result.predictions).glob("part-*.parquet"))
+        if not isinstance(result.predictions, str)
+        else None
+    )
     frame = pl.read_parquet(files) if files else pl.read_parquet(f"{result.predictions}/part-*.parquet")
     return frame.sort(frame.columns)
 
@@ -82,19 +92,35 @@ def test_task_runner_specs_build_the_runners_they_name():
 
     assert isinstance(make_task_runner(ThreadRunner(max_workers=3)), ThreadPoolTaskRunner)
     local = make_task_runner(DaskLocalCluster(n_workers=2))
-    assert isinstance(local, DaskTaskRunner) and local.cluster_kwargs["n_workers"] == 2 and local.cluster_kwargs["processes"]
+    assert (
+        isinstance(local, DaskTaskRunner)
+        and local.cluster_kwargs["n_workers"] == 2
+        and local.cluster_kwargs["processes"]
+    )
     assert make_task_runner(DaskScheduler(address="tcp://10.0.0.1:8786")).address == "tcp://10.0.0.1:8786"
-    params = EvaluatePipelineParams.model_validate({"model": "m", "data": "s3://b/s", "task_runner": {"kind": "dask-local", "n_workers": 3}})
+    params = EvaluatePipelineParams.model_validate(
+        {"model": "m", "data": "s3://b/s", "task_runner": {"kind": "dask-local", "n_workers": 3}}
+    )
     assert params.task_runner == DaskLocalCluster(n_workers=3) and params.data == "s3://b/s"
 
 
-def test_dask_local_cluster_of_two_processes_gives_the_thread_runners_metrics(checkpoint, shapes_detection, reference, tmp_path):
+def test_dask_local_cluster_of_two_processes_gives_the_thread_runners_metrics(
+    checkpoint, shapes_detection, reference, tmp_path
+):
     _needs_dask()
     from distributed import Client, LocalCluster, get_task_stream
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
         workers = set(client.scheduler_info()["workers"])
-        params = _params(checkpoint, str(shapes_detection.path), predictions=str(tmp_path), task_runner=DaskScheduler(address=cluster.scheduler_address))
+        params = _params(
+            checkpoint,
+            str(shapes_detection.path),
+            predictions=str(tmp_path),
+            task_runner=DaskScheduler(address=cluster.scheduler_address),
+        )
         with get_task_stream(client) as stream:
             result = evaluate_pipeline(params)
     assert len(workers) == 2
@@ -105,10 +131,14 @@ def test_dask_local_cluster_of_two_processes_gives_the_thread_runners_metrics(ch
     assert _sorted_predictions(result).equals(_sorted_predictions(reference))
 
 
-def test_the_dask_local_cluster_spec_gives_the_thread_runners_metrics(checkpoint, shapes_detection, reference, tmp_path):
+def test_the_dask_local_cluster_spec_gives_the_thread_runners_metrics(
+    checkpoint, shapes_detection, reference, tmp_path
+):
     """The spec users pick (a temporary cluster the runner starts and stops), not only an existing scheduler."""
     _needs_dask()
-    params = _params(checkpoint, str(shapes_detection.path), predictions=str(tmp_path), task_runner=DaskLocalCluster(n_workers=2))
+    params = _params(
+        checkpoint, str(shapes_detection.path), predictions=str(tmp_path), task_runner=DaskLocalCluster(n_workers=2)
+    )
     result = evaluate_pipeline(params)
     assert result.shards_predicted == tuple(range(SHARDS)) and result.shards_reused == ()
     _assert_same_metrics(result.metrics, reference.metrics)
@@ -138,11 +168,21 @@ def test_a_killed_evaluation_resumes_with_only_the_missing_shards(checkpoint, sh
     from prefect.settings import PREFECT_API_URL
 
     out = tmp_path / "preds"
-    params = _params(checkpoint, str(shapes_detection.path), predictions=str(out), task_runner=ThreadRunner(max_workers=1))
+    params = _params(
+        checkpoint, str(shapes_detection.path), predictions=str(out), task_runner=ThreadRunner(max_workers=1)
+    )
     signal_file = tmp_path / "hanging"
-    script = _KILLED_RUN.format(repo=str(REPO), hang_at=4, signal=str(signal_file), params=params.model_dump_json())  # 8 images / 4 shards
+    script = _KILLED_RUN.format(
+        repo=str(REPO), hang_at=4, signal=str(signal_file), params=params.model_dump_json()
+    )  # 8 images / 4 shards
     env = os.environ | {"PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)], env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 240
         while not signal_file.exists():
@@ -161,7 +201,9 @@ def test_a_killed_evaluation_resumes_with_only_the_missing_shards(checkpoint, sh
 
     result = evaluate_pipeline(params)
     assert result.shards_reused == (0, 1) and result.shards_predicted == (2, 3)
-    assert sorted(p.name for p in out.iterdir()) == [f"part-0000{i}.parquet" for i in range(SHARDS)]  # the orphan is gone
+    assert sorted(p.name for p in out.iterdir()) == [
+        f"part-0000{i}.parquet" for i in range(SHARDS)
+    ]  # the orphan is gone
     assert {p: (out / p).stat().st_mtime_ns for p in before} == before  # the finished shards were not rewritten
     _assert_same_metrics(result.metrics, reference.metrics)
     assert _sorted_predictions(result).equals(_sorted_predictions(reference))
@@ -172,9 +214,15 @@ def test_shards_of_another_sharding_are_replaced_not_reused(checkpoint, shapes_d
 
     for p in Path(reference.predictions).glob("part-*.parquet"):
         shutil.copy(p, tmp_path / p.name)  # complete shards, but of a 4-shard split
-    result = evaluate_pipeline(_params(checkpoint, str(shapes_detection.path), predictions=str(tmp_path)).model_copy(update={"prediction_shards": 3}))
+    result = evaluate_pipeline(
+        _params(checkpoint, str(shapes_detection.path), predictions=str(tmp_path)).model_copy(
+            update={"prediction_shards": 3}
+        )
+    )
     assert result.shards_predicted == (0, 1, 2) and result.shards_reused == ()
-    assert sorted(p.name for p in tmp_path.glob("part-*.parquet")) == [f"part-0000{i}.parquet" for i in range(3)]  # the 4th is gone
+    assert sorted(p.name for p in tmp_path.glob("part-*.parquet")) == [
+        f"part-0000{i}.parquet" for i in range(3)
+    ]  # the 4th is gone
     _assert_same_metrics(result.metrics, reference.metrics)
 
 
@@ -186,9 +234,16 @@ def test_a_folder_of_another_models_predictions_is_refused_by_the_flow_and_kept(
     other = ShardKey("c" * 64, shapes_detection.digest, "val", shard=1, num_shards=2, task="detection")
     theirs = write_shard([empty_batch("detection")], tmp_path, key=other, num_images=0)
     before = Path(theirs.uri).read_bytes()
-    with pytest.raises(ValueError, match=rf"predictions folder {tmp_path} holds another evaluation's predictions \(part-00001\.parquet: checkpoint c{{12}}, "):
-        evaluate_pipeline(_params(checkpoint, str(shapes_detection.path), predictions=str(tmp_path)))  # as a run from the dashboard
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["part-00001.parquet"] and Path(theirs.uri).read_bytes() == before
+    with pytest.raises(
+        ValueError,
+        match=rf"predictions folder {tmp_path} holds another evaluation's predictions \(part-00001\.parquet: checkpoint c{{12}}, ",
+    ):
+        evaluate_pipeline(
+            _params(checkpoint, str(shapes_detection.path), predictions=str(tmp_path))
+        )  # as a run from the dashboard
+    assert (
+        sorted(p.name for p in tmp_path.iterdir()) == ["part-00001.parquet"] and Path(theirs.uri).read_bytes() == before
+    )
 
 
 @pytest.fixture
@@ -231,7 +286,9 @@ def test_snapshot_predictions_and_mlflow_artifacts_on_an_object_store(checkpoint
     assert _sorted_predictions(result).equals(_sorted_predictions(reference))
     run = MlflowClient().get_run(result.run_id)
     assert run.info.artifact_uri.startswith(f"{s3}/mlartifacts/")
-    assert {a.path for a in MlflowClient().list_artifacts(result.run_id, "plots/val")} >= {"plots/val/pr_curves.png"}  # read back from S3
+    assert {a.path for a in MlflowClient().list_artifacts(result.run_id, "plots/val")} >= {
+        "plots/val/pr_curves.png"
+    }  # read back from S3
     assert run.data.tags["cvflow.snapshot"] == f"{s3}/snapshots/shapes"
 
     again = evaluate_pipeline(params)  # every shard is complete: nothing is predicted again

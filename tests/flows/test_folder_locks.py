@@ -39,14 +39,22 @@ def checkpoint(tmp_path):
 
 def test_an_evaluation_into_a_predictions_folder_in_use_fails_at_once(env, checkpoint, shapes_classification, tmp_path):
     preds = tmp_path / "preds"
-    params = EvaluatePipelineParams(model=str(checkpoint), data=DataSource(path=shapes_classification.path), split="val", predictions=str(preds))
-    with folder_lock(preds, what="evaluation", lock_file=sibling_lock_file(preds)):  # another evaluation, writing there now
-        with pytest.raises(FolderInUse, match=f"{preds} is in use by another run .*one evaluation per folder at a time"):
+    params = EvaluatePipelineParams(
+        model=str(checkpoint), data=DataSource(path=shapes_classification.path), split="val", predictions=str(preds)
+    )
+    with folder_lock(
+        preds, what="evaluation", lock_file=sibling_lock_file(preds)
+    ):  # another evaluation, writing there now
+        with pytest.raises(
+            FolderInUse, match=f"{preds} is in use by another run .*one evaluation per folder at a time"
+        ):
             evaluate_pipeline(params)
     assert not list(preds.iterdir())  # nothing predicted into the other run's folder
     [run] = MlflowClient().search_runs([e.experiment_id for e in MlflowClient().search_experiments()])
     assert run.info.status == "FAILED" and "is in use" in run.data.tags["cvflow.failure"]
 
     result = evaluate_pipeline(params)  # once it is free, the same evaluation runs
-    assert sorted(p.name for p in preds.iterdir()) == ["part-00000.parquet"]  # the lock file is beside the folder, not in it
+    assert sorted(p.name for p in preds.iterdir()) == [
+        "part-00000.parquet"
+    ]  # the lock file is beside the folder, not in it
     assert str(result.predictions) == str(preds)

@@ -14,7 +14,9 @@ from flows.train import train_pipeline
 
 
 def _config_schema() -> dict:
-    return parameter_schema(train_pipeline.fn).model_dump()["definitions"]["TrainPipelineParams"]["properties"]["config"]
+    return parameter_schema(train_pipeline.fn).model_dump()["definitions"]["TrainPipelineParams"]["properties"][
+        "config"
+    ]
 
 
 def test_the_run_form_starts_blank_so_model_defaults_apply():
@@ -34,8 +36,17 @@ def test_the_form_says_what_each_model_puts_in_a_blank_field():
 
 
 def test_a_form_with_blank_fields_leaves_them_to_the_model(shapes_classification):
-    sent = {"data": {"path": "x"}, "config": {"model": {"name": "resnet18", "pretrained": None}, "data": {"img_size": None}, "train": {"epochs": 3, "lr": None}}}
-    jsonschema.validate({"params": sent}, parameter_schema(train_pipeline.fn).model_dump())  # what Prefect's server checks
+    sent = {
+        "data": {"path": "x"},
+        "config": {
+            "model": {"name": "resnet18", "pretrained": None},
+            "data": {"img_size": None},
+            "train": {"epochs": 3, "lr": None},
+        },
+    }
+    jsonschema.validate(
+        {"params": sent}, parameter_schema(train_pipeline.fn).model_dump()
+    )  # what Prefect's server checks
     params = TrainPipelineParams.model_validate(sent)
     resolved = resolve_run_config(params.config, snapshot=shapes_classification)
     defaults = model_spec("resnet18").defaults
@@ -58,15 +69,22 @@ def test_a_run_config_object_keeps_what_was_set():
 def test_bakeoff_overrides_are_partial_run_configs():
     from flows.params import ComparePipelineParams
 
-    params = ComparePipelineParams.model_validate({"data": {"path": "x"}, "overrides": {"rcnn": {"train": {"lr": 0.01}}}})
+    params = ComparePipelineParams.model_validate(
+        {"data": {"path": "x"}, "overrides": {"rcnn": {"train": {"lr": 0.01}}}}
+    )
     assert params.overrides["rcnn"].settings() == {"train": {"lr": 0.01}}
     with pytest.raises(ValueError, match="rcnn.train.learning_rate"):
-        ComparePipelineParams.model_validate({"data": {"path": "x"}, "overrides": {"rcnn": {"train": {"learning_rate": 0.01}}}})
+        ComparePipelineParams.model_validate(
+            {"data": {"path": "x"}, "overrides": {"rcnn": {"train": {"learning_rate": 0.01}}}}
+        )
 
 
 def test_train_data_may_be_a_snapshot_uri_kept_as_given(shapes_classification, tmp_path):
     from flows.train import load_data
 
-    assert TrainPipelineParams.model_validate({"data": "s3://bucket/snapshots/shapes"}).data == "s3://bucket/snapshots/shapes"
+    assert (
+        TrainPipelineParams.model_validate({"data": "s3://bucket/snapshots/shapes"}).data
+        == "s3://bucket/snapshots/shapes"
+    )
     ref = load_data(str(shapes_classification.path), home=tmp_path)  # a plain folder given as a string
     assert ref.path == shapes_classification.path and ref.uri is None

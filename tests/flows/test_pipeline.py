@@ -97,15 +97,36 @@ def test_detection_pipeline_writes_predictions_and_fills_mlflow(detector_run, sh
     # the logged config is the resolved one, and says where each value came from
     from cvcore.models import model_spec
 
-    assert run.data.params["train.lr"] == str(model_spec("yolov1").defaults.train.lr) and run.data.params["train.momentum"] == "0.9"
+    assert (
+        run.data.params["train.lr"] == str(model_spec("yolov1").defaults.train.lr)
+        and run.data.params["train.momentum"] == "0.9"
+    )
     origin = mlflow.artifacts.load_dict(f"runs:/{result.run_id}/config_sources.json")
-    assert (origin["train.epochs"], origin["train.lr"], origin["train.momentum"], origin["model.num_classes"]) == ("user", "model", "cvflow", "data")
+    assert (origin["train.epochs"], origin["train.lr"], origin["train.momentum"], origin["model.num_classes"]) == (
+        "user",
+        "model",
+        "cvflow",
+        "data",
+    )
     assert run.data.tags["cvflow.dataset_digest"] == shapes_detection.digest
     assert run.data.tags["cvflow.flow_run_id"] == str(state.state_details.flow_run_id)
     assert run.data.tags["cvflow.code_version"]
     # per-epoch (step = epoch) and final metrics: the twelve COCO numbers and per-class AP
     assert [m.step for m in client.get_metric_history(result.run_id, "train/loss")] == [1]
-    coco = ["map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_1", "mar_10", "mar_100", "mar_small", "mar_medium", "mar_large"]
+    coco = [
+        "map",
+        "map_50",
+        "map_75",
+        "map_small",
+        "map_medium",
+        "map_large",
+        "mar_1",
+        "mar_10",
+        "mar_100",
+        "mar_small",
+        "mar_medium",
+        "mar_large",
+    ]
     assert all(f"final/val/{k}" in run.data.metrics for k in coco)
     assert any(k.startswith("final/val/ap/") for k in run.data.metrics)
     # the dataset as an MLflow input with the snapshot's digest
@@ -114,7 +135,12 @@ def test_detection_pipeline_writes_predictions_and_fills_mlflow(detector_run, sh
     assert all(i.dataset.digest == shapes_detection.digest[:16] for i in inputs)
     # artifacts: augmentation preview, training history, evaluation tables, plots
     artifacts = _artifact_paths(client, result.run_id)
-    for expected in ("augment/augment_preview.png", "training/history.parquet", "eval/val/per_class.parquet", "eval/val/pr_curve.parquet"):
+    for expected in (
+        "augment/augment_preview.png",
+        "training/history.parquet",
+        "eval/val/per_class.parquet",
+        "eval/val/pr_curve.parquet",
+    ):
         assert expected in artifacts, sorted(artifacts)
     assert any(a.startswith("plots/val/") and a.endswith(".png") for a in artifacts), sorted(artifacts)
 
@@ -129,7 +155,9 @@ def test_detection_pipeline_writes_predictions_and_fills_mlflow(detector_run, sh
 
 def test_evaluate_pipeline_on_champion_reproduces_logged_metrics(detector_run, shapes_detection):
     _, trained = detector_run
-    params = EvaluatePipelineParams(model=f"models:/{DETECTOR}@champion", data=DataSource(path=shapes_detection.path), split="val")
+    params = EvaluatePipelineParams(
+        model=f"models:/{DETECTOR}@champion", data=DataSource(path=shapes_detection.path), split="val"
+    )
     state = evaluate_pipeline(params, return_state=True)
     assert state.is_completed(), state.message
     result = state.result()
@@ -143,7 +171,11 @@ def test_evaluate_pipeline_on_champion_reproduces_logged_metrics(detector_run, s
 def test_first_nightly_makes_the_classifier_champion(env, classifier_first_night, shapes_classification):
     _, state, decision = classifier_first_night
     assert state.is_completed(), state.message
-    assert decision.promoted and decision.champion_before is None and decision.champion_after == decision.challenger.version
+    assert (
+        decision.promoted
+        and decision.champion_before is None
+        and decision.champion_after == decision.challenger.version
+    )
     # classification predictions: exactly one row per evaluated image
     run = MlflowClient().get_run(decision.challenger.run_id)
     preds = pl.read_parquet(sorted((env / "predictions" / run.info.run_id / "val").glob("*.parquet")))
@@ -158,7 +190,10 @@ def test_nightly_with_a_worse_model_keeps_the_champion_and_says_why(classifier_f
     params, _, first = classifier_first_night
     # model_validate, not model_copy(update=): the config must be validated into the params' partial config type.
     worse = type(params.train).model_validate(
-        {**params.train.model_dump(), "config": _config(model={"name": "resnet18"}, train={"epochs": 1, "batch_size": 16, "lr": 1e-7})}
+        {
+            **params.train.model_dump(),
+            "config": _config(model={"name": "resnet18"}, train={"epochs": 1, "batch_size": 16, "lr": 1e-7}),
+        }
     )
     state = nightly_retrain(params.model_copy(update={"train": worse}), return_state=True)
     assert state.is_completed(), state.message
@@ -174,7 +209,9 @@ def test_nightly_with_a_worse_model_keeps_the_champion_and_says_why(classifier_f
     assert "kept champion" in tags[TAG_REASON] and "interval" in tags[TAG_REASON]
 
 
-def test_corrupt_checkpoint_fails_the_flow_and_the_mlflow_run_without_partial_parquet(env, detector_run, shapes_detection, tmp_path):
+def test_corrupt_checkpoint_fails_the_flow_and_the_mlflow_run_without_partial_parquet(
+    env, detector_run, shapes_detection, tmp_path
+):
     # A checkpoint cut short, as a crashed copy leaves it.
     good = detector_run[1].checkpoint.read_bytes()
     corrupt = tmp_path / "corrupt.pt"
@@ -185,11 +222,14 @@ def test_corrupt_checkpoint_fails_the_flow_and_the_mlflow_run_without_partial_pa
     assert "corrupt.pt" in state.message and "checkpoint" in state.message
     client = MlflowClient()
     [run] = client.search_runs(
-        [e.experiment_id for e in client.search_experiments()], filter_string=f"tags.`cvflow.evaluated_model` = '{corrupt}'"
+        [e.experiment_id for e in client.search_experiments()],
+        filter_string=f"tags.`cvflow.evaluated_model` = '{corrupt}'",
     )
     assert run.info.status == "FAILED"
     assert "corrupt.pt" in run.data.tags["cvflow.failure"]
-    written = [p for p in (env / "predictions").rglob("*") if p.is_file() and p.stat().st_mtime >= run.info.start_time / 1000]
+    written = [
+        p for p in (env / "predictions").rglob("*") if p.is_file() and p.stat().st_mtime >= run.info.start_time / 1000
+    ]
     assert not written  # no prediction file, not even a temporary one, since the run started
 
 
@@ -198,7 +238,6 @@ def _artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) 
     for item in client.list_artifacts(run_id, path):
         out |= _artifact_paths(client, run_id, item.path) if item.is_dir else {item.path}
     return out
-
 
 
 def test_ingest_is_cached_on_the_source_fingerprint(env, tmp_path):
@@ -212,7 +251,9 @@ def test_ingest_is_cached_on_the_source_fingerprint(env, tmp_path):
         for cls in ("dark", "light"):
             (source / split / cls).mkdir(parents=True)
             for i in range(n):
-                Image.new("RGB", (16, 16), (20 * i, 0, 0) if cls == "dark" else (255, 255, 200 + i)).save(source / split / cls / f"{i}.png")
+                Image.new("RGB", (16, 16), (20 * i, 0, 0) if cls == "dark" else (255, 255, 200 + i)).save(
+                    source / split / cls / f"{i}.png"
+                )
 
     @flow
     def ingest_twice(source):

@@ -25,7 +25,9 @@ def _yolo_checkpoint(path, snapshot, *, nms_iou: float):
     """A yolov1 checkpoint (fixed random weights, 64 px) whose run config sets eval.nms_iou."""
     torch.manual_seed(0)
     model = build_model("yolov1", num_classes=snapshot.num_classes, img_size=64)
-    config = RunConfig.model_validate({"data": {"img_size": 64}, "model": {"name": "yolov1"}, "eval": {"nms_iou": nms_iou}})
+    config = RunConfig.model_validate(
+        {"data": {"img_size": 64}, "model": {"name": "yolov1"}, "eval": {"nms_iou": nms_iou}}
+    )
     meta = {
         "model_name": "yolov1", "task": "detection", "num_classes": snapshot.num_classes, "class_names": snapshot.class_names,
         "img_size": 64, "options": {}, "config": config.model_dump(mode="json"),
@@ -36,12 +38,30 @@ def _yolo_checkpoint(path, snapshot, *, nms_iou: float):
 def _pipeline_predictions(checkpoint, snapshot, out_dir) -> pl.DataFrame:
     ref = snapshot_ref(snapshot)
     with disable_run_logger():
-        done = predict_shard.fn(checkpoint, ref, "val", out_dir=out_dir, checkpoint_sha256=file_sha256(checkpoint), device="cpu")
+        done = predict_shard.fn(
+            checkpoint, ref, "val", out_dir=out_dir, checkpoint_sha256=file_sha256(checkpoint), device="cpu"
+        )
     return pl.read_parquet(list(done.files)).sort(SORT)
 
 
 def _cli_predictions(checkpoint, snapshot, out) -> pl.DataFrame:
-    result = runner.invoke(app, ["predict", "--model", str(checkpoint), "--data", str(snapshot.path), "--split", "val", "--out", str(out), "--quiet", "--device", "cpu"])
+    result = runner.invoke(
+        app,
+        [
+            "predict",
+            "--model",
+            str(checkpoint),
+            "--data",
+            str(snapshot.path),
+            "--split",
+            "val",
+            "--out",
+            str(out),
+            "--quiet",
+            "--device",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 0, result.output
     return pl.read_parquet(out).sort(SORT)
 
@@ -70,7 +90,23 @@ def test_cvflow_predict_reports_an_unreadable_image_and_records_it_in_the_file(s
     snapshot.image_path(bad["file_name"]).write_bytes(b"")  # a zero-byte file, as an interrupted copy leaves
     ckpt = _yolo_checkpoint(tmp_path / "run" / "best.pt", snapshot, nms_iou=0.5)
     out = tmp_path / "preds.parquet"
-    result = runner.invoke(app, ["predict", "--model", str(ckpt), "--data", str(snapshot.path), "--split", "val", "--out", str(out), "--quiet", "--device", "cpu"])
+    result = runner.invoke(
+        app,
+        [
+            "predict",
+            "--model",
+            str(ckpt),
+            "--data",
+            str(snapshot.path),
+            "--split",
+            "val",
+            "--out",
+            str(out),
+            "--quiet",
+            "--device",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
     assert "warning: 1 image(s) could not be read and have no prediction" in text and bad["file_name"] in text

@@ -46,7 +46,21 @@ def test_two_processes_train_register_and_predict_in_one(shapes_classification, 
     assert [r.data.params["world_size"] for r in runs] == ["2"] and runs[0].data.params["train.devices"] == "2"
     # The checkpoint is a plain model's: `cvflow predict` loads it in this one process.
     preds = tmp_path / "preds.parquet"
-    predicted = runner.invoke(app, ["predict", "--model", str(out), "--data", str(shapes_classification.path), "--split", "val", "--out", str(preds), "--quiet"])
+    predicted = runner.invoke(
+        app,
+        [
+            "predict",
+            "--model",
+            str(out),
+            "--data",
+            str(shapes_classification.path),
+            "--split",
+            "val",
+            "--out",
+            str(preds),
+            "--quiet",
+        ],
+    )
     assert predicted.exit_code == 0, predicted.output
     df = schema.validate(pl.read_parquet(preds), "classifications")
     assert df.height == shapes_classification.split_images("val").height
@@ -89,7 +103,11 @@ def test_a_killed_rank_fails_the_run_with_its_cause_and_resume_finishes_it(shape
     assert "at" in killed, result.output
     assert result.exit_code == 1
     text = _text(result)
-    assert "error: rank" in text and f"of 2 failed (pid {killed['pid']}," in text and ("SIGKILL" in text or "Signal 9" in text), text
+    assert (
+        "error: rank" in text
+        and f"of 2 failed (pid {killed['pid']}," in text
+        and ("SIGKILL" in text or "Signal 9" in text)
+    ), text
     assert ended - killed["at"] < 60
     assert not _ranks()  # no rank left behind
     done = json.loads((out / "metrics.json").read_text())["epochs_run"]

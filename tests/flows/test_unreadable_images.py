@@ -46,7 +46,9 @@ def trained(env, broken):
     snap, _ = broken
     params = TrainPipelineParams(
         data=DataSource(path=snap.path),
-        config=RunConfig.model_validate({"data": {"img_size": 16}, "model": {"name": "resnet18"}, "train": {"epochs": 1, "batch_size": 16}}),
+        config=RunConfig.model_validate(
+            {"data": {"img_size": 16}, "model": {"name": "resnet18"}, "train": {"epochs": 1, "batch_size": 16}}
+        ),
         registered_model="broken-classifier",
         eval_splits=("val",),
         preview_images=0,
@@ -88,10 +90,19 @@ def test_the_train_pipeline_reports_and_leaves_out_an_unreadable_val_image(train
 def test_evaluate_reports_it_too_and_gives_the_pipelines_numbers(trained, broken, env):
     _, result = trained
     snap, bad = broken
-    state = evaluate_pipeline(EvaluatePipelineParams(model=str(result.checkpoint), data=DataSource(path=snap.path), split="val"), return_state=True)
+    state = evaluate_pipeline(
+        EvaluatePipelineParams(model=str(result.checkpoint), data=DataSource(path=snap.path), split="val"),
+        return_state=True,
+    )
     assert state.is_completed(), state.message
     evaluated = state.result()
-    _check_reported(MlflowClient(), evaluated.run_id, env / "evaluations" / evaluated.run_id / "val", bad, snap.split_images("val").height)
+    _check_reported(
+        MlflowClient(),
+        evaluated.run_id,
+        env / "evaluations" / evaluated.run_id / "val",
+        bad,
+        snap.split_images("val").height,
+    )
     for key, value in evaluated.metrics.items():
         expected = result.metrics["val"][key]
         assert (math.isnan(value) and math.isnan(expected)) or value == pytest.approx(expected, abs=1e-9), key

@@ -35,8 +35,19 @@ def servers(tmp_path_factory) -> Iterator[Servers]:
                     env=clean_env(PREFECT_HOME=str(root / "prefect-home")))
         )  # fmt: skip
         mlflow = stack.enter_context(
-            started("mlflow server", mlflow_cmd, url=f"http://{LOOPBACK}:{mlflow_port}", log=root / "mlflow.log", env=mlflow_env)
+            started(
+                "mlflow server",
+                mlflow_cmd,
+                url=f"http://{LOOPBACK}:{mlflow_port}",
+                log=root / "mlflow.log",
+                env=mlflow_env,
+            )
         )
-        wait_until(lambda: answers(prefect.url + "/api/health"), server=prefect, timeout=150, what="GET /api/health answers 200")
+        wait_until(
+            lambda: answers(prefect.url + "/api/health"),
+            server=prefect,
+            timeout=150,
+            what="GET /api/health answers 200",
+        )
         wait_until(lambda: answers(mlflow.url + "/health"), server=mlflow, timeout=150, what="GET /health answers 200")
         yield Servers(prefect=prefect, mlflow=mlflow, artifacts=artifacts)

@@ -91,14 +91,20 @@ def wait_until(ready: Callable[[], bool], *, server: Server, timeout: float, wha
     while not ready():
         code = server.process.poll()
         if code is not None:
-            raise RuntimeError(f"{server.describe()} exited with code {code} before {what}; log {server.log}:\n{server.log_tail()}")
+            raise RuntimeError(
+                f"{server.describe()} exited with code {code} before {what}; log {server.log}:\n{server.log_tail()}"
+            )
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{server.describe()} did not reach '{what}' within {timeout:.0f} s; log {server.log}:\n{server.log_tail()}")
+            raise TimeoutError(
+                f"{server.describe()} did not reach '{what}' within {timeout:.0f} s; log {server.log}:\n{server.log_tail()}"
+            )
         time.sleep(interval)
 
 
 @contextlib.contextmanager
-def started(name: str, command: list[str], *, url: str, log: Path, env: Mapping[str, str], cwd: Path | None = None) -> Iterator[Server]:
+def started(
+    name: str, command: list[str], *, url: str, log: Path, env: Mapping[str, str], cwd: Path | None = None
+) -> Iterator[Server]:
     """Run ``command`` (with exactly the environment ``env``) until the block ends.
 
     Output goes to ``log``. On leaving, normally or not, the process, its process group and every
@@ -108,7 +114,13 @@ def started(name: str, command: list[str], *, url: str, log: Path, env: Mapping[
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as out:
         process = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=dict(env), cwd=cwd, start_new_session=True
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=dict(env),
+            cwd=cwd,
+            start_new_session=True,
         )
     try:
         yield Server(name=name, url=url, process=process, log=log)

@@ -46,7 +46,9 @@ def _merge(base: dict[str, Any], edits: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def test_a_dashboard_run_of_the_served_train_pipeline_lands_in_mlflow(servers: Servers, shapes_classification, tmp_path):
+def test_a_dashboard_run_of_the_served_train_pipeline_lands_in_mlflow(
+    servers: Servers, shapes_classification, tmp_path
+):
     api, snapshot = servers.prefect_api, shapes_classification
     home = tmp_path / "cvflow-home"
     env = clean_env(
@@ -60,14 +62,23 @@ def test_a_dashboard_run_of_the_served_train_pipeline_lands_in_mlflow(servers: S
         sys.executable, "deploy/serve.py", "--data", str(snapshot.path), "--model", "resnet18", "--epochs", "1",
         "--registered-model", REGISTERED, "--timezone", "Europe/Paris",
     ]  # fmt: skip
-    with started("deploy/serve.py", command, url=servers.prefect.url, log=tmp_path / "serve.log", env=env, cwd=ROOT) as serve:
+    with started(
+        "deploy/serve.py", command, url=servers.prefect.url, log=tmp_path / "serve.log", env=env, cwd=ROOT
+    ) as serve:
         # serve registers its deployments (nightly, train, evaluate, ...) in order, then polls for runs.
         wait_until(
-            lambda: answers(f"{api}/deployments/name/evaluate-pipeline/evaluate"), server=serve, timeout=120, what="deployments registered"
+            lambda: answers(f"{api}/deployments/name/evaluate-pipeline/evaluate"),
+            server=serve,
+            timeout=120,
+            what="deployments registered",
         )
         nightly = _deployment(api, "nightly-retrain/nightly")
         [schedule] = nightly["schedules"]
-        assert (schedule["schedule"]["cron"], schedule["schedule"]["timezone"], schedule["active"]) == ("0 2 * * *", "Europe/Paris", True)
+        assert (schedule["schedule"]["cron"], schedule["schedule"]["timezone"], schedule["active"]) == (
+            "0 2 * * *",
+            "Europe/Paris",
+            True,
+        )
         assert nightly["global_concurrency_limit"]["limit"] == 1
         evaluate = _deployment(api, "evaluate-pipeline/evaluate")
         assert evaluate["parameters"]["params"]["model"] == f"models:/{REGISTERED}@champion"
@@ -78,7 +89,9 @@ def test_a_dashboard_run_of_the_served_train_pipeline_lands_in_mlflow(servers: S
         assert defaults["config"] == {"model": {"name": "resnet18"}, "train": {"epochs": 1}}, defaults
         assert "params" in deployment["parameter_openapi_schema"]["properties"]  # the dashboard's run form
         # The dashboard's "Custom run": the form starts from the deployment's defaults; edit three fields.
-        params = _merge(defaults, {"config": {"train": {"batch_size": 16}}, "eval_splits": ["val"], "preview_images": 2})
+        params = _merge(
+            defaults, {"config": {"train": {"batch_size": 16}}, "eval_splits": ["val"], "preview_images": 2}
+        )
         from prefect.deployments import run_deployment
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -93,14 +106,17 @@ def test_a_dashboard_run_of_the_served_train_pipeline_lands_in_mlflow(servers: S
     mlflow = MlflowRest(servers.mlflow.url)
     experiment = mlflow.get("experiments/get-by-name", experiment_name="cvflow")["experiment"]
     found = mlflow.post(
-        "runs/search", {"experiment_ids": [experiment["experiment_id"]], "filter": f"tags.`cvflow.flow_run_id` = '{flow_run_id}'"}
+        "runs/search",
+        {"experiment_ids": [experiment["experiment_id"]], "filter": f"tags.`cvflow.flow_run_id` = '{flow_run_id}'"},
     )
     [run] = found["runs"]  # exactly one MLflow run, linked to the Prefect flow run by tag
     run_id, data = run["info"]["run_id"], run["data"]
     assert run["info"]["status"] == "FINISHED"
     params_logged = {p["key"]: p["value"] for p in data["params"]}
     assert params_logged["model.name"] == "resnet18" and params_logged["train.epochs"] == "1"
-    assert params_logged["train.batch_size"] == "16" and params_logged["data.img_size"] == "32"  # edited / registry default
+    assert (
+        params_logged["train.batch_size"] == "16" and params_logged["data.img_size"] == "32"
+    )  # edited / registry default
     metrics = {m["key"]: m["value"] for m in data["metrics"]}
     for key in ("final/val/accuracy", "final/val/macro_f1"):
         assert 0.0 <= metrics[key] <= 1.0, (key, metrics.get(key))
@@ -111,7 +127,9 @@ def test_a_dashboard_run_of_the_served_train_pipeline_lands_in_mlflow(servers: S
     assert {"plots", "config.json", "training", "eval"} <= top, top
     pngs = sorted(p for p in mlflow.artifact_paths(run_id, "plots/val") if p.endswith(".png"))
     assert pngs, mlflow.artifact_paths(run_id, "plots/val")
-    image = httpx.get(f"{servers.mlflow.url}/get-artifact", params={"path": pngs[0], "run_uuid": run_id}, timeout=30)  # the UI's viewer
+    image = httpx.get(
+        f"{servers.mlflow.url}/get-artifact", params={"path": pngs[0], "run_uuid": run_id}, timeout=30
+    )  # the UI's viewer
     assert image.status_code == 200 and image.content.startswith(b"\x89PNG"), (image.status_code, image.content[:80])
     # Uploaded through the server's artifact proxy into its --artifacts-destination, not into the
     # client's CVFLOW_HOME (which only a worker on this machine could see).
@@ -129,9 +147,13 @@ def test_a_dashboard_run_of_the_served_train_pipeline_lands_in_mlflow(servers: S
     info = logged["info"]
     assert (info["source_run_id"], info["name"], info["status"]) == (run_id, "model", "LOGGED_MODEL_READY"), info
     mlmodel = httpx.get(
-        f"{mlflow.url}/ajax-api/2.0/mlflow/logged-models/{info['model_id']}/artifacts/files", params={"artifact_file_path": "MLmodel"}, timeout=30
+        f"{mlflow.url}/ajax-api/2.0/mlflow/logged-models/{info['model_id']}/artifacts/files",
+        params={"artifact_file_path": "MLmodel"},
+        timeout=30,
     )  # the UI's model page reads the MLmodel file (flavor, signature) this way
-    assert mlmodel.status_code == 200 and b"python_function" in mlmodel.content and b"signature" in mlmodel.content, mlmodel.text[:300]
+    assert mlmodel.status_code == 200 and b"python_function" in mlmodel.content and b"signature" in mlmodel.content, (
+        mlmodel.text[:300]
+    )
 
 
 def test_prefect_yaml_deploys_to_the_server_as_the_readme_says(servers: Servers, tmp_path):
@@ -143,12 +165,20 @@ def test_prefect_yaml_deploys_to_the_server_as_the_readme_says(servers: Servers,
     ]
     for command in steps:
         done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
-        assert done.returncode == 0, f"{' '.join(command[1:])} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        assert done.returncode == 0, (
+            f"{' '.join(command[1:])} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        )
 
     nightly = _deployment(api, "nightly-retrain/nightly")
-    assert nightly["work_pool_name"] == "cvflow" and nightly["global_concurrency_limit"]["limit"] == 1  # one nightly at a time
+    assert (
+        nightly["work_pool_name"] == "cvflow" and nightly["global_concurrency_limit"]["limit"] == 1
+    )  # one nightly at a time
     [schedule] = nightly["schedules"]
-    assert (schedule["schedule"]["cron"], schedule["schedule"]["timezone"], schedule["active"]) == ("0 2 * * *", "UTC", True)
+    assert (schedule["schedule"]["cron"], schedule["schedule"]["timezone"], schedule["active"]) == (
+        "0 2 * * *",
+        "UTC",
+        True,
+    )
     # Without a pull step in the file, workers run the code from where `prefect deploy` ran.
     assert nightly["pull_steps"] == [{"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}]
     for name in ("train-pipeline/train", "evaluate-pipeline/evaluate"):
@@ -167,7 +197,11 @@ def test_cvflow_ui_starts_the_mlflow_ui_on_loopback_beside_a_running_dashboard(s
         wait_until(lambda: answers(ui.url + "/health"), server=ui, timeout=150, what="the MLflow UI answers")
         experiments = httpx.get(f"{ui.url}/api/2.0/mlflow/experiments/search", params={"max_results": 5}, timeout=30)
         assert experiments.status_code == 200 and experiments.json()["experiments"][0]["name"] == "Default"
-        listening = {c.laddr.ip for c in psutil.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+        listening = {
+            c.laddr.ip
+            for c in psutil.net_connections(kind="tcp")
+            if c.status == psutil.CONN_LISTEN and c.laddr.port == port
+        }
         assert listening == {LOOPBACK}, listening
         # cvflow reports the URL after its own health poll (every 0.5 s), which may come after ours.
         ready = f"MLflow UI: http://{LOOPBACK}:{port}"

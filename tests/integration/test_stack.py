@@ -74,7 +74,12 @@ class Stack:
     def run(self, command: str, timeout: float) -> subprocess.CompletedProcess:
         # --env-file: no settings from a developer's deploy/.env; the environment has them all.
         return subprocess.run(
-            [*STACK, command, "--env-file", os.devnull], env=self.env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
+            [*STACK, command, "--env-file", os.devnull],
+            env=self.env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
 
     def logs(self, service: str, lines: int = 40) -> str:
@@ -84,7 +89,9 @@ class Stack:
         import psycopg
 
         password = (self.folder / "postgres.password").read_text().strip()
-        return psycopg.connect(host=LOOPBACK, port=self.postgres_port, user="cvflow", password=password, dbname=name, connect_timeout=10)
+        return psycopg.connect(
+            host=LOOPBACK, port=self.postgres_port, user="cvflow", password=password, dbname=name, connect_timeout=10
+        )
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +146,11 @@ def colour_folder(tmp_path_factory) -> Path:
 
 
 def _listening(port: int) -> set[str]:
-    return {c.laddr.ip for c in psutil.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+    return {
+        c.laddr.ip
+        for c in psutil.net_connections(kind="tcp")
+        if c.status == psutil.CONN_LISTEN and c.laddr.port == port
+    }
 
 
 def _pids(stack: Stack) -> dict[str, int]:
@@ -149,9 +160,18 @@ def _pids(stack: Stack) -> dict[str, int]:
 def test_make_stack_serves_everything_on_loopback_with_the_deployments_and_a_worker(stack: Stack):
     status = stack.run("status", timeout=60)
     assert status.returncode == 0, status.stderr
-    for port in (stack.postgres_port, int(stack.prefect_url.rsplit(":", 1)[1]), int(stack.mlflow_url.rsplit(":", 1)[1])):
+    for port in (
+        stack.postgres_port,
+        int(stack.prefect_url.rsplit(":", 1)[1]),
+        int(stack.mlflow_url.rsplit(":", 1)[1]),
+    ):
         assert _listening(port) == {LOOPBACK}, (port, _listening(port))
-    for name in ("nightly-retrain/nightly", "train-pipeline/train", "evaluate-pipeline/evaluate", "compare-pipeline/compare"):
+    for name in (
+        "nightly-retrain/nightly",
+        "train-pipeline/train",
+        "evaluate-pipeline/evaluate",
+        "compare-pipeline/compare",
+    ):
         assert deployment(stack.api, name)["work_pool_name"] == "cvflow", name
     [schedule] = deployment(stack.api, "nightly-retrain/nightly")["schedules"]
     assert (schedule["schedule"]["cron"], schedule["active"]) == ("0 2 * * *", True)
@@ -169,7 +189,9 @@ def _nightly(stack: Stack, params: dict[str, Any]) -> str:
     Scheduled run of the deployment with no parameters of its own, which the worker picks up.
     Returns the flow run id once the run has finished Completed."""
     nightly = deployment(stack.api, "nightly-retrain/nightly")
-    edited = httpx.patch(f"{stack.api}/deployments/{nightly['id']}", json={"parameters": {"params": params}}, timeout=30)
+    edited = httpx.patch(
+        f"{stack.api}/deployments/{nightly['id']}", json={"parameters": {"params": params}}, timeout=30
+    )
     assert edited.status_code == 204, edited.text
     now = datetime.now(timezone.utc)
     body = {
@@ -181,8 +203,12 @@ def _nightly(stack: Stack, params: dict[str, Any]) -> str:
     flow_run = created.json()
     assert flow_run["parameters"] == {"params": params}  # the deployment's, as the scheduler's runs take them
     deadline = time.monotonic() + 240
-    while (state := httpx.get(f"{stack.api}/flow_runs/{flow_run['id']}", timeout=10).json()["state"])["type"] not in FINISHED:
-        assert time.monotonic() < deadline, f"nightly run {flow_run['id']} still {state['type']} after 240 s\n{stack.logs('worker')}"
+    while (state := httpx.get(f"{stack.api}/flow_runs/{flow_run['id']}", timeout=10).json()["state"])[
+        "type"
+    ] not in FINISHED:
+        assert time.monotonic() < deadline, (
+            f"nightly run {flow_run['id']} still {state['type']} after 240 s\n{stack.logs('worker')}"
+        )
         time.sleep(1)
     assert state["type"] == "COMPLETED", (
         f"nightly run {flow_run['id']} ended {state['type']}: {state.get('message')}\n--- flow run logs:\n"
@@ -196,7 +222,10 @@ def _mlflow_run(stack: Stack, mlflow: MlflowRest, nightly_run_id: str) -> dict[s
     children = {"flow_runs": {"parent_flow_run_id": {"any_": [nightly_run_id]}}}
     [train] = httpx.post(f"{stack.api}/flow_runs/filter", json=children, timeout=10).json()
     experiment = mlflow.get("experiments/get-by-name", experiment_name="cvflow")["experiment"]
-    found = mlflow.post("runs/search", {"experiment_ids": [experiment["experiment_id"]], "filter": f"tags.`cvflow.flow_run_id` = '{train['id']}'"})
+    found = mlflow.post(
+        "runs/search",
+        {"experiment_ids": [experiment["experiment_id"]], "filter": f"tags.`cvflow.flow_run_id` = '{train['id']}'"},
+    )
     [run] = found["runs"]
     return run
 
@@ -205,7 +234,13 @@ def test_the_nightly_deployment_promotes_a_first_model_and_keeps_it_over_a_worse
     def params(epochs: int, lr: float) -> dict[str, Any]:
         config = {"model": {"name": "resnet18"}, "train": {"epochs": epochs, "batch_size": 8, "lr": lr}}
         data = {"path": str(colour_folder), "format": "imagefolder", "name": "colours"}  # ingested by the run
-        train = {"data": data, "registered_model": REGISTERED, "config": config, "eval_splits": ["test"], "preview_images": 0}
+        train = {
+            "data": data,
+            "registered_model": REGISTERED,
+            "config": config,
+            "eval_splits": ["test"],
+            "preview_images": 0,
+        }
         return {"train": train, "compare_split": "test", "bootstrap_samples": 200}
 
     first = _nightly(stack, params(epochs=2, lr=2e-3))
@@ -217,7 +252,11 @@ def test_the_nightly_deployment_promotes_a_first_model_and_keeps_it_over_a_worse
         run_id, data = run["info"]["run_id"], run["data"]
         assert run["info"]["status"] == "FINISHED", which
         logged = {p["key"]: p["value"] for p in data["params"]}
-        assert (logged["model.name"], logged["train.epochs"], logged["train.batch_size"]) == ("resnet18", epochs, "8"), which
+        assert (logged["model.name"], logged["train.epochs"], logged["train.batch_size"]) == (
+            "resnet18",
+            epochs,
+            "8",
+        ), which
         metrics = {m["key"]: m["value"] for m in data["metrics"]}
         assert 0.0 <= metrics["final/test/macro_f1"] <= 1.0, (which, metrics)
         history = mlflow.get("metrics/get-history", run_id=run_id, metric_key="val/accuracy")["metrics"]
@@ -225,7 +264,10 @@ def test_the_nightly_deployment_promotes_a_first_model_and_keeps_it_over_a_worse
         assert {"plots", "config.json", "training", "eval", "nightly"} <= mlflow.artifact_paths(run_id), which
         assert "nightly/decision.json" in mlflow.artifact_paths(run_id, "nightly"), which
         pngs = sorted(p for p in mlflow.artifact_paths(run_id, "plots/test") if p.endswith(".png"))
-        assert pngs and list((stack.folder / "mlartifacts").rglob(Path(pngs[0]).name)), (which, pngs)  # the server's artifact store
+        assert pngs and list((stack.folder / "mlartifacts").rglob(Path(pngs[0]).name)), (
+            which,
+            pngs,
+        )  # the server's artifact store
 
     tags = {which: {t["key"]: t["value"] for t in run["data"]["tags"]} for which, run in runs.items()}
     assert tags["first"]["cvflow.nightly.decision"] == "promoted", tags["first"]
@@ -235,13 +277,18 @@ def test_the_nightly_deployment_promotes_a_first_model_and_keeps_it_over_a_worse
     # Measured: 1.0 for the trained model, 0.167 (one class for every image) for the untrained one.
     assert scores["first"]["final/test/macro_f1"] >= 0.8 > scores["second"]["final/test/macro_f1"], scores
     nightly = {k: v for k, v in scores["second"].items() if k.startswith("nightly/")}
-    assert nightly["nightly/difference"] < 0.0 and nightly["nightly/ci_high"] < 0.0, (nightly, tags["second"]["cvflow.nightly.reason"])
+    assert nightly["nightly/difference"] < 0.0 and nightly["nightly/ci_high"] < 0.0, (
+        nightly,
+        tags["second"]["cvflow.nightly.reason"],
+    )
     assert "below zero, so the challenger is not better with confidence" in tags["second"]["cvflow.nightly.reason"]
 
     registered = mlflow.get("registered-models/get", name=REGISTERED)["registered_model"]
     assert {a["alias"]: a["version"] for a in registered["aliases"]} == {"champion": "1", "challenger": "2"}
     champion = mlflow.get("registered-models/alias", name=REGISTERED, alias="champion")["model_version"]
-    assert champion["run_id"] == runs["first"]["info"]["run_id"] and champion["source"].startswith("models:/m-"), champion
+    assert champion["run_id"] == runs["first"]["info"]["run_id"] and champion["source"].startswith("models:/m-"), (
+        champion
+    )
     version2 = mlflow.get("model-versions/get", name=REGISTERED, version="2")["model_version"]
     assert version2["run_id"] == runs["second"]["info"]["run_id"]
     assert {t["key"]: t["value"] for t in version2["tags"]}["nightly.decision"] == "kept champion"
@@ -249,10 +296,14 @@ def test_the_nightly_deployment_promotes_a_first_model_and_keeps_it_over_a_worse
     # All of it is in PostgreSQL: Prefect's flow runs and MLflow's aliases, in their own databases.
     nightly_id = deployment(stack.api, "nightly-retrain/nightly")["id"]
     with stack.database("prefect") as db:
-        states = db.execute("SELECT id::text, state_type FROM flow_run WHERE deployment_id = %s", (nightly_id,)).fetchall()
+        states = db.execute(
+            "SELECT id::text, state_type FROM flow_run WHERE deployment_id = %s", (nightly_id,)
+        ).fetchall()
     assert {(first, "COMPLETED"), (second, "COMPLETED")} <= {(i, str(s).rsplit(".", 1)[-1]) for i, s in states}, states
     with stack.database("mlflow") as db:
-        aliases = db.execute("SELECT alias, version FROM registered_model_aliases WHERE name = %s", (REGISTERED,)).fetchall()
+        aliases = db.execute(
+            "SELECT alias, version FROM registered_model_aliases WHERE name = %s", (REGISTERED,)
+        ).fetchall()
     assert sorted(aliases) == [("challenger", 2), ("champion", 1)]
 
 
@@ -260,8 +311,14 @@ def test_make_stack_down_stops_every_process_and_closes_the_ports(stack: Stack):
     pids = _pids(stack)
     done = stack.run("down", timeout=180)
     assert done.returncode == 0, done.stderr
-    assert not [s for s, pid in pids.items() if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE], pids
-    for port in (stack.postgres_port, int(stack.prefect_url.rsplit(":", 1)[1]), int(stack.mlflow_url.rsplit(":", 1)[1])):
+    assert not [
+        s for s, pid in pids.items() if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    ], pids
+    for port in (
+        stack.postgres_port,
+        int(stack.prefect_url.rsplit(":", 1)[1]),
+        int(stack.mlflow_url.rsplit(":", 1)[1]),
+    ):
         assert not _listening(port), port
     assert stack.run("status", timeout=60).returncode == 1  # all stopped
 
@@ -282,8 +339,12 @@ def test_the_native_stack_and_the_compose_file_share_names_ports_and_settings(tm
     postgres = compose["postgres"]["environment"]
     init_sql = (ROOT / "deploy" / "postgres" / "init-databases.sql").read_text()
     assert postgres["POSTGRES_USER"] == stack_py.USER
-    assert {postgres["POSTGRES_DB"], *re.findall(r"CREATE DATABASE (\w+)", init_sql, flags=re.IGNORECASE)} == set(stack_py.DATABASES)
-    assert stack_py.DATABASES[0] == postgres["POSTGRES_DB"]  # the one stack.py creates itself, before the shared SQL file
+    assert {postgres["POSTGRES_DB"], *re.findall(r"CREATE DATABASE (\w+)", init_sql, flags=re.IGNORECASE)} == set(
+        stack_py.DATABASES
+    )
+    assert (
+        stack_py.DATABASES[0] == postgres["POSTGRES_DB"]
+    )  # the one stack.py creates itself, before the shared SQL file
     assert f"--pool {stack_py.POOL} " in compose["worker"]["command"] + " "
     defaults = stack_py.Settings.load(env={}, env_file=None)
     assert "${PREFECT_PORT:-%d}:4200" % defaults.prefect_port in " ".join(compose["prefect-server"]["ports"])
@@ -293,7 +354,14 @@ def test_the_native_stack_and_the_compose_file_share_names_ports_and_settings(tm
 
     env_file = tmp_path / ".env"
     env_file.write_text("POSTGRES_PASSWORD=from-file\nPREFECT_PORT=4300\nMLFLOW_PORT=5100\n")
-    settings = stack_py.Settings.load(env={"MLFLOW_PORT": "5200", "CVFLOW_STACK_DIR": str(tmp_path / "s")}, env_file=env_file)
-    assert (settings.password, settings.prefect_port, settings.mlflow_port, settings.root) == ("from-file", 4300, 5200, tmp_path / "s")
+    settings = stack_py.Settings.load(
+        env={"MLFLOW_PORT": "5200", "CVFLOW_STACK_DIR": str(tmp_path / "s")}, env_file=env_file
+    )
+    assert (settings.password, settings.prefect_port, settings.mlflow_port, settings.root) == (
+        "from-file",
+        4300,
+        5200,
+        tmp_path / "s",
+    )
     with pytest.raises(stack_py.StackError, match="PREFECT_PORT='x' is not a whole number"):
         stack_py.Settings.load(env={"PREFECT_PORT": "x"}, env_file=None)

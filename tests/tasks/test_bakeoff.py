@@ -14,7 +14,11 @@ from PIL import Image
 from cvcore import schema
 from tasks.bakeoff import TABLE_SCHEMA, run_state, score_run, table_markdown, train_or_reuse, write_bakeoff
 
-FAST = {"data": {"img_size": 64}, "model": {"options": {"warp_size": 32, "max_proposals": 30, "small_input": False}}, "train": {"batch_size": 8}}
+FAST = {
+    "data": {"img_size": 64},
+    "model": {"options": {"warp_size": 32, "max_proposals": 30, "small_input": False}},
+    "train": {"batch_size": 8},
+}
 
 
 def _table():
@@ -48,7 +52,10 @@ def test_table_markdown():
 
 def test_markdown_marks_the_pick():
     rows = [("yolov1", 0.6, 20.0), ("fcos", 0.9, 25.0)]
-    full = [{**{k: None for k in TABLE_SCHEMA}, "model": m, "map": q, "map_50": q + 0.2, "infer_cpu_ms_per_image": c} for m, q, c in rows]
+    full = [
+        {**{k: None for k in TABLE_SCHEMA}, "model": m, "map": q, "map_50": q + 0.2, "infer_cpu_ms_per_image": c}
+        for m, q, c in rows
+    ]
     text = table_markdown(pl.DataFrame(full, schema=TABLE_SCHEMA))
     assert "**fcos** (best trade-off)" in text and "**yolov1**" not in text
 
@@ -58,7 +65,9 @@ def tiny_run(shapes_detection, tmp_path_factory):
     """One tiny R-CNN run (64-px images, 32-px warps, one epoch), scored on val."""
     out = tmp_path_factory.mktemp("bakeoff")
     run_dir = train_or_reuse(shapes_detection, "rcnn", out=out, epochs=1, pretrained=None, device="cpu", overrides=FAST)
-    scored = score_run(shapes_detection, "rcnn", run_dir, out=out, split="val", protocol="coco", device="cpu", batch_size=8, grid=7)
+    scored = score_run(
+        shapes_detection, "rcnn", run_dir, out=out, split="val", protocol="coco", device="cpu", batch_size=8, grid=7
+    )
     return run_dir, scored, out
 
 
@@ -70,10 +79,14 @@ def test_train_and_score_end_to_end(shapes_detection, tiny_run, tmp_path):
     row = table.row(0, named=True)
     assert row["model"] == "rcnn" and row["epochs"] == 1 and row["train_s"] > 0 and row["infer_images_per_s"] > 0
     assert row["train_cpu_s"] > 0 and row["infer_cpu_ms_per_image"] > 0
-    assert row["train_cpu_s"] == pytest.approx(json.loads((run_dir / "metrics.json").read_text())["train_cpu_time_s"])  # the engine's
+    assert row["train_cpu_s"] == pytest.approx(
+        json.loads((run_dir / "metrics.json").read_text())["train_cpu_time_s"]
+    )  # the engine's
     assert 0 <= row["map_50"] <= 1 and 0 < row["candidates_per_image"] <= 30
     assert 0 < row["proposal_recall_70"] <= row["proposal_recall_50"] <= 1
-    n_val_objects = shapes_detection.annotations.join(shapes_detection.split_images("val").select("image_id"), on="image_id").height
+    n_val_objects = shapes_detection.annotations.join(
+        shapes_detection.split_images("val").select("image_id"), on="image_id"
+    ).height
     assert row["n_crowded"] + row["n_isolated"] == n_val_objects
     preds = pl.read_parquet(scored.predictions)
     assert preds.schema == schema.DETECTIONS and preds.height > 0
@@ -81,13 +94,26 @@ def test_train_and_score_end_to_end(shapes_detection, tiny_run, tmp_path):
     assert any((out / "cache").rglob("*.pt")), "proposals and features cached under the bake-off folder"
 
     # the finished run is loaded, not retrained, and scores the same
-    again = score_run(shapes_detection, "rcnn", run_dir, out=tmp_path / "2", split="val", protocol="coco", device="cpu", batch_size=8, grid=7)
+    again = score_run(
+        shapes_detection,
+        "rcnn",
+        run_dir,
+        out=tmp_path / "2",
+        split="val",
+        protocol="coco",
+        device="cpu",
+        batch_size=8,
+        grid=7,
+    )
     assert again.row["map_50"] == pytest.approx(row["map_50"])
     assert again.row["train_s"] == pytest.approx(row["train_s"])
     again_table = pl.DataFrame([again.row], schema=TABLE_SCHEMA)
     paths = write_bakeoff(again_table, tmp_path / "report", split="val", protocol="coco")
     assert pl.read_parquet(paths["table"]).equals(again_table)
-    assert paths["markdown"].read_text().count("| **rcnn** (best trade-off)") == 1 and paths["figure"].stat().st_size > 1000
+    assert (
+        paths["markdown"].read_text().count("| **rcnn** (best trade-off)") == 1
+        and paths["figure"].stat().st_size > 1000
+    )
     assert paths["markdown"].read_text() == (
         "Bake-off on split `val`, protocol `coco`.\n\n"
         "Best trade-off: **rcnn**, the fastest at inference among the models within 0.02 mAP@[.5:.95] of the best.\n\n"
@@ -105,7 +131,17 @@ def test_a_classifier_run_is_not_scored(shapes_classification, tmp_path):
                                        "model": {"name": "resnet18"}, "train": {"epochs": 1, "device": "cpu", "batch_size": 16}})  # fmt: skip
     train_run(config, tmp_path / "run")
     with pytest.raises(ValueError, match="not a detector"):
-        score_run(shapes_classification, "resnet18", tmp_path / "run", out=tmp_path, split="val", protocol="coco", device="cpu", batch_size=8, grid=7)
+        score_run(
+            shapes_classification,
+            "resnet18",
+            tmp_path / "run",
+            out=tmp_path,
+            split="val",
+            protocol="coco",
+            device="cpu",
+            batch_size=8,
+            grid=7,
+        )
 
 
 def test_run_state_tells_finished_from_interrupted(tiny_run, tmp_path):

@@ -19,12 +19,18 @@ def _truth_as_detections(snapshot, split: str) -> pl.DataFrame:
 
 
 def test_perfect_detections_score_one_and_no_detections_zero(shapes_detection):
-    perfect = score_split(shapes_detection.path, _truth_as_detections(shapes_detection, "val"), split="val", protocol="coco")
+    perfect = score_split(
+        shapes_detection.path, _truth_as_detections(shapes_detection, "val"), split="val", protocol="coco"
+    )
     assert perfect.metrics["map"] == pytest.approx(1.0) and perfect.metrics["map_50"] == pytest.approx(1.0)
     assert perfect.metrics["macro_f1"] == pytest.approx(1.0)
     assert {"pr_curve", "f1_curve", "per_class", "errors", "errors_per_class"} <= set(perfect.tables)
     assert perfect.tables["per_class"]["name"].to_list() == shapes_detection.class_names
-    assert all(perfect.metrics[f"ap/{n}"] == pytest.approx(1.0) for n in shapes_detection.class_names if f"ap/{n}" in perfect.metrics)
+    assert all(
+        perfect.metrics[f"ap/{n}"] == pytest.approx(1.0)
+        for n in shapes_detection.class_names
+        if f"ap/{n}" in perfect.metrics
+    )
 
     nothing = _truth_as_detections(shapes_detection, "val").head(0)
     empty = score_split(shapes_detection.path, nothing, split="val", protocol="voc07")
@@ -32,22 +38,31 @@ def test_perfect_detections_score_one_and_no_detections_zero(shapes_detection):
 
 
 def test_classification_scores_match_scikit_learn(shapes_classification):
-    truth = shapes_classification.labels.join(shapes_classification.split_images("val").select("image_id"), on="image_id")
+    truth = shapes_classification.labels.join(
+        shapes_classification.split_images("val").select("image_id"), on="image_id"
+    )
     # every third prediction is shifted to the next class
     pred = truth.with_columns(
-        pl.when(pl.int_range(pl.len()) % 3 == 0).then((pl.col("category_id") + 1) % 4).otherwise(pl.col("category_id")).alias("category_id")
+        pl.when(pl.int_range(pl.len()) % 3 == 0)
+        .then((pl.col("category_id") + 1) % 4)
+        .otherwise(pl.col("category_id"))
+        .alias("category_id")
     ).with_columns(pl.lit(0.9).alias("score"))
     scores = score_split(shapes_classification.path, pred, split="val", protocol="coco")
     y, p = truth.sort("image_id")["category_id"].to_numpy(), pred.sort("image_id")["category_id"].to_numpy()
     assert scores.protocol == "classification"
     assert scores.metrics["accuracy"] == pytest.approx((y == p).mean())
-    assert scores.metrics["macro_f1"] == pytest.approx(f1_score(y, p, average="macro", labels=range(4), zero_division=0))
+    assert scores.metrics["macro_f1"] == pytest.approx(
+        f1_score(y, p, average="macro", labels=range(4), zero_division=0)
+    )
     assert scores.metrics["micro_f1"] == pytest.approx(f1_score(y, p, average="micro"))
     assert scores.tables["confusion"]["count"].sum() == truth.height
 
 
 def test_a_classification_split_with_a_missing_prediction_is_an_error(shapes_classification):
-    truth = shapes_classification.labels.join(shapes_classification.split_images("val").select("image_id"), on="image_id").sort("image_id")
+    truth = shapes_classification.labels.join(
+        shapes_classification.split_images("val").select("image_id"), on="image_id"
+    ).sort("image_id")
     pred = truth.slice(1).with_columns(pl.lit(1.0).alias("score"))
     with pytest.raises(ValueError, match=f"image_id {truth['image_id'][0]}"):
         score_split(shapes_classification.path, pred, split="val", protocol="coco")
@@ -62,7 +77,9 @@ def test_write_table_is_atomic_and_leaves_no_temporary(tmp_path):
 def _write_preds(frame: pl.DataFrame, folder, split: str, task: str) -> PredictionsRef:
     folder.mkdir(parents=True)
     frame.write_parquet(folder / "part-00000.parquet")
-    return PredictionsRef(dir=folder, split=split, task=task, num_images=frame["image_id"].n_unique(), num_rows=frame.height)
+    return PredictionsRef(
+        dir=folder, split=split, task=task, num_images=frame["image_id"].n_unique(), num_rows=frame.height
+    )
 
 
 def test_a_worse_candidate_is_not_better_and_a_better_one_is(shapes_detection, tmp_path):
@@ -89,7 +106,13 @@ def test_an_unreadable_detection_image_is_left_out_not_counted_as_missed(shapes_
     val = shapes_detection.split_images("val").sort("image_id")
     bad = val.filter(pl.col("image_id").is_in(shapes_detection.annotations["image_id"].implode())).row(0, named=True)
     dets = _truth_as_detections(shapes_detection, "val").filter(pl.col("image_id") != bad["image_id"])
-    unreadable = pl.DataFrame({"image_id": [bad["image_id"]], "file_name": ["/abs/path/as/the/worker/saw/it.png"], "reason": ["OSError: truncated"]})
+    unreadable = pl.DataFrame(
+        {
+            "image_id": [bad["image_id"]],
+            "file_name": ["/abs/path/as/the/worker/saw/it.png"],
+            "reason": ["OSError: truncated"],
+        }
+    )
     scores = score_split(shapes_detection.path, dets, split="val", protocol="coco", unreadable=unreadable)
     assert scores.metrics["map"] == pytest.approx(1.0) and scores.metrics["mar_100"] == pytest.approx(1.0)
     assert scores.tables["unreadable"].rows() == [(bad["image_id"], bad["file_name"], "OSError: truncated")]
@@ -103,8 +126,20 @@ def test_a_run_description_names_each_splits_headline_numbers(tmp_path):
 
     val = EvalSummary(split="val", task="detection", protocol="coco", headline="map", tables_dir=tmp_path,
                       metrics={"map": 0.51234, "map_50": 0.8, "map_75": 0.5, "mar_100": 0.6, "ap/circle": 0.4})  # fmt: skip
-    test = EvalSummary(split="test", task="detection", protocol="coco", headline="map", tables_dir=tmp_path, metrics={"map": 0.5, "map_50": 0.75}, unreadable=2)
-    text = describe_run("yolov1 on shapes (detection), 30 epoch(s)", {"val": val, "test": test}, lines=["Registered as `shapes-yolov1` version 3."])
+    test = EvalSummary(
+        split="test",
+        task="detection",
+        protocol="coco",
+        headline="map",
+        tables_dir=tmp_path,
+        metrics={"map": 0.5, "map_50": 0.75},
+        unreadable=2,
+    )
+    text = describe_run(
+        "yolov1 on shapes (detection), 30 epoch(s)",
+        {"val": val, "test": test},
+        lines=["Registered as `shapes-yolov1` version 3."],
+    )
     assert text == (
         "**yolov1 on shapes (detection), 30 epoch(s)**\n\n"
         "- val (coco): **map 0.5123**, map_50 0.8000, map_75 0.5000\n"
@@ -113,4 +148,6 @@ def test_a_run_description_names_each_splits_headline_numbers(tmp_path):
     )
     cls = EvalSummary(split="val", task="classification", protocol="classification", headline="macro_f1", tables_dir=tmp_path,
                       metrics={"accuracy": 0.99, "macro_f1": 0.98})  # fmt: skip
-    assert describe_run("resnet18", {"val": cls}).endswith("- val (classification): accuracy 0.9900, **macro_f1 0.9800**")
+    assert describe_run("resnet18", {"val": cls}).endswith(
+        "- val (classification): accuracy 0.9900, **macro_f1 0.9800**"
+    )

@@ -17,7 +17,9 @@ def test_predict_shard_refuses_a_changed_snapshot_or_another_checkpoint(shapes_c
     digest = file_sha256(checkpoint)
     kwargs = {"out_dir": tmp_path / "preds", "shard": 0, "num_shards": 2, "device": "cpu"}
     with pytest.raises(ValueError, match=f"changed since the flow opened it.*{ref.digest}"):
-        predict_shard.fn(checkpoint, ref.model_copy(update={"digest": "0" * 64}), "val", checkpoint_sha256=digest, **kwargs)
+        predict_shard.fn(
+            checkpoint, ref.model_copy(update={"digest": "0" * 64}), "val", checkpoint_sha256=digest, **kwargs
+        )
     with pytest.raises(ValueError, match=f"{checkpoint}.*not the checkpoint the flow hashed.*{digest}"):
         predict_shard.fn(checkpoint, ref, "val", checkpoint_sha256="f" * 64, **kwargs)
     assert not (tmp_path / "preds").exists() or not list((tmp_path / "preds").iterdir())  # nothing labelled wrongly
@@ -35,9 +37,13 @@ def test_check_shards_fails_when_another_run_replaced_a_shard(shapes_detection, 
     for i in range(2):
         write_shard([empty_batch("detection")], tmp_path, key=shard_key(ref, "val", shard=i, **ours), num_images=4)
     check_shards(ref, "val", out_dir=tmp_path, **ours)  # all ours: no error
-    other = shard_key(ref, "val", checkpoint_sha256="c" * 64, shard=1, num_shards=2)  # another run's model, same file name
+    other = shard_key(
+        ref, "val", checkpoint_sha256="c" * 64, shard=1, num_shards=2
+    )  # another run's model, same file name
     write_shard([empty_batch("detection")], tmp_path, key=other, num_images=4)
-    with pytest.raises(ValueError, match="part-00001.parquet was replaced by another run.*one evaluation per predictions folder"):
+    with pytest.raises(
+        ValueError, match="part-00001.parquet was replaced by another run.*one evaluation per predictions folder"
+    ):
         check_shards(ref, "val", out_dir=tmp_path, **ours)
     (tmp_path / "part-00001.parquet").unlink()
     with pytest.raises(ValueError, match="part-00001.parquet was replaced by another run \\(it is gone"):

@@ -101,7 +101,9 @@ def test_dataset_splits_are_logged_as_inputs_with_the_snapshot_digest(home, shap
 
 
 def test_run_tags_name_dataset_model_flow_and_code_version(shapes_classification):
-    tags = tracking.run_tags(shapes_classification, model_name="resnet18", flow_name="train_pipeline", flow_run_id="abc")
+    tags = tracking.run_tags(
+        shapes_classification, model_name="resnet18", flow_name="train_pipeline", flow_run_id="abc"
+    )
     assert tags[tracking.TAG_DATASET_DIGEST] == shapes_classification.digest
     assert tags[tracking.TAG_MODEL] == "resnet18" and tags[tracking.TAG_FLOW_RUN] == "abc"
     assert tags[tracking.TAG_CODE_VERSION] == tracking.code_version() != "unknown"

@@ -100,7 +100,16 @@ def unsafe_file_name(name: object) -> str | None:
     lead outside are caught by the header read (cvcore.data.probe), still before any open.
     """
     # Fast path for the usual plain relative ASCII name (this runs once per image of large datasets).
-    if type(name) is str and name.isascii() and ".." not in name and "\\" not in name and "\0" not in name and name[:1] not in ("", "/") and name[1:2] != ":" and not name.isspace():
+    if (
+        type(name) is str
+        and name.isascii()
+        and ".." not in name
+        and "\\" not in name
+        and "\0" not in name
+        and name[:1] not in ("", "/")
+        and name[1:2] != ":"
+        and not name.isspace()
+    ):
         return None
     if not isinstance(name, str) or not name.strip():
         return f"file name {shown(name)} is empty or not a string: rejected"
@@ -220,7 +229,9 @@ def list_image_files(folder: Path, root: Path, quarantine: list[tuple[str, str, 
             continue
         name = rel.as_posix()
         if not is_utf8(name):
-            quarantine.append((printable(str(path)), printable(name), "file name is not valid UTF-8: skipped, not opened"))
+            quarantine.append(
+                (printable(str(path)), printable(name), "file name is not valid UTF-8: skipped, not opened")
+            )
             continue
         out.append(name)
     return sorted(out)

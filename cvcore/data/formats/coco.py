@@ -117,7 +117,23 @@ def read_coco(source: str | Path, *, images: str | Path | None = None) -> RawSou
 
 
 def _ann_columns() -> dict[str, list]:
-    return {k: [] for k in ("ann_id", "image_id", "category_id", "x", "y", "w", "h", "area", "iscrowd", "difficult", "source", "item")}
+    return {
+        k: []
+        for k in (
+            "ann_id",
+            "image_id",
+            "category_id",
+            "x",
+            "y",
+            "w",
+            "h",
+            "area",
+            "iscrowd",
+            "difficult",
+            "source",
+            "item",
+        )
+    }
 
 
 @dataclass(frozen=True)
@@ -129,7 +145,9 @@ class _FileIds:
     annotations: np.ndarray  # int64[M]
 
 
-def _keep_files_apart(path: Path, images: list[tuple], anns: dict[str, list], earlier: list[_FileIds], quarantine: list) -> tuple[list[tuple], dict[str, list]]:
+def _keep_files_apart(
+    path: Path, images: list[tuple], anns: dict[str, list], earlier: list[_FileIds], quarantine: list
+) -> tuple[list[tuple], dict[str, list]]:
     """One file's image rows and annotation columns, with ids that no earlier file uses.
 
     Ids are per file: exporters number ``instances_train.json`` and ``instances_val.json`` from
@@ -143,7 +161,13 @@ def _keep_files_apart(path: Path, images: list[tuple], anns: dict[str, list], ea
     shift = _offset(image_ids, [f.images for f in earlier], path)
     if shift:
         other, shared = _first_shared(image_ids, earlier, "images")
-        quarantine.append((str(path), "image ids", f"image ids shared with {shown(other)} ({shared} ids): ids are per file, so this file's images are renumbered: new id = source id + {shift}; their annotations follow"))
+        quarantine.append(
+            (
+                str(path),
+                "image ids",
+                f"image ids shared with {shown(other)} ({shared} ids): ids are per file, so this file's images are renumbered: new id = source id + {shift}; their annotations follow",
+            )
+        )
         image_ids = image_ids + shift
         images = [(int(i), *r[1:6], f"image id {int(i)} (source id {r[0]})") for i, r in zip(image_ids, images)]
 
@@ -151,7 +175,11 @@ def _keep_files_apart(path: Path, images: list[tuple], anns: dict[str, list], ea
     own = np.isin(ann_image, image_ids - shift)
     for i in np.flatnonzero(~own):
         holder = next((f.name for f in earlier if _contains(f.images, int(ann_image[i]))), None)
-        where = f"image id {ann_image[i]} of {shown(holder)}, not of this file" if holder else f"unknown image id {ann_image[i]}"
+        where = (
+            f"image id {ann_image[i]} of {shown(holder)}, not of this file"
+            if holder
+            else f"unknown image id {ann_image[i]}"
+        )
         quarantine.append((anns["source"][i], anns["item"][i], f"refers to {where}: dropped"))
     if not own.all():
         anns = {k: [v for v, keep in zip(column, own) if keep] for k, column in anns.items()}
@@ -161,7 +189,13 @@ def _keep_files_apart(path: Path, images: list[tuple], anns: dict[str, list], ea
     ann_shift = _offset(ann_ids, [f.annotations for f in earlier], path)
     if ann_shift:
         other, shared = _first_shared(ann_ids, earlier, "annotations")
-        quarantine.append((str(path), "annotation ids", f"annotation ids shared with {shown(other)} ({shared} ids): this file's annotations are renumbered: new id = source id + {ann_shift}"))
+        quarantine.append(
+            (
+                str(path),
+                "annotation ids",
+                f"annotation ids shared with {shown(other)} ({shared} ids): this file's annotations are renumbered: new id = source id + {ann_shift}",
+            )
+        )
         anns["ann_id"] = (ann_ids + ann_shift).tolist()
         anns["item"] = [f"annotation id {i + ann_shift} (source id {i})" for i in ann_ids.tolist()]
     earlier.append(_FileIds(path.name, np.unique(image_ids), np.unique(ann_ids + ann_shift)))
@@ -176,7 +210,9 @@ def _offset(ids: np.ndarray, earlier: list[np.ndarray], path: Path) -> int:
     top = max(int(e.max()) for e in earlier if e.size)
     shift = top + 1 - int(ids.min())
     if int(ids.max()) + shift > INT64_MAX:
-        raise ValueError(f"{path}: ids collide with an earlier file's and are too large to renumber past them (up to {int(ids.max())})")
+        raise ValueError(
+            f"{path}: ids collide with an earlier file's and are too large to renumber past them (up to {int(ids.max())})"
+        )
     return shift
 
 
@@ -301,10 +337,14 @@ def _merge_categories(cats: dict, entries: object, path: Path, quarantine: list)
         cid = _as_int(entry.get("id")) if isinstance(entry, dict) else None
         name = entry.get("name") if isinstance(entry, dict) else None
         if cid is None or not isinstance(name, str) or not is_utf8(name):
-            quarantine.append((str(path), f"category entry {i}", "category without an integer 'id' and a UTF-8 'name': dropped"))
+            quarantine.append(
+                (str(path), f"category entry {i}", "category without an integer 'id' and a UTF-8 'name': dropped")
+            )
             continue
         if cid in seen_here:
-            quarantine.append((str(path), f"category id {cid}", f"duplicate category id {cid} ('{name}'): dropped, the first is kept"))
+            quarantine.append(
+                (str(path), f"category id {cid}", f"duplicate category id {cid} ('{name}'): dropped, the first is kept")
+            )
             continue
         seen_here.add(cid)
         if cid in cats and cats[cid][0] != name:
@@ -321,7 +361,9 @@ def _image_prefix(root: Path, raw_split: str, entries: list) -> str:
     already carry a split folder are not doubled.
     """
     candidates = [c for c in (f"images/{raw_split}", raw_split, "images") if (root / c).is_dir()] + [""]
-    sample = [e["file_name"] for e in entries[:8] if isinstance(e, dict) and unsafe_file_name(e.get("file_name")) is None]
+    sample = [
+        e["file_name"] for e in entries[:8] if isinstance(e, dict) and unsafe_file_name(e.get("file_name")) is None
+    ]
     if not sample:
         return candidates[0]
     hits = [sum((root / join_name(c, f)).is_file() for f in sample) for c in candidates]
@@ -348,7 +390,17 @@ def _parse_images(entries: list, path: Path, split: str, prefix: str, rows: list
             continue
         # Other unsafe names are passed on unjoined, so ingest rejects them by their own spelling.
         file_name = name if problem else join_name(prefix, name)
-        rows.append((image_id, file_name, split, _side(entry.get("width")), _side(entry.get("height")), src, f"image id {image_id}"))
+        rows.append(
+            (
+                image_id,
+                file_name,
+                split,
+                _side(entry.get("width")),
+                _side(entry.get("height")),
+                src,
+                f"image id {image_id}",
+            )
+        )
 
 
 def _side(value: object) -> int | None:
@@ -367,14 +419,24 @@ def _parse_annotations(entries: list, path: Path, file_cats: set[int], cols: dic
     """
     src = str(path)
     ann_ids, image_ids, cats = cols["ann_id"], cols["image_id"], cols["category_id"]
-    xs, ys, ws, hs, areas = cols["x"], cols["y"], cols["w"], cols["h"], cols["area"]  # the bbox as given: cvcore.boxes converts
+    xs, ys, ws, hs, areas = (
+        cols["x"],
+        cols["y"],
+        cols["w"],
+        cols["h"],
+        cols["area"],
+    )  # the bbox as given: cvcore.boxes converts
     crowd, difficult, sources, items = cols["iscrowd"], cols["difficult"], cols["source"], cols["item"]
     for i, entry in enumerate(entries):
         if type(entry) is not dict:
             quarantine.append((src, f"annotation entry {i}", "annotation entry is not an object: dropped"))
             continue
         ann_id, image_id = entry.get("id"), entry.get("image_id")
-        if type(ann_id) is not int or type(image_id) is not int or not (INT64_MIN <= ann_id <= INT64_MAX and INT64_MIN <= image_id <= INT64_MAX):
+        if (
+            type(ann_id) is not int
+            or type(image_id) is not int
+            or not (INT64_MIN <= ann_id <= INT64_MAX and INT64_MIN <= image_id <= INT64_MAX)
+        ):
             ann_id, image_id = _as_int(ann_id), _as_int(image_id)
         item = f"annotation id {ann_id}" if ann_id is not None else f"annotation entry {i}"
         if ann_id is None or image_id is None:
@@ -383,7 +445,14 @@ def _parse_annotations(entries: list, path: Path, file_cats: set[int], cols: dic
             quarantine.append((src, item, f"{why}: dropped"))
             continue
         bbox = entry.get("bbox")
-        if type(bbox) is list and len(bbox) == 4 and type(bbox[0]) in _NUMBER and type(bbox[1]) in _NUMBER and type(bbox[2]) in _NUMBER and type(bbox[3]) in _NUMBER:
+        if (
+            type(bbox) is list
+            and len(bbox) == 4
+            and type(bbox[0]) in _NUMBER
+            and type(bbox[1]) in _NUMBER
+            and type(bbox[2]) in _NUMBER
+            and type(bbox[3]) in _NUMBER
+        ):
             x, y, w, h = bbox
         else:
             box = [_as_float(v) for v in bbox] if isinstance(bbox, list) and len(bbox) == 4 else None
@@ -394,7 +463,9 @@ def _parse_annotations(entries: list, path: Path, file_cats: set[int], cols: dic
         source_cat = entry.get("category_id")
         cat = source_cat if type(source_cat) is int else _as_int(source_cat)
         if cat not in file_cats:
-            quarantine.append((src, item, f"unknown category id {shown(source_cat, 32)} (not in the file's categories): dropped"))
+            quarantine.append(
+                (src, item, f"unknown category id {shown(source_cat, 32)} (not in the file's categories): dropped")
+            )
             continue
         area = entry.get("area")  # missing or null: ingest uses the box area
         ann_ids.append(ann_id)
@@ -423,7 +494,13 @@ class CocoFiles:
     results: Path | None  # COCO results file of the predictions, when predictions were given
 
 
-def write_coco(snapshot: Snapshot, path: str | Path, *, predictions: pl.DataFrame | pl.LazyFrame | None = None, split: str | None = None) -> CocoFiles:
+def write_coco(
+    snapshot: Snapshot,
+    path: str | Path,
+    *,
+    predictions: pl.DataFrame | pl.LazyFrame | None = None,
+    split: str | None = None,
+) -> CocoFiles:
     """Write a detection snapshot as COCO ground-truth JSON at ``path`` (atomically).
 
     Boxes go out as ``[x1, y1, x2 - x1, y2 - y1]`` (cvcore.boxes.xywh_from_xyxy); category ids are the snapshot's
@@ -468,7 +545,8 @@ def write_coco(snapshot: Snapshot, path: str | Path, *, predictions: pl.DataFram
             for r in anns.iter_rows(named=True)
         ],
         "categories": [
-            {"id": to_source[r["category_id"]], "name": r["name"]} for r in snapshot.categories.sort("category_id").iter_rows(named=True)
+            {"id": to_source[r["category_id"]], "name": r["name"]}
+            for r in snapshot.categories.sort("category_id").iter_rows(named=True)
         ],
     }
     with atomic_write(path, "w") as fh:
@@ -482,7 +560,9 @@ def write_coco(snapshot: Snapshot, path: str | Path, *, predictions: pl.DataFram
 
 def write_coco_results(predictions: pl.DataFrame | pl.LazyFrame, path: str | Path, *, categories: pl.DataFrame) -> Path:
     """Write DETECTIONS rows as a COCO results JSON list (atomically); category ids as source ids."""
-    preds = (predictions.collect() if isinstance(predictions, pl.LazyFrame) else predictions).with_columns(boxes.xywh_from_xyxy())
+    preds = (predictions.collect() if isinstance(predictions, pl.LazyFrame) else predictions).with_columns(
+        boxes.xywh_from_xyxy()
+    )
     to_source = _source_ids(categories)
     doc = [
         {

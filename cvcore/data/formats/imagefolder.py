@@ -53,10 +53,14 @@ def read_imagefolder(source: str | Path, *, images: str | Path | None = None) ->
             quarantine.append((str(stray), "file", "file is not inside a class folder: skipped"))
         for class_dir in _visible_dirs(split_dir):
             if not is_utf8(class_dir.name):
-                quarantine.append((str(class_dir), "folder", "class folder name is not valid UTF-8: its images skipped, not opened"))
+                quarantine.append(
+                    (str(class_dir), "folder", "class folder name is not valid UTF-8: its images skipped, not opened")
+                )
                 continue
             listed += [(f, split, class_dir.name) for f in list_image_files(class_dir, root, quarantine)]
-    classes = sorted({c for _, _, c in listed} | {d.name for s, _ in split_dirs for d in _visible_dirs(s) if is_utf8(d.name)})
+    classes = sorted(
+        {c for _, _, c in listed} | {d.name for s, _ in split_dirs for d in _visible_dirs(s) if is_utf8(d.name)}
+    )
     if not classes:
         raise ValueError(f"{root}: no class folders found; expected <split>/<class>/<image> or <class>/<image>")
 

@@ -158,19 +158,35 @@ def _split_lists(source: Path, xml_dir: Path, quarantine: list) -> list[tuple[st
         try:
             text = safeio.read_text(path, limit=safeio.MAX_TEXT_BYTES, root=source)
         except (FileNotFoundError, safeio.SourceFileError) as exc:
-            raise ValueError(f"{path}: split list not read ({'missing' if isinstance(exc, FileNotFoundError) else exc})") from None
+            raise ValueError(
+                f"{path}: split list not read ({'missing' if isinstance(exc, FileNotFoundError) else exc})"
+            ) from None
         for line_no, line in enumerate(text.splitlines(), start=1):
             stem = line.split()[0] if line.strip() else ""
             if not stem:
                 continue
             if not _PLAIN_ID.match(stem) or unsafe_file_name(f"{stem}.xml"):
-                quarantine.append((str(path), f"line {line_no}", "not a VOC image id (a plain file name expected): rejected, not opened"))
+                quarantine.append(
+                    (
+                        str(path),
+                        f"line {line_no}",
+                        "not a VOC image id (a plain file name expected): rejected, not opened",
+                    )
+                )
                 continue
             if stem in seen:
-                quarantine.append((str(path), f"line {line_no}", f"id {stem!r} is also listed in {seen[stem]}.txt: kept in {seen[stem]}"))
+                quarantine.append(
+                    (
+                        str(path),
+                        f"line {line_no}",
+                        f"id {stem!r} is also listed in {seen[stem]}.txt: kept in {seen[stem]}",
+                    )
+                )
                 continue
             if not os.path.lexists(xml_dir / f"{stem}.xml"):
-                quarantine.append((str(path), f"line {line_no}", f"listed id {stem!r} has no Annotations/{stem}.xml: skipped"))
+                quarantine.append(
+                    (str(path), f"line {line_no}", f"listed id {stem!r} has no Annotations/{stem}.xml: skipped")
+                )
                 continue
             seen[stem] = split
             out.append((stem, canonical_split(split)))
@@ -195,7 +211,9 @@ def _parse_xml(xml: Path, root: Path, quarantine: list) -> ET.Element | None:
         quarantine.append((str(xml), item, f"malformed XML ({exc}): image dropped"))
         return None
     if doc.tag != "annotation":
-        quarantine.append((str(xml), item, "not a VOC annotation (the root element is not <annotation>): image dropped"))
+        quarantine.append(
+            (str(xml), item, "not a VOC annotation (the root element is not <annotation>): image dropped")
+        )
         return None
     return doc
 

@@ -68,7 +68,13 @@ def read_yolo(source: str | Path, *, images: str | Path | None = None) -> RawSou
         for entry in _as_list(config.get(key)):
             for file_name in _split_files(root, yaml_path, key, entry, quarantine):
                 if file_name in seen:
-                    quarantine.append((str(yaml_path), file_name, f"image is in split {seen[file_name]!r} and again in {key!r}: kept in {seen[file_name]!r}"))
+                    quarantine.append(
+                        (
+                            str(yaml_path),
+                            file_name,
+                            f"image is in split {seen[file_name]!r} and again in {key!r}: kept in {seen[file_name]!r}",
+                        )
+                    )
                     continue
                 seen[file_name] = key
                 listed.append((file_name, canonical_split(key)))
@@ -82,7 +88,9 @@ def read_yolo(source: str | Path, *, images: str | Path | None = None) -> RawSou
     # An image whose label file cannot be read has unknown boxes: it leaves the dataset (kept, it
     # would train as a background image), with the label file's quarantine row saying why.
     image_rows = [
-        row for row in image_rows if unsafe_file_name(row[1]) is not None or _read_labels(root, row[1], row[0], len(names), cols, quarantine)
+        row
+        for row in image_rows
+        if unsafe_file_name(row[1]) is not None or _read_labels(root, row[1], row[0], len(names), cols, quarantine)
     ]
     _orphan_labels(root, [f for f, _ in listed], quarantine)
     cols["ann_id"] = list(range(1, len(cols["image_id"]) + 1))
@@ -107,7 +115,10 @@ def read_yolo(source: str | Path, *, images: str | Path | None = None) -> RawSou
 _BOX = ("cx", "cy", "w", "h")
 _POLYGON = ("px1", "py1", "px2", "py2")
 # x1..y2 (fractions of the image size): a box line's from its centre and size, a polygon's bounds as they are.
-_TO_XYXY = [pl.coalesce(expr, pl.col(bound)).alias(expr.meta.output_name()) for expr, bound in zip(boxes.xyxy_from_cxcywh(*_BOX), _POLYGON)]
+_TO_XYXY = [
+    pl.coalesce(expr, pl.col(bound)).alias(expr.meta.output_name())
+    for expr, bound in zip(boxes.xyxy_from_cxcywh(*_BOX), _POLYGON)
+]
 
 
 def label_path(file_name: str) -> str:
@@ -278,7 +289,9 @@ def _orphan_labels(root: Path, file_names: list[str], quarantine: list) -> None:
             try:
                 text = safeio.read_text(label, limit=safeio.MAX_LABEL_BYTES, root=root)
             except (FileNotFoundError, safeio.SourceFileError) as exc:
-                quarantine.append((str(label), "file", f"label file has no image in the dataset (not read: {_why(exc)}): dropped"))
+                quarantine.append(
+                    (str(label), "file", f"label file has no image in the dataset (not read: {_why(exc)}): dropped")
+                )
                 continue
             n = sum(1 for line in text.splitlines() if line.strip())
             quarantine.append((str(label), "file", f"label file has no image in the dataset: its {n} boxes dropped"))

@@ -24,7 +24,13 @@ GEOMETRIC_SPECS = {
     "RandomHorizontalFlip": {"p": 1.0},
     "RandomVerticalFlip": {"p": 1.0},
     "RandomRotation": {"degrees": (-40, 40), "interpolation": "bilinear"},
-    "RandomAffine": {"degrees": 25, "translate": (0.2, 0.2), "scale": (0.6, 1.4), "shear": 10, "interpolation": "bilinear"},
+    "RandomAffine": {
+        "degrees": 25,
+        "translate": (0.2, 0.2),
+        "scale": (0.6, 1.4),
+        "shear": 10,
+        "interpolation": "bilinear",
+    },
     "RandomPerspective": {"distortion_scale": 0.4, "p": 1.0, "interpolation": "bilinear"},
     "RandomResizedCrop": {"size": 48, "scale": (0.3, 1.0)},
     "RandomZoomOut": {"side_range": (1.0, 2.5), "p": 1.0},
@@ -56,7 +62,9 @@ def scenes(draw):
         image[c, y1:y2, x1:x2] = 255
         boxes.append([x1, y1, x2, y2])
     target = {
-        "boxes": tv_tensors.BoundingBoxes(torch.tensor(boxes, dtype=torch.float32), format="XYXY", canvas_size=(SIZE, SIZE)),
+        "boxes": tv_tensors.BoundingBoxes(
+            torch.tensor(boxes, dtype=torch.float32), format="XYXY", canvas_size=(SIZE, SIZE)
+        ),
         "labels": torch.arange(len(boxes), dtype=torch.int64),
     }
     return tv_tensors.Image(image), target
@@ -113,7 +121,9 @@ def test_each_geometric_transform_passes_the_pixel_check_on_a_fixed_scene():
     image = torch.zeros(3, SIZE, SIZE, dtype=torch.uint8)
     image[0, 5:25, 8:30] = 255
     image[1, 36:60, 40:52] = 255
-    boxes = tv_tensors.BoundingBoxes([[8.0, 5.0, 30.0, 25.0], [40.0, 36.0, 52.0, 60.0]], format="XYXY", canvas_size=(SIZE, SIZE))
+    boxes = tv_tensors.BoundingBoxes(
+        [[8.0, 5.0, 30.0, 25.0], [40.0, 36.0, 52.0, 60.0]], format="XYXY", canvas_size=(SIZE, SIZE)
+    )
     for name, params in GEOMETRIC_SPECS.items():
         torch.manual_seed(3)
         out, target = make_transform({"name": name, **params}, task="detection")(

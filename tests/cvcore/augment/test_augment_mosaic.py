@@ -20,7 +20,9 @@ VALUES = (20, 70, 140, 230)  # tile k is painted VALUES[k] everywhere; the grey 
 
 def tile(k: int, h: int, w: int, boxes: list[list[float]]):
     image = tv_tensors.Image(torch.full((3, h, w), VALUES[k], dtype=torch.uint8))
-    bb = tv_tensors.BoundingBoxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), format="XYXY", canvas_size=(h, w))
+    bb = tv_tensors.BoundingBoxes(
+        torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), format="XYXY", canvas_size=(h, w)
+    )
     return image, {"boxes": bb, "labels": torch.full((len(boxes),), k, dtype=torch.int64)}
 
 
@@ -75,7 +77,9 @@ def test_every_surviving_box_lies_on_pixels_of_its_source_image(case):
         assert 0 <= x1 and 0 <= y1 and x2 <= size and y2 <= size
         assert x2 - x1 >= 1 and y2 - y1 >= 1
         region = m.image[0, math.floor(y1) : math.ceil(y2), math.floor(x1) : math.ceil(x2)]
-        assert region.numel() and bool((region == VALUES[k]).all()), f"box {x1, y1, x2, y2} of tile {k} covers other pixels"
+        assert region.numel() and bool((region == VALUES[k]).all()), (
+            f"box {x1, y1, x2, y2} of tile {k} covers other pixels"
+        )
 
 
 def test_min_visible_drops_boxes_mostly_cut_away():
@@ -101,7 +105,9 @@ def test_mosaic_active_switches_off_for_the_last_epochs():
 
 @pytest.fixture
 def detection_train(shapes_detection):
-    return DetectionDataset(shapes_detection, "train", build_transforms(AugmentConfig(), task="detection", img_size=64, train=True))
+    return DetectionDataset(
+        shapes_detection, "train", build_transforms(AugmentConfig(), task="detection", img_size=64, train=True)
+    )
 
 
 def test_dataset_outputs_the_configured_size_and_is_a_function_of_seed_epoch_index(detection_train, shapes_detection):

@@ -16,7 +16,9 @@ from cvcore.config import AugmentConfig
 
 def sample(h=48, w=64):
     image = tv_tensors.Image(torch.randint(0, 256, (3, h, w), dtype=torch.uint8))
-    boxes = tv_tensors.BoundingBoxes([[4.0, 6.0, 30.0, 40.0], [40.0, 2.0, 60.0, 20.0]], format="XYXY", canvas_size=(h, w))
+    boxes = tv_tensors.BoundingBoxes(
+        [[4.0, 6.0, 30.0, 40.0], [40.0, 2.0, 60.0, 20.0]], format="XYXY", canvas_size=(h, w)
+    )
     return image, {"boxes": boxes, "labels": torch.tensor([2, 0]), "image_id": 7}
 
 
@@ -37,13 +39,17 @@ def test_every_preset_ends_in_a_fixed_size_float_image(preset, task):
 
 
 def test_eval_pipeline_only_resizes_and_converts():
-    pipeline = build_transforms(AugmentConfig(preset="strong", mosaic_p=1.0), task="detection", img_size=96, train=False)
+    pipeline = build_transforms(
+        AugmentConfig(preset="strong", mosaic_p=1.0), task="detection", img_size=96, train=False
+    )
     image, target = pipeline(*sample())
     # 64 x 48 -> 96 x 96: x scales by 1.5, y by 2 (a stretch, as in training).
     expected = torch.tensor([[6.0, 12.0, 45.0, 80.0], [60.0, 4.0, 90.0, 40.0]])
     assert torch.allclose(target["boxes"].as_subclass(torch.Tensor), expected)
     assert image.shape == (3, 96, 96) and image.dtype == torch.float32
-    names = [r["name"] for r in describe_pipeline(AugmentConfig(preset="strong"), task="detection", img_size=96, train=False)]
+    names = [
+        r["name"] for r in describe_pipeline(AugmentConfig(preset="strong"), task="detection", img_size=96, train=False)
+    ]
     assert names == ["ToImage", "Resize", "ToDtype"]
 
 
@@ -54,11 +60,14 @@ def test_eval_pipeline_is_deterministic():
 
 
 def test_sanitiser_drops_degenerate_boxes_with_their_labels():
-    pipeline = build_transforms(AugmentConfig(preset="none", min_box_size=3.0), task="detection", img_size=64, train=True)
+    pipeline = build_transforms(
+        AugmentConfig(preset="none", min_box_size=3.0), task="detection", img_size=64, train=True
+    )
     image = tv_tensors.Image(torch.zeros(3, 64, 64, dtype=torch.uint8))
     boxes = tv_tensors.BoundingBoxes(
         [[1.0, 1.0, 20.0, 20.0], [30.0, 30.0, 31.0, 50.0], [50.0, 50.0, 90.0, 60.0], [70.0, 70.0, 80.0, 80.0]],
-        format="XYXY", canvas_size=(64, 64),
+        format="XYXY",
+        canvas_size=(64, 64),
     )
     _, target = pipeline(image, {"boxes": boxes, "labels": torch.tensor([0, 1, 2, 3])})
     # box 1 is 1 px wide (< 3): dropped; box 2 is cut to the canvas: kept; box 3 is off the canvas: dropped.
@@ -67,9 +76,20 @@ def test_sanitiser_drops_degenerate_boxes_with_their_labels():
 
 
 def test_config_transforms_override_the_preset_and_p_wraps_in_random_apply():
-    config = AugmentConfig(preset="strong", transforms=[{"name": "GaussianBlur", "kernel_size": 3, "p": 0.3}, {"name": "RandomVerticalFlip", "p": 1.0}])
+    config = AugmentConfig(
+        preset="strong",
+        transforms=[{"name": "GaussianBlur", "kernel_size": 3, "p": 0.3}, {"name": "RandomVerticalFlip", "p": 1.0}],
+    )
     rows = describe_pipeline(config, task="detection", img_size=32, train=True)
-    assert [r["name"] for r in rows] == ["ToImage", "GaussianBlur", "RandomVerticalFlip", "Resize", "ClampBoundingBoxes", "SanitizeBoundingBoxes", "ToDtype"]
+    assert [r["name"] for r in rows] == [
+        "ToImage",
+        "GaussianBlur",
+        "RandomVerticalFlip",
+        "Resize",
+        "ClampBoundingBoxes",
+        "SanitizeBoundingBoxes",
+        "ToDtype",
+    ]
     assert rows[1]["source"] == "config" and rows[1]["params"] == {"kernel_size": 3, "sigma": [0.1, 2.0], "p": 0.3}
     assert isinstance(make_transform(config.transforms[0], task="detection"), v2.RandomApply)
     assert isinstance(make_transform(config.transforms[1], task="detection"), v2.RandomVerticalFlip)  # has its own p
@@ -79,7 +99,9 @@ def test_config_transforms_override_the_preset_and_p_wraps_in_random_apply():
 
 
 def test_describe_lists_every_parameter_and_the_mixing_steps():
-    det = describe_pipeline(AugmentConfig(preset="default", mosaic_p=0.5, close_mosaic=3), task="detection", img_size=64, train=True)
+    det = describe_pipeline(
+        AugmentConfig(preset="default", mosaic_p=0.5, close_mosaic=3), task="detection", img_size=64, train=True
+    )
     assert det[0]["name"] == "Mosaic" and det[0]["stage"] == "sample"
     assert det[0]["params"] == {"p": 0.5, "scale": [0.5, 1.0], "close_mosaic": 3}
     affine = next(r for r in det if r["name"] == "RandomAffine")
@@ -94,14 +116,30 @@ def test_describe_lists_every_parameter_and_the_mixing_steps():
 
 
 def test_bad_specs_name_the_step_and_the_problem():
-    with pytest.raises(ValueError, match=r"augment.transforms\[1\]: unknown transform 'RandomRotate'; did you mean RandomRotation"):
-        build_transforms(AugmentConfig(transforms=[{"name": "RandomHorizontalFlip"}, {"name": "RandomRotate"}]), task="detection", img_size=32, train=True)
+    with pytest.raises(
+        ValueError, match=r"augment.transforms\[1\]: unknown transform 'RandomRotate'; did you mean RandomRotation"
+    ):
+        build_transforms(
+            AugmentConfig(transforms=[{"name": "RandomHorizontalFlip"}, {"name": "RandomRotate"}]),
+            task="detection",
+            img_size=32,
+            train=True,
+        )
     with pytest.raises(ValueError, match=r"augment.transforms\[0\]: RandomRotation\(degrees=-5\) is invalid"):
-        build_transforms(AugmentConfig(transforms=[{"name": "RandomRotation", "degrees": -5}]), task="detection", img_size=32, train=True)
+        build_transforms(
+            AugmentConfig(transforms=[{"name": "RandomRotation", "degrees": -5}]),
+            task="detection",
+            img_size=32,
+            train=True,
+        )
     with pytest.raises(ValueError, match="RandomIoUCrop is not usable for classification"):
-        build_transforms(AugmentConfig(transforms=[{"name": "RandomIoUCrop"}]), task="classification", img_size=32, train=True)
+        build_transforms(
+            AugmentConfig(transforms=[{"name": "RandomIoUCrop"}]), task="classification", img_size=32, train=True
+        )
     with pytest.raises(ValueError, match="TrivialAugmentWide is not usable for detection"):
-        build_transforms(AugmentConfig(transforms=[{"name": "TrivialAugmentWide"}]), task="detection", img_size=32, train=True)
+        build_transforms(
+            AugmentConfig(transforms=[{"name": "TrivialAugmentWide"}]), task="detection", img_size=32, train=True
+        )
     with pytest.raises(ValueError, match="interpolation 'cubicle'"):
         make_transform({"name": "RandomRotation", "degrees": 5, "interpolation": "cubicle"}, task="detection")
     with pytest.raises(ValueError, match="needs a 'name'"):

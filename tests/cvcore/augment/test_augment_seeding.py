@@ -13,7 +13,11 @@ from cvcore.data.torch_dataset import ClassificationDataset, DetectionDataset, c
 
 def batches(dataset, *, workers: int, loader_seed: int, collate):
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=4, shuffle=True, num_workers=workers, collate_fn=collate,
+        dataset,
+        batch_size=4,
+        shuffle=True,
+        num_workers=workers,
+        collate_fn=collate,
         generator=torch.Generator().manual_seed(loader_seed),
     )
     return list(loader)
@@ -30,7 +34,11 @@ def same_detection_batches(a, b) -> bool:
 def test_plain_pipeline_is_reproducible_with_two_workers_seeded_by_the_loader_generator(shapes_detection):
     # Without per-sample seeding, torch seeds each worker from the DataLoader generator
     # (base seed + worker id): the same generator seed gives the same batches.
-    ds = DetectionDataset(shapes_detection, "train", build_transforms(AugmentConfig(preset="strong"), task="detection", img_size=48, train=True))
+    ds = DetectionDataset(
+        shapes_detection,
+        "train",
+        build_transforms(AugmentConfig(preset="strong"), task="detection", img_size=48, train=True),
+    )
     first = batches(ds, workers=2, loader_seed=3, collate=collate_detection)
     assert same_detection_batches(first, batches(ds, workers=2, loader_seed=3, collate=collate_detection))
     assert not same_detection_batches(first, batches(ds, workers=2, loader_seed=4, collate=collate_detection))

@@ -20,8 +20,14 @@ def detection_run(shapes_detection, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("stage-det")
     config = AugmentConfig(preset="strong", mosaic_p=0.5, seed=3)
     stats = run_augment_stage(
-        shapes_detection, config, preview_path=tmp / "preview.png", n_preview=4, n_stats=16, img_size=48,
-        materialize=2, out=tmp / "augmented",
+        shapes_detection,
+        config,
+        preview_path=tmp / "preview.png",
+        n_preview=4,
+        n_stats=16,
+        img_size=48,
+        materialize=2,
+        out=tmp / "augmented",
     )
     return stats, config
 
@@ -77,7 +83,11 @@ def test_materialised_snapshot(detection_run, shapes_detection):
         assert hashlib.sha256(new.image_path(row["file_name"]).read_bytes()).hexdigest() == row["sha256"]
     anns = new.annotations.filter(pl.col("image_id").is_in(train["image_id"].implode()))
     assert anns.height > 0
-    assert anns.select((pl.col("x1") >= 0) & (pl.col("y1") >= 0) & (pl.col("x2") <= 48) & (pl.col("y2") <= 48)).to_series().all()
+    assert (
+        anns.select((pl.col("x1") >= 0) & (pl.col("y1") >= 0) & (pl.col("x2") <= 48) & (pl.col("y2") <= 48))
+        .to_series()
+        .all()
+    )
     assert anns.get_column("ann_id").n_unique() == anns.height
     assert not anns.get_column("ann_id").is_in(shapes_detection.annotations["ann_id"].implode()).any()
     record = json.loads((new.path / "augment.json").read_text())
@@ -88,19 +98,41 @@ def test_materialised_snapshot(detection_run, shapes_detection):
 
 def test_stage_is_reproducible(shapes_detection, tmp_path):
     config = AugmentConfig(preset="default", mosaic_p=1.0, seed=9)
-    a = run_augment_stage(shapes_detection, config, preview_path=tmp_path / "a.png", n_preview=2, n_stats=6, img_size=40)
-    b = run_augment_stage(shapes_detection, config, preview_path=tmp_path / "b.png", n_preview=2, n_stats=6, img_size=40)
+    a = run_augment_stage(
+        shapes_detection, config, preview_path=tmp_path / "a.png", n_preview=2, n_stats=6, img_size=40
+    )
+    b = run_augment_stage(
+        shapes_detection, config, preview_path=tmp_path / "b.png", n_preview=2, n_stats=6, img_size=40
+    )
     assert a.steps.equals(b.steps) and a.labels.equals(b.labels)
     assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
 
 
 def test_classification_stage_reports_mixing(shapes_classification, tmp_path):
     config = AugmentConfig(preset="light", cutmix_p=1.0, seed=2)
-    stats = run_augment_stage(shapes_classification, config, preview_path=tmp_path / "p.png", n_preview=3, n_stats=20,
-                              img_size=32, batch_size=8, materialize=1, out=tmp_path / "aug")
+    stats = run_augment_stage(
+        shapes_classification,
+        config,
+        preview_path=tmp_path / "p.png",
+        n_preview=3,
+        n_stats=20,
+        img_size=32,
+        batch_size=8,
+        materialize=1,
+        out=tmp_path / "aug",
+    )
     assert stats.n_samples == 20
     cutmix = stats.steps.filter(pl.col("transform") == "CutMix").to_dicts()
-    assert cutmix == [{"step": stats.steps.height - 1, "transform": "CutMix", "images": 20, "boxes_in": None, "boxes_out": None, "invalidated": None}]
+    assert cutmix == [
+        {
+            "step": stats.steps.height - 1,
+            "transform": "CutMix",
+            "images": 20,
+            "boxes_in": None,
+            "boxes_out": None,
+            "invalidated": None,
+        }
+    ]
     # Mixing moves label mass between images but keeps each class's total (pairs are a rotation).
     assert stats.labels.get_column("after").to_list() == pytest.approx(stats.labels.get_column("before").to_list())
     assert stats.labels.get_column("before").sum() == 20
@@ -117,4 +149,11 @@ def test_stage_errors(shapes_detection, tmp_path):
         run_augment_stage(shapes_detection, AugmentConfig(), preview_path=tmp_path / "p.png", split="test")
     (tmp_path / "taken").mkdir()
     with pytest.raises(SnapshotError, match="already exists"):
-        run_augment_stage(shapes_detection, AugmentConfig(), preview_path=tmp_path / "p.png", n_stats=2, materialize=1, out=tmp_path / "taken")
+        run_augment_stage(
+            shapes_detection,
+            AugmentConfig(),
+            preview_path=tmp_path / "p.png",
+            n_stats=2,
+            materialize=1,
+            out=tmp_path / "taken",
+        )

@@ -73,7 +73,9 @@ def write_yolo_folder(snapshot: Snapshot, out: Path) -> Path:
     for row in snapshot.images.iter_rows(named=True):
         W, H = row["width"], row["height"]
         lines = []
-        for a in snapshot.annotations.filter(pl.col("image_id") == row["image_id"]).sort("ann_id").iter_rows(named=True):
+        for a in (
+            snapshot.annotations.filter(pl.col("image_id") == row["image_id"]).sort("ann_id").iter_rows(named=True)
+        ):
             cx, cy = (a["x1"] + a["x2"]) / 2 / W, (a["y1"] + a["y2"]) / 2 / H
             w, h = (a["x2"] - a["x1"]) / W, (a["y2"] - a["y1"]) / H
             lines.append(f"{a['category_id']} {cx:.12f} {cy:.12f} {w:.12f} {h:.12f}")
@@ -84,7 +86,14 @@ def write_yolo_folder(snapshot: Snapshot, out: Path) -> Path:
     return out
 
 
-def tiny_coco(root: Path, *, images: list[dict], annotations: list[dict], categories: list[dict] | None = None, sizes: dict | None = None) -> Path:
+def tiny_coco(
+    root: Path,
+    *,
+    images: list[dict],
+    annotations: list[dict],
+    categories: list[dict] | None = None,
+    sizes: dict | None = None,
+) -> Path:
     """A COCO folder with hand-written entries; every listed image that has a size in ``sizes``
     (file_name -> (w, h)) is written as a PNG under images/train/. Returns the folder."""
     categories = categories if categories is not None else [{"id": 1, "name": "a"}, {"id": 3, "name": "b"}]

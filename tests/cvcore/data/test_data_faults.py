@@ -32,7 +32,15 @@ def _reasons(snapshot) -> dict[str, str]:
 def test_broken_image_files_are_dropped_with_their_annotations(tmp_path):
     root = tiny_coco(
         tmp_path / "src",
-        images=[_img(1, "good.png"), _img(2, "trunc.jpg"), _img(3, "empty.png"), _img(4, "text.jpg"), _img(5, "missing.png"), _img(6, "trunc.png"), _img(7, "head.jpg")],
+        images=[
+            _img(1, "good.png"),
+            _img(2, "trunc.jpg"),
+            _img(3, "empty.png"),
+            _img(4, "text.jpg"),
+            _img(5, "missing.png"),
+            _img(6, "trunc.png"),
+            _img(7, "head.jpg"),
+        ],
         annotations=[_ann(i, i, [1, 1, 5, 5]) for i in range(1, 7)] + [_ann(10 + i, 2, [2, 2, 4, 4]) for i in range(2)],
         sizes={"good.png": (32, 24)},
     )
@@ -90,7 +98,11 @@ def test_bad_boxes_are_dropped_or_clipped_with_reasons(tmp_path):
 
     kept = snap.annotations.sort("ann_id")
     assert kept.get_column("ann_id").to_list() == [1, 7, 8]
-    assert kept.select("x1", "y1", "x2", "y2").rows() == [(2.0, 2.0, 12.0, 10.0), (20.0, 10.0, 32.0, 24.0), (0.0, 2.0, 2.0, 7.0)]
+    assert kept.select("x1", "y1", "x2", "y2").rows() == [
+        (2.0, 2.0, 12.0, 10.0),
+        (20.0, 10.0, 32.0, 24.0),
+        (0.0, 2.0, 2.0, 7.0),
+    ]
     # area: the source's, capped at the clipped box's area (12 * 14 = 168 > 10 -> stays 10; 2*5=10)
     assert kept.get_column("area").to_list() == [10.0, 10.0, 10.0]
 
@@ -103,7 +115,9 @@ def test_bad_boxes_are_dropped_or_clipped_with_reasons(tmp_path):
     assert by_item["annotation id 4"] == ["box y2 < y1 (h=-1): dropped"]
     assert by_item["annotation id 5"] == ["box has a missing or non-finite coordinate (x1=nan, x2=nan): dropped"]
     assert by_item["annotation id 6"] == ["box has a missing or non-finite coordinate (x2=inf): dropped"]
-    assert by_item["annotation id 7"] == ["box beyond the image (x2=40 > width 32, y2=30 > height 24): clipped to the image"]
+    assert by_item["annotation id 7"] == [
+        "box beyond the image (x2=40 > width 32, y2=30 > height 24): clipped to the image"
+    ]
     assert by_item["annotation id 8"] == ["box beyond the image (x1=-3 < 0): clipped to the image"]
     assert by_item["annotation id 9"] == ["box entirely outside the image (x1=40 >= width 32): dropped"]
     assert by_item["annotation id 10"] == ["refers to unknown image id 99: dropped"]
@@ -125,7 +139,10 @@ def test_duplicate_image_ids_and_files(tmp_path):
     assert snap.images.select("image_id", "file_name").rows() == [(1, "images/train/a.png")]
     assert snap.annotations.get_column("ann_id").to_list() == [1]
     reasons = [r for _, r in snap.quarantine.select("item", "reason").rows()]
-    assert any(r.startswith("duplicate image id 1 (first for 'images/train/a.png', again for 'images/train/b.png')") for r in reasons)
+    assert any(
+        r.startswith("duplicate image id 1 (first for 'images/train/a.png', again for 'images/train/b.png')")
+        for r in reasons
+    )
     assert any(r.startswith("file 'images/train/a.png' is listed twice (image ids 1 and 2)") for r in reasons)
 
 
@@ -133,7 +150,12 @@ def test_file_names_escaping_the_root_are_rejected_without_being_opened(tmp_path
     png(tmp_path / "secret.png", 32, 24)  # a real image outside the dataset root
     root = tiny_coco(
         tmp_path / "src",
-        images=[_img(1, "../../../secret.png"), _img(2, str(tmp_path / "secret.png")), _img(3, "ok.png"), _img(4, "link.png")],
+        images=[
+            _img(1, "../../../secret.png"),
+            _img(2, str(tmp_path / "secret.png")),
+            _img(3, "ok.png"),
+            _img(4, "link.png"),
+        ],
         annotations=[_ann(1, 1, [1, 1, 2, 2]), _ann(2, 2, [1, 1, 2, 2])],
         sizes={"ok.png": (32, 24)},
     )
@@ -146,9 +168,14 @@ def test_file_names_escaping_the_root_are_rejected_without_being_opened(tmp_path
     assert snap.images.get_column("file_name").to_list() == ["images/train/ok.png"]
     assert all(p.name == "ok.png" for p in opened), opened
     reasons = _reasons(snap)
-    assert reasons["image id 1"] == "file name '../../../secret.png' escapes the dataset root: rejected, not opened; image dropped with its 1 annotation"
+    assert (
+        reasons["image id 1"]
+        == "file name '../../../secret.png' escapes the dataset root: rejected, not opened; image dropped with its 1 annotation"
+    )
     assert "is an absolute path outside the dataset root: rejected, not opened" in reasons["image id 2"]
-    assert reasons["image id 4"].startswith("file name resolves outside the dataset root (a symlink?): rejected, not opened")
+    assert reasons["image id 4"].startswith(
+        "file name resolves outside the dataset root (a symlink?): rejected, not opened"
+    )
 
 
 def test_exif_rotated_jpeg_has_displayed_size_and_pixels(tmp_path):
@@ -159,7 +186,9 @@ def test_exif_rotated_jpeg_has_displayed_size_and_pixels(tmp_path):
     assert snap.images.select("width", "height").row(0) == (20, 40)
     # The declared (stored) size disagrees with the displayed one: recorded, the file wins.
     (reason,) = snap.quarantine.get_column("reason").to_list()
-    assert reason.startswith("declared size differs from the image file (declared 40x20, file 20x40 as displayed, EXIF orientation 6)")
+    assert reason.startswith(
+        "declared size differs from the image file (declared 40x20, file 20x40 as displayed, EXIF orientation 6)"
+    )
     # The box fits the displayed image, so it is not clipped.
     assert snap.annotations.select("x2", "y2").row(0) == (12.0, 32.0)
     image, target = DetectionDataset(snap, "train").raw(0)
@@ -183,7 +212,9 @@ def test_yolo_label_faults(tmp_path):
     q = {(Path(s).name, i): r for s, i, r in snap.quarantine.rows()}
     assert q[("a.txt", "line 2")] == "class index 5 is not in data.yaml names (0..0): dropped"
     assert q[("a.txt", "line 3")] == "not a YOLO label line (3 numbers; class cx cy w h: 5 numbers expected): dropped"
-    assert q[("a.txt", "line 4")] == "not a YOLO label line (class cx cy w h: 5 numbers expected): dropped"  # no content quoted
+    assert (
+        q[("a.txt", "line 4")] == "not a YOLO label line (class cx cy w h: 5 numbers expected): dropped"
+    )  # no content quoted
     assert q[("a.txt", "line 5")] == "box has a missing or non-finite coordinate (x1=nan, x2=nan): dropped"
     assert q[("a.txt", "line 6")] == "box beyond the image (x2=10.5 > width 10): clipped to the image"
     assert q[("ghost.txt", "file")] == "label file has no image in the dataset: its 1 boxes dropped"
@@ -221,7 +252,12 @@ def test_imagefolder_faults_and_labels(tmp_path):
     (tmp_path / "train" / "dog" / ".DS_Store").write_bytes(b"\0")
     snap = ingest(tmp_path, fmt="imagefolder", out=tmp_path / "snap").snapshot
     assert snap.task == "classification" and snap.class_names == ["cat", "dog"]
-    rows = snap.images.join(snap.labels, on="image_id").select("file_name", "split", "category_id").sort("file_name").rows()
+    rows = (
+        snap.images.join(snap.labels, on="image_id")
+        .select("file_name", "split", "category_id")
+        .sort("file_name")
+        .rows()
+    )
     assert rows == [("train/cat/1.png", "train", 0), ("train/dog/2.png", "train", 1), ("val/cat/3.png", "val", 0)]
     reasons = snap.quarantine.get_column("reason").to_list()
     assert len(reasons) == 2
@@ -234,7 +270,11 @@ def test_imagefolder_faults_and_labels(tmp_path):
     [
         ("coco", lambda p: p, "COCO source does not exist"),
         ("coco", lambda p: (p.mkdir(), p)[1], "no annotations/instances_<split>.json found"),
-        ("coco", lambda p: (p.parent.mkdir(exist_ok=True), p.write_text("{not json"), p)[2], "not a readable COCO JSON file"),
+        (
+            "coco",
+            lambda p: (p.parent.mkdir(exist_ok=True), p.write_text("{not json"), p)[2],
+            "not a readable COCO JSON file",
+        ),
         ("voc", lambda p: p, "VOC source does not exist"),
         ("yolo", lambda p: (p.mkdir(), p)[1], "data.yaml does not exist"),
         ("imagefolder", lambda p: p, "ImageFolder source does not exist"),
@@ -251,9 +291,9 @@ def test_unusable_sources_raise_naming_the_path(tmp_path, fmt, make, message):
 def test_quarantine_reasons_group_into_kinds():
     assert reason_kind("box x2 < x1 (w=-3): dropped") == "box x2 < x1"
     assert reason_kind("truncated JPEG: image dropped with its 3 annotations") == "truncated JPEG"
-    assert reason_kind("file name '../a.jpg' escapes the dataset root: rejected, not opened; image dropped") == reason_kind(
-        "file name '../zz/b.jpg' escapes the dataset root: rejected, not opened"
-    )
+    assert reason_kind(
+        "file name '../a.jpg' escapes the dataset root: rejected, not opened; image dropped"
+    ) == reason_kind("file name '../zz/b.jpg' escapes the dataset root: rejected, not opened")
     assert reason_kind("refers to unknown image id 99: dropped") == "refers to unknown image id N"
 
 
@@ -266,7 +306,9 @@ def test_probe_reports_unreadable_headers_without_raising(tmp_path):
 
 def test_coco_json_with_nan_literals_is_read(tmp_path):
     # Python's json writes NaN/Infinity; other tools may too. They are bad boxes, not bad files.
-    root = tiny_coco(tmp_path / "src", images=[_img(1, "a.png")], annotations=[_ann(1, 1, [1, 1, 2, 2])], sizes={"a.png": (32, 24)})
+    root = tiny_coco(
+        tmp_path / "src", images=[_img(1, "a.png")], annotations=[_ann(1, 1, [1, 1, 2, 2])], sizes={"a.png": (32, 24)}
+    )
     doc = json.loads((root / "annotations" / "instances_train.json").read_text())
     doc["annotations"].append(_ann(2, 1, [float("-inf"), 1, 2, 2]))
     (root / "annotations" / "instances_train.json").write_text(json.dumps(doc))
@@ -286,7 +328,14 @@ def test_probe_refuses_paths_outside_the_root_before_opening(tmp_path, monkeypat
     opened = []
     real = probe.read_header
     monkeypatch.setattr(probe, "read_header", lambda path, **kw: opened.append(Path(path).name) or real(path, **kw))
-    names = ["../outside/x.png", str(tmp_path / "outside" / "x.png"), "linked_dir/x.png", "in/../../outside/x.png", "in/y.png", "in/alias.png"]
+    names = [
+        "../outside/x.png",
+        str(tmp_path / "outside" / "x.png"),
+        "linked_dir/x.png",
+        "in/../../outside/x.png",
+        "in/y.png",
+        "in/alias.png",
+    ]
     frame = probe.probe_images(root, names, workers=2)
     refused = frame.get_column("problem").str.contains("outside the dataset root").fill_null(False).to_list()
     assert refused == [True, True, True, True, False, False]

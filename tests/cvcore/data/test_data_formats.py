@@ -28,7 +28,9 @@ def three_forms(shapes_detection, tmp_path_factory):
 
 def _boxes_by_file(snapshot) -> pl.DataFrame:
     """Annotations keyed by image file basename and class name (ids may differ by format)."""
-    images = snapshot.images.select("image_id", pl.col("file_name").str.split("/").list.last().alias("file"), "split", "width", "height")
+    images = snapshot.images.select(
+        "image_id", pl.col("file_name").str.split("/").list.last().alias("file"), "split", "width", "height"
+    )
     return (
         snapshot.annotations.join(images, on="image_id")
         .join(snapshot.categories.select("category_id", "name"), on="category_id")
@@ -47,12 +49,20 @@ def test_coco_voc_yolo_give_identical_canonical_tables(three_forms, shapes_detec
         for col in ("file", "split", "width", "height", "name", "iscrowd", "difficult"):
             assert got.get_column(col).to_list() == reference.get_column(col).to_list(), (fmt, col)
         for col in ("x1", "y1", "x2", "y2"):
-            np.testing.assert_allclose(got.get_column(col).to_numpy(), reference.get_column(col).to_numpy(), rtol=0, atol=1e-6, err_msg=f"{fmt} {col}")
+            np.testing.assert_allclose(
+                got.get_column(col).to_numpy(),
+                reference.get_column(col).to_numpy(),
+                rtol=0,
+                atol=1e-6,
+                err_msg=f"{fmt} {col}",
+            )
+
         # The same image bytes are recorded the same way whatever the annotation format.
         def shas(s):
             return s.images.select(pl.col("file_name").str.split("/").list.last(), "sha256").sort("file_name").rows()
 
         assert shas(snap) == shas(shapes_detection), fmt
+
     # Beyond the join on file names: the canonical tables themselves are identical. VOC/YOLO
     # number images by sorted file name and objects in file order, which here is the synthetic
     # set's own numbering (train_* before val_*), so ids match COCO's kept ids; category ids
@@ -67,12 +77,14 @@ def test_coco_voc_yolo_give_identical_canonical_tables(three_forms, shapes_detec
         images, anns = canonical(three_forms[fmt])
         assert images.equals(coco_images), fmt
         assert anns.select("ann_id", "image_id", "name").equals(coco_anns.select("ann_id", "image_id", "name")), fmt
-        diff = (anns.select("x1", "y1", "x2", "y2").to_numpy() - coco_anns.select("x1", "y1", "x2", "y2").to_numpy())
+        diff = anns.select("x1", "y1", "x2", "y2").to_numpy() - coco_anns.select("x1", "y1", "x2", "y2").to_numpy()
         assert np.abs(diff).max() <= 1e-6, fmt
     # VOC and YOLO have no area of their own: theirs is the box's. COCO keeps the source area.
     voc, yolo, coco = (three_forms[f].annotations.sort("x1", "y1", "image_id") for f in ("voc", "yolo", "coco"))
     np.testing.assert_allclose(voc.get_column("area").to_numpy(), yolo.get_column("area").to_numpy(), atol=1e-6)
-    assert sorted(coco.get_column("area").to_list()) == sorted(shapes_detection.annotations.get_column("area").to_list())
+    assert sorted(coco.get_column("area").to_list()) == sorted(
+        shapes_detection.annotations.get_column("area").to_list()
+    )
 
 
 def test_reingesting_any_form_gives_the_same_digest(three_forms, tmp_path):
@@ -107,7 +119,10 @@ def test_yolo_normalised_centre_boxes_and_polygons(tmp_path):
     (tmp_path / "data.yaml").write_text("train: images/train\nnames: [x, y]\n")
     snap = ingest(tmp_path, fmt="yolo", out=tmp_path / "snap").snapshot
     anns = snap.annotations.sort("ann_id")
-    assert anns.select("category_id", "x1", "y1", "x2", "y2").rows() == [(1, 10.0, 5.0, 30.0, 15.0), (0, 4.0, 2.0, 12.0, 12.0)]
+    assert anns.select("category_id", "x1", "y1", "x2", "y2").rows() == [
+        (1, 10.0, 5.0, 30.0, 15.0),
+        (0, 4.0, 2.0, 12.0, 12.0),
+    ]
     assert snap.categories.rows() == [(0, "x", 0), (1, "y", 1)]
     assert anns.get_column("area").to_list() == [200.0, 80.0]
 
@@ -125,15 +140,37 @@ def test_coco_keeps_ids_and_orders_categories_by_source_id(tmp_path):
     assert raw.categories.rows() == [(0, "car", 3), (1, "zebra", 90)]
     assert raw.images.select("image_id", "file_name", "split").rows() == [(42, "images/val2017/p.png", "val")]
     a = raw.annotations.row(0, named=True)
-    assert (a["ann_id"], a["image_id"], a["category_id"], a["x1"], a["y1"], a["x2"], a["y2"], a["area"], a["iscrowd"]) == (
-        7, 42, 1, 1.0, 2.0, 4.0, 6.0, 5.5, True,
+    assert (
+        a["ann_id"],
+        a["image_id"],
+        a["category_id"],
+        a["x1"],
+        a["y1"],
+        a["x2"],
+        a["y2"],
+        a["area"],
+        a["iscrowd"],
+    ) == (
+        7,
+        42,
+        1,
+        1.0,
+        2.0,
+        4.0,
+        6.0,
+        5.5,
+        True,
     )
 
 
 def test_single_coco_file_with_images_dir(tmp_path):
     png(tmp_path / "pics" / "q.png", 8, 8)
     ann = tmp_path / "labels.json"
-    ann.write_text(json.dumps({"images": [{"id": 1, "file_name": "q.png"}], "annotations": [], "categories": [{"id": 1, "name": "a"}]}))
+    ann.write_text(
+        json.dumps(
+            {"images": [{"id": 1, "file_name": "q.png"}], "annotations": [], "categories": [{"id": 1, "name": "a"}]}
+        )
+    )
     snap = ingest(ann, fmt="coco", out=tmp_path / "snap", images=tmp_path / "pics").snapshot
     assert snap.images.select("file_name", "width", "split").rows() == [("q.png", 8, "train")]
     assert snap.image_path("q.png") == (tmp_path / "pics" / "q.png").resolve()
@@ -141,7 +178,12 @@ def test_single_coco_file_with_images_dir(tmp_path):
 
 def test_canonical_split_names():
     assert [canonical_split(s) for s in ("train2017", "val2012", "Valid", "validation", "test", "trainval")] == [
-        "train", "val", "val", "val", "test", "trainval",
+        "train",
+        "val",
+        "val",
+        "val",
+        "test",
+        "trainval",
     ]
 
 
@@ -193,7 +235,10 @@ def test_layout_variants_users_ship(tmp_path):
     (year / "ImageSets" / "Main" / "trainval.txt").write_text("p\n")
     (year / "ImageSets" / "Main" / "test.txt").write_text("q\n")
     devkit = read_voc(tmp_path / "VOCdevkit")
-    assert sorted(devkit.images.select("file_name", "split").rows()) == [("JPEGImages/p.png", "trainval"), ("JPEGImages/q.png", "test")]
+    assert sorted(devkit.images.select("file_name", "split").rows()) == [
+        ("JPEGImages/p.png", "trainval"),
+        ("JPEGImages/q.png", "test"),
+    ]
 
     # YOLO: split given as a .txt list of images, names as a list, `path:` pointing at the root.
     yolo = tmp_path / "yolo"
@@ -211,7 +256,9 @@ def test_layout_variants_users_ship(tmp_path):
     rf = tmp_path / "rf" / "valid"
     png(rf / "c.png", 10, 10)
     (rf / "_annotations.coco.json").write_text(
-        json.dumps({"images": [{"id": 0, "file_name": "c.png"}], "annotations": [], "categories": [{"id": 0, "name": "obj"}]})
+        json.dumps(
+            {"images": [{"id": 0, "file_name": "c.png"}], "annotations": [], "categories": [{"id": 0, "name": "obj"}]}
+        )
     )
     coco = read_coco(rf / "_annotations.coco.json")
     assert coco.images.select("file_name", "split").rows() == [("c.png", "val")]

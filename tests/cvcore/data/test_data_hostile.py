@@ -73,7 +73,9 @@ def test_an_image_whose_yolo_label_file_is_unreadable_is_dropped_not_kept_as_bac
     (root / "labels" / "train" / "a.txt").write_bytes(b"0 0.5 0.5 0.2 0.2\n\xff\xfe\x00binary")
     snap = ingest(root, fmt="yolo", out=tmp_path / "snap").snapshot
     assert snap.images.get_column("file_name").to_list() == ["images/train/b.png"]  # b: no label file, background
-    assert _reasons(snap) == {"images/train/a.png": "label file not read (not UTF-8 text, byte 18): image dropped, its boxes are unknown"}
+    assert _reasons(snap) == {
+        "images/train/a.png": "label file not read (not UTF-8 text, byte 18): image dropped, its boxes are unknown"
+    }
 
 
 def test_yolo_label_lines_are_never_quoted(tmp_path):
@@ -102,14 +104,18 @@ def test_voc_xml_and_split_list_linked_outside_are_not_read(tmp_path):
     png(src / "JPEGImages" / "a.png", 10, 10)
     png(src / "JPEGImages" / "b.png", 10, 10)
     box = "<bndbox><xmin>1</xmin><ymin>1</ymin><xmax>5</xmax><ymax>5</ymax></bndbox>"
-    (src / "Annotations" / "a.xml").write_text(f"<annotation><filename>a.png</filename><object><name>cat</name>{box}</object></annotation>")
+    (src / "Annotations" / "a.xml").write_text(
+        f"<annotation><filename>a.png</filename><object><name>cat</name>{box}</object></annotation>"
+    )
     evil = tmp_path / "outside" / "b.xml"
     evil.parent.mkdir()
     evil.write_text(f"<annotation><filename>b.png</filename><object><name>secret</name>{box}</object></annotation>")
     (src / "Annotations" / "b.xml").symlink_to(evil)
     result = ingest(src, fmt="voc", out=tmp_path / "snap")
     assert result.snapshot.class_names == ["cat"] and result.snapshot.images.height == 1
-    assert _reasons(result.snapshot)["image b"].startswith("annotation file not read (it resolves outside the dataset root")
+    assert _reasons(result.snapshot)["image b"].startswith(
+        "annotation file not read (it resolves outside the dataset root"
+    )
 
     (src / "ImageSets" / "Main").mkdir(parents=True)
     (src / "ImageSets" / "Main" / "train.txt").symlink_to(_outside(tmp_path))
@@ -135,26 +141,44 @@ def test_voc_list_lines_that_are_not_ids_are_not_quoted(tmp_path):
 
 
 def test_coco_file_linked_outside_the_source_folder_is_refused(tmp_path):
-    root = tiny_coco(tmp_path / "src", images=[{"id": 1, "file_name": "a.png"}], annotations=[], sizes={"a.png": (8, 8)})
+    root = tiny_coco(
+        tmp_path / "src", images=[{"id": 1, "file_name": "a.png"}], annotations=[], sizes={"a.png": (8, 8)}
+    )
     outside = tmp_path / "elsewhere" / "instances_val.json"
     outside.parent.mkdir()
-    outside.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.png"}], "annotations": [], "categories": [{"id": 1, "name": "a"}]}))
+    outside.write_text(
+        json.dumps(
+            {"images": [{"id": 1, "file_name": "a.png"}], "annotations": [], "categories": [{"id": 1, "name": "a"}]}
+        )
+    )
     (root / "annotations" / "instances_val.json").symlink_to(outside)
-    with pytest.raises(ValueError, match=r"instances_val.json: not a readable COCO JSON file \(it resolves outside .*pass the file itself as SOURCE"):
+    with pytest.raises(
+        ValueError,
+        match=r"instances_val.json: not a readable COCO JSON file \(it resolves outside .*pass the file itself as SOURCE",
+    ):
         ingest(root, fmt="coco", out=tmp_path / "snap")
     # Named as SOURCE, the user chose it: it is read where it is.
-    assert ingest(outside, fmt="coco", out=tmp_path / "snap", images=root / "images" / "train").snapshot.images.height == 1
+    assert (
+        ingest(outside, fmt="coco", out=tmp_path / "snap", images=root / "images" / "train").snapshot.images.height == 1
+    )
 
 
 # Defect 4: a FIFO (any non-regular file) is never opened for reading.
 
 
 def test_fifos_in_place_of_images_and_annotation_files_are_refused(tmp_path):
-    coco = tiny_coco(tmp_path / "coco", images=[{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "f.png"}], annotations=[], sizes={"a.png": (8, 8)})
+    coco = tiny_coco(
+        tmp_path / "coco",
+        images=[{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "f.png"}],
+        annotations=[],
+        sizes={"a.png": (8, 8)},
+    )
     os.mkfifo(coco / "images" / "train" / "f.png")
     snap = ingest(coco, fmt="coco", out=tmp_path / "s1").snapshot
     assert snap.images.height == 1
-    assert _reasons(snap)["image id 2"] == "not a regular file, a FIFO: not opened: image dropped with its 0 annotations"
+    assert (
+        _reasons(snap)["image id 2"] == "not a regular file, a FIFO: not opened: image dropped with its 0 annotations"
+    )
 
     yolo = _yolo(tmp_path / "yolo")
     os.mkfifo(yolo / "labels" / "train" / "a.txt")
@@ -162,7 +186,10 @@ def test_fifos_in_place_of_images_and_annotation_files_are_refused(tmp_path):
     snap = ingest(yolo, fmt="yolo", out=tmp_path / "s2").snapshot
     assert snap.images.get_column("file_name").to_list() == ["images/train/b.png"]
     reasons = _reasons(snap)
-    assert reasons["images/train/a.png"] == "label file not read (not a regular file, a FIFO): image dropped, its boxes are unknown"
+    assert (
+        reasons["images/train/a.png"]
+        == "label file not read (not a regular file, a FIFO): image dropped, its boxes are unknown"
+    )
     assert reasons["images/train/c.png"].startswith("not a regular file, a FIFO: not opened")
 
     voc = tmp_path / "voc"
@@ -171,7 +198,10 @@ def test_fifos_in_place_of_images_and_annotation_files_are_refused(tmp_path):
     (voc / "Annotations" / "a.xml").write_text("<annotation><filename>a.png</filename></annotation>")
     os.mkfifo(voc / "Annotations" / "b.xml")
     snap = ingest(voc, fmt="voc", out=tmp_path / "s3").snapshot
-    assert snap.images.height == 1 and _reasons(snap)["image b"] == "annotation file not read (not a regular file, a FIFO): image dropped"
+    assert (
+        snap.images.height == 1
+        and _reasons(snap)["image b"] == "annotation file not read (not a regular file, a FIFO): image dropped"
+    )
 
     folder = tmp_path / "folder"
     png(folder / "cat" / "1.png", 8, 8)
@@ -181,7 +211,9 @@ def test_fifos_in_place_of_images_and_annotation_files_are_refused(tmp_path):
 
     fifo_json = tmp_path / "instances_train.json"
     os.mkfifo(fifo_json)
-    with pytest.raises(ValueError, match=r"instances_train.json: not a readable COCO JSON file \(not a regular file, a FIFO\)"):
+    with pytest.raises(
+        ValueError, match=r"instances_train.json: not a readable COCO JSON file \(not a regular file, a FIFO\)"
+    ):
         ingest(fifo_json, fmt="coco", out=tmp_path / "s5", images=coco)
     os.mkfifo(tmp_path / "data.yaml")
     with pytest.raises(ValueError, match=r"data.yaml: YOLO data.yaml not read \(not a regular file, a FIFO\)"):
@@ -279,6 +311,7 @@ def test_header_read_streams_the_file(tmp_path):
 
 def _png_header_only(w: int, h: int) -> bytes:
     """A PNG signature and IHDR claiming w x h, then IEND: a size without pixels."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
@@ -286,7 +319,12 @@ def _png_header_only(w: int, h: int) -> bytes:
 
 
 def test_pixel_cap_quarantines_huge_images_from_their_header(tmp_path):
-    root = tiny_coco(tmp_path / "src", images=[{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "huge.png"}, {"id": 3, "file_name": "mid.png"}], annotations=[], sizes={"a.png": (8, 8), "mid.png": (300, 200)})
+    root = tiny_coco(
+        tmp_path / "src",
+        images=[{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "huge.png"}, {"id": 3, "file_name": "mid.png"}],
+        annotations=[],
+        sizes={"a.png": (8, 8), "mid.png": (300, 200)},
+    )
     (root / "images" / "train" / "huge.png").write_bytes(_png_header_only(12_000, 12_000))  # 144 MP
     snap = ingest(root, fmt="coco", out=tmp_path / "s1").snapshot
     assert sorted(snap.images.get_column("image_id")) == [1, 3]
@@ -321,18 +359,34 @@ def test_coco_split_files_with_colliding_ids_are_kept_apart(tmp_path):
     snap = ingest(root, fmt="coco", out=tmp_path / "snap").snapshot
     images = snap.images.sort("image_id").select("image_id", "file_name", "split").rows()
     assert images == [
-        (1, "images/train/t1.png", "train"), (2, "images/train/t2.png", "train"), (3, "images/train/t3.png", "train"),
-        (4, "images/val/v1.png", "val"), (5, "images/val/v2.png", "val"),
+        (1, "images/train/t1.png", "train"),
+        (2, "images/train/t2.png", "train"),
+        (3, "images/train/t3.png", "train"),
+        (4, "images/val/v1.png", "val"),
+        (5, "images/val/v2.png", "val"),
     ]
-    boxes = snap.annotations.join(snap.images, on="image_id").sort("ann_id").select("ann_id", "file_name", "x1", "x2").rows()
+    boxes = (
+        snap.annotations.join(snap.images, on="image_id")
+        .sort("ann_id")
+        .select("ann_id", "file_name", "x1", "x2")
+        .rows()
+    )
     assert boxes == [
-        (1, "images/train/t1.png", 0.0, 2.0), (2, "images/train/t3.png", 1.0, 4.0),
-        (3, "images/val/v1.png", 5.0, 9.0), (4, "images/val/v2.png", 6.0, 8.0),
+        (1, "images/train/t1.png", 0.0, 2.0),
+        (2, "images/train/t3.png", 1.0, 4.0),
+        (3, "images/val/v1.png", 5.0, 9.0),
+        (4, "images/val/v2.png", 6.0, 8.0),
     ]
     reasons = {(Path(s).name, i): r for s, i, r in snap.quarantine.rows()}
     assert reasons == {
-        ("instances_val.json", "image ids"): "image ids shared with 'instances_train.json' (2 ids): ids are per file, so this file's images are renumbered: new id = source id + 3; their annotations follow",
-        ("instances_val.json", "annotation ids"): "annotation ids shared with 'instances_train.json' (2 ids): this file's annotations are renumbered: new id = source id + 2",
+        (
+            "instances_val.json",
+            "image ids",
+        ): "image ids shared with 'instances_train.json' (2 ids): ids are per file, so this file's images are renumbered: new id = source id + 3; their annotations follow",
+        (
+            "instances_val.json",
+            "annotation ids",
+        ): "annotation ids shared with 'instances_train.json' (2 ids): this file's annotations are renumbered: new id = source id + 2",
         ("instances_val.json", "annotation id 3"): "refers to unknown image id 9: dropped",
     }
 
@@ -348,7 +402,9 @@ def test_an_annotation_never_lands_on_another_files_image(tmp_path):
     snap = ingest(root, fmt="coco", out=tmp_path / "snap").snapshot
     assert snap.images.sort("image_id").get_column("image_id").to_list() == [1, 2]
     assert snap.annotations.sort("ann_id").select("ann_id", "image_id").rows() == [(1, 1), (8, 2)]
-    assert _reasons(snap) == {"annotation id 7": "refers to image id 1 of 'instances_train.json', not of this file: dropped"}
+    assert _reasons(snap) == {
+        "annotation id 7": "refers to image id 1 of 'instances_train.json', not of this file: dropped"
+    }
 
 
 def test_coco_export_numbers_annotation_ids_from_1(tmp_path):
@@ -359,7 +415,11 @@ def test_coco_export_numbers_annotation_ids_from_1(tmp_path):
     from cvcore.data.formats import write_coco
 
     doc = json.loads(write_coco(snap, tmp_path / "gt.json").ground_truth.read_text())
-    assert [(a["id"], a["bbox"]) for a in doc["annotations"]] == [(1, [0.0, 0.0, 2.0, 2.0]), (2, [4.0, 4.0, 3.0, 3.0]), (3, [1.0, 1.0, 3.0, 3.0])]
+    assert [(a["id"], a["bbox"]) for a in doc["annotations"]] == [
+        (1, [0.0, 0.0, 2.0, 2.0]),
+        (2, [4.0, 4.0, 3.0, 3.0]),
+        (3, [1.0, 1.0, 3.0, 3.0]),
+    ]
 
 
 # A damaged snapshot is one error naming the file.
@@ -376,5 +436,7 @@ def test_a_damaged_snapshot_is_an_error_naming_the_file(tmp_path):
     with pytest.raises(SnapshotError, match=rf"^{table}: not a readable Parquet table \(.*\); re-create the snapshot$"):
         read_snapshot(snap.path)
     (snap.path / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)
-    with pytest.raises(SnapshotError, match=r"manifest.json: not (valid JSON \(nested too deeply\)|a snapshot manifest)"):
+    with pytest.raises(
+        SnapshotError, match=r"manifest.json: not (valid JSON \(nested too deeply\)|a snapshot manifest)"
+    ):
         read_snapshot(snap.path)

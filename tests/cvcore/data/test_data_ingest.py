@@ -69,7 +69,9 @@ def test_val_fraction_splits_a_single_split_source_seeded_and_stratified(tmp_pat
     images = [{"id": i, "file_name": f"{i}.png"} for i in range(1, 51)]
     anns = [{"id": i, "image_id": i, "category_id": 1, "bbox": [1, 1, 3, 3]} for i in range(1, 41)]
     anns += [{"id": 100 + i, "image_id": i, "category_id": 3, "bbox": [4, 4, 2, 2]} for i in range(31, 41)]
-    root = tiny_coco(tmp_path / "src", images=images, annotations=anns, sizes={f"{i}.png": (8, 8) for i in range(1, 51)})
+    root = tiny_coco(
+        tmp_path / "src", images=images, annotations=anns, sizes={f"{i}.png": (8, 8) for i in range(1, 51)}
+    )
     first = ingest(root, fmt="coco", out=tmp_path / "s1", val_fraction=0.2, seed=3).snapshot
     again = ingest(root, fmt="coco", out=tmp_path / "s2", val_fraction=0.2, seed=3).snapshot
     other = ingest(root, fmt="coco", out=tmp_path / "s3", val_fraction=0.2, seed=4).snapshot
@@ -114,7 +116,9 @@ def test_health_report_counts_and_markdown(tmp_path):
         {"id": 5, "image_id": 2, "category_id": 3, "bbox": [5, 5, -2, 2], "area": 1.0},  # quarantined
     ]
     images = [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "b.png"}, {"id": 3, "file_name": "c.png"}]
-    root = tiny_coco(tmp_path / "src", images=images, annotations=anns, sizes={n: (120, 120) for n in ("a.png", "b.png", "c.png")})
+    root = tiny_coco(
+        tmp_path / "src", images=images, annotations=anns, sizes={n: (120, 120) for n in ("a.png", "b.png", "c.png")}
+    )
     result = ingest(root, fmt="coco", out=tmp_path / "snap")
     report = result.report
     assert format_health(report) == format_health(health_report(result.snapshot))

@@ -45,7 +45,9 @@ def test_replace_refuses_a_user_folder_and_a_foreign_manifest(tmp_path):
     thesis = tmp_path / "thesis"
     (thesis / "chapter1.tex").parent.mkdir()
     (thesis / "chapter1.tex").write_text("\\chapter{One}\n")
-    with pytest.raises(SnapshotError, match=r"refusing to replace .*thesis: it is not a cvflow snapshot \(no manifest.json\)"):
+    with pytest.raises(
+        SnapshotError, match=r"refusing to replace .*thesis: it is not a cvflow snapshot \(no manifest.json\)"
+    ):
         ingest(src, fmt="coco", out=thesis, replace=True)
     (thesis / "manifest.json").write_text(json.dumps({"name": "my web app", "start_url": "/"}))
     with pytest.raises(SnapshotError, match="its manifest.json is not a snapshot manifest"):
@@ -73,8 +75,15 @@ def test_write_snapshot_refuses_to_replace_the_folder_holding_its_image_root(tmp
     snap = make_shapes_classification(tmp_path / "snap", n_train=4, n_val=0)
     with pytest.raises(SnapshotError, match="it holds"):
         write_snapshot(
-            snap.path, name="x", task="classification", source_format="imagefolder", image_root=snap.image_root.resolve(),
-            images=snap.images, categories=snap.categories, labels=snap.labels, replace=True,
+            snap.path,
+            name="x",
+            task="classification",
+            source_format="imagefolder",
+            image_root=snap.image_root.resolve(),
+            images=snap.images,
+            categories=snap.categories,
+            labels=snap.labels,
+            replace=True,
         )
     assert read_snapshot(snap.path).digest == snap.digest
     # The synthetic writers follow the same rule.

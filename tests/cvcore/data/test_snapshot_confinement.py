@@ -75,7 +75,9 @@ def test_rows_leading_outside_the_image_root_are_skipped_alone(copy):
     assert {i: name for i, (name, _) in refused.items()} == names
     for index in dataset.refused:
         assert dataset[index] is None
-        assert "dataset root" in unreadable_reason(dataset, index) or "not a relative path" in unreadable_reason(dataset, index)
+        assert "dataset root" in unreadable_reason(dataset, index) or "not a relative path" in unreadable_reason(
+            dataset, index
+        )
     readable = [i for i in range(len(dataset)) if i not in dataset.refused]
     assert len(readable) == len(dataset) - 3 and all(dataset[i] is not None for i in readable[:5])
 
@@ -94,7 +96,14 @@ def test_predictions_record_the_skipped_rows(copy, tmp_path):
         "model_name": "resnet18", "task": "classification", "num_classes": 4, "class_names": snapshot.class_names, "img_size": 16,
         "options": {}, "config": RunConfig().model_dump(mode="json"),
     }  # fmt: skip
-    run = predict_checkpoint(LoadedModel(model=model, meta=meta, path=tmp_path / "model.pt"), snapshot, "val", eval_config=EvalConfig(), batch_size=16, device="cpu")
+    run = predict_checkpoint(
+        LoadedModel(model=model, meta=meta, path=tmp_path / "model.pt"),
+        snapshot,
+        "val",
+        eval_config=EvalConfig(),
+        batch_size=16,
+        device="cpu",
+    )
     path = write_predictions(run.batches, tmp_path / "p.parquet", task="classification", unreadable=run.unreadable)
     assert pl.read_parquet(path).height == snapshot.split_images("val").height - 3
     unreadable = read_unreadable_shards([path])
@@ -144,7 +153,9 @@ def test_a_split_name_that_is_not_a_plain_name_is_refused_on_read_and_write(copy
     from cvcore.data.snapshot import write_snapshot
 
     images = pl.read_parquet(copy / "images.parquet")
-    hostile = images.with_columns(split=pl.when(pl.col("split") == "val").then(pl.lit(split)).otherwise(pl.col("split")))
+    hostile = images.with_columns(
+        split=pl.when(pl.col("split") == "val").then(pl.lit(split)).otherwise(pl.col("split"))
+    )
     hostile.write_parquet(copy / "images.parquet")
     with pytest.raises(SnapshotError, match="is not a plain name") as info:
         read_snapshot(copy)
@@ -165,9 +176,9 @@ def test_materialize_with_ids_at_the_int64_limit_is_one_line_before_writing(copy
     for table in ("images", "labels"):
         frame = pl.read_parquet(copy / f"{table}.parquet")
         last = frame.get_column("image_id").max()
-        frame.with_columns(image_id=pl.when(pl.col("image_id") == last).then(pl.lit(top, pl.Int64)).otherwise(pl.col("image_id"))).write_parquet(
-            copy / f"{table}.parquet"
-        )
+        frame.with_columns(
+            image_id=pl.when(pl.col("image_id") == last).then(pl.lit(top, pl.Int64)).otherwise(pl.col("image_id"))
+        ).write_parquet(copy / f"{table}.parquet")
     out = tmp_path / "aug"
     with pytest.raises(ValueError, match=f"image_id values go up to {top}, leaving no room for"):
         run_augment_stage(copy, AugmentConfig(preset="light"), preview_path=tmp_path / "p.png", split="train", n_preview=1, n_stats=2,
@@ -180,9 +191,9 @@ def test_a_copied_snapshot_with_duplicate_image_ids_is_an_error_naming_the_id(co
     them, read_snapshot read them silently."""
     images = pl.read_parquet(copy / "images.parquet")
     val = images.filter(pl.col("split") == "val").get_column("image_id")
-    images.with_columns(image_id=pl.when(pl.col("image_id") == val[1]).then(val[0]).otherwise(pl.col("image_id"))).write_parquet(
-        copy / "images.parquet"
-    )
+    images.with_columns(
+        image_id=pl.when(pl.col("image_id") == val[1]).then(val[0]).otherwise(pl.col("image_id"))
+    ).write_parquet(copy / "images.parquet")
     with pytest.raises(SnapshotError, match=f"^{copy}: images.parquet: duplicate image_id {val[0]} "):
         read_snapshot(copy)
 
@@ -195,7 +206,9 @@ def test_a_split_whose_every_file_name_leads_outside_is_an_error(copy):
     images.with_columns(
         file_name=pl.when(pl.col("split") == "val").then(pl.lit("../../x.png")).otherwise(pl.col("file_name"))
     ).write_parquet(copy / "images.parquet")
-    with pytest.raises(ValueError, match=f"^{copy}: every image file name of split 'val' leads outside the image root, e.g. "):
+    with pytest.raises(
+        ValueError, match=f"^{copy}: every image file name of split 'val' leads outside the image root, e.g. "
+    ):
         ClassificationDataset(read_snapshot(copy), "val")
     assert len(ClassificationDataset(read_snapshot(copy), "train")) > 0
 
@@ -209,12 +222,16 @@ def test_replace_refuses_a_snapshot_holding_files_it_did_not_write(tmp_path):
     make_shapes_classification(out, n_train=4, n_val=4, seed=1, replace=True)  # a snapshot alone: replaced
     (out / "notes.md").write_text("mine\n")
     (out / "runs" / "r1").mkdir(parents=True)
-    with pytest.raises(SnapshotError, match=f"^refusing to replace {out}: it holds files a snapshot does not \\(notes.md, runs\\)"):
+    with pytest.raises(
+        SnapshotError, match=f"^refusing to replace {out}: it holds files a snapshot does not \\(notes.md, runs\\)"
+    ):
         make_shapes_classification(out, n_train=4, n_val=4, seed=2, replace=True)
     assert (out / "notes.md").read_text() == "mine\n" and (out / "runs" / "r1").is_dir()
 
 
 def test_a_huge_manifest_is_not_read_whole(copy):
     (copy / "manifest.json").write_text('{"name": "' + "x" * (2 << 20) + '"}')
-    with pytest.raises(SnapshotError, match=f"^{copy / 'manifest.json'}: larger than 1048576 bytes, not a snapshot manifest$"):
+    with pytest.raises(
+        SnapshotError, match=f"^{copy / 'manifest.json'}: larger than 1048576 bytes, not a snapshot manifest$"
+    ):
         read_snapshot(copy)

@@ -48,7 +48,9 @@ class StopAfter:
             raise KeyboardInterrupt(f"stopped after epoch {epoch}")
 
 
-def fit_rank(snapshot: str, config: dict[str, Any], out_dir: str, resume: str | None, callbacks: tuple = (), model_seed: int = 0) -> Any:
+def fit_rank(
+    snapshot: str, config: dict[str, Any], out_dir: str, resume: str | None, callbacks: tuple = (), model_seed: int = 0
+) -> Any:
     """One rank: the same model, loaders for this rank, ``fit``; rank 0 returns (history, metrics.json)."""
 
     def work(d):

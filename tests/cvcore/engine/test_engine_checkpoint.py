@@ -8,7 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from cvcore.engine.checkpoint import CheckpointError, capture_rng, copy_atomic, ema_weights, load_checkpoint, resolve_checkpoint, restore_rng, save_checkpoint
+from cvcore.engine.checkpoint import (
+    CheckpointError,
+    capture_rng,
+    copy_atomic,
+    ema_weights,
+    load_checkpoint,
+    resolve_checkpoint,
+    restore_rng,
+    save_checkpoint,
+)
 
 
 def _state(value: float) -> dict:

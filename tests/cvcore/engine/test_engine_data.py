@@ -80,13 +80,21 @@ def _epochs_of_batches(loader, config, epochs):
 def test_persistent_workers_follow_the_epochs_like_the_main_process(shapes_classification, shapes_detection):
     """Workers started once (persistent) still make each epoch's samples, mixes and Mosaic on/off:
     the batches equal those of num_workers=0 epoch by epoch."""
-    cls = RunConfig.model_validate({"data": {"img_size": 32}, "augment": {"cutmix_p": 0.5}, "train": {"batch_size": 8, "epochs": 3}})
+    cls = RunConfig.model_validate(
+        {"data": {"img_size": 32}, "augment": {"cutmix_p": 0.5}, "train": {"batch_size": 8, "epochs": 3}}
+    )
     det = RunConfig.model_validate(
-        {"data": {"img_size": 32}, "augment": {"mosaic_p": 1.0, "close_mosaic": 1}, "train": {"batch_size": 8, "epochs": 3}}
+        {
+            "data": {"img_size": 32},
+            "augment": {"mosaic_p": 1.0, "close_mosaic": 1},
+            "train": {"batch_size": 8, "epochs": 3},
+        }
     )
     for snapshot, config in ((shapes_classification, cls), (shapes_detection, det)):
         main = make_loaders(snapshot, config).train
-        pooled = make_loaders(snapshot, config.model_copy(update={"data": config.data.model_copy(update={"num_workers": 2})})).train
+        pooled = make_loaders(
+            snapshot, config.model_copy(update={"data": config.data.model_copy(update={"num_workers": 2})})
+        ).train
         assert pooled.persistent_workers and not main.persistent_workers
         a, b = _epochs_of_batches(main, config, 3), _epochs_of_batches(pooled, config, 3)
         assert len(a) == len(b) == 3
@@ -97,7 +105,10 @@ def test_persistent_workers_follow_the_epochs_like_the_main_process(shapes_class
                     assert torch.equal(xa, xb) and torch.equal(ya, yb)
                 else:
                     assert all(torch.equal(i, j) for i, j in zip(xa, xb))
-                    assert all(torch.equal(s["boxes"], t["boxes"]) and torch.equal(s["labels"], t["labels"]) for s, t in zip(ya, yb))
+                    assert all(
+                        torch.equal(s["boxes"], t["boxes"]) and torch.equal(s["labels"], t["labels"])
+                        for s, t in zip(ya, yb)
+                    )
         first = [x if torch.is_tensor(x) else torch.stack(x) for x, _ in a[0]]
         second = [x if torch.is_tensor(x) else torch.stack(x) for x, _ in a[1]]
         assert not all(torch.equal(x, y) for x, y in zip(first, second))  # the epochs differ

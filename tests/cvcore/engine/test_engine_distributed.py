@@ -20,14 +20,23 @@ TIMING = ["train/time_s", "train/images_per_s", "train/cpu_time_s"]
 
 def _config(**train) -> dict:
     # The default augmentation preset: per-sample seeds make it the same on 1 or 2 processes.
-    return {"data": {"img_size": 32}, "train": {"epochs": 2, "batch_size": 16, "lr": 0.01, "warmup_epochs": 0.5, "device": "cpu"} | train}
+    return {
+        "data": {"img_size": 32},
+        "train": {"epochs": 2, "batch_size": 16, "lr": 0.01, "warmup_epochs": 0.5, "device": "cpu"} | train,
+    }
 
 
 def _one_process(snapshot, config: dict, out_dir):
     run_config = RunConfig.model_validate(config)
     train, val = make_loaders(snapshot, run_config)
     return fit(
-        no_norm_classifier(), train, val, config=run_config, task="classification", out_dir=out_dir, meta={"model_name": "no_norm"}
+        no_norm_classifier(),
+        train,
+        val,
+        config=run_config,
+        task="classification",
+        out_dir=out_dir,
+        meta={"model_name": "no_norm"},
     )
 
 
@@ -81,13 +90,17 @@ def test_resume_under_ddp_is_exact(shapes_classification, tmp_path):
 def test_a_killed_rank_fails_the_launch_quickly_with_its_cause(shapes_classification, tmp_path):
     start = time.monotonic()
     with pytest.raises(RankFailed, match=r"rank 1 of 2 failed .*(SIGKILL|Signal 9)"):
-        launch(kill_self_rank, (str(shapes_classification.path), _config(epochs=3), str(tmp_path / "run"), 1, 3), nproc=2)
+        launch(
+            kill_self_rank, (str(shapes_classification.path), _config(epochs=3), str(tmp_path / "run"), 1, 3), nproc=2
+        )
     assert time.monotonic() - start < 60
 
 
 def test_a_python_error_names_the_rank_and_the_exception(shapes_classification, tmp_path):
     config = _config(batch_size=15)  # does not split over 2 devices
-    with pytest.raises(RankFailed, match=r"ValueError: train.batch_size 15 is the global batch and must split evenly over 2 devices"):
+    with pytest.raises(
+        RankFailed, match=r"ValueError: train.batch_size 15 is the global batch and must split evenly over 2 devices"
+    ):
         launch(fit_rank, (str(shapes_classification.path), config, str(tmp_path / "run"), None), nproc=2)
 
 
@@ -121,7 +134,12 @@ def test_devices_and_nodes_are_checked():
     with pytest.raises(ValueError, match="--node-rank must be in 0..1"):
         Nodes(nnodes=2, node_rank=2, rdzv_endpoint="h:29500")
     d = Dist()
-    assert d.sum({"a": 1.0}) == {"a": 1.0} and d.gather(3) == [3] and d.broadcast(4) == 4 and list(d.shard(5)) == [0, 1, 2, 3, 4]
+    assert (
+        d.sum({"a": 1.0}) == {"a": 1.0}
+        and d.gather(3) == [3]
+        and d.broadcast(4) == 4
+        and list(d.shard(5)) == [0, 1, 2, 3, 4]
+    )
 
 
 def test_sync_bn_needs_cuda():
@@ -130,7 +148,6 @@ def test_sync_bn_needs_cuda():
     with pytest.raises(ValueError, match="sync_bn needs GPUs"):
         prepare_model(torch.nn.BatchNorm2d(3), Dist(rank=0, world_size=2), sync_bn=True)
     assert type(prepare_model(torch.nn.BatchNorm2d(3), Dist(), sync_bn=True)) is torch.nn.BatchNorm2d
-
 
 
 def test_two_nodes_train_one_run_that_node_0_writes(shapes_classification, tmp_path):
@@ -146,8 +163,11 @@ def test_two_nodes_train_one_run_that_node_0_writes(shapes_classification, tmp_p
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     config = RunConfig.model_validate(
-        {"data": {"snapshot": str(shapes_classification.path), "img_size": 16}, "model": {"name": "resnet18"},
-         "train": {"epochs": 1, "batch_size": 16, "device": "cpu"}}  # fmt: skip
+        {
+            "data": {"snapshot": str(shapes_classification.path), "img_size": 16},
+            "model": {"name": "resnet18"},
+            "train": {"epochs": 1, "batch_size": 16, "device": "cpu"},
+        }  # fmt: skip
     )
     endpoint = f"127.0.0.1:{port}"
     node1 = subprocess.Popen(
@@ -181,12 +201,17 @@ def test_the_cause_is_the_first_rank_that_failed_not_the_peers_that_lost_it():
     })  # fmt: skip
     recorded = [{"rank": 0, "time": 100.5, "message": "torch.OutOfMemoryError: CUDA out of memory", "traceback": None}]
     err = _rank_failed(launcher, world=2, recorded=recorded)
-    assert str(err) == "rank 0 of 2 failed (pid 10, exit code 1): torch.OutOfMemoryError: CUDA out of memory (1 other rank(s) failed after it)"
+    assert (
+        str(err)
+        == "rank 0 of 2 failed (pid 10, exit code 1): torch.OutOfMemoryError: CUDA out of memory (1 other rank(s) failed after it)"
+    )
     killed = SimpleNamespace(failures={
         0: SimpleNamespace(message=lost, timestamp=100, pid=10, exitcode=1),
         1: SimpleNamespace(message="Signal 9 (SIGKILL) received by PID 11", timestamp=100, pid=11, exitcode=-9),
     })  # fmt: skip
-    assert str(_rank_failed(killed, world=2)).startswith("rank 1 of 2 failed (pid 11, exit code -9): Signal 9 (SIGKILL)")
+    assert str(_rank_failed(killed, world=2)).startswith(
+        "rank 1 of 2 failed (pid 11, exit code -9): Signal 9 (SIGKILL)"
+    )
 
 
 def test_progress_bar_travels_to_rank_0():

@@ -50,7 +50,11 @@ def test_classification_rows_match_the_model(shapes_classification):
 def test_detection_boxes_are_mapped_back_to_original_pixels(shapes_detection):
     # 64 px originals resized to 32 px: every coordinate doubles on the way back.
     ds = dataset_for(shapes_detection, "val", resize_transform(32))
-    df = pl.from_arrow(pa.Table.from_batches(predict(BoxEcho(), ds, task="detection", batch_size=3, device="cpu", score_threshold=0.001)))
+    df = pl.from_arrow(
+        pa.Table.from_batches(
+            predict(BoxEcho(), ds, task="detection", batch_size=3, device="cpu", score_threshold=0.001)
+        )
+    )
     df = schema.validate(df, "detections")
     assert df.height == 2 * len(ds)  # the 0.0005 box is below the threshold
     whole = df.filter(pl.col("category_id") == 2)
@@ -62,13 +66,19 @@ def test_detection_boxes_are_mapped_back_to_original_pixels(shapes_detection):
 
 def test_max_detections_keeps_the_highest_scores(shapes_detection):
     ds = dataset_for(shapes_detection, "val", resize_transform(32))
-    df = pl.from_arrow(pa.Table.from_batches(predict(BoxEcho(), ds, task="detection", batch_size=4, device="cpu", max_detections=1, score_threshold=0.0)))
+    df = pl.from_arrow(
+        pa.Table.from_batches(
+            predict(BoxEcho(), ds, task="detection", batch_size=4, device="cpu", max_detections=1, score_threshold=0.0)
+        )
+    )
     assert df.height == len(ds) and df.get_column("score").unique().to_list() == [pytest.approx(0.9)]
 
 
 def test_undecodable_images_are_skipped(corrupt_classification):
     ds = dataset_for(corrupt_classification, "val", resize_transform(32))
-    df = pl.from_arrow(pa.Table.from_batches(predict(tiny_classifier(), ds, task="classification", batch_size=4, device="cpu")))
+    df = pl.from_arrow(
+        pa.Table.from_batches(predict(tiny_classifier(), ds, task="classification", batch_size=4, device="cpu"))
+    )
     assert df.height == len(ds) - 1
     assert ds.image_ids[0] not in df.get_column("image_id").to_list()
 
@@ -82,7 +92,11 @@ def test_indices_restrict_prediction_to_a_shard(shapes_classification, tmp_path)
         key = ShardKey("a" * 64, "b" * 64, "val", shard, 3, "classification")
         batches = predict(tiny_classifier(), ds, task="classification", batch_size=4, device="cpu", indices=idx)
         assert write_shard(batches, tmp_path, key=key, num_images=len(idx)).key == key
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "part-00000.parquet",
+        "part-00001.parquet",
+        "part-00002.parquet",
+    ]
     assert [i for r in parts for i in r] == list(range(len(ds)))
     df = pl.scan_parquet(tmp_path / "*.parquet").collect()
     assert sorted(df.get_column("image_id").to_list()) == sorted(ds.image_ids.tolist())
@@ -92,7 +106,10 @@ def test_write_predictions_is_atomic(tmp_path):
     path = tmp_path / "preds.parquet"
 
     def failing():
-        yield pa.RecordBatch.from_pylist([{"image_id": 1, "category_id": 0, "score": 0.5, "x1": 0.0, "y1": 0.0, "x2": 1.0, "y2": 1.0}], schema=schema.arrow_schema("detections"))
+        yield pa.RecordBatch.from_pylist(
+            [{"image_id": 1, "category_id": 0, "score": 0.5, "x1": 0.0, "y1": 0.0, "x2": 1.0, "y2": 1.0}],
+            schema=schema.arrow_schema("detections"),
+        )
         raise RuntimeError("model crashed mid-split")
 
     with pytest.raises(RuntimeError, match="mid-split"):
@@ -125,7 +142,9 @@ def test_an_unreadable_image_is_reported_with_its_file_and_reason(corrupt_classi
 
     ds = dataset_for(corrupt_classification, "val", resize_transform(32))
     found: list[Unreadable] = []
-    batches = predict(tiny_classifier(), ds, task="classification", batch_size=4, device="cpu", on_unreadable=found.append)
+    batches = predict(
+        tiny_classifier(), ds, task="classification", batch_size=4, device="cpu", on_unreadable=found.append
+    )
     path = write_predictions(batches, tmp_path / "p.parquet", unreadable=found)
     [bad] = found
     assert bad.image_id == int(ds.image_ids[0]) and bad.file_name == ds.paths[0]
@@ -146,7 +165,15 @@ def test_shard_footers_carry_the_unreadable_images_and_others_have_none(corrupt_
         found: list[Unreadable] = []
         idx = shard_indices(len(ds), num_shards=2, shard=shard)
         key = ShardKey("a" * 64, "b" * 64, "val", shard, 2, "classification")
-        batches = predict(tiny_classifier(), ds, task="classification", batch_size=4, device="cpu", indices=idx, on_unreadable=found.append)
+        batches = predict(
+            tiny_classifier(),
+            ds,
+            task="classification",
+            batch_size=4,
+            device="cpu",
+            indices=idx,
+            on_unreadable=found.append,
+        )
         files.append(write_shard(batches, tmp_path, key=key, num_images=len(idx), unreadable=found).uri)
         assert read_shard(files[-1]).key == key  # the shard record is untouched by the extra entry
     assert read_unreadable_shards(files[1:]).is_empty()  # the bad image is the split's first: shard 0
@@ -158,7 +185,11 @@ def test_a_killed_writers_old_temporary_is_removed_and_a_young_one_kept(tmp_path
     import time
 
     path = tmp_path / "preds.parquet"
-    old, young, other = tmp_path / ".preds.parquet.k1ll3d_x.tmp", tmp_path / ".preds.parquet.live0001.tmp", tmp_path / ".other.parquet.abcdefgh.tmp"
+    old, young, other = (
+        tmp_path / ".preds.parquet.k1ll3d_x.tmp",
+        tmp_path / ".preds.parquet.live0001.tmp",
+        tmp_path / ".other.parquet.abcdefgh.tmp",
+    )
     for f in (old, young, other):
         f.write_bytes(b"partial")
     two_hours_ago = time.time() - 7200

@@ -41,7 +41,9 @@ def test_model_defaults_reach_every_section(shapes_detection):
 )
 def test_model_and_data_must_agree(name, fixture, message, request):
     with pytest.raises(ValueError, match=message):
-        resolve_run_config(RunConfig.model_validate({"model": {"name": name}}), snapshot=request.getfixturevalue(fixture))
+        resolve_run_config(
+            RunConfig.model_validate({"model": {"name": name}}), snapshot=request.getfixturevalue(fixture)
+        )
 
 
 def test_num_classes_must_match_the_snapshot(shapes_classification):
@@ -52,20 +54,37 @@ def test_num_classes_must_match_the_snapshot(shapes_classification):
 
 def test_yolov1_run_folder_round_trips_through_load_model(shapes_detection, tmp_path):
     config = RunConfig.model_validate(
-        {"data": {"snapshot": str(shapes_detection.path), "img_size": 64}, "model": {"name": "yolov1"}, "train": {"epochs": 1, "batch_size": 8}}
+        {
+            "data": {"snapshot": str(shapes_detection.path), "img_size": 64},
+            "model": {"name": "yolov1"},
+            "train": {"epochs": 1, "batch_size": 8},
+        }
     )
     result = train_run(config, tmp_path)
-    assert {"config.yaml", "last.pt", "best.pt", "metrics.json", "history.parquet"} <= {p.name for p in tmp_path.iterdir()}
+    assert {"config.yaml", "last.pt", "best.pt", "metrics.json", "history.parquet"} <= {
+        p.name for p in tmp_path.iterdir()
+    }
     saved = load_config(tmp_path / "config.yaml")  # the resolved config, loadable as a run.yaml
-    assert saved.model.name == "yolov1" and saved.train.epochs == 1 and saved.train.lr == model_spec("yolov1").defaults.train.lr
+    assert (
+        saved.model.name == "yolov1"
+        and saved.train.epochs == 1
+        and saved.train.lr == model_spec("yolov1").defaults.train.lr
+    )
     assert "val/map_50" in result.final_metrics
 
     model, meta = load_model(tmp_path)
-    assert meta["model_name"] == "yolov1" and meta["class_names"] == shapes_detection.class_names and meta["img_size"] == 64
+    assert (
+        meta["model_name"] == "yolov1"
+        and meta["class_names"] == shapes_detection.class_names
+        and meta["img_size"] == 64
+    )
     weights = load_checkpoint(tmp_path / "best.pt")["model"]
     assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
     ds = prediction_dataset(meta, shapes_detection, "val")
-    df = schema.validate(pl.from_arrow(pa.Table.from_batches(predict(model, ds, task="detection", batch_size=4, device="cpu"))), "detections")
+    df = schema.validate(
+        pl.from_arrow(pa.Table.from_batches(predict(model, ds, task="detection", batch_size=4, device="cpu"))),
+        "detections",
+    )
     assert df.get_column("image_id").is_in(ds.image_ids.tolist()).all()
     assert (df.get_column("x2") <= 64).all() and (df.get_column("x1") >= 0).all()
 

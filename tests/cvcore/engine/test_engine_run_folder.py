@@ -20,7 +20,11 @@ REPO = Path(__file__).resolve().parents[3]
 
 def _config(snapshot) -> RunConfig:
     return RunConfig.model_validate(
-        {"data": {"snapshot": str(snapshot.path), "img_size": 16}, "model": {"name": "resnet18"}, "train": {"epochs": 1, "batch_size": 32}}
+        {
+            "data": {"snapshot": str(snapshot.path), "img_size": 16},
+            "model": {"name": "resnet18"},
+            "train": {"epochs": 1, "batch_size": 32},
+        }
     )
 
 
@@ -29,9 +33,14 @@ def test_a_folder_of_user_files_is_refused_and_left_as_it_was(shapes_classificat
     folder.mkdir()
     (folder / "metrics.json").write_text('{"my": "results"}')
     (folder / "config.yaml").write_text("mine: true\n")
-    with pytest.raises(FileExistsError, match=f"{folder} holds files \\(config.yaml, metrics.json\\) but is not a cvflow run folder"):
+    with pytest.raises(
+        FileExistsError, match=f"{folder} holds files \\(config.yaml, metrics.json\\) but is not a cvflow run folder"
+    ):
         train_run(_config(shapes_classification), folder)
-    assert sorted(p.name for p in folder.iterdir()) == ["config.yaml", "metrics.json"]  # untouched, no marker, no lock file
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "config.yaml",
+        "metrics.json",
+    ]  # untouched, no marker, no lock file
     assert (folder / "metrics.json").read_text() == '{"my": "results"}'
 
 
@@ -70,7 +79,9 @@ def test_a_folder_held_by_another_training_is_refused_in_one_line(shapes_classif
             train_run(_config(shapes_classification), out)
         message = str(info.value)
         assert "\n" not in message and f"{out} is in use by another run (training pid {proc.pid})" in message
-        assert not (out / "last.pt").exists() and not (out / "config.yaml").exists()  # the second training wrote nothing
+        assert (
+            not (out / "last.pt").exists() and not (out / "config.yaml").exists()
+        )  # the second training wrote nothing
     finally:
         proc.kill()
         proc.wait()

@@ -42,12 +42,16 @@ def test_fractional_warmup_counts_steps():
 
 
 def test_step_schedule_without_warmup():
-    lrs = _lrs(TrainConfig(epochs=4, lr=1.0, warmup_epochs=0, scheduler="step", step_size=2, gamma=0.5), steps_per_epoch=3)
+    lrs = _lrs(
+        TrainConfig(epochs=4, lr=1.0, warmup_epochs=0, scheduler="step", step_size=2, gamma=0.5), steps_per_epoch=3
+    )
     assert lrs == pytest.approx([1.0] * 6 + [0.5] * 6)
 
 
 def test_sgd_uses_momentum_and_config_weight_decay():
-    opt = build_optimizer([torch.nn.Parameter(torch.zeros(1))], TrainConfig(optimizer="sgd", lr=0.5, momentum=0.8, weight_decay=0.01))
+    opt = build_optimizer(
+        [torch.nn.Parameter(torch.zeros(1))], TrainConfig(optimizer="sgd", lr=0.5, momentum=0.8, weight_decay=0.01)
+    )
     assert isinstance(opt, torch.optim.SGD)
     assert opt.param_groups[0]["momentum"] == 0.8 and opt.param_groups[0]["weight_decay"] == 0.01
 

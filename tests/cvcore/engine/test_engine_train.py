@@ -32,7 +32,16 @@ def _config(**train) -> RunConfig:
 
 def _fit(snapshot, config, out_dir, *, model=None, **kwargs):
     train, val = make_loaders(snapshot, config)
-    return fit(model or tiny_classifier(), train, val, config=config, task="classification", out_dir=out_dir, meta={"model_name": "tiny"}, **kwargs)
+    return fit(
+        model or tiny_classifier(),
+        train,
+        val,
+        config=config,
+        task="classification",
+        out_dir=out_dir,
+        meta={"model_name": "tiny"},
+        **kwargs,
+    )
 
 
 class Recorder:
@@ -66,12 +75,16 @@ def test_fit_fills_the_run_folder(shapes_classification, tmp_path):
     assert {p.name for p in tmp_path.iterdir()} == {"last.pt", "best.pt", "metrics.json", "history.parquet"}
     history = pl.read_parquet(tmp_path / "history.parquet")
     assert history.get_column("epoch").to_list() == [1, 2]
-    assert {"train/loss", "lr", "train/images_per_s", "val/accuracy", "val/macro_f1", "val/loss"} <= set(history.columns)
+    assert {"train/loss", "lr", "train/images_per_s", "val/accuracy", "val/macro_f1", "val/loss"} <= set(
+        history.columns
+    )
     report = json.loads((tmp_path / "metrics.json").read_text())
     assert report["metric"] == "val/accuracy" and report["best_epoch"] == result.best_epoch
     cpu = history.get_column("train/cpu_time_s")  # CPU seconds of each epoch's training pass
     assert cpu.null_count() == 0 and (cpu > 0).all() and report["train_cpu_time_s"] == pytest.approx(cpu.sum())
-    assert report["final"] == result.final_metrics == {k: v for k, v in history.row(1, named=True).items() if k != "epoch"}
+    assert (
+        report["final"] == result.final_metrics == {k: v for k, v in history.row(1, named=True).items() if k != "epoch"}
+    )
     state = load_checkpoint(tmp_path / "last.pt")  # weights_only=True
     assert state["epoch"] == 2 and state["meta"]["task"] == "classification" and state["meta"]["model_name"] == "tiny"
     assert state["meta"]["config"]["train"]["epochs"] == 2
@@ -89,7 +102,13 @@ def test_kill_and_resume_gives_the_weights_of_a_straight_run(shapes_classificati
         _fit(shapes_classification, config, tmp_path / "killed", callbacks=[KillAfter(1)])
     assert load_checkpoint(tmp_path / "killed" / "last.pt")["epoch"] == 1
     # A fresh process would rebuild the model and loaders from scratch: do the same here.
-    resumed = _fit(shapes_classification, config, tmp_path / "killed", model=tiny_classifier(seed=123), resume=tmp_path / "killed" / "last.pt")
+    resumed = _fit(
+        shapes_classification,
+        config,
+        tmp_path / "killed",
+        model=tiny_classifier(seed=123),
+        resume=tmp_path / "killed" / "last.pt",
+    )
     a, b = load_checkpoint(tmp_path / "straight" / "last.pt"), load_checkpoint(tmp_path / "killed" / "last.pt")
     for part in ("model", "ema"):
         assert a[part].keys() == b[part].keys()
@@ -106,7 +125,13 @@ def test_kill_and_resume_is_exact_with_persistent_workers(shapes_classification,
     straight = _fit(shapes_classification, config, tmp_path / "straight")
     with pytest.raises(KeyboardInterrupt):
         _fit(shapes_classification, config, tmp_path / "killed", callbacks=[KillAfter(1)])
-    resumed = _fit(shapes_classification, config, tmp_path / "killed", model=tiny_classifier(seed=123), resume=tmp_path / "killed" / "last.pt")
+    resumed = _fit(
+        shapes_classification,
+        config,
+        tmp_path / "killed",
+        model=tiny_classifier(seed=123),
+        resume=tmp_path / "killed" / "last.pt",
+    )
     a, b = load_checkpoint(tmp_path / "straight" / "last.pt"), load_checkpoint(tmp_path / "killed" / "last.pt")
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), f"model.{key} differs after resume"
@@ -156,7 +181,9 @@ def test_an_undecodable_image_does_not_stop_training(corrupt_classification, tmp
     assert result.final_metrics["train/images"] == 64 - 1  # the broken image was dropped
 
 
-def test_a_train_split_of_only_undecodable_images_fails_naming_the_split_and_its_first_files(shapes_classification, tmp_path):
+def test_a_train_split_of_only_undecodable_images_fails_naming_the_split_and_its_first_files(
+    shapes_classification, tmp_path
+):
     import re
     import shutil
 

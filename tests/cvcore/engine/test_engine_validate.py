@@ -33,7 +33,9 @@ class Oracle(nn.Module):
 
 
 def _settings() -> ValidationSettings:
-    return ValidationSettings(batch_size=3, num_workers=0, device=torch.device("cpu"), amp=False, eval=EvalConfig(protocol="coco"))
+    return ValidationSettings(
+        batch_size=3, num_workers=0, device=torch.device("cpu"), amp=False, eval=EvalConfig(protocol="coco")
+    )
 
 
 def test_a_perfect_detector_scores_map_one(shapes_detection):
@@ -94,7 +96,9 @@ class _Proposing(Oracle):
 def test_two_stage_models_report_proposal_recall(shapes_detection):
     ds = dataset_for(shapes_detection, "val", resize_transform(32))
     metrics = validate(_Proposing(ds), ds, task="detection", settings=_settings())
-    assert metrics["val/proposal_recall_50"] == pytest.approx(1.0) and metrics["val/proposal_recall_70"] == pytest.approx(1.0)
+    assert metrics["val/proposal_recall_50"] == pytest.approx(1.0) and metrics[
+        "val/proposal_recall_70"
+    ] == pytest.approx(1.0)
     n_boxes = sum(len(t["boxes"]) for t in _Proposing(ds).targets)
     assert metrics["val/proposal_per_image"] == pytest.approx(1 + n_boxes / len(ds))
     assert "val/proposal_recall_50" not in validate(Oracle(ds), ds, task="detection", settings=_settings())

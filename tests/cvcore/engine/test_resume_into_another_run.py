@@ -40,7 +40,9 @@ def contents(folder: Path) -> dict[str, str]:
 
 def test_check_run_folder_refuses_another_runs_checkpoint(shapes_classification, tmp_path):
     a, b = a_run(tmp_path / "a", shapes_classification), a_run(tmp_path / "b", shapes_classification)
-    with pytest.raises(FileExistsError, match=f"{b} holds another run \\(last.pt\\); resuming {a / LAST} there would overwrite it"):
+    with pytest.raises(
+        FileExistsError, match=f"{b} holds another run \\(last.pt\\); resuming {a / LAST} there would overwrite it"
+    ):
         check_run_folder(b, resume=a / LAST)
     check_run_folder(a, resume=a / LAST)  # its own run: fine
     check_run_folder(a, resume=a / "best.pt")
@@ -53,7 +55,9 @@ def test_train_run_leaves_the_other_run_untouched(shapes_classification, tmp_pat
 
     a, b = a_run(tmp_path / "a", shapes_classification), a_run(tmp_path / "b", shapes_classification)
     before = contents(b)
-    config = PartialRunConfig.model_validate({"data": {"snapshot": shapes_classification.path, "img_size": 16}, "model": {"name": "resnet18"}})
+    config = PartialRunConfig.model_validate(
+        {"data": {"snapshot": shapes_classification.path, "img_size": 16}, "model": {"name": "resnet18"}}
+    )
     with pytest.raises(FileExistsError, match="holds another run"):
         train_run(config, b, resume=a / LAST)
     assert contents(b) == before

@@ -25,16 +25,28 @@ from cvcore.io import resolve_location
 
 
 def _key(shard: int = 0, *, num_shards: int = 2, checkpoint: str = "a" * 64, split: str = "val") -> ShardKey:
-    return ShardKey(checkpoint_sha256=checkpoint, snapshot_digest="b" * 64, split=split, shard=shard, num_shards=num_shards, task="detection")
+    return ShardKey(
+        checkpoint_sha256=checkpoint,
+        snapshot_digest="b" * 64,
+        split=split,
+        shard=shard,
+        num_shards=num_shards,
+        task="detection",
+    )
 
 
 def _batch(image_ids: list[int]) -> pa.RecordBatch:
-    rows = [{"image_id": i, "category_id": i % 3, "score": 0.5, "x1": 1.0, "y1": 2.0, "x2": 3.0, "y2": 4.0} for i in image_ids]
+    rows = [
+        {"image_id": i, "category_id": i % 3, "score": 0.5, "x1": 1.0, "y1": 2.0, "x2": 3.0, "y2": 4.0}
+        for i in image_ids
+    ]
     return pa.RecordBatch.from_pylist(rows, schema=schema.arrow_schema("detections"))
 
 
 def test_a_shard_round_trips_with_its_key_and_reads_with_scan_parquet(tmp_path):
-    written = write_shard([_batch([1, 2]), empty_batch("detection"), _batch([3])], tmp_path / "preds", key=_key(1), num_images=4)
+    written = write_shard(
+        [_batch([1, 2]), empty_batch("detection"), _batch([3])], tmp_path / "preds", key=_key(1), num_images=4
+    )
     assert written.uri == str(tmp_path / "preds" / "part-00001.parquet") and written.num_rows == 3
     assert read_shard(written.uri) == written
     assert find_complete_shard(tmp_path / "preds", _key(1)) == written
@@ -59,7 +71,9 @@ def test_large_shards_are_written_in_several_row_groups(tmp_path):
     import pyarrow.parquet as pq
 
     n = ROW_GROUP_ROWS // 4 + 1
-    written = write_shard((_batch(list(range(i * n, (i + 1) * n))) for i in range(8)), tmp_path, key=_key(0), num_images=8 * n)
+    written = write_shard(
+        (_batch(list(range(i * n, (i + 1) * n))) for i in range(8)), tmp_path, key=_key(0), num_images=8 * n
+    )
     meta = pq.read_metadata(written.uri)
     assert meta.num_rows == 8 * n and meta.num_row_groups == 2  # 4 batches fill a group; memory holds one group
 
@@ -109,7 +123,9 @@ def test_stale_shards_of_another_sharding_are_removed_and_ours_kept(tmp_path):
     # Before the data-loss audit another model's shards were deleted here too; they are now refused (next test).
     ours = write_shard([_batch([1])], tmp_path, key=_key(0), num_images=1)
     shutil.copy(ours.uri, tmp_path / shard_name(1))  # shard 0 of these predictions under shard 1's name
-    write_shard([_batch([3])], tmp_path, key=ShardKey("a" * 64, "b" * 64, "val", 2, 3, "detection"), num_images=1)  # 3 shards
+    write_shard(
+        [_batch([3])], tmp_path, key=ShardKey("a" * 64, "b" * 64, "val", 2, 3, "detection"), num_images=1
+    )  # 3 shards
     spark = tmp_path / "part-00000-5e3b2c1a-4d2f-4b8e-9a41-0c3c3f1e2d7a-c000.snappy.parquet"
     pl.DataFrame({"image_id": [4]}).write_parquet(spark)  # another tool's part file: not listed, kept
     (tmp_path / "notes.txt").write_text("kept: not a part file")
@@ -128,7 +144,9 @@ def test_shards_of_another_model_or_data_are_refused_and_nothing_is_deleted(tmp_
     import dataclasses
     import re
 
-    ours = write_shard([_batch([1])], tmp_path, key=_key(0, num_shards=3), num_images=1)  # another sharding of ours: fine alone
+    ours = write_shard(
+        [_batch([1])], tmp_path, key=_key(0, num_shards=3), num_images=1
+    )  # another sharding of ours: fine alone
     theirs = dataclasses.replace(_key(1), **other)
     write_shard([_batch([2])], tmp_path, key=theirs, num_images=1)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
@@ -139,12 +157,22 @@ def test_shards_of_another_model_or_data_are_refused_and_nothing_is_deleted(tmp_
     )
     with pytest.raises(ValueError, match=f"^{re.escape(expected)}$"):
         remove_stale_shards(tmp_path, key=_key(1))
-    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # ours of the other sharding too: nothing went
+    assert {
+        p.name: p.read_bytes() for p in tmp_path.iterdir()
+    } == before  # ours of the other sharding too: nothing went
     if "snapshot_digest" not in other:  # the pre-flight before a source is ingested: the snapshot is not known yet
         with pytest.raises(ValueError, match=re.escape(f"part-00001.parquet: {held}")):
             check_predictions_folder(tmp_path, checkpoint_sha256="a" * 64, split="val")
-    with pytest.raises(ValueError, match=re.escape(f"part-00000.parquet: checkpoint {'a' * 12}, snapshot {'b' * 12}, split 'val'; this one")):
-        check_predictions_folder(tmp_path, checkpoint_sha256=theirs.checkpoint_sha256, split=theirs.split, snapshot_digest=theirs.snapshot_digest)
+    with pytest.raises(
+        ValueError,
+        match=re.escape(f"part-00000.parquet: checkpoint {'a' * 12}, snapshot {'b' * 12}, split 'val'; this one"),
+    ):
+        check_predictions_folder(
+            tmp_path,
+            checkpoint_sha256=theirs.checkpoint_sha256,
+            split=theirs.split,
+            snapshot_digest=theirs.snapshot_digest,
+        )
     (tmp_path / shard_name(1)).unlink()
     assert check_predictions_folder(tmp_path, checkpoint_sha256="a" * 64, split="val") == [read_shard(ours.uri)]
     assert check_predictions_folder(tmp_path / "missing", checkpoint_sha256="a" * 64, split="val") == []
@@ -155,7 +183,9 @@ def test_a_shard_with_a_malformed_record_is_refused_not_deleted(tmp_path):
 
     bad = tmp_path / shard_name(0)
     pq.write_table(pa.table({"image_id": [1]}).replace_schema_metadata({"cvflow.shard": b"{not json"}), bad)
-    with pytest.raises(ValueError, match=f"holds {bad} with a malformed cvflow shard record; pass another predictions folder"):
+    with pytest.raises(
+        ValueError, match=f"holds {bad} with a malformed cvflow shard record; pass another predictions folder"
+    ):
         remove_stale_shards(tmp_path, key=_key(1))
     assert bad.exists()
 
@@ -183,7 +213,9 @@ def test_locations_resolve_paths_and_file_uris_and_refuse_escapes(tmp_path):
         _key(2, num_shards=2)
 
 
-@pytest.mark.parametrize("uri", ["s3://b/p/?region=eu-west-1&endpoint_override=localhost:9000", "s3://b/p#frag", "gs://b/p?"])
+@pytest.mark.parametrize(
+    "uri", ["s3://b/p/?region=eu-west-1&endpoint_override=localhost:9000", "s3://b/p#frag", "gs://b/p?"]
+)
 def test_uris_with_options_are_refused_naming_the_environment_variables(uri):
     with pytest.raises(ValueError, match=r"must not carry options.*AWS_ENDPOINT_URL, AWS_DEFAULT_REGION") as info:
         resolve_location(uri)

@@ -63,7 +63,14 @@ def make_detection_set(
         if img in no_dt:
             continue
         for _ in range(int(rng.integers(0, 6))):  # background false positives
-            dets.append((img, int(rng.integers(0, n_categories - 1)), _score(rng, score_decimals), *_random_box(rng, image_size)))
+            dets.append(
+                (
+                    img,
+                    int(rng.integers(0, n_categories - 1)),
+                    _score(rng, score_decimals),
+                    *_random_box(rng, image_size),
+                )
+            )
         if img == crowded:  # more than 100 detections of one category on one image
             for _ in range(130):
                 dets.append((img, 0, _score(rng, score_decimals), *_random_box(rng, image_size)))

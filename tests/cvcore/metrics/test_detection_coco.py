@@ -25,7 +25,9 @@ RANDOM_SETS = [
 
 
 def _ours(data, **kw):
-    return evaluate_detections(data.annotations, data.predictions, images=data.images, categories=data.category_ids, **kw)
+    return evaluate_detections(
+        data.annotations, data.predictions, images=data.images, categories=data.category_ids, **kw
+    )
 
 
 @pytest.mark.parametrize("params", RANDOM_SETS)
@@ -71,9 +73,15 @@ def test_per_class_ap_is_pycocotools_precision_mean():
 
 def _frames(gt: list[tuple], dt: list[tuple], images=(1,)):
     ann = pl.DataFrame(gt, schema=["image_id", "category_id", "x1", "y1", "x2", "y2", "iscrowd"], orient="row")
-    ann = ann.with_columns(area=(pl.col("x2") - pl.col("x1")) * (pl.col("y2") - pl.col("y1"))).with_row_index("ann_id", 1)
+    ann = ann.with_columns(area=(pl.col("x2") - pl.col("x1")) * (pl.col("y2") - pl.col("y1"))).with_row_index(
+        "ann_id", 1
+    )
     pred = pl.DataFrame(dt, schema=["image_id", "category_id", "score", "x1", "y1", "x2", "y2"], orient="row")
-    return schema.validate(ann, "annotations"), schema.validate(pred, "detections"), pl.DataFrame({"image_id": list(images)})
+    return (
+        schema.validate(ann, "annotations"),
+        schema.validate(pred, "detections"),
+        pl.DataFrame({"image_id": list(images)}),
+    )
 
 
 def test_hand_computed_case():
@@ -106,7 +114,11 @@ def test_crowd_box_absorbs_detections_by_intersection_over_detection_area():
     """A detection inside a crowd region is ignored however small its IoU (IoD = 1), even twice."""
     ann, pred, images = _frames(
         [(1, 0, 0.0, 0.0, 100.0, 100.0, True), (1, 0, 200.0, 200.0, 210.0, 210.0, False)],
-        [(1, 0, 0.9, 10.0, 10.0, 20.0, 20.0), (1, 0, 0.8, 30.0, 30.0, 40.0, 40.0), (1, 0, 0.7, 200.0, 200.0, 210.0, 210.0)],
+        [
+            (1, 0, 0.9, 10.0, 10.0, 20.0, 20.0),
+            (1, 0, 0.8, 30.0, 30.0, 40.0, 40.0),
+            (1, 0, 0.7, 200.0, 200.0, 210.0, 210.0),
+        ],
     )
     report = evaluate_detections(ann, pred, images=images)
     assert report.summary["map"] == pytest.approx(1.0)  # the two crowd hits are neither TP nor FP

@@ -49,7 +49,9 @@ def voc_reference(annotations: pl.DataFrame, predictions: pl.DataFrame, *, use_0
     for cid in sorted(set(annotations["category_id"].to_list())):
         gts: dict[int, list] = {}
         for r in annotations.filter(pl.col("category_id") == cid).iter_rows(named=True):
-            gts.setdefault(r["image_id"], []).append(((r["x1"], r["y1"], r["x2"], r["y2"]), r["difficult"] or r["iscrowd"]))
+            gts.setdefault(r["image_id"], []).append(
+                ((r["x1"], r["y1"], r["x2"], r["y2"]), r["difficult"] or r["iscrowd"])
+            )
         npos = sum(not ign for boxes in gts.values() for _, ign in boxes)
         if npos == 0:
             continue
@@ -101,13 +103,17 @@ def test_grid_sets_match_plain_loop_devkit(data):
     for protocol in ("voc07", "voc12"):
         report = evaluate_detections(data.annotations, data.predictions, images=data.images, protocol=protocol)
         expected = voc_reference(data.annotations, data.predictions, use_07=protocol == "voc07")
-        got = {r["category_id"]: r["ap"] for r in report.per_class.filter(pl.col("ap").is_not_null()).iter_rows(named=True)}
+        got = {
+            r["category_id"]: r["ap"] for r in report.per_class.filter(pl.col("ap").is_not_null()).iter_rows(named=True)
+        }
         assert got == pytest.approx(expected, abs=1e-12)
 
 
 def _frames(gt: list[tuple], dt: list[tuple]):
     ann = pl.DataFrame(gt, schema=["image_id", "category_id", "x1", "y1", "x2", "y2", "difficult"], orient="row")
-    ann = ann.with_columns(area=(pl.col("x2") - pl.col("x1")) * (pl.col("y2") - pl.col("y1"))).with_row_index("ann_id", 1)
+    ann = ann.with_columns(area=(pl.col("x2") - pl.col("x1")) * (pl.col("y2") - pl.col("y1"))).with_row_index(
+        "ann_id", 1
+    )
     pred = pl.DataFrame(dt, schema=["image_id", "category_id", "score", "x1", "y1", "x2", "y2"], orient="row")
     return schema.validate(ann, "annotations"), schema.validate(pred, "detections")
 
@@ -132,7 +138,11 @@ def test_voc_rules_differ_from_coco_where_the_devkit_does():
     first threshold); a detection whose best box is taken is a duplicate even when another free
     box overlaps it enough (COCO would take it)."""
     ann, pred = _frames(
-        [(1, 0, 0.0, 0.0, 10.0, 10.0, False), (1, 0, 4.0, 0.0, 14.0, 10.0, False), (1, 0, 40.0, 40.0, 50.0, 50.0, True)],
+        [
+            (1, 0, 0.0, 0.0, 10.0, 10.0, False),
+            (1, 0, 4.0, 0.0, 14.0, 10.0, False),
+            (1, 0, 40.0, 40.0, 50.0, 50.0, True),
+        ],
         [
             (1, 0, 0.9, 0.0, 0.0, 10.0, 10.0),  # takes box 0
             (1, 0, 0.8, 1.0, 0.0, 11.0, 10.0),  # best is box 0 (taken, IoU .82); box 1 has IoU .54
@@ -154,7 +164,9 @@ def test_voc_pr_curve_and_f1_columns():
     data = make_detection_set(3)
     report = evaluate_detections(data.annotations, data.predictions, images=data.images, protocol="voc12")
     assert report.pr_curve["iou_threshold"].unique().to_list() == [0.5]
-    assert {"ap", "n_gt", "n_ignored", "n_pred", "f1", "f1_threshold", "f1_precision", "f1_recall"} <= set(report.per_class.columns)
+    assert {"ap", "n_gt", "n_ignored", "n_pred", "f1", "f1_threshold", "f1_precision", "f1_recall"} <= set(
+        report.per_class.columns
+    )
     assert "ap_50" not in report.per_class.columns
 
 
@@ -182,7 +194,9 @@ def test_a_best_match_exactly_on_one_half_with_a_difficult_box_is_ignored():
         [(1, 0, 0.9, 40.0, 40.0, 50.0, 60.0), (1, 0, 0.8, 0.0, 0.0, 10.0, 10.0)],
     )
     for protocol in ("voc07", "voc12"):
-        assert evaluate_detections(ann, pred, images=[1], protocol=protocol).summary["map_50"] == pytest.approx(1.0), protocol
+        assert evaluate_detections(ann, pred, images=[1], protocol=protocol).summary["map_50"] == pytest.approx(1.0), (
+            protocol
+        )
 
 
 def test_the_11_point_grid_is_the_devkits_so_a_recall_of_exactly_0_6_counts_at_0_6():
@@ -195,8 +209,12 @@ def test_the_11_point_grid_is_the_devkits_so_a_recall_of_exactly_0_6_counts_at_0
     dets = [(1, 0, 0.9 - 0.1 * i, 20.0 * i, 0.0, 20.0 * i + 10.0, 10.0) for i in range(3)]
     dets += [(1, 0, 0.3, 200.0, 200.0, 210.0, 210.0)]
     ann, pred = _frames(gts, dets)
-    assert 3 / 5 >= DEVKIT_07_POINTS[6] and 3 / 5 < np.arange(0.0, 1.1, 0.1)[6]  # the case really sits on the difference
-    assert evaluate_detections(ann, pred, images=[1], protocol="voc07").summary["map_50"] == pytest.approx(7 / 11, abs=1e-15)
+    assert (
+        3 / 5 >= DEVKIT_07_POINTS[6] and 3 / 5 < np.arange(0.0, 1.1, 0.1)[6]
+    )  # the case really sits on the difference
+    assert evaluate_detections(ann, pred, images=[1], protocol="voc07").summary["map_50"] == pytest.approx(
+        7 / 11, abs=1e-15
+    )
     assert evaluate_detections(ann, pred, images=[1], protocol="voc12").summary["map_50"] == pytest.approx(3 / 5)
 
 

@@ -29,7 +29,9 @@ def _scene():
     ann = pl.DataFrame(gt, schema=["category_id", "x1", "y1", "x2", "y2"], orient="row").with_columns(
         image_id=pl.lit(1), area=pl.lit(100.0), ann_id=pl.int_range(pl.len())
     )
-    pred = pl.DataFrame(dt, schema=["category_id", "score", "x1", "y1", "x2", "y2"], orient="row").with_columns(image_id=pl.lit(1))
+    pred = pl.DataFrame(dt, schema=["category_id", "score", "x1", "y1", "x2", "y2"], orient="row").with_columns(
+        image_id=pl.lit(1)
+    )
     return schema.validate(ann, "annotations"), schema.validate(pred, "detections")
 
 

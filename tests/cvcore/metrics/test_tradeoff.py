@@ -10,7 +10,12 @@ import polars as pl
 
 from cvcore.metrics.tradeoff import best_tradeoff
 
-COLUMNS = {"model": pl.String, "map_50": pl.Float64, "map": pl.Float64, "infer_cpu_ms_per_image": pl.Float64}  # what best_tradeoff reads
+COLUMNS = {
+    "model": pl.String,
+    "map_50": pl.Float64,
+    "map": pl.Float64,
+    "infer_cpu_ms_per_image": pl.Float64,
+}  # what best_tradeoff reads
 
 
 def _table(rows: list[tuple[str, float, float]]) -> pl.DataFrame:
@@ -24,7 +29,9 @@ def test_fastest_model_close_to_the_best_quality_wins():
     assert best_tradeoff(table) == "fcos"  # yolov1 is faster but 0.06 below the best
     assert best_tradeoff(table, tolerance=0.07) == "yolov1"
     # Judged on mAP@0.5 instead, where yolov1 is close to the best: the faster one.
-    judged_50 = table.with_columns(pl.when(pl.col("model") == "yolov1").then(1.11).otherwise(pl.col("map_50")).alias("map_50"))
+    judged_50 = table.with_columns(
+        pl.when(pl.col("model") == "yolov1").then(1.11).otherwise(pl.col("map_50")).alias("map_50")
+    )
     assert best_tradeoff(judged_50, metric="map_50") == "yolov1"
 
 
@@ -32,4 +39,3 @@ def test_nan_scores_and_costs_are_not_chosen():
     table = _table([("a", math.nan, 1.0), ("b", 0.5, math.nan), ("c", 0.49, 10.0)])
     assert best_tradeoff(table) == "c"  # b has no measured cost: c, within 0.02, is measured
     assert best_tradeoff(_table([("a", math.nan, 1.0)])) is None
-

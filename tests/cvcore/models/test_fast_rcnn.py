@@ -13,7 +13,14 @@ from cvcore.models import build_model
 from cvcore.models.fast_rcnn import FastRCNN
 
 # A small trunk keeps the test fast: resnet18 up to layer2 (stride 8), no upscaling of 64-px images.
-OPTIONS = {"stage": "layer2", "min_size": 64, "max_size": 64, "representation": 64, "max_proposals": 50, "batch_size_per_image": 16}
+OPTIONS = {
+    "stage": "layer2",
+    "min_size": 64,
+    "max_size": 64,
+    "representation": 64,
+    "max_proposals": 50,
+    "batch_size_per_image": 16,
+}
 
 
 def _batch(snapshot, split="train", n=2):
@@ -90,4 +97,3 @@ def test_fast_rcnn_loads_a_classifier_as_its_trunk(tmp_path):
     assert isinstance(net, FastRCNN)
     assert torch.equal(net.backbone.body.layer2[0].conv1.weight, classifier.backbone.layer2[0].conv1.weight)
     assert list(net.backbone_stages) == ["stem", "layer1", "layer2"]
-

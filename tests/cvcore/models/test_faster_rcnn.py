@@ -54,7 +54,9 @@ def test_size_anchor_and_postprocess_options_reach_torchvision():
     model.set_postprocess(nms_iou=0.3)
     assert det.roi_heads.nms_thresh == 0.3
     assert _model(min_size=96, max_size=120).detector.transform.min_size == (96,)
-    assert det.roi_heads.fg_bg_sampler.batch_size_per_image == 128 and det.rpn._post_nms_top_n["training"] == 500  # small images
+    assert (
+        det.roi_heads.fg_bg_sampler.batch_size_per_image == 128 and det.rpn._post_nms_top_n["training"] == 500
+    )  # small images
     assert _model(box_batch_size_per_image=64).detector.roi_heads.fg_bg_sampler.batch_size_per_image == 64
     with pytest.raises(ValueError, match="anchor_sizes needs 5 levels"):
         _model(anchor_sizes=((16,), (32,)))
@@ -74,7 +76,9 @@ def test_trainable_backbone_layers_freezes_the_lower_stages():
 
 
 def test_mobilenet_backbone_builds_with_torchvision_stages():
-    model = build_model("faster_rcnn", num_classes=2, img_size=128, backbone="mobilenet_v3_large_fpn", trainable_backbone_layers=3)
+    model = build_model(
+        "faster_rcnn", num_classes=2, img_size=128, backbone="mobilenet_v3_large_fpn", trainable_backbone_layers=3
+    )
     assert list(model.backbone_stages) == [f"stage{i}" for i in range(6)]
     # torchvision's stage split: blocks 0-1, 2-3, 4-6, 7-12, 13-15, 16; three stages train.
     assert model.backbone_stages["stage3"] == tuple(str(i) for i in range(7, 13))

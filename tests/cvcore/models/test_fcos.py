@@ -19,7 +19,9 @@ def _square_scene(n: int, *, seed: int, size: int = 64) -> tuple[list[torch.Tens
         image = torch.rand(3, size, size, generator=g) * 0.2
         image[:, y0 : y0 + side, x0 : x0 + side] = 0.9
         images.append(image)
-        targets.append({"boxes": torch.tensor([[x0, y0, x0 + side, y0 + side]], dtype=torch.float32), "labels": torch.tensor([1])})
+        targets.append(
+            {"boxes": torch.tensor([[x0, y0, x0 + side, y0 + side]], dtype=torch.float32), "labels": torch.tensor([1])}
+        )
     return images, targets
 
 

@@ -123,7 +123,9 @@ def test_param_groups_learning_rates_and_decay():
     groups = param_groups(model, lr=0.1, weight_decay=0.05, backbone_lr_factor=0.1)
     by_name = {g["name"]: g for g in groups}
     assert list(by_name) == ["backbone", "backbone_no_decay", "head", "head_no_decay"]
-    assert by_name["backbone"]["lr"] == pytest.approx(0.01) and by_name["backbone_no_decay"]["lr"] == pytest.approx(0.01)
+    assert by_name["backbone"]["lr"] == pytest.approx(0.01) and by_name["backbone_no_decay"]["lr"] == pytest.approx(
+        0.01
+    )
     assert by_name["head"]["lr"] == 0.1 and by_name["head"]["weight_decay"] == 0.05
     assert by_name["backbone_no_decay"]["weight_decay"] == 0.0 and by_name["head_no_decay"]["weight_decay"] == 0.0
     ids = lambda g: {id(p) for p in g["params"]}  # noqa: E731

@@ -43,7 +43,10 @@ def test_torchvision_weights_come_from_the_hub_cache(hub_dir, caplog):
     assert torch.equal(model.backbone.bn1.running_var, reference.bn1.running_var)
     assert model.head.weight.shape == (5, 512)  # new head, fresh init
     assert "loaded 120/122 tensors" in caplog.text
-    assert "not in the source: 2 [head.weight, head.bias]" in caplog.text and "unused source tensors: 2 [fc.weight, fc.bias]" in caplog.text
+    assert (
+        "not in the source: 2 [head.weight, head.bias]" in caplog.text
+        and "unused source tensors: 2 [fc.weight, fc.bias]" in caplog.text
+    )
     # The same file serves a detector whose trunk is that ResNet (renamed into its body).
     frcnn = build_model("faster_rcnn", num_classes=2, img_size=64, pretrained="torchvision")
     assert torch.equal(frcnn.backbone.layer2[0].conv1.weight, reference.layer2[0].conv1.weight)
@@ -51,7 +54,9 @@ def test_torchvision_weights_come_from_the_hub_cache(hub_dir, caplog):
 
 def test_offline_missing_cache_is_one_line_naming_the_file(hub_dir, monkeypatch):
     monkeypatch.setenv("CVFLOW_OFFLINE", "1")
-    with pytest.raises(FileNotFoundError, match=r"CVFLOW_OFFLINE is set.*resnet50-11ad3fa6\.pth at .*checkpoints") as err:
+    with pytest.raises(
+        FileNotFoundError, match=r"CVFLOW_OFFLINE is set.*resnet50-11ad3fa6\.pth at .*checkpoints"
+    ) as err:
         build_model("resnet50", num_classes=2, pretrained="torchvision")
     assert "\n" not in str(err.value)
 
@@ -65,7 +70,10 @@ def test_failed_download_is_one_line_naming_the_file(hub_dir, monkeypatch):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", unreachable)
-    with pytest.raises(FileNotFoundError, match=r"download failed: URLError.*put https://download.pytorch.org/models/resnet18-f37072fd\.pth at ") as err:
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"download failed: URLError.*put https://download.pytorch.org/models/resnet18-f37072fd\.pth at ",
+    ) as err:
         build_model("resnet18", num_classes=2, pretrained="torchvision", small_input=False)
     assert "\n" not in str(err.value)
 
@@ -130,7 +138,12 @@ def test_classifier_backbone_transfers_into_yolov1_by_name(tmp_path):
 
 def test_load_partial_reports_what_did_not_fit():
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
-    state = {"0.weight": torch.ones(4, 3), "0.bias": torch.ones(4), "1.weight": torch.ones(5, 4), "extra": torch.ones(1)}
+    state = {
+        "0.weight": torch.ones(4, 3),
+        "0.bias": torch.ones(4),
+        "1.weight": torch.ones(5, 4),
+        "extra": torch.ones(1),
+    }
     report = load_partial(model, state, source="x.pt")
     assert report.loaded == ("0.weight", "0.bias")
     assert report.shape_mismatch == ("1.weight",) and report.missing == ("1.bias",) and report.unused == ("extra",)

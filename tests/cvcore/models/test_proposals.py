@@ -180,12 +180,18 @@ def test_dataset_proposal_recall_over_a_detection_dataset(shapes_detection):
 def test_proposal_settings_choose_the_method_and_cap_it():
     from cvcore.models.proposals import ProposalSettings
 
-    windows = ProposalSettings(method="sliding_windows", window_sizes=[8, 16], aspect_ratios=[1], stride=4, max_proposals=10)
+    windows = ProposalSettings(
+        method="sliding_windows", window_sizes=[8, 16], aspect_ratios=[1], stride=4, max_proposals=10
+    )
     boxes = windows.propose(torch.zeros(3, 32, 32))
     assert len(boxes) == 10 and boxes[0].tolist() == [0, 0, 8, 8]  # 49 + 25 windows thinned evenly to 10
-    assert windows.window_sizes == (8.0, 16.0) and windows.key() == ProposalSettings(
-        method="sliding_windows", window_sizes=(8, 16), aspect_ratios=(1.0,), stride=4, max_proposals=10
-    ).key()
+    assert (
+        windows.window_sizes == (8.0, 16.0)
+        and windows.key()
+        == ProposalSettings(
+            method="sliding_windows", window_sizes=(8, 16), aspect_ratios=(1.0,), stride=4, max_proposals=10
+        ).key()
+    )
     assert windows.key() != ProposalSettings().key()
     assert len(ProposalSettings(max_proposals=5).propose(_noisy_image())) <= 5
     with pytest.raises(ValueError, match="proposal method"):

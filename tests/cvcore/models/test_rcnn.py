@@ -52,7 +52,9 @@ def test_warp_regions_samples_the_box_on_a_regular_grid():
 def test_warp_regions_context_pad_widens_the_box():
     # size 8, pad 2: the 4 px box fills the central 4 px of the warp, so the crop spans 8 px
     crops = warp_regions(_ramp(), torch.tensor([[10.0, 6.0, 14.0, 10.0]]), size=8, context_pad=2)
-    assert torch.allclose(crops[0, 0, 0], torch.arange(8.0, 16.0))  # box [8, 4, 16, 12]: 1 px bins centred at 8.5.., read at 8..
+    assert torch.allclose(
+        crops[0, 0, 0], torch.arange(8.0, 16.0)
+    )  # box [8, 4, 16, 12]: 1 px bins centred at 8.5.., read at 8..
     with pytest.raises(ValueError, match="context_pad"):
         warp_regions(_ramp(), torch.zeros(1, 4), size=8, context_pad=4)
 
@@ -75,7 +77,10 @@ def test_svm_labels_hand_checked():
     ]
     only_gt = svm_labels(boxes, gt, gt_labels, num_classes=3, pos_iou=1.0, neg_iou=0.3)
     assert only_gt[:, 1].tolist() == [1, -1, 0, 0, -1]  # the paper's choice: positives are gt only
-    assert (svm_labels(boxes, torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64), num_classes=3, pos_iou=0.7, neg_iou=0.3) == -1).all()
+    assert (
+        svm_labels(boxes, torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64), num_classes=3, pos_iou=0.7, neg_iou=0.3)
+        == -1
+    ).all()
 
 
 def test_hard_negative_mask_picks_the_highest_scoring_negatives():
@@ -107,7 +112,10 @@ def test_svm_stage_separates_linearly_separable_features():
     svm = nn.Linear(d, k)
     opt = torch.optim.SGD(svm.parameters(), lr=0.05)
     for _ in range(300):
-        loss = svm_hinge_loss(svm(x), labels, negatives_per_positive=3, min_negatives=16) + 0.5 * 1e-4 * svm.weight.pow(2).sum()
+        loss = (
+            svm_hinge_loss(svm(x), labels, negatives_per_positive=3, min_negatives=16)
+            + 0.5 * 1e-4 * svm.weight.pow(2).sum()
+        )
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -144,7 +152,9 @@ def test_box_regression_targets_invert_exactly():
     # each target in its class's slot of a K*4 delta vector, decoded on its proposal
     deltas = torch.zeros(m, 4, 4)
     deltas[torch.arange(m), reg.labels] = reg.targets
-    decoded = decode_class_boxes(deltas.reshape(m, 16), proposals[reg.index], box_coder=CODER)[torch.arange(m), reg.labels]
+    decoded = decode_class_boxes(deltas.reshape(m, 16), proposals[reg.index], box_coder=CODER)[
+        torch.arange(m), reg.labels
+    ]
     match = box_iou(proposals, gt).argmax(dim=1)[reg.index]  # the gt box each proposal was paired with
     assert torch.equal(reg.labels, labels[match])
     assert torch.allclose(decoded, gt[match], atol=1e-4)
@@ -169,7 +179,16 @@ class _TinyFeatures(nn.Module):
 
 def _model(cache_dir=None, **options) -> RCNN:
     torch.manual_seed(0)
-    return RCNN(4, features=_TinyFeatures(), feature_dim=12, proposals=ProposalSettings(max_proposals=40), warp_size=16, context_pad=1, cache_dir=cache_dir, **options)
+    return RCNN(
+        4,
+        features=_TinyFeatures(),
+        feature_dim=12,
+        proposals=ProposalSettings(max_proposals=40),
+        warp_size=16,
+        context_pad=1,
+        cache_dir=cache_dir,
+        **options,
+    )
 
 
 def _batch(snapshot, n=2):
@@ -200,7 +219,9 @@ def test_rcnn_finetune_trains_the_cnn_by_softmax_and_the_svms_on_detached_featur
     images, targets = _batch(shapes_detection)
     bn_before = model.features.bn.running_mean.clone()
     losses = model(images, targets)
-    assert set(losses) == {"loss_finetune", "loss_svm", "loss_box_reg"} and all(torch.isfinite(v) for v in losses.values())
+    assert set(losses) == {"loss_finetune", "loss_svm", "loss_box_reg"} and all(
+        torch.isfinite(v) for v in losses.values()
+    )
     assert model.features.seen == 2 * 8, "8 sampled regions per image through the CNN, no feature cache"
     assert not torch.equal(model.features.bn.running_mean, bn_before), "the CNN's batch-norm statistics move"
     (losses["loss_svm"] + losses["loss_box_reg"]).backward()
@@ -222,14 +243,20 @@ def test_rcnn_finetune_samples_foreground_by_iou_with_an_object(monkeypatch):
     model.proposal_cache.get_or_compute(image_key(image), lambda: {"boxes": torch.tensor(on_object + elsewhere)})
     seen = []
     cross_entropy = torch.nn.functional.cross_entropy
-    monkeypatch.setattr(torch.nn.functional, "cross_entropy", lambda logits, classes: seen.append(classes) or cross_entropy(logits, classes))
+    monkeypatch.setattr(
+        torch.nn.functional,
+        "cross_entropy",
+        lambda logits, classes: seen.append(classes) or cross_entropy(logits, classes),
+    )
     target = {"boxes": torch.tensor([[0.0, 0.0, 20.0, 20.0]]), "labels": torch.tensor([2])}
     losses = model.train()([image], [target])
     assert torch.isfinite(losses["loss_finetune"])
     (classes,) = seen
     assert len(classes) == 8 and sorted(classes.tolist()) == [0] * 6 + [3] * 2  # label 2 is class 3 after background
     seen.clear()
-    model([image], [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}])  # no object: all background
+    model(
+        [image], [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}]
+    )  # no object: all background
     assert seen[0].tolist() == [0] * 8
 
 
@@ -304,7 +331,9 @@ def test_rcnn_loads_a_classifier_as_its_cnn(tmp_path):
     net = build_model("rcnn", num_classes=3, pretrained=str(tmp_path / "cls.pt"), warp_size=64, finetune=False)
     assert torch.equal(net.features.backbone.layer4[1].conv2.weight, classifier.backbone.layer4[1].conv2.weight)
     assert not any(p.requires_grad for p in net.features.parameters())
-    tuned = build_model("rcnn", num_classes=3, pretrained=str(tmp_path / "cls.pt"), warp_size=64)  # the default fine-tunes it
+    tuned = build_model(
+        "rcnn", num_classes=3, pretrained=str(tmp_path / "cls.pt"), warp_size=64
+    )  # the default fine-tunes it
     assert torch.equal(tuned.features.backbone.layer4[1].conv2.weight, classifier.backbone.layer4[1].conv2.weight)
     assert tuned.finetune and all(p.requires_grad for p in tuned.features.parameters())
 
@@ -316,7 +345,9 @@ def test_rcnn_with_sliding_windows(shapes_detection):
     images, targets = _batch(shapes_detection)
     assert set(model.train()(images, targets)) == {"loss_svm", "loss_box_reg"}
     out = model.eval()(images[:1])[0]
-    assert model.proposals_seen == [len(windows.propose(images[0]))] == [49 + 36]  # (64 - 16) / 8 + 1 = 7 and (64 - 24) / 8 + 1 = 6 positions a side
+    assert (
+        model.proposals_seen == [len(windows.propose(images[0]))] == [49 + 36]
+    )  # (64 - 16) / 8 + 1 = 7 and (64 - 24) / 8 + 1 = 6 positions a side
     assert out["boxes"].shape[1] == 4 and (out["boxes"] >= 0).all() and (out["boxes"] <= 64).all()
 
 

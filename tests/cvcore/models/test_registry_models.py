@@ -154,7 +154,12 @@ def _check_trunk_source(model, image):
 
 
 def _check_grid_detector(model, image):
-    assert isinstance(model.grid, int) and model.grid >= 1 and isinstance(model.boxes_per_cell, int) and model.boxes_per_cell >= 1
+    assert (
+        isinstance(model.grid, int)
+        and model.grid >= 1
+        and isinstance(model.boxes_per_cell, int)
+        and model.boxes_per_cell >= 1
+    )
 
 
 CHECKS = {
