@@ -129,6 +129,11 @@ def inference_ms(run_dir: Path, snapshot: Path, size: int, *, batch: int = 8, re
         # the image) and its trunk its stride; the conv head's weights fit any grid.
         trained = build_model("yolov1", num_classes=meta["num_classes"], img_size=meta["img_size"], **options)
         options |= {"grid": trained.grid * size // meta["img_size"], "feature_stride": trained.feature_stride}
+    if meta["model_name"] == "fast_rcnn" and "stage" not in options:
+        # Its trunk's depth follows the image size (layer2 below 400 px, layer3 above): keep the
+        # trained trunk so the weights fit the model rebuilt at ``size``.
+        trained = build_model("fast_rcnn", num_classes=meta["num_classes"], img_size=meta["img_size"], **options)
+        options["stage"] = list(trained.backbone_stages)[-1]
     model = build_model(meta["model_name"], num_classes=meta["num_classes"], img_size=size, **options)
     model.load_state_dict(ema_weights(state["ema"]) if state.get("ema") else state["model"])
     model.eval()
